@@ -53,11 +53,17 @@ type Arbitraries =
     static member BackboneCase() = Arb.fromGen Gens.backboneCase
 
 module Props =
+    /// Cases per property: 60, or ESM3_PROPERTY_CASES for a deeper run.
+    let cases =
+        match Int32.TryParse(Environment.GetEnvironmentVariable "ESM3_PROPERTY_CASES") with
+        | true, n when n > 0 -> n
+        | _ -> 60
+
     /// FsCheck configuration with our arbitraries.
     let config =
         { FsCheckConfig.defaultConfig with
             arbitrary = [ typeof<Arbitraries> ]
-            maxTest = 60 }
+            maxTest = cases }
 
     /// A property over our arbitraries.
     let property name (body: 'a -> unit) =
