@@ -1,0 +1,54 @@
+namespace Esm3Structure.Models
+
+open System
+open TorchSharp
+open Esm3Structure.Nn
+open Esm3Structure.Tensors
+open Esm3Structure.Tokenizers
+
+/// A small causal (next-token) language model over protein sequences, built from ESM's blocks.
+type CausalLmConfig =
+    { DModel: int64
+      Heads: int64
+      Layers: int
+      ExpansionRatio: float
+      /// Tokens per training window (the attention span).
+      Context: int64 }
+
+    /// The CPU-sized default: d 128, 4 heads, 2 layers, context 128.
+    static member Small =
+        { DModel = 128L
+          Heads = 4L
+          Layers = 2
+          ExpansionRatio = 8.0 / 3.0
+          Context = 128L }
+
+/// Token embedding (ESM's 64-wide sequence vocabulary) → ESM transformer stack with a causal mask and rotary
+/// positions → linear head over the vocabulary.
+type CausalLm(config: CausalLmConfig) as this =
+    inherit torch.nn.Module<torch.Tensor, torch.Tensor>("CausalLm")
+
+    let embed = torch.nn.Embedding(SequenceTokenizer.EmbeddingWidth, config.DModel)
+
+    let transformer =
+        new TransformerStack(
+            { TransformerStackConfig.Esm3 with
+                DModel = config.DModel
+                Heads = config.Heads
+                Layers = config.Layers
+                ExpansionRatio = config.ExpansionRatio
+                ScaleResidue = false }
+        )
+
+    let head = torch.nn.Linear(config.DModel, SequenceTokenizer.EmbeddingWidth)
+
+    do this.RegisterComponents()
+
+    member _.Config = config
+
+    /// Next-token logits. Shapes: tokens [B, L] int64 -> [B, L, 64]
+    override _.forward(tokens: torch.Tensor) =
+        Shape.expect "tokens" [| -1L; -1L |] tokens
+        let l = tokens.shape.[1]
+        let mask = AttentionMask.Allowed(AttentionMask.causal l l tokens.device)
+        head.forward (transformer.forward (embed.forward tokens, mask))
