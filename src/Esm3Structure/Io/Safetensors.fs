@@ -349,8 +349,8 @@ module Safetensors =
             start <- start + length
 
     /// Reads a whole safetensors file (validated as `readHeader` describes) into fresh CPU tensors, in data order.
-    /// A dtype TorchSharp lacks (U16, U32, U64, F8_*, F4, F6_*) raises an `InputException` naming the tensor, as
-    /// does a BOOL byte other than 0 or 1.
+    /// The tensors belong to the caller's dispose scope, if one is open. A dtype TorchSharp lacks (U16, U32, U64,
+    /// F8_*, F4, F6_*) raises an `InputException` naming the tensor, as does a BOOL byte other than 0 or 1.
     /// Shapes: each tensor has the shape its header entry states.
     let read (path: string) : SafetensorsFile =
         use stream = openRead path

@@ -190,6 +190,22 @@ let tests =
             Expect.stringContains e.Error.Message ("duplicated keys: " + fst (List.head sd)) "named"
         }
 
+        test "save and load leave no live tensors behind" {
+            use m = new Tiny(4L, 2)
+
+            withTempDir (fun dir ->
+                let path = Path.Combine(dir, "leak.safetensors")
+                Checkpoint.save path m null
+                Checkpoint.load path m
+                let before = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+
+                for _ in 1..3 do
+                    Checkpoint.save path m null
+                    Checkpoint.load path m
+
+                Expect.equal DisposeScopeManager.Statistics.ThreadTotalLiveCount before "live tensors")
+        }
+
         test "a float64 checkpoint loads into a float32 module by conversion" {
             use _ = torch.NewDisposeScope()
             use a = new Tiny(4L, 1)
