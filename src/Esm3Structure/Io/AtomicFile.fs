@@ -1,0 +1,43 @@
+namespace Esm3Structure.Io
+
+open System
+open System.IO
+
+/// Writing a file so that readers see either the old file or the complete new one, never a partial file.
+module AtomicFile =
+
+    /// The temporary file `write` uses for `path`: `path + ".tmp-<pid>"` (same folder, so the rename stays on one
+    /// file system).
+    let tempPath (path: string) =
+        Path.GetFullPath path + ".tmp-" + string Environment.ProcessId
+
+    /// Writes `path` atomically: `body` writes into `path + ".tmp-<pid>"`, which is flushed to disk and then renamed
+    /// over `path` (rename(2) on Linux replaces the target atomically). If anything fails, the temporary file is
+    /// deleted, `path` is left as it was, and an `IOException` naming `path` is raised (the cause as inner exception).
+    /// Two writers of the same path in one process must not run at the same time (they share the temp name).
+    let write (path: string) (body: Stream -> unit) : unit =
+        let target =
+            try
+                Path.GetFullPath path
+            with e ->
+                raise (IOException(sprintf "%s: cannot write: not a valid path (%s)" path e.Message, e))
+
+        let temp = tempPath target
+
+        try
+            do
+                use stream =
+                    new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 <<< 20)
+
+                body stream
+                stream.Flush true
+
+            File.Move(temp, target, true)
+        with e ->
+            try
+                if File.Exists temp then
+                    File.Delete temp
+            with _ ->
+                ()
+
+            raise (IOException(sprintf "%s: cannot write: %s" path e.Message, e))

@@ -1,0 +1,141 @@
+namespace Esm3Structure.Io
+
+open System
+open System.Collections.Generic
+open TorchSharp
+open Esm3Structure
+
+/// A tensor whose shape differs between a checkpoint and a module.
+type ShapeMismatch =
+    { /// The state_dict key.
+      Name: string
+      /// The module's shape.
+      Expected: int64[]
+      /// The checkpoint's shape.
+      Got: int64[] }
+
+/// Everything that keeps a checkpoint from loading strictly into a module.
+type CheckpointMismatch =
+    { /// Module keys the checkpoint lacks, in state_dict order.
+      Missing: string list
+      /// Checkpoint keys the module lacks, in checkpoint order.
+      Unexpected: string list
+      /// Keys present in both with different shapes, in state_dict order.
+      WrongShape: ShapeMismatch list
+      /// Keys the checkpoint holds more than once.
+      Duplicated: string list }
+
+/// Module checkpoints: the state_dict as safetensors, under exactly the names `state_dict()` gives (ESM's names,
+/// no prefix), loaded strictly with every problem named at once.
+module Checkpoint =
+
+    let private showShape (shape: int64[]) =
+        "[" + String.Join(", ", shape) + "]"
+
+    // PyTorch's state_dict order: a module's own parameters, then its own persistent buffers, then each child
+    // (declaration order), recursively (torch.nn.Module._save_to_state_dict / state_dict).
+    let rec private pytorchOrder (prefix: string) (m: torch.nn.Module) : string list =
+        [ for struct (n, _) in m.named_parameters(false) do
+              yield prefix + n
+          for struct (n, _) in m.named_buffers(false, false) do
+              yield prefix + n
+          for struct (n, child) in m.named_children() do
+              yield! pytorchOrder (prefix + n + ".") child ]
+
+    /// The module's state_dict (parameters and persistent buffers) as (name, tensor) pairs, in PyTorch's order:
+    /// each module's own parameters, then its own buffers, then its children. TorchSharp's own `state_dict()` holds
+    /// the same entries but lists all parameters of the tree before all buffers; keys it holds that the walk does
+    /// not reach (a module overriding `state_dict`) follow in TorchSharp's order. The tensors are the module's own,
+    /// not copies.
+    /// Shapes: each as registered.
+    let stateDict (m: torch.nn.Module) : (string * torch.Tensor) list =
+        let sd = m.state_dict()
+        let seen = HashSet<string>()
+
+        [ for k in pytorchOrder "" m do
+              if sd.ContainsKey k && seen.Add k then
+                  yield k, sd.[k]
+          for kv in sd do
+              if seen.Add kv.Key then
+                  yield kv.Key, kv.Value ]
+
+    /// (name, shape) of every state_dict entry, in state_dict order: the list a golden key/shape test compares.
+    let keyShapes (m: torch.nn.Module) : (string * int64[]) list =
+        [ for name, t in stateDict m -> name, t.shape ]
+
+    /// True when the checkpoint loads strictly.
+    let isEmpty (mismatch: CheckpointMismatch) =
+        mismatch.Missing.IsEmpty
+        && mismatch.Unexpected.IsEmpty
+        && mismatch.WrongShape.IsEmpty
+        && mismatch.Duplicated.IsEmpty
+
+    /// Compares checkpoint tensors with a module's state_dict: missing, unexpected, duplicated and mis-shaped keys.
+    /// Shapes: any.
+    let mismatches (tensors: seq<string * torch.Tensor>) (m: torch.nn.Module) : CheckpointMismatch =
+        let expected = stateDict m
+        let given = Dictionary<string, torch.Tensor>()
+        let order = ResizeArray<string>()
+        let duplicated = ResizeArray<string>()
+
+        for name, t in tensors do
+            if given.ContainsKey name then
+                if not (duplicated.Contains name) then duplicated.Add name
+            else
+                given.[name] <- t
+                order.Add name
+
+        let known = HashSet<string>(expected |> List.map fst)
+
+        { Missing = [ for name, _ in expected do if not (given.ContainsKey name) then yield name ]
+          Unexpected = [ for name in order do if not (known.Contains name) then yield name ]
+          WrongShape =
+            [ for name, t in expected do
+                  match given.TryGetValue name with
+                  | true, g when g.shape <> t.shape -> yield { Name = name; Expected = t.shape; Got = g.shape }
+                  | _ -> () ]
+          Duplicated = List.ofSeq duplicated }
+
+    /// One line listing every problem, e.g.
+    /// "missing keys: a.weight; unexpected keys: b.bias; wrong shapes: c.weight: expected [4, 8], got [4, 5]".
+    let describe (mismatch: CheckpointMismatch) : string =
+        let part title (items: string list) =
+            if items.IsEmpty then None else Some(title + ": " + String.Join(", ", items))
+
+        [ part "missing keys" mismatch.Missing
+          part "unexpected keys" mismatch.Unexpected
+          part
+              "wrong shapes"
+              [ for s in mismatch.WrongShape -> sprintf "%s: expected %s, got %s" s.Name (showShape s.Expected) (showShape s.Got) ]
+          part "duplicated keys" mismatch.Duplicated ]
+        |> List.choose id
+        |> fun parts -> String.Join("; ", parts)
+
+    /// Copies checkpoint tensors into the module's existing parameters and buffers (the Parameter objects are kept;
+    /// values are copied under no_grad, converted to each parameter's dtype and device). Strict and all-or-nothing:
+    /// if any key is missing, unexpected, duplicated or mis-shaped, nothing is copied and one `InputException`
+    /// naming `file` lists every problem (`describe`).
+    /// Shapes: each tensor must have its parameter's shape.
+    let loadInto (file: string) (tensors: seq<string * torch.Tensor>) (m: torch.nn.Module) : unit =
+        let tensors = List.ofSeq tensors
+        let mismatch = mismatches tensors m
+
+        if not (isEmpty mismatch) then
+            InputError.raise file InputLocation.Whole ("the checkpoint does not match the module: " + describe mismatch)
+
+        let given = dict tensors
+        use _noGrad = torch.no_grad()
+
+        for name, target in stateDict m do
+            target.copy_ given.[name] |> ignore
+
+    /// Saves the module's state_dict as a safetensors file (atomically; see `Safetensors.write`), under the names
+    /// `state_dict()` gives. `metadata` may be null.
+    let save (path: string) (m: torch.nn.Module) (metadata: IReadOnlyDictionary<string, string>) : unit =
+        Safetensors.write path (stateDict m) metadata
+
+    /// Loads a safetensors file strictly into the module (see `loadInto`); the file's tensors are freed afterwards.
+    let load (path: string) (m: torch.nn.Module) : unit =
+        use _scope = torch.NewDisposeScope()
+        let file = Safetensors.read path
+        loadInto path file.Tensors m
