@@ -12,7 +12,7 @@ type ProteinChain =
       ChainId: string
       /// One-letter sequence; 'X' for residue names that are not one of the 20 amino acids.
       Sequence: string
-      /// Three-letter residue names as read (MSE already converted to MET).
+      /// Three-letter residue names as read (MSE already converted to MET; tool aliases such as HSD mapped to HIS).
       ResidueNames: string[]
       /// Author residue numbers.
       ResidueIndex: int[]

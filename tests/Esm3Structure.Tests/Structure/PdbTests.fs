@@ -358,6 +358,26 @@ let private ruleTests =
             Expect.equal [ for k in 0..13 do if chain.Atom14Mask.[0, k] then k ] [ 0; 1; 2 ] "X in atom14: N, CA, C"
         }
 
+        test "tool aliases: HSD reads as HIS, ILE CD as CD1, OT1/OT2 as O/OXT" {
+            let text =
+                pdbText (
+                    backboneLines 1 "HSD" 'A' 1 0.0
+                    @ [ atom 5 "N" "ILE" 'A' 2 3.8 1.0 0.0
+                        atom 6 "CA" "ILE" 'A' 2 5.0 1.5 0.1
+                        atom 7 "C" "ILE" 'A' 2 6.2 0.8 0.2
+                        atom 8 "OT1" "ILE" 'A' 2 6.4 -0.4 0.3
+                        atom 9 "OT2" "ILE" 'A' 2 7.0 1.2 0.3
+                        atom 10 "CD" "ILE" 'A' 2 9.0 9.0 9.0 ]
+                )
+
+            let chain = Pdb.parse "aliases" text None
+            Expect.equal chain.Sequence "HI" "sequence"
+            Expect.equal chain.ResidueNames [| "HIS"; "ILE" |] "canonical names"
+            Expect.equal chain.Atom37.[1, RC.atom37Index "CD1", 0] 9.0f "CD -> CD1"
+            Expect.equal chain.Atom37.[1, RC.oIndex, 0] 6.4f "OT1 -> O"
+            Expect.equal chain.Atom37.[1, RC.oxtIndex, 0] 7.0f "OT2 -> OXT"
+        }
+
         test "residues missing backbone atoms are kept with mask false" {
             let text = pdbText (backboneLines 1 "GLY" 'A' 1 0.0 @ [ atom 5 "CA" "ALA" 'A' 2 3.8 0.0 0.0; atom 6 "CB" "ALA" 'A' 2 4.8 0.0 0.0 ])
             let chain = Pdb.parse "partial" text None
