@@ -1,4 +1,4 @@
-namespace Esm3Structure.Io
+namespace Esm3Structure
 
 open System
 open System.IO

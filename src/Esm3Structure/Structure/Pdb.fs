@@ -1,0 +1,227 @@
+namespace Esm3Structure.Structure
+
+open System
+open System.Globalization
+open System.Text
+open Esm3Structure
+
+/// Which coordinates of a chain a writer uses.
+[<RequireQualifiedAccess>]
+type AtomLayout =
+    /// `ProteinChain.Atom37` (all present atoms, OXT included).
+    | Atom37
+    /// `ProteinChain.Atom14` (the atom14 slots of each residue type).
+    | Atom14
+
+/// PDB format: reading (plain or gzip) and writing of single chains.
+///
+/// Reading keeps the first MODEL only, reads ATOM records plus HETATM MSE, and applies the chain rules of
+/// `AtomSites` (altlocs, insertion codes, hydrogens, unknown residues, MSE -> MET).
+[<RequireQualifiedAccess>]
+module Pdb =
+
+    let private inv = CultureInfo.InvariantCulture
+
+    let private parseFloat (file: string) (lineNo: int) (line: string) (start: int) (width: int) (what: string) =
+        let span = line.AsSpan(start, width).Trim()
+        let mutable v = 0.0
+
+        if span.Length = 0
+           || not (Double.TryParse(span, NumberStyles.Float, inv, &v)) then
+            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s '%s' (columns %d-%d) is not a number" what (span.ToString()) (start + 1) (start + width))
+
+        if Double.IsNaN v || Double.IsInfinity v then
+            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s '%s' (columns %d-%d) is not finite" what (span.ToString()) (start + 1) (start + width))
+
+        float32 v
+
+    let private optionalFloat (file: string) (lineNo: int) (line: string) (start: int) (width: int) (what: string) (fallback: float32) =
+        if line.Length < start + width || line.AsSpan(start, width).Trim().Length = 0 then
+            fallback
+        else
+            parseFloat file lineNo line start width what
+
+    let private column (line: string) (i: int) =
+        if line.Length > i && line.[i] <> ' ' then string line.[i] else ""
+
+    /// Parses one ATOM/HETATM line (PDB v3.3 columns).
+    let private parseAtomLine (file: string) (lineNo: int) (record: string) (line: string) : AtomSite =
+        if line.Length < 54 then
+            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s record is truncated (%d columns; coordinates need 54)" record line.Length)
+
+        let seqText = line.AsSpan(22, 4).Trim()
+        let mutable resSeq = 0
+
+        if not (Int32.TryParse(seqText, NumberStyles.AllowLeadingSign, inv, &resSeq)) then
+            InputError.raise file (InputLocation.Line lineNo) (sprintf "residue number '%s' (columns 23-26) is not an integer" (seqText.ToString()))
+
+        let element =
+            if line.Length >= 78 then line.Substring(76, 2).Trim().ToUpperInvariant()
+            elif line.Length = 77 then line.Substring(76, 1).Trim().ToUpperInvariant()
+            else ""
+
+        { Line = lineNo
+          Hetero = line.StartsWith "HETATM"
+          AtomName = line.Substring(12, 4).Trim()
+          AltLoc = column line 16
+          ResName = line.Substring(17, 3).Trim()
+          ChainId = column line 21
+          ResSeq = resSeq
+          InsCode = column line 26
+          X = parseFloat file lineNo line 30 8 "x coordinate"
+          Y = parseFloat file lineNo line 38 8 "y coordinate"
+          Z = parseFloat file lineNo line 46 8 "z coordinate"
+          Occupancy = optionalFloat file lineNo line 54 6 "occupancy" 1.0f
+          BFactor = optionalFloat file lineNo line 60 6 "B-factor" 0.0f
+          Element = element }
+
+    /// The atom records of the first model of a PDB text (all ATOM and HETATM lines up to the first ENDMDL or END).
+    /// Raises `InputException` (naming `file` and the line) for empty or binary text and malformed records.
+    let atomSites (file: string) (text: string) : AtomSite[] =
+        TextFiles.check file text
+        let sites = ResizeArray<AtomSite>()
+        let mutable lineNo = 0
+        let mutable pos = 0
+        let mutable fin = false
+
+        while not fin && pos < text.Length do
+            let nl = text.IndexOf('\n', pos)
+            let stop = if nl < 0 then text.Length else nl
+            let line = text.Substring(pos, stop - pos).TrimEnd('\r')
+            pos <- stop + 1
+            lineNo <- lineNo + 1
+
+            let record =
+                if line.StartsWith "HETATM" then "HETATM"
+                elif line.StartsWith "ATOM" && (line.Length = 4 || line.[4] = ' ' || Char.IsDigit line.[4]) then "ATOM"
+                else ""
+
+            if record <> "" then
+                sites.Add(parseAtomLine file lineNo record line)
+            elif line.StartsWith "ENDMDL" then
+                fin <- sites.Count > 0
+            elif line.StartsWith "END" && line.Substring(3).Trim() = "" then
+                fin <- true
+
+        if sites.Count = 0 then
+            InputError.raise file InputLocation.Whole "no ATOM or HETATM records"
+
+        sites.ToArray()
+
+    /// Parses PDB text into the chain `chain` (None: the first chain with an amino-acid residue), naming it `name`.
+    /// Raises `InputException` naming `name` and the line or field for every problem with the input.
+    let parse (name: string) (text: string) (chain: string option) : ProteinChain =
+        AtomSites.toChain name name (atomSites name text) chain
+
+    /// Reads a PDB file (plain or gzip, detected by content) into the chain `chain` (None: the first chain with an
+    /// amino-acid residue). The chain's name is the file stem ("1ubq_A" for "1ubq_A.pdb.gz").
+    /// Raises `InputException` naming the file and the line or field for every problem with the input.
+    let read (path: string) (chain: string option) : ProteinChain =
+        let text = TextFiles.read path
+        AtomSites.toChain path (TextFiles.stem path) (atomSites path text) chain
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Writing.
+
+    let private fixedWidth (width: int) (decimals: int) (what: string) (v: float32) =
+        let s = (float v).ToString("F" + string decimals, inv)
+
+        if s.Length > width then
+            raise (ArgumentException(sprintf "%s %g does not fit the PDB column (%d characters)" what v width))
+
+        s.PadLeft width
+
+    /// The atom37 indices written for residue type `r` in PDB order: the atom14 order, then the other atom37 atoms.
+    let private writeOrder37 =
+        Array.init 21 (fun r ->
+            let first =
+                [| for k in 0..13 do
+                       if ResidueConstants.restypeAtom14Mask.[r, k] then
+                           ResidueConstants.restypeAtom14ToAtom37.[r, k] |]
+
+            Array.append first ([| 0..36 |] |> Array.filter (fun a -> not (Array.contains a first))))
+
+    /// PDB text for a chain: ATOM records in standard columns (element column included), TER and END.
+    /// `layout` picks atom37 or atom14 coordinates; only present atoms are written. `bfactors`, when given, holds one
+    /// value per residue and overrides the chain's B-factors (e.g. pLDDT). Occupancy is 1.00; serials wrap at 99999.
+    /// Raises `ArgumentException` for values that do not fit the fixed columns (chain id longer than 1 character,
+    /// residue number outside -999..9999, coordinates outside -999.999..9999.999, B-factor outside -99.99..999.99)
+    /// or a `bfactors` array of the wrong length.
+    let toText (layout: AtomLayout) (bfactors: float32[] option) (chain: ProteinChain) : string =
+        let n = ProteinChain.length chain
+
+        match bfactors with
+        | Some b when b.Length <> n ->
+            raise (ArgumentException(sprintf "bfactors has %d values for %d residues" b.Length n, "bfactors"))
+        | _ -> ()
+
+        if chain.ChainId.Length > 1 then
+            raise (ArgumentException(sprintf "chain id '%s' does not fit the one-character PDB chain column" chain.ChainId))
+
+        let chainCol = if chain.ChainId = "" then ' ' else chain.ChainId.[0]
+        let restypes = ProteinChain.restypeIndices chain
+        let sb = StringBuilder()
+        let mutable serial = 0
+
+        let residueFields i =
+            let resName =
+                let rn = chain.ResidueNames.[i]
+                if rn.Length > 3 then ResidueConstants.resnames.[restypes.[i]] else rn
+
+            let num = chain.ResidueIndex.[i]
+
+            if num < -999 || num > 9999 then
+                raise (ArgumentException(sprintf "residue number %d does not fit the PDB column" num))
+
+            let ins = chain.InsertionCodes.[i]
+            let insCol = if ins = "" then ' ' else ins.[0]
+            sprintf "%-3s %c%4d%c" resName chainCol num insCol
+
+        for i in 0 .. n - 1 do
+            let fields = residueFields i
+            let r = restypes.[i]
+
+            let atoms =
+                match layout with
+                | AtomLayout.Atom37 ->
+                    writeOrder37.[r]
+                    |> Array.filter (fun a -> chain.Atom37Mask.[i, a])
+                    |> Array.map (fun a -> ResidueConstants.atomTypes.[a], chain.Atom37.[i, a, 0], chain.Atom37.[i, a, 1], chain.Atom37.[i, a, 2], chain.BFactors.[i, a])
+                | AtomLayout.Atom14 ->
+                    [| for k in 0..13 do
+                           if chain.Atom14Mask.[i, k] then
+                               let a = ResidueConstants.restypeAtom14ToAtom37.[r, k]
+                               ResidueConstants.atom14Names.[r].[k], chain.Atom14.[i, k, 0], chain.Atom14.[i, k, 1], chain.Atom14.[i, k, 2], chain.BFactors.[i, a] |]
+
+            for atomName, x, y, z, b in atoms do
+                serial <- serial % 99999 + 1
+                let b = match bfactors with Some bs -> bs.[i] | None -> b
+
+                sb
+                    .Append("ATOM  ")
+                    .Append(serial.ToString(inv).PadLeft 5)
+                    .Append(' ')
+                    .Append((" " + atomName).PadRight 4)
+                    .Append(' ')
+                    .Append(fields)
+                    .Append("   ")
+                    .Append(fixedWidth 8 3 "x coordinate" x)
+                    .Append(fixedWidth 8 3 "y coordinate" y)
+                    .Append(fixedWidth 8 3 "z coordinate" z)
+                    .Append("  1.00")
+                    .Append(fixedWidth 6 2 "B-factor" b)
+                    .Append(String(' ', 10))
+                    .Append((ResidueConstants.elementOf atomName).PadLeft 2)
+                    .Append('\n')
+                |> ignore
+
+        if n > 0 then
+            serial <- serial % 99999 + 1
+            sb.Append("TER   ").Append(serial.ToString(inv).PadLeft 5).Append("      ").Append(residueFields (n - 1)).Append('\n') |> ignore
+
+        sb.Append("END\n").ToString()
+
+    /// Writes `toText layout bfactors chain` to `path` atomically (temporary file, then rename); gzip when the path
+    /// ends in ".gz".
+    let write (path: string) (layout: AtomLayout) (bfactors: float32[] option) (chain: ProteinChain) : unit =
+        TextFiles.writeAtomic path (toText layout bfactors chain)
