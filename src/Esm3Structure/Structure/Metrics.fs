@@ -183,15 +183,17 @@ module Metrics =
     /// Seeds are processed in chunks of at most this many points (seeds × residues) to bound memory.
     let private chunkPoints = 1 <<< 17
 
-    /// TM-score of `model` against `reference`, residues corresponding by index, normalised by the number n of present
-    /// residues (the mask's count; pass the reference's presence to normalise by the reference length), with
-    /// d0 = `tmScoreD0 n`, maximised over superpositions by the TMscore program's heuristic (Zhang & Skolnick 2004,
+    /// TM-score of `model` against `reference`, residues corresponding by index, normalised by the number n of
+    /// residues the mask keeps (present in both; all L without a mask). Note: the TMscore program divides by the full
+    /// reference length instead, which is larger when the model lacks residues the reference has. d0 = `tmScoreD0 n`.
+    /// The score is maximised over superpositions by the TMscore program's heuristic (Zhang & Skolnick 2004,
     /// TMscore.f, restated):
     /// seeds are Kabsch fits on every contiguous fragment (over the present residues) of each length in
     /// `tmScoreFragmentLengths n`; each seed selects the residues closer than d0s − 1 (d0s = d0 clamped to [4.5, 8];
     /// the cutoff grows by 0.5 Å until at least 3 residues are selected when n > 3), then up to 20 times re-fits on the
     /// selection and re-selects with d0s + 1, stopping when the selection no longer changes. Every superposition met
-    /// is scored and the best score is returned. All seeds run together as one batch. NaN when no residue is present.
+    /// is scored and the best score is returned. Seeds run together in batches (of at most 2^17 seed × residue
+    /// points). NaN when no residue is present.
     /// Cost: about 5n seeds × up to 21 batched Kabsch fits over n points.
     /// Shapes: model [L, 3], reference [L, 3], mask [L] -> float
     let tmScore (model: torch.Tensor) (reference: torch.Tensor) (mask: torch.Tensor option) : float =

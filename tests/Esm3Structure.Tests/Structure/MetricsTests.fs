@@ -21,6 +21,34 @@ let private scalar (x: torch.Tensor) = x.ToDouble()
 let private expectAll1 (what: string) (tol: float) (x: torch.Tensor) =
     Tol.close what tol (x.to_type f64) (torch.ones_like (x.to_type f64))
 
+/// The best score over the TMscore heuristic's seeds alone: the Kabsch fit on each contiguous fragment, scored with
+/// the TM formula written out here. Shapes: model [n, 3], reference [n, 3] -> float
+let private bestFragmentSeed (model: torch.Tensor) (reference: torch.Tensor) =
+    let n = int model.shape.[0]
+    let seeds = [| for len in Metrics.tmScoreFragmentLengths n do for start in 0 .. n - len -> start, len |]
+    let s = int64 seeds.Length
+    let pos = torch.arange(int64 n).unsqueeze 0L
+    let starts = torch.tensor(seeds |> Array.map (fst >> int64)).unsqueeze -1L
+    let ends = torch.tensor(seeds |> Array.map (fun (a, l) -> int64 (a + l))).unsqueeze -1L
+    let masks = pos.ge(starts).logical_and (pos.lt ends)
+    let pS = model.unsqueeze(0L).expand (s, int64 n, 3L)
+    let qS = reference.unsqueeze(0L).expand (s, int64 n, 3L)
+    let dist = (Superpose.superpose pS qS (Some masks) - qS).square().sum(-1L).sqrt ()
+    let d0 = d0Formula n
+    let perSeed = (1.0 / (1.0 + (dist / d0).square ())).sum (-1L) / float n
+    scalar (perSeed.max ())
+
+/// Three segments of the chain, each turned about its own centroid by a random rotation and shifted by up to 10 Å,
+/// plus 0.5 Å noise. Shapes: reference [n, 3] -> [n, 3]
+let private hinged (g: torch.Generator) (reference: torch.Tensor) =
+    let n = int reference.shape.[0]
+    let segment (a: int) (b: int) =
+        let piece = reference.narrow (0L, int64 a, int64 (b - a))
+        let c = piece.mean ([| 0L |], true)
+        moveRigid (randomRotation g [||]) (randomTranslation g [||] * 0.1) (piece - c) + c
+    torch.cat ([| segment 0 (n / 3); segment (n / 3) (2 * n / 3); segment (2 * n / 3) n |], 0L)
+    + torch.randn ([| int64 n; 3L |], dtype = f64, generator = g) * 0.5
+
 [<Tests>]
 let tests =
     testList "Structure/Metrics" [
@@ -172,6 +200,35 @@ let tests =
             let mJ, rJ, mask = withJunkRows g 4 noisy reference
             Expect.floatClose { absolute = 1e-10; relative = 0.0 } (Metrics.tmScore mJ rJ (Some mask)) tmNoisy "junk rows masked out")
 
+        testPropertyWithConfig tmConfig "TM-score is at least the score of every fragment seed of the TMscore heuristic"
+        <| Prop.forAll (seedAndSize 30 110) (fun (seed, n) ->
+            use _ = torch.NewDisposeScope()
+            let g = generator seed
+            let reference = randomChain g [||] n
+            let model = hinged g reference
+            let bestSeed = bestFragmentSeed model reference
+            let tm = Metrics.tmScore model reference None
+            Expect.isGreaterThanOrEqual tm (bestSeed - 1e-12) (sprintf "TM %g vs best fragment seed %g" tm bestSeed))
+
+        test "TM-score over several seed batches (L = 300): the half-displaced hand case" {
+            use _ = torch.NewDisposeScope()
+            // 300 residues give about 1,800 seeds, processed in several batches. First half in place, second half
+            // 1000 Å away: TM = (150 + 150 / (1 + (1000/d0)²)) / 300, as in the 1ubq hand case below.
+            let g = generator 300
+            let reference = randomChain g [||] 300
+            let shift = torch.cat ([| torch.zeros (150L, 3L, dtype = f64); torch.tensor([| 0.0; 1000.0; 0.0 |]).expand (150L, 3L) |], 0L)
+            let d0 = d0Formula 300
+            let expected = (150.0 + 150.0 / (1.0 + (1000.0 / d0) ** 2.0)) / 300.0
+            let sw = Diagnostics.Stopwatch.StartNew()
+            Expect.floatClose { absolute = 1e-9; relative = 0.0 } (Metrics.tmScore (reference + shift) reference None) expected "TM"
+            Expect.isLessThan sw.Elapsed.TotalSeconds 10.0 "L = 300 stays fast"
+            // and no fragment seed of any batch beats the search
+            let model = hinged g reference
+            let tm = Metrics.tmScore model reference None
+            let bestSeed = bestFragmentSeed model reference
+            Expect.isGreaterThanOrEqual tm (bestSeed - 1e-12) (sprintf "TM %g vs best fragment seed %g" tm bestSeed)
+        }
+
         test "TM-score hand case: one half in place, the other half 1000 Å away" {
             use _ = torch.NewDisposeScope()
             // The 1ubq CA trace (L = 76); the model's second half (38 residues) is shifted by D = 1000 Å. The best
@@ -187,6 +244,23 @@ let tests =
             let g = generator 5
             let moved = moveRigid (randomRotation g [||]) (randomTranslation g [||]) model
             Expect.floatClose { absolute = 1e-9; relative = 0.0 } (Metrics.tmScore moved reference None) expected "TM, moved"
+        }
+
+        test "TM-score hand case: every 4th residue 30 Å off, so only the refinement finds the best superposition" {
+            use _ = torch.NewDisposeScope()
+            // 1ubq CA (L = 76); residues 3, 7, 11, ... (19 of them) are moved 30 Å in random directions. No contiguous
+            // fragment of ≥ 4 residues is clean, so no seed alone fits the 57 unmoved residues; the iterations must.
+            // At that fit the unmoved residues are at 0 and the moved ones at 30 Å:
+            // TM = (57 + 19 / (1 + (30/d0)²)) / 76 (other superpositions are worse by far more than the tolerance).
+            let reference = ubiquitinCa ()
+            let g = generator 41
+            let dir = torch.randn ([| 76L; 3L |], dtype = f64, generator = g)
+            let dir = dir / dir.square().sum(-1L, true).sqrt ()
+            let moved = torch.tensor([| for i in 0..75 -> if i % 4 = 3 then 1.0 else 0.0 |], dtype = f64).unsqueeze -1L
+            let model = reference + dir * 30.0 * moved
+            let d0 = d0Formula 76
+            let expected = (57.0 + 19.0 / (1.0 + (30.0 / d0) ** 2.0)) / 76.0
+            Expect.floatClose { absolute = 1e-6; relative = 0.0 } (Metrics.tmScore model reference None) expected "TM"
         }
 
         test "TM-score of the real 1ubq trace: identical 1, rigid copy 1, decreasing with noise" {
@@ -210,6 +284,32 @@ let tests =
             Expect.isGreaterThan curve.Head 0.9 "σ = 0.25 Å is nearly perfect"
             Expect.isTrue (List.forall (fun t -> t > 0.0 && t <= 1.0) curve) "in (0, 1]"
             Expect.isTrue (Double.IsNaN(Metrics.tmScore ca ca (Some (torch.zeros (76L, dtype = torch.ScalarType.Bool))))) "no residue: NaN"
+        }
+
+        test "TM-score agrees with the TMscore program on perturbed 1ubq traces" {
+            use _ = torch.NewDisposeScope()
+            // Golden values: the TMscore program (Zhang & Skolnick; Debian package tm-align 20190822+dfsg-2, the
+            // Fortran TMscore.f), run as `TMscore model.pdb reference.pdb` on these exact coordinates (rounded to
+            // 0.001 Å and written as CA-only PDB files); it prints 4 decimals. Even cases: Gaussian noise of
+            // σ = k + 1 Å; odd cases: three segments each turned about its centroid and shifted, plus 0.5 Å noise.
+            let golden = [| 0.7882; 0.3388; 0.3847; 0.3808; 0.2401; 0.3655 |]
+            let ca = ubiquitinCa ()
+            let g = generator 1234
+            let n = 76
+            for k in 0..5 do
+                let segment (a: int) (b: int) =
+                    let piece = ca.narrow (0L, int64 a, int64 (b - a))
+                    let c = piece.mean ([| 0L |], true)
+                    moveRigid (randomRotation g [||]) (randomTranslation g [||] * 0.1) (piece - c) + c
+                let model =
+                    if k % 2 = 0 then
+                        ca + torch.randn ([| int64 n; 3L |], dtype = f64, generator = g) * (float k + 1.0)
+                    else
+                        torch.cat ([| segment 0 (n / 3); segment (n / 3) (2 * n / 3); segment (2 * n / 3) n |], 0L)
+                        + torch.randn ([| int64 n; 3L |], dtype = f64, generator = g) * 0.5
+                let round (x: torch.Tensor) = (x * 1000.0).round () / 1000.0
+                let tm = Metrics.tmScore (round model) (round ca) None
+                Expect.floatClose { absolute = 6e-5; relative = 0.0 } tm golden.[k] (sprintf "case %d" k)
         }
 
         // ---------------------------------------------------------------- GDT_TS, backbone RMSD
