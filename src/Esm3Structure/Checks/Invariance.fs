@@ -73,12 +73,12 @@ module Invariance =
             Run =
               fun atoms mask moved _ ->
                   let bbMask = mask.narrow(-1L, 0L, 3L).all(-1L)
-                  (Metrics.backboneRmsd (moved.narrow(-2L, 0L, 3L)) (atoms.narrow(-2L, 0L, 3L)) (Some bbMask)).ToDouble() }
+                  (Metrics.backboneRmsd (moved.narrow(-2L, 0L, 3L)) (atoms.narrow(-2L, 0L, 3L)) bbMask).ToDouble() }
           { Name = "1 − LDDT-CA(G x, x)"
             Run =
               fun atoms mask moved _ ->
                   let ca (x: torch.Tensor) = x.select(-2L, 1L)
-                  1.0 - (Metrics.lddtCa (ca moved) (ca atoms) (Some(mask.select(-1L, 1L)))).Global.ToDouble() }
+                  1.0 - (Metrics.lddtCa (ca moved) (ca atoms) (Some(mask.select(-1L, 1L)))).Protein.ToDouble() }
           { Name = "1 − TM-score(G x, x)"
             Run =
               fun atoms mask moved _ ->
