@@ -1,5 +1,6 @@
 namespace Esm3Structure.Checks
 
+open System
 open TorchSharp
 open Esm3Structure.Geometry
 open Esm3Structure.Structure
@@ -67,8 +68,12 @@ module Invariance =
           { Name = "CA–CA distances unchanged (Å)"
             Run =
               fun atoms mask moved _ ->
-                  let ca (x: torch.Tensor) = x.select(-2L, 1L).index(mask.select(-1L, 1L))
-                  maxAbs (torch.cdist(ca moved, ca moved) - torch.cdist(ca atoms, ca atoms)) }
+                  // Direct differences: torch.cdist's matmul form cancels badly far from the origin.
+                  let distances (x: torch.Tensor) =
+                      let ca = x.select(-2L, 1L).index(mask.select(-1L, 1L))
+                      (ca.unsqueeze(-2L) - ca.unsqueeze(-3L)).norm(-1, false)
+
+                  maxAbs (distances moved - distances atoms) }
           { Name = "backbone RMSD(G x, x) after Kabsch (Å)"
             Run =
               fun atoms mask moved _ ->
@@ -118,3 +123,11 @@ module Invariance =
               Cases = cases
               MaxErrorFloat32 = worst.[2 * i]
               MaxErrorFloat64 = worst.[2 * i + 1] })
+
+    /// The report as an aligned text table: property, cases, max error float32, max error float64.
+    let format (rows: InvarianceRow list) =
+        let header = [| "property"; "cases"; "max error (float32)"; "max error (float64)" |]
+        let cells = rows |> List.map (fun r -> [| r.Property; string r.Cases; r.MaxErrorFloat32.ToString("0.000e+00"); r.MaxErrorFloat64.ToString("0.000e+00") |])
+        let widths = Array.init header.Length (fun i -> (header.[i].Length :: (cells |> List.map (fun c -> c.[i].Length))) |> List.max)
+        let line (c: string[]) = String.Join("  ", c |> Array.mapi (fun i s -> if i = 0 then s.PadRight widths.[i] else s.PadLeft widths.[i]))
+        String.Join("\n", line header :: String('-', (Array.sum widths) + 2 * (widths.Length - 1)) :: (cells |> List.map line))

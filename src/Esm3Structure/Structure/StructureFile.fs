@@ -55,3 +55,26 @@ module StructureFile =
         match detect path text with
         | StructureFormat.Mmcif -> AtomSites.toChain path name (Mmcif.atomSites path text) chain
         | StructureFormat.Pdb -> AtomSites.toChain path name (Pdb.atomSites path text) chain
+
+    /// True for the names the readers accept: .pdb, .ent, .cif, .mmcif, each optionally + .gz.
+    let isStructureFile (path: string) =
+        let name = Path.GetFileName(path).ToLowerInvariant()
+        let name = if name.EndsWith ".gz" then name.Substring(0, name.Length - 3) else name
+        [ ".pdb"; ".ent"; ".cif"; ".mmcif" ] |> List.exists name.EndsWith
+
+    /// The structure files of a folder (not recursive), sorted by name. Raises `InputException` when the folder
+    /// does not exist or holds none.
+    let listDirectory (dir: string) : string[] =
+        if not (Directory.Exists dir) then
+            Esm3Structure.InputError.raise dir Esm3Structure.InputLocation.Whole "no such folder"
+
+        let files = Directory.GetFiles dir |> Array.filter isStructureFile |> Array.sort
+
+        if files.Length = 0 then
+            Esm3Structure.InputError.raise dir Esm3Structure.InputLocation.Whole "no .pdb/.cif files (optionally .gz) in this folder"
+
+        files
+
+    /// Reads the default chain of every structure file in a folder (see `listDirectory`).
+    let readDirectory (dir: string) : ProteinChain[] =
+        listDirectory dir |> Array.map (fun f -> read f None)
