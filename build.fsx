@@ -16,7 +16,10 @@ let formatted = [ "src"; "tests"; "scripts"; "build.fsx" ]
 /// Runs a command in the repository root, streaming its output; returns the exit code and the output lines.
 let run (exe: string) (args: string list) =
     printfn "> %s %s" exe (String.Join(" ", args))
-    let psi = ProcessStartInfo(exe, args, WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
+
+    let psi =
+        ProcessStartInfo(exe, args, WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
+
     use p = Process.Start psi
     let lines = Collections.Generic.List<string>()
 
@@ -34,6 +37,7 @@ let run (exe: string) (args: string list) =
 
 let check (exe: string) (args: string list) =
     let code, _ = run exe args
+
     if code <> 0 then
         eprintfn "build.fsx: '%s %s' failed with exit code %d" exe (String.Join(" ", args)) code
         exit code
@@ -49,36 +53,61 @@ let build () =
 /// Runs the Expecto suite and the C# consumer check; prints one closing line `N passed, N failed` for both.
 let test (extra: string list) =
     build ()
-    let csCode, _ = run "dotnet" [ "run"; "--project"; csharpProject; "-c"; configuration; "--no-build" ]
-    let testCode, lines = run "dotnet" ([ "run"; "--project"; testProject; "-c"; configuration; "--no-build"; "--" ] @ extra)
+
+    let csCode, _ =
+        run "dotnet" [ "run"; "--project"; csharpProject; "-c"; configuration; "--no-build" ]
+
+    let testCode, lines =
+        run
+            "dotnet"
+            ([ "run"; "--project"; testProject; "-c"; configuration; "--no-build"; "--" ]
+             @ extra)
+
     let summary = Regex(@"^(\d+) passed, (\d+) failed$")
 
     let passed, failed =
-        match lines |> List.rev |> List.tryPick (fun l -> let m = summary.Match(l.Trim()) in if m.Success then Some m else None) with
+        match
+            lines
+            |> List.rev
+            |> List.tryPick (fun l -> let m = summary.Match(l.Trim()) in if m.Success then Some m else None)
+        with
         | Some m -> int m.Groups.[1].Value, int m.Groups.[2].Value
         | None -> 0, 1
 
     let csPassed, csFailed = if csCode = 0 then 1, 0 else 0, 1
     printfn ""
     printfn "%d passed, %d failed" (passed + csPassed) (failed + csFailed)
-    if testCode <> 0 || csCode <> 0 || failed + csFailed > 0 then exit 1
+
+    if testCode <> 0 || csCode <> 0 || failed + csFailed > 0 then
+        exit 1
 
 let fantomas (checkOnly: bool) =
     restore ()
     let args = [ "fantomas" ] @ (if checkOnly then [ "--check" ] else []) @ formatted
     let code, _ = run "dotnet" args
+
     if code <> 0 then
-        if checkOnly then eprintfn "build.fsx: files are not formatted; run `dotnet fsi build.fsx format`"
+        if checkOnly then
+            eprintfn "build.fsx: files are not formatted; run `dotnet fsi build.fsx format`"
+
         exit code
 
 let clean () =
-    for dir in Directory.EnumerateDirectories(root, "*", SearchOption.AllDirectories) |> Seq.toList do
+    for dir in
+        Directory.EnumerateDirectories(root, "*", SearchOption.AllDirectories)
+        |> Seq.toList do
         let name = Path.GetFileName dir
-        if (name = "bin" || name = "obj") && Directory.Exists dir && not (dir.Contains "/.git/") then
+
+        if
+            (name = "bin" || name = "obj")
+            && Directory.Exists dir
+            && not (dir.Contains "/.git/")
+        then
             Directory.Delete(dir, true)
 
 let help () =
-    printfn """usage: dotnet fsi build.fsx <target> [<target> ...] [-- <test runner arguments>]
+    printfn
+        """usage: dotnet fsi build.fsx <target> [<target> ...] [-- <test runner arguments>]
   restore        local tools (paket, fantomas) and packages
   build          restore, then build Research.sln (Release)
   test           build, then the C# consumer check and the Expecto suite; ends with `N passed, N failed`
@@ -88,12 +117,14 @@ let help () =
   bench          build, then run scripts/bench.fsx"""
 
 let argv = fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray
+
 let targets, passThrough =
     match List.tryFindIndex ((=) "--") argv with
     | Some i -> List.take i argv, List.skip (i + 1) argv
     | None -> argv, []
 
-if targets.IsEmpty then help ()
+if targets.IsEmpty then
+    help ()
 
 for target in targets do
     match target with
@@ -106,7 +137,9 @@ for target in targets do
     | "bench" ->
         build ()
         check "dotnet" ([ "fsi"; Path.Combine("scripts", "bench.fsx") ] @ passThrough)
-    | "help" | "--help" | "-h" -> help ()
+    | "help"
+    | "--help"
+    | "-h" -> help ()
     | other ->
         eprintfn "build.fsx: unknown target '%s'" other
         help ()

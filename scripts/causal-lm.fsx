@@ -36,17 +36,38 @@ Cli.run<Args> "causal-lm.fsx" argv (fun args ->
         { defaults with
             Steps = args.GetResult(Steps, defaultValue = defaults.Steps)
             BatchSize = args.GetResult(Batch_Size, defaultValue = defaults.BatchSize)
-            Seed = args.GetResult(Seed, defaultValue = defaults.Seed) }
+            Seed = args.GetResult(Seed, defaultValue = defaults.Seed)
+        }
 
     let train = Corpus.sequences data "train" |> Array.map snd
     let valid = Corpus.sequences data "valid" |> Array.map snd
-    printfn "causal LM: d %d, %d layers, %d heads, context %d; %d train / %d valid sequences" config.Model.DModel config.Model.Layers config.Model.Heads config.Model.Context train.Length valid.Length
+
+    printfn
+        "causal LM: d %d, %d layers, %d heads, context %d; %d train / %d valid sequences"
+        config.Model.DModel
+        config.Model.Layers
+        config.Model.Heads
+        config.Model.Context
+        train.Length
+        valid.Length
+
     printfn "%6s  %10s  %16s" "step" "train loss" "valid perplexity"
 
     let report =
-        CausalLmTraining.train config device train valid (fun p -> printfn "%6d  %10.4f  %16.3f" p.Step p.TrainLoss p.ValidPerplexity)
+        CausalLmTraining.train config device train valid (fun p ->
+            printfn "%6d  %10.4f  %16.3f" p.Step p.TrainLoss p.ValidPerplexity)
 
     printfn ""
-    printfn "held-out perplexity %.3f vs unigram baseline %.3f on %d valid tokens (%.0f s)" report.ValidPerplexity report.UnigramPerplexity report.ValidTokens report.Seconds
-    if report.ValidPerplexity < report.UnigramPerplexity then 0 else 1)
+
+    printfn
+        "held-out perplexity %.3f vs unigram baseline %.3f on %d valid tokens (%.0f s)"
+        report.ValidPerplexity
+        report.UnigramPerplexity
+        report.ValidTokens
+        report.Seconds
+
+    if report.ValidPerplexity < report.UnigramPerplexity then
+        0
+    else
+        1)
 |> exit

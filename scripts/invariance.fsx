@@ -24,17 +24,27 @@ type Args =
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "invariance.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
-    let dir = args.GetResult(Data, defaultValue = System.IO.Path.Combine(Cli.sharedData __SOURCE_DIRECTORY__, "small"))
+    let dir =
+        args.GetResult(Data, defaultValue = System.IO.Path.Combine(Cli.sharedData __SOURCE_DIRECTORY__, "small"))
 
     let config =
         { InvarianceConfig.Default with
             Motions = args.GetResult(Motions, defaultValue = InvarianceConfig.Default.Motions)
             Seed = uint64 (args.GetResult(Seed, defaultValue = 0))
-            Device = Cli.device (args.GetResult(Device, defaultValue = "cpu")) }
+            Device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
+        }
 
     let chains = StructureFile.readDirectory dir
     let residues = chains |> Array.sumBy ProteinChain.length
-    printfn "SE(3) invariance on %d chains (%d residues) from %s, %d random motions each (translations σ = %.0f Å)" chains.Length residues dir config.Motions config.TranslationSigma
+
+    printfn
+        "SE(3) invariance on %d chains (%d residues) from %s, %d random motions each (translations σ = %.0f Å)"
+        chains.Length
+        residues
+        dir
+        config.Motions
+        config.TranslationSigma
+
     printfn ""
     printfn "%s" (Invariance.format (Invariance.run config chains))
     0)

@@ -16,12 +16,16 @@ let private printer =
                 async {
                     do! d.summary cfg summary
                     counts <- (summary.passed.Length, summary.failed.Length + summary.errored.Length)
-                } }
+                }
+    }
 
 [<EntryPoint>]
 let main argv =
     Esm3Structure.Native.TorchNative.ensureLoaded () |> ignore
-    let rc = runTestsInAssemblyWithCLIArgs [ Printer printer; No_Spinner; Colours 0 ] argv
+
+    let rc =
+        runTestsInAssemblyWithCLIArgs [ Printer printer; No_Spinner; Colours 0 ] argv
+
     Console.Out.Flush()
     Console.Out.WriteLine()
     Console.Out.WriteLine(sprintf "%d passed, %d failed" (fst counts) (snd counts))

@@ -17,7 +17,9 @@ module Cli =
         | "cpu" -> torch.CPU
         | d when d = "cuda" || d.StartsWith "cuda:" ->
             if not (torch.cuda.is_available ()) then
-                failwithf "device '%s' requested, but this build has no CUDA backend (build with -p:TorchDevice=cuda on a machine that can restore TorchSharp-cuda-linux)" name
+                failwithf
+                    "device '%s' requested, but this build has no CUDA backend (build with -p:TorchDevice=cuda on a machine that can restore TorchSharp-cuda-linux)"
+                    name
 
             torch.Device d
         | _ -> failwithf "unknown device '%s' (expected cpu, cuda or cuda:N)" name
@@ -51,7 +53,11 @@ module Cli =
     /// Runs a script: parses `argv` (as given after the script name), calls `main`, and turns every failure into
     /// one line on stderr and a non-zero exit code (2 for bad arguments, 1 otherwise). `--usage` and `--help`
     /// print usage and exit 0. The returned value is the exit code; the script passes it to `exit`.
-    let run<'Args when 'Args :> IArgParserTemplate> (programName: string) (argv: string[]) (main: ParseResults<'Args> -> int) : int =
+    let run<'Args when 'Args :> IArgParserTemplate>
+        (programName: string)
+        (argv: string[])
+        (main: ParseResults<'Args> -> int)
+        : int =
         let verbose = argv |> Array.contains "--verbose"
         let argv = argv |> Array.filter (fun a -> a <> "--verbose")
         let parser = ArgumentParser.Create<'Args>(programName = programName)
@@ -64,11 +70,22 @@ module Cli =
             Console.Out.WriteLine(parser.PrintUsage())
             0
         | :? ArguParseException as e ->
-            let first = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.tryHead |> Option.defaultValue e.Message
+            let first =
+                e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                |> Array.tryHead
+                |> Option.defaultValue e.Message
+
             eprintfn "%s: %s (see --usage)" programName (first.Trim())
             2
         | e ->
-            let e = match e with :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerException | e -> e
+            let e =
+                match e with
+                | :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerException
+                | e -> e
+
             eprintfn "%s: %s" programName (oneLine e)
-            if verbose then eprintfn "%O" e
+
+            if verbose then
+                eprintfn "%O" e
+
             1

@@ -23,12 +23,14 @@ type InputLocation =
 
 /// A problem with an input file or value: which file, where in it, and what is wrong.
 type InputError =
-    { /// The file (or the name of the in-memory input).
-      File: string
-      /// Where in the file.
-      Location: InputLocation
-      /// What is wrong, in one line.
-      Message: string }
+    {
+        /// The file (or the name of the in-memory input).
+        File: string
+        /// Where in the file.
+        Location: InputLocation
+        /// What is wrong, in one line.
+        Message: string
+    }
 
     override this.ToString() =
         match this.Location with
@@ -45,7 +47,14 @@ type InputException(error: InputError, inner: exn) =
 module InputError =
     /// Raises an `InputException`.
     let raise (file: string) (location: InputLocation) (message: string) : 'a =
-        raise (InputException { File = file; Location = location; Message = message })
+        raise (
+            InputException
+                {
+                    File = file
+                    Location = location
+                    Message = message
+                }
+        )
 
     /// Runs `f`, turning an `InputException` into `Error`.
     let catch (f: unit -> 'a) : Result<'a, InputError> =

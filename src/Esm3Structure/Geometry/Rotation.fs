@@ -15,10 +15,10 @@ module Rotation =
     let apply (r: torch.Tensor) (v: torch.Tensor) =
         Shape.expectTrailing "r" [| 3L; 3L |] r
         Shape.expectTrailing "v" [| 3L |] v
-        r.matmul(v.unsqueeze(-1L)).squeeze(-1L)
+        r.matmul(v.unsqueeze (-1L)).squeeze(-1L)
 
     /// Rotates vectors by the inverse: `Rᵀ v`. Shapes: r [*, 3, 3], v [*, 3] -> [*, 3]
-    let invertApply (r: torch.Tensor) (v: torch.Tensor) = apply (r.transpose(-1L, -2L)) v
+    let invertApply (r: torch.Tensor) (v: torch.Tensor) = apply (r.transpose (-1L, -2L)) v
 
     /// `a b` (b applied first). Shapes: [*, 3, 3] x [*, 3, 3] -> [*, 3, 3]
     let compose (a: torch.Tensor) (b: torch.Tensor) =
@@ -40,19 +40,19 @@ module Rotation =
     /// The cross-product (skew-symmetric) matrix `[v]×`, with `[v]× u = v × u`. Shapes: [*, 3] -> [*, 3, 3]
     let skew (v: torch.Tensor) =
         Shape.expectTrailing "v" [| 3L |] v
-        let x, y, z = v.select(-1L, 0L), v.select(-1L, 1L), v.select(-1L, 2L)
+        let x, y, z = v.select (-1L, 0L), v.select (-1L, 1L), v.select (-1L, 2L)
         let o = torch.zeros_like x
-        Shape.unflattenLast [| 3L; 3L |] (torch.stack([| o; -z; y; z; o; -x; -y; x; o |], -1L))
+        Shape.unflattenLast [| 3L; 3L |] (torch.stack ([| o; -z; y; z; o; -x; -y; x; o |], -1L))
 
     /// The rotation of an axis-angle (rotation) vector `θ·axis`, by Rodrigues' formula; exact at θ = 0 and
     /// smooth near it (Taylor series below θ² = 1e-6). Shapes: [*, 3] -> [*, 3, 3]
     let ofAxisAngle (v: torch.Tensor) =
         let theta2 = (v * v).sum(-1L, true).unsqueeze(-1L) // [*, 1, 1]
-        let small = theta2.lt((1e-6).ToScalar())
-        let safe2 = torch.where(small, torch.ones_like theta2, theta2)
-        let theta = safe2.sqrt()
-        let a = torch.where(small, 1.0 - theta2 / 6.0, theta.sin() / theta)
-        let b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - theta.cos()) / safe2)
+        let small = theta2.lt ((1e-6).ToScalar())
+        let safe2 = torch.where (small, torch.ones_like theta2, theta2)
+        let theta = safe2.sqrt ()
+        let a = torch.where (small, 1.0 - theta2 / 6.0, theta.sin () / theta)
+        let b = torch.where (small, 0.5 - theta2 / 24.0, (1.0 - theta.cos ()) / safe2)
         let k = skew v
         identity (Shape.batchDims 1 v) v.dtype v.device + a * k + b * k.matmul k
 
@@ -60,12 +60,15 @@ module Rotation =
     /// Shapes: [*, 3, 3] -> [*, 3]
     let toAxisAngle (r: torch.Tensor) =
         let q = Quaternion.ofMatrix r
-        let w = q.narrow(-1L, 0L, 1L)
-        let xyz = q.narrow(-1L, 1L, 3L)
-        let s = xyz.norm(-1, true)
-        let theta = 2.0 * torch.atan2(s, w)
-        let small = s.lt((1e-7).ToScalar())
-        let scale = torch.where(small, 2.0 / w, theta / torch.where(small, torch.ones_like s, s))
+        let w = q.narrow (-1L, 0L, 1L)
+        let xyz = q.narrow (-1L, 1L, 3L)
+        let s = xyz.norm (-1, true)
+        let theta = 2.0 * torch.atan2 (s, w)
+        let small = s.lt ((1e-7).ToScalar())
+
+        let scale =
+            torch.where (small, 2.0 / w, theta / torch.where (small, torch.ones_like s, s))
+
         xyz * scale
 
     /// ESM's two-vector Gram–Schmidt (`_graham_schmidt`): x̂ = a/sqrt(|a|²+ε); u = b − (x̂·b)x̂;
@@ -78,8 +81,8 @@ module Rotation =
         let x = a / ((a * a).sum(-1L, true) + eps).sqrt()
         let u = b - (x * b).sum(-1L, true) * x
         let e1 = u / ((u * u).sum(-1L, true) + eps).sqrt()
-        let e2 = torch.linalg.cross(x, e1, -1L)
-        torch.stack([| x; e1; e2 |], -1L)
+        let e2 = torch.linalg.cross (x, e1, -1L)
+        torch.stack ([| x; e1; e2 |], -1L)
 
     /// The Gram–Schmidt ε ESM uses for every frame it builds.
     [<Literal>]
@@ -89,12 +92,12 @@ module Rotation =
     /// `gramSchmidt`. Shapes: [*, 6] -> [*, 3, 3]
     let ofSixD (eps: float) (v: torch.Tensor) =
         Shape.expectTrailing "v" [| 6L |] v
-        gramSchmidt eps (v.narrow(-1L, 0L, 3L)) (v.narrow(-1L, 3L, 3L))
+        gramSchmidt eps (v.narrow (-1L, 0L, 3L)) (v.narrow (-1L, 3L, 3L))
 
     /// The 6D representation: the first two columns, concatenated. Shapes: [*, 3, 3] -> [*, 6]
     let toSixD (r: torch.Tensor) =
         Shape.expectTrailing "r" [| 3L; 3L |] r
-        torch.cat([| r.select(-1L, 0L); r.select(-1L, 1L) |], -1L)
+        torch.cat ([| r.select (-1L, 0L); r.select (-1L, 1L) |], -1L)
 
     /// Uniformly distributed (Haar) random rotations. Shapes: batch [*] -> [*, 3, 3]
     let random (batch: int64[]) (dtype: torch.ScalarType) (device: torch.Device) (generator: torch.Generator) =

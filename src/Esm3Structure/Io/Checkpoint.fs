@@ -7,40 +7,45 @@ open Esm3Structure
 
 /// A tensor whose shape differs between a checkpoint and a module.
 type ShapeMismatch =
-    { /// The state_dict key.
-      Name: string
-      /// The module's shape.
-      Expected: int64[]
-      /// The checkpoint's shape.
-      Got: int64[] }
+    {
+        /// The state_dict key.
+        Name: string
+        /// The module's shape.
+        Expected: int64[]
+        /// The checkpoint's shape.
+        Got: int64[]
+    }
 
 /// Everything that keeps a checkpoint from loading strictly into a module.
 type CheckpointMismatch =
-    { /// Module keys the checkpoint lacks, in state_dict order.
-      Missing: string list
-      /// Checkpoint keys the module lacks, in checkpoint order.
-      Unexpected: string list
-      /// Keys present in both with different shapes, in state_dict order.
-      WrongShape: ShapeMismatch list
-      /// Keys the checkpoint holds more than once.
-      Duplicated: string list }
+    {
+        /// Module keys the checkpoint lacks, in state_dict order.
+        Missing: string list
+        /// Checkpoint keys the module lacks, in checkpoint order.
+        Unexpected: string list
+        /// Keys present in both with different shapes, in state_dict order.
+        WrongShape: ShapeMismatch list
+        /// Keys the checkpoint holds more than once.
+        Duplicated: string list
+    }
 
 /// Module checkpoints: the state_dict as safetensors, under exactly the names `state_dict()` gives (ESM's names,
 /// no prefix), loaded strictly with every problem named at once.
 module Checkpoint =
 
-    let private showShape (shape: int64[]) =
-        "[" + String.Join(", ", shape) + "]"
+    let private showShape (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
     // PyTorch's state_dict order: a module's own parameters, then its own persistent buffers, then each child
     // (declaration order), recursively (torch.nn.Module._save_to_state_dict / state_dict).
     let rec private pytorchOrder (prefix: string) (m: torch.nn.Module) : string list =
-        [ for struct (n, _) in m.named_parameters(false) do
-              yield prefix + n
-          for struct (n, _) in m.named_buffers(false, false) do
-              yield prefix + n
-          for struct (n, child) in m.named_children() do
-              yield! pytorchOrder (prefix + n + ".") child ]
+        [
+            for struct (n, _) in m.named_parameters (false) do
+                yield prefix + n
+            for struct (n, _) in m.named_buffers (false, false) do
+                yield prefix + n
+            for struct (n, child) in m.named_children () do
+                yield! pytorchOrder (prefix + n + ".") child
+        ]
 
     /// The module's state_dict (parameters and persistent buffers) as (name, tensor) pairs, in PyTorch's order:
     /// each module's own parameters, then its own buffers, then its children. TorchSharp's own `state_dict()` holds
@@ -49,15 +54,17 @@ module Checkpoint =
     /// not copies.
     /// Shapes: each as registered.
     let stateDict (m: torch.nn.Module) : (string * torch.Tensor) list =
-        let sd = m.state_dict()
+        let sd = m.state_dict ()
         let seen = HashSet<string>()
 
-        [ for k in pytorchOrder "" m do
-              if sd.ContainsKey k && seen.Add k then
-                  yield k, sd.[k]
-          for kv in sd do
-              if seen.Add kv.Key then
-                  yield kv.Key, kv.Value ]
+        [
+            for k in pytorchOrder "" m do
+                if sd.ContainsKey k && seen.Add k then
+                    yield k, sd.[k]
+            for kv in sd do
+                if seen.Add kv.Key then
+                    yield kv.Key, kv.Value
+        ]
 
     /// (name, shape) of every state_dict entry, in state_dict order: the list a golden key/shape test compares.
     let keyShapes (m: torch.nn.Module) : (string * int64[]) list =
@@ -80,34 +87,63 @@ module Checkpoint =
 
         for name, t in tensors do
             if given.ContainsKey name then
-                if not (duplicated.Contains name) then duplicated.Add name
+                if not (duplicated.Contains name) then
+                    duplicated.Add name
             else
                 given.[name] <- t
                 order.Add name
 
         let known = HashSet<string>(expected |> List.map fst)
 
-        { Missing = [ for name, _ in expected do if not (given.ContainsKey name) then yield name ]
-          Unexpected = [ for name in order do if not (known.Contains name) then yield name ]
-          WrongShape =
-            [ for name, t in expected do
-                  match given.TryGetValue name with
-                  | true, g when g.shape <> t.shape -> yield { Name = name; Expected = t.shape; Got = g.shape }
-                  | _ -> () ]
-          Duplicated = List.ofSeq duplicated }
+        {
+            Missing =
+                [
+                    for name, _ in expected do
+                        if not (given.ContainsKey name) then
+                            yield name
+                ]
+            Unexpected =
+                [
+                    for name in order do
+                        if not (known.Contains name) then
+                            yield name
+                ]
+            WrongShape =
+                [
+                    for name, t in expected do
+                        match given.TryGetValue name with
+                        | true, g when g.shape <> t.shape ->
+                            yield
+                                {
+                                    Name = name
+                                    Expected = t.shape
+                                    Got = g.shape
+                                }
+                        | _ -> ()
+                ]
+            Duplicated = List.ofSeq duplicated
+        }
 
     /// One line listing every problem, e.g.
     /// "missing keys: a.weight; unexpected keys: b.bias; wrong shapes: c.weight: expected [4, 8], got [4, 5]".
     let describe (mismatch: CheckpointMismatch) : string =
         let part title (items: string list) =
-            if items.IsEmpty then None else Some(title + ": " + String.Join(", ", items))
+            if items.IsEmpty then
+                None
+            else
+                Some(title + ": " + String.Join(", ", items))
 
-        [ part "missing keys" mismatch.Missing
-          part "unexpected keys" mismatch.Unexpected
-          part
-              "wrong shapes"
-              [ for s in mismatch.WrongShape -> sprintf "%s: expected %s, got %s" s.Name (showShape s.Expected) (showShape s.Got) ]
-          part "duplicated keys" mismatch.Duplicated ]
+        [
+            part "missing keys" mismatch.Missing
+            part "unexpected keys" mismatch.Unexpected
+            part
+                "wrong shapes"
+                [
+                    for s in mismatch.WrongShape ->
+                        sprintf "%s: expected %s, got %s" s.Name (showShape s.Expected) (showShape s.Got)
+                ]
+            part "duplicated keys" mismatch.Duplicated
+        ]
         |> List.choose id
         |> fun parts -> String.Join("; ", parts)
 
@@ -124,7 +160,7 @@ module Checkpoint =
             InputError.raise file InputLocation.Whole ("the checkpoint does not match the module: " + describe mismatch)
 
         let given = dict tensors
-        use _noGrad = torch.no_grad()
+        use _noGrad = torch.no_grad ()
 
         for name, target in stateDict m do
             target.copy_ given.[name] |> ignore

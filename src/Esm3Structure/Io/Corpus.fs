@@ -6,19 +6,21 @@ open Esm3Structure
 
 /// One row of the corpus index (`shared/data/index.tsv`).
 type CorpusEntry =
-    { /// File name under `structures/`, e.g. "1ubq_A.pdb.gz".
-      File: string
-      /// The entry's name: the file name without extensions, e.g. "1ubq_A"; the FASTA header.
-      Name: string
-      PdbId: string
-      Chain: string
-      /// Residues with N, CA and C.
-      Length: int
-      /// "train", "valid" or "test".
-      Split: string
-      ChainBreaks: int
-      /// "full" or "backbone".
-      Atoms: string }
+    {
+        /// File name under `structures/`, e.g. "1ubq_A.pdb.gz".
+        File: string
+        /// The entry's name: the file name without extensions, e.g. "1ubq_A"; the FASTA header.
+        Name: string
+        PdbId: string
+        Chain: string
+        /// Residues with N, CA and C.
+        Length: int
+        /// "train", "valid" or "test".
+        Split: string
+        ChainBreaks: int
+        /// "full" or "backbone".
+        Atoms: string
+    }
 
 /// Reads the shared corpus: `index.tsv` (split, length, source of every structure) and `sequences.fasta`.
 module Corpus =
@@ -37,8 +39,9 @@ module Corpus =
         let lines =
             try
                 File.ReadAllLines path
-            with :? IOException | :? UnauthorizedAccessException as e ->
-                InputError.raise path InputLocation.Whole e.Message
+            with
+            | :? IOException
+            | :? UnauthorizedAccessException as e -> InputError.raise path InputLocation.Whole e.Message
 
         if lines.Length = 0 then
             InputError.raise path InputLocation.Whole "empty index (expected a header line)"
@@ -50,40 +53,54 @@ module Corpus =
             | Some i -> i
             | None -> InputError.raise path (InputLocation.Line 1) (sprintf "missing column '%s'" name)
 
-        let file, pdb, chain, length, split = column "file", column "pdb_id", column "chain", column "length", column "split"
+        let file, pdb, chain, length, split =
+            column "file", column "pdb_id", column "chain", column "length", column "split"
+
         let breaks, atoms = column "chain_breaks", column "atoms"
 
-        [| for i in 1 .. lines.Length - 1 do
-               let line = lines.[i]
+        [|
+            for i in 1 .. lines.Length - 1 do
+                let line = lines.[i]
 
-               if line.Trim() <> "" then
-                   let cols = line.Split('\t')
+                if line.Trim() <> "" then
+                    let cols = line.Split('\t')
 
-                   if cols.Length < header.Length then
-                       InputError.raise path (InputLocation.Line(i + 1)) (sprintf "%d columns, expected %d" cols.Length header.Length)
+                    if cols.Length < header.Length then
+                        InputError.raise
+                            path
+                            (InputLocation.Line(i + 1))
+                            (sprintf "%d columns, expected %d" cols.Length header.Length)
 
-                   let int name (j: int) =
-                       match Int32.TryParse cols.[j] with
-                       | true, v -> v
-                       | _ -> InputError.raise path (InputLocation.Line(i + 1)) (sprintf "column '%s' is not an integer: '%s'" name cols.[j])
+                    let int name (j: int) =
+                        match Int32.TryParse cols.[j] with
+                        | true, v -> v
+                        | _ ->
+                            InputError.raise
+                                path
+                                (InputLocation.Line(i + 1))
+                                (sprintf "column '%s' is not an integer: '%s'" name cols.[j])
 
-                   yield
-                       { File = cols.[file]
-                         Name = stripExtensions cols.[file]
-                         PdbId = cols.[pdb]
-                         Chain = cols.[chain]
-                         Length = int "length" length
-                         Split = cols.[split]
-                         ChainBreaks = int "chain_breaks" breaks
-                         Atoms = cols.[atoms] } |]
+                    yield
+                        {
+                            File = cols.[file]
+                            Name = stripExtensions cols.[file]
+                            PdbId = cols.[pdb]
+                            Chain = cols.[chain]
+                            Length = int "length" length
+                            Split = cols.[split]
+                            ChainBreaks = int "chain_breaks" breaks
+                            Atoms = cols.[atoms]
+                        }
+        |]
 
     /// Parses a FASTA file into (name, sequence) pairs in file order; the name is the header up to the first space.
     let readFasta (path: string) : (string * string)[] =
         let lines =
             try
                 File.ReadAllLines path
-            with :? IOException | :? UnauthorizedAccessException as e ->
-                InputError.raise path InputLocation.Whole e.Message
+            with
+            | :? IOException
+            | :? UnauthorizedAccessException as e -> InputError.raise path InputLocation.Whole e.Message
 
         let result = Collections.Generic.List<string * string>()
         let mutable name: string = null
@@ -100,7 +117,11 @@ module Corpus =
 
             if line.StartsWith ">" then
                 flush ()
-                name <- line.Substring(1).Split(' ', StringSplitOptions.RemoveEmptyEntries) |> Array.tryHead |> Option.defaultValue ""
+
+                name <-
+                    line.Substring(1).Split(' ', StringSplitOptions.RemoveEmptyEntries)
+                    |> Array.tryHead
+                    |> Option.defaultValue ""
             elif line <> "" then
                 if isNull name then
                     InputError.raise path (InputLocation.Line(i + 1)) "sequence data before the first '>' header"
@@ -115,8 +136,14 @@ module Corpus =
         let index = readIndex (Path.Combine(dataDir, "index.tsv"))
         let fasta = readFasta (Path.Combine(dataDir, "sequences.fasta")) |> dict
 
-        [| for e in index do
-               if e.Split = split then
-                   match fasta.TryGetValue e.Name with
-                   | true, s -> yield e.Name, s
-                   | _ -> InputError.raise (Path.Combine(dataDir, "sequences.fasta")) (InputLocation.Field e.Name) "no sequence for this index entry" |]
+        [|
+            for e in index do
+                if e.Split = split then
+                    match fasta.TryGetValue e.Name with
+                    | true, s -> yield e.Name, s
+                    | _ ->
+                        InputError.raise
+                            (Path.Combine(dataDir, "sequences.fasta"))
+                            (InputLocation.Field e.Name)
+                            "no sequence for this index entry"
+        |]

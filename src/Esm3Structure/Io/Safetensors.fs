@@ -13,36 +13,42 @@ open Esm3Structure
 
 /// One tensor's entry in a safetensors header.
 type SafetensorsEntry =
-    { /// The tensor's name (the header key).
-      Name: string
-      /// The safetensors dtype name: "F32", "I64", "BOOL", ...
-      Dtype: string
-      /// The shape; empty for a 0-d scalar.
-      Shape: int64[]
-      /// First byte of the tensor's data, relative to the start of the data region.
-      Begin: int64
-      /// One past the last byte, relative to the start of the data region.
-      End: int64 }
+    {
+        /// The tensor's name (the header key).
+        Name: string
+        /// The safetensors dtype name: "F32", "I64", "BOOL", ...
+        Dtype: string
+        /// The shape; empty for a 0-d scalar.
+        Shape: int64[]
+        /// First byte of the tensor's data, relative to the start of the data region.
+        Begin: int64
+        /// One past the last byte, relative to the start of the data region.
+        End: int64
+    }
 
 /// A validated safetensors header.
 type SafetensorsHeader =
-    { /// The file it was read from.
-      File: string
-      /// N, the length of the JSON header in bytes.
-      HeaderLength: int64
-      /// Absolute file offset of the data region (8 + N).
-      DataStart: int64
-      /// The tensors, ordered by their data offsets.
-      Entries: SafetensorsEntry list
-      /// The `__metadata__` map (empty when absent).
-      Metadata: Map<string, string> }
+    {
+        /// The file it was read from.
+        File: string
+        /// N, the length of the JSON header in bytes.
+        HeaderLength: int64
+        /// Absolute file offset of the data region (8 + N).
+        DataStart: int64
+        /// The tensors, ordered by their data offsets.
+        Entries: SafetensorsEntry list
+        /// The `__metadata__` map (empty when absent).
+        Metadata: Map<string, string>
+    }
 
 /// The contents of a safetensors file: CPU tensors in file (data offset) order, and the metadata.
 type SafetensorsFile =
-    { /// (name, tensor) pairs, ordered by data offset. Each tensor is freshly allocated on the CPU.
-      Tensors: (string * torch.Tensor) list
-      /// The `__metadata__` map (empty when absent).
-      Metadata: Map<string, string> }
+    {
+        /// (name, tensor) pairs, ordered by data offset. Each tensor is freshly allocated on the CPU.
+        Tensors: (string * torch.Tensor) list
+        /// The `__metadata__` map (empty when absent).
+        Metadata: Map<string, string>
+    }
 
 /// Reads and writes safetensors files: an 8-byte little-endian header length N, N bytes of a UTF-8 JSON object
 /// (`name -> {"dtype", "shape", "data_offsets": [begin, end]}` plus optional `"__metadata__": {string: string}`),
@@ -60,35 +66,38 @@ module Safetensors =
     // (tensor.rs, "MUST be in increasing alignment order"); the writer orders tensors by this rank, descending, then
     // by name, exactly as safetensors' `prepare` does.
     let private dtypeTable: (string * int * torch.ScalarType option) list =
-        [ "BOOL", 8, Some torch.ScalarType.Bool
-          "F4", 4, None
-          "F6_E2M3", 6, None
-          "F6_E3M2", 6, None
-          "U8", 8, Some torch.ScalarType.Byte
-          "I8", 8, Some torch.ScalarType.Int8
-          "F8_E5M2", 8, None
-          "F8_E4M3", 8, None
-          "F8_E8M0", 8, None
-          "I16", 16, Some torch.ScalarType.Int16
-          "U16", 16, None
-          "F16", 16, Some torch.ScalarType.Float16
-          "BF16", 16, Some torch.ScalarType.BFloat16
-          "I32", 32, Some torch.ScalarType.Int32
-          "U32", 32, None
-          "F32", 32, Some torch.ScalarType.Float32
-          "C64", 64, Some torch.ScalarType.ComplexFloat32
-          "F64", 64, Some torch.ScalarType.Float64
-          "I64", 64, Some torch.ScalarType.Int64
-          "U64", 64, None ]
+        [
+            "BOOL", 8, Some torch.ScalarType.Bool
+            "F4", 4, None
+            "F6_E2M3", 6, None
+            "F6_E3M2", 6, None
+            "U8", 8, Some torch.ScalarType.Byte
+            "I8", 8, Some torch.ScalarType.Int8
+            "F8_E5M2", 8, None
+            "F8_E4M3", 8, None
+            "F8_E8M0", 8, None
+            "I16", 16, Some torch.ScalarType.Int16
+            "U16", 16, None
+            "F16", 16, Some torch.ScalarType.Float16
+            "BF16", 16, Some torch.ScalarType.BFloat16
+            "I32", 32, Some torch.ScalarType.Int32
+            "U32", 32, None
+            "F32", 32, Some torch.ScalarType.Float32
+            "C64", 64, Some torch.ScalarType.ComplexFloat32
+            "F64", 64, Some torch.ScalarType.Float64
+            "I64", 64, Some torch.ScalarType.Int64
+            "U64", 64, None
+        ]
 
     let private bitsByName =
         dtypeTable |> List.map (fun (n, bits, _) -> n, bits) |> dict
 
-    let private rankByName =
-        dtypeTable |> List.mapi (fun i (n, _, _) -> n, i) |> dict
+    let private rankByName = dtypeTable |> List.mapi (fun i (n, _, _) -> n, i) |> dict
 
     let private nameByScalar =
-        dtypeTable |> List.choose (fun (n, _, st) -> st |> Option.map (fun s -> s, n)) |> dict
+        dtypeTable
+        |> List.choose (fun (n, _, st) -> st |> Option.map (fun s -> s, n))
+        |> dict
 
     /// Every dtype name the safetensors format defines (including those TorchSharp lacks).
     let dtypeNames: string list = dtypeTable |> List.map (fun (n, _, _) -> n)
@@ -108,8 +117,7 @@ module Safetensors =
     let private fail (file: string) (location: InputLocation) (message: string) : 'a =
         InputError.raise file location message
 
-    let private showShape (shape: int64[]) =
-        "[" + String.Join(", ", shape) + "]"
+    let private showShape (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
     let private kindName (e: JsonElement) =
         match e.ValueKind with
@@ -131,7 +139,10 @@ module Safetensors =
         | true, v when v >= 0L -> v
         | true, v -> fail file (InputLocation.Field name) (sprintf "%s must be a non-negative integer, got %d" what v)
         | _ ->
-            fail file (InputLocation.Field name) (sprintf "%s must be a non-negative integer below 2^63, got %s" what (e.GetRawText()))
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "%s must be a non-negative integer below 2^63, got %s" what (e.GetRawText()))
 
     let private property (file: string) (name: string) (key: string) (entry: JsonElement) : JsonElement =
         match entry.TryGetProperty key with
@@ -150,7 +161,10 @@ module Safetensors =
         let dtype = dtypeEl.GetString()
 
         if not (bitsByName.ContainsKey dtype) then
-            fail file (InputLocation.Field name) (sprintf "unknown dtype \"%s\" (known: %s)" dtype (String.Join(", ", dtypeNames)))
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "unknown dtype \"%s\" (known: %s)" dtype (String.Join(", ", dtypeNames)))
 
         let shapeEl = property file name "shape" entry
 
@@ -158,12 +172,18 @@ module Safetensors =
             fail file (InputLocation.Field name) (sprintf "\"shape\" must be an array, got %s" (kindName shapeEl))
 
         let shape =
-            [| for i, d in Seq.indexed (shapeEl.EnumerateArray()) -> nonNegativeInt file name (sprintf "\"shape\"[%d]" i) d |]
+            [|
+                for i, d in Seq.indexed (shapeEl.EnumerateArray()) ->
+                    nonNegativeInt file name (sprintf "\"shape\"[%d]" i) d
+            |]
 
         let offsetsEl = property file name "data_offsets" entry
 
         if offsetsEl.ValueKind <> JsonValueKind.Array || offsetsEl.GetArrayLength() <> 2 then
-            fail file (InputLocation.Field name) (sprintf "\"data_offsets\" must be an array [begin, end], got %s" (offsetsEl.GetRawText()))
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "\"data_offsets\" must be an array [begin, end], got %s" (offsetsEl.GetRawText()))
 
         let b = nonNegativeInt file name "\"data_offsets\"[0]" offsetsEl.[0]
         let e = nonNegativeInt file name "\"data_offsets\"[1]" offsetsEl.[1]
@@ -172,10 +192,14 @@ module Safetensors =
             fail file (InputLocation.Field name) (sprintf "\"data_offsets\" [%d, %d]: begin is after end" b e)
 
         // Byte size from the shape, in arbitrary precision so a lying shape cannot overflow.
-        let bits = Array.fold (fun (acc: BigInteger) (d: int64) -> acc * BigInteger d) (BigInteger bitsByName.[dtype]) shape
+        let bits =
+            Array.fold (fun (acc: BigInteger) (d: int64) -> acc * BigInteger d) (BigInteger bitsByName.[dtype]) shape
 
         if not (bits % BigInteger 8).IsZero then
-            fail file (InputLocation.Field name) (sprintf "shape %s of %s is not a whole number of bytes" (showShape shape) dtype)
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "shape %s of %s is not a whole number of bytes" (showShape shape) dtype)
 
         let needed = bits / BigInteger 8
 
@@ -183,9 +207,22 @@ module Safetensors =
             fail
                 file
                 (InputLocation.Field name)
-                (sprintf "\"data_offsets\" [%d, %d] hold %d bytes, but shape %s of %s needs %O bytes" b e (e - b) (showShape shape) dtype needed)
+                (sprintf
+                    "\"data_offsets\" [%d, %d] hold %d bytes, but shape %s of %s needs %O bytes"
+                    b
+                    e
+                    (e - b)
+                    (showShape shape)
+                    dtype
+                    needed)
 
-        { Name = name; Dtype = dtype; Shape = shape; Begin = b; End = e }
+        {
+            Name = name
+            Dtype = dtype
+            Shape = shape
+            Begin = b
+            End = e
+        }
 
     let private parseMetadata (file: string) (value: JsonElement) : Map<string, string> =
         let loc = InputLocation.Field "__metadata__"
@@ -222,13 +259,16 @@ module Safetensors =
         let n = BinaryPrimitives.ReadUInt64LittleEndian(ReadOnlySpan lengthBytes)
 
         if n > uint64 (fileLength - 8L) then
-            fail file headerLoc (sprintf "%d is larger than the %d bytes that follow it in the file" n (fileLength - 8L))
+            fail
+                file
+                headerLoc
+                (sprintf "%d is larger than the %d bytes that follow it in the file" n (fileLength - 8L))
 
         if n > uint64 maxHeaderLength then
             fail file headerLoc (sprintf "%d is larger than safetensors' limit of %d bytes" n maxHeaderLength)
 
         let n = int64 n
-        let headerBytes = Array.zeroCreate<byte> (int n)
+        let headerBytes = Array.zeroCreate<byte>(int n)
         stream.ReadExactly(headerBytes, 0, int n)
 
         let text =
@@ -246,7 +286,10 @@ module Safetensors =
         let root = doc.RootElement
 
         if root.ValueKind <> JsonValueKind.Object then
-            fail file (InputLocation.Field "header") (sprintf "the header must be a JSON object, got %s" (kindName root))
+            fail
+                file
+                (InputLocation.Field "header")
+                (sprintf "the header must be a JSON object, got %s" (kindName root))
 
         let seen = HashSet<string>()
         let mutable metadata = Map.empty
@@ -268,7 +311,11 @@ module Safetensors =
                 fail
                     file
                     (InputLocation.Field e.Name)
-                    (sprintf "\"data_offsets\" [%d, %d] run past the end of the data region (%d bytes; the file is truncated or the offsets are wrong)" e.Begin e.End dataLength)
+                    (sprintf
+                        "\"data_offsets\" [%d, %d] run past the end of the data region (%d bytes; the file is truncated or the offsets are wrong)"
+                        e.Begin
+                        e.End
+                        dataLength)
 
         // Tensors must tile the data region: sorted by offsets, each starts where the previous one ended.
         let sorted = entries |> Seq.sortBy (fun e -> e.Begin, e.End) |> List.ofSeq
@@ -278,10 +325,25 @@ module Safetensors =
         for e in sorted do
             if e.Begin < position then
                 let other = previous |> Option.map (fun p -> p.Name) |> Option.defaultValue "?"
-                fail file (InputLocation.Field e.Name) (sprintf "\"data_offsets\" [%d, %d] overlap tensor '%s' (which ends at %d)" e.Begin e.End other position)
+
+                fail
+                    file
+                    (InputLocation.Field e.Name)
+                    (sprintf
+                        "\"data_offsets\" [%d, %d] overlap tensor '%s' (which ends at %d)"
+                        e.Begin
+                        e.End
+                        other
+                        position)
 
             if e.Begin > position then
-                fail file (InputLocation.Field e.Name) (sprintf "hole in the data region: bytes %d..%d before this tensor belong to no tensor" position e.Begin)
+                fail
+                    file
+                    (InputLocation.Field e.Name)
+                    (sprintf
+                        "hole in the data region: bytes %d..%d before this tensor belong to no tensor"
+                        position
+                        e.Begin)
 
             position <- e.End
             previous <- Some e
@@ -292,11 +354,13 @@ module Safetensors =
                 (InputLocation.Offset(8L + n + position))
                 (sprintf "the last %d bytes of the data region belong to no tensor" (dataLength - position))
 
-        { File = file
-          HeaderLength = n
-          DataStart = 8L + n
-          Entries = sorted
-          Metadata = metadata }
+        {
+            File = file
+            HeaderLength = n
+            DataStart = 8L + n
+            Entries = sorted
+            Metadata = metadata
+        }
 
     let private openRead (path: string) : FileStream =
         try
@@ -304,7 +368,16 @@ module Safetensors =
         with
         | :? IOException
         | :? UnauthorizedAccessException as e ->
-            raise (InputException({ File = path; Location = InputLocation.Whole; Message = "cannot open: " + e.Message }, e))
+            raise (
+                InputException(
+                    {
+                        File = path
+                        Location = InputLocation.Whole
+                        Message = "cannot open: " + e.Message
+                    },
+                    e
+                )
+            )
 
     /// Reads and validates the header of a safetensors file without reading tensor data: the header length fits the
     /// file and safetensors' limit; the header is UTF-8 JSON holding an object; every tensor has a known dtype, a
@@ -321,7 +394,7 @@ module Safetensors =
 
     /// Fills a fresh contiguous tensor from the stream's current position.
     let private fill (file: string) (entry: SafetensorsEntry) (dataStart: int64) (stream: Stream) (t: torch.Tensor) =
-        use flat = t.reshape(-1L)
+        use flat = t.reshape (-1L)
         let count = flat.shape.[0]
         let itemSize = int64 t.ElementSize
         let chunk = max 1L (chunkBytes / itemSize)
@@ -330,13 +403,16 @@ module Safetensors =
 
         while start < count do
             let length = min chunk (count - start)
-            use part = flat.narrow(0L, start, length)
+            use part = flat.narrow (0L, start, length)
             let span = part.bytes
 
             try
                 stream.ReadExactly span
             with :? EndOfStreamException ->
-                fail file (InputLocation.Field entry.Name) "the file ended inside this tensor's data (was it truncated while being read?)"
+                fail
+                    file
+                    (InputLocation.Field entry.Name)
+                    "the file ended inside this tensor's data (was it truncated while being read?)"
 
             if isBool then
                 for i in 0 .. span.Length - 1 do
@@ -344,7 +420,10 @@ module Safetensors =
                         fail
                             file
                             (InputLocation.Offset(dataStart + entry.Begin + start + int64 i))
-                            (sprintf "tensor '%s' is BOOL but holds the byte %d (only 0 and 1 are booleans)" entry.Name span.[i])
+                            (sprintf
+                                "tensor '%s' is BOOL but holds the byte %d (only 0 and 1 are booleans)"
+                                entry.Name
+                                span.[i])
 
             start <- start + length
 
@@ -358,19 +437,24 @@ module Safetensors =
 
         for e in header.Entries do
             if (scalarType e.Dtype).IsNone then
-                fail path (InputLocation.Field e.Name) (sprintf "dtype %s has no TorchSharp equivalent, so this reader cannot load it" e.Dtype)
+                fail
+                    path
+                    (InputLocation.Field e.Name)
+                    (sprintf "dtype %s has no TorchSharp equivalent, so this reader cannot load it" e.Dtype)
 
         let created = ResizeArray<string * torch.Tensor>()
 
         try
             for e in header.Entries do
-                let t = torch.empty(e.Shape, dtype = (scalarType e.Dtype).Value)
+                let t = torch.empty (e.Shape, dtype = (scalarType e.Dtype).Value)
                 created.Add((e.Name, t))
                 stream.Position <- header.DataStart + e.Begin
                 fill path e header.DataStart stream t
 
-            { Tensors = List.ofSeq created
-              Metadata = header.Metadata }
+            {
+                Tensors = List.ofSeq created
+                Metadata = header.Metadata
+            }
         with _ ->
             for _, t in created do
                 t.Dispose()
@@ -389,7 +473,10 @@ module Safetensors =
         while i < n && x.[i] = y.[i] do
             i <- i + 1
 
-        if i < n then compare x.[i] y.[i] else compare x.Length y.Length
+        if i < n then
+            compare x.[i] y.[i]
+        else
+            compare x.Length y.Length
 
     /// A JSON string literal escaped as serde_json does (`"`, `\`, control characters; everything else verbatim).
     let private jsonString (s: string) =
@@ -405,12 +492,15 @@ module Safetensors =
             | '\t' -> sb.Append "\\t" |> ignore
             | '\b' -> sb.Append "\\b" |> ignore
             | '\012' -> sb.Append "\\f" |> ignore
-            | c when c < ' ' -> sb.Append("\\u00").Append((int c).ToString("x2", CultureInfo.InvariantCulture)) |> ignore
+            | c when c < ' ' ->
+                sb.Append("\\u00").Append((int c).ToString("x2", CultureInfo.InvariantCulture))
+                |> ignore
             | c -> sb.Append c |> ignore
 
         sb.Append('"').ToString()
 
-    let private invariant (v: int64) = v.ToString(CultureInfo.InvariantCulture)
+    let private invariant (v: int64) =
+        v.ToString(CultureInfo.InvariantCulture)
 
     /// Writes tensors and metadata as a safetensors file, atomically (`AtomicFile.write`). The bytes are
     /// deterministic and follow safetensors' own writer: tensors ordered by dtype (safetensors' alignment order,
@@ -421,7 +511,11 @@ module Safetensors =
     /// raises an `IOException` naming `path`, and the previous file at `path`, if any, is left intact.
     /// `metadata` may be null.
     /// Shapes: any.
-    let write (path: string) (tensors: seq<string * torch.Tensor>) (metadata: IReadOnlyDictionary<string, string>) : unit =
+    let write
+        (path: string)
+        (tensors: seq<string * torch.Tensor>)
+        (metadata: IReadOnlyDictionary<string, string>)
+        : unit =
         let bad msg =
             raise (ArgumentException(sprintf "%s: cannot write safetensors: %s" path msg))
 
@@ -429,15 +523,24 @@ module Safetensors =
         let names = HashSet<string>()
 
         let entries =
-            [ for name, t in items do
-                  if isNull name then bad "a tensor name is null"
-                  if isNull (box t) then bad (sprintf "tensor '%s' is null" name)
-                  if name = "__metadata__" then bad "\"__metadata__\" is reserved and cannot name a tensor"
-                  if not (names.Add name) then bad (sprintf "the name '%s' appears twice" name)
+            [
+                for name, t in items do
+                    if isNull name then
+                        bad "a tensor name is null"
 
-                  match dtypeName t.dtype with
-                  | Some d -> yield name, d, t
-                  | None -> bad (sprintf "tensor '%s' has dtype %O, which safetensors cannot store" name t.dtype) ]
+                    if isNull (box t) then
+                        bad (sprintf "tensor '%s' is null" name)
+
+                    if name = "__metadata__" then
+                        bad "\"__metadata__\" is reserved and cannot name a tensor"
+
+                    if not (names.Add name) then
+                        bad (sprintf "the name '%s' appears twice" name)
+
+                    match dtypeName t.dtype with
+                    | Some d -> yield name, d, t
+                    | None -> bad (sprintf "tensor '%s' has dtype %O, which safetensors cannot store" name t.dtype)
+            ]
             |> List.sortWith (fun (n1, d1, _) (n2, d2, _) ->
                 match compare rankByName.[d2] rankByName.[d1] with
                 | 0 -> utf8Compare n1 n2
@@ -447,9 +550,13 @@ module Safetensors =
             if isNull metadata then
                 []
             else
-                [ for kv in metadata do
-                      if isNull kv.Key || isNull kv.Value then bad "a metadata key or value is null"
-                      yield kv.Key, kv.Value ]
+                [
+                    for kv in metadata do
+                        if isNull kv.Key || isNull kv.Value then
+                            bad "a metadata key or value is null"
+
+                        yield kv.Key, kv.Value
+                ]
                 |> List.sortWith (fun (a, _) (b, _) -> utf8Compare a b)
 
         let json = StringBuilder()
@@ -457,7 +564,9 @@ module Safetensors =
         let mutable first = true
 
         let comma () =
-            if not first then json.Append ',' |> ignore
+            if not first then
+                json.Append ',' |> ignore
+
             first <- false
 
         if not meta.IsEmpty then
@@ -466,7 +575,9 @@ module Safetensors =
 
             meta
             |> List.iteri (fun i (k, v) ->
-                if i > 0 then json.Append ',' |> ignore
+                if i > 0 then
+                    json.Append ',' |> ignore
+
                 json.Append(jsonString k).Append(':').Append(jsonString v) |> ignore)
 
             json.Append '}' |> ignore
@@ -507,13 +618,13 @@ module Safetensors =
             for _, _, t in entries do
                 use _scope = torch.NewDisposeScope()
                 let c = t.detach().cpu().contiguous()
-                let flat = c.reshape(-1L)
+                let flat = c.reshape (-1L)
                 let count = flat.shape.[0]
                 let chunk = max 1L (chunkBytes / int64 c.ElementSize)
                 let mutable start = 0L
 
                 while start < count do
                     let length = min chunk (count - start)
-                    let part = flat.narrow(0L, start, length)
+                    let part = flat.narrow (0L, start, length)
                     stream.Write(Span.op_Implicit part.bytes)
                     start <- start + length)

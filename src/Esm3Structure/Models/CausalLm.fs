@@ -8,20 +8,24 @@ open Esm3Structure.Tokenizers
 
 /// A small causal (next-token) language model over protein sequences, built from ESM's blocks.
 type CausalLmConfig =
-    { DModel: int64
-      Heads: int64
-      Layers: int
-      ExpansionRatio: float
-      /// Tokens per training window (the attention span).
-      Context: int64 }
+    {
+        DModel: int64
+        Heads: int64
+        Layers: int
+        ExpansionRatio: float
+        /// Tokens per training window (the attention span).
+        Context: int64
+    }
 
     /// The CPU-sized default: d 128, 4 heads, 2 layers, context 128.
     static member Small =
-        { DModel = 128L
-          Heads = 4L
-          Layers = 2
-          ExpansionRatio = 8.0 / 3.0
-          Context = 128L }
+        {
+            DModel = 128L
+            Heads = 4L
+            Layers = 2
+            ExpansionRatio = 8.0 / 3.0
+            Context = 128L
+        }
 
 /// Token embedding (ESM's 64-wide sequence vocabulary) → ESM transformer stack with a causal mask and rotary
 /// positions → linear head over the vocabulary.
@@ -37,7 +41,8 @@ type CausalLm(config: CausalLmConfig) as this =
                 Heads = config.Heads
                 Layers = config.Layers
                 ExpansionRatio = config.ExpansionRatio
-                ScaleResidue = false }
+                ScaleResidue = false
+            }
         )
 
     let head = torch.nn.Linear(config.DModel, SequenceTokenizer.EmbeddingWidth)

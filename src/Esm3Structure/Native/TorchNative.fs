@@ -23,14 +23,16 @@ module TorchNative =
 
     /// One `Elf64_Vernaux` entry of a shared object's `.gnu.version_r` section.
     type VersionNeed =
-        { /// The library that must provide the version, e.g. "libstdc++.so.6".
-          File: string
-          /// The version name, e.g. "GLIBCXX_3.4.32".
-          Version: string
-          /// `vna_flags` (2 = weak).
-          Flags: uint16
-          /// Byte offset of `vna_flags` in the file.
-          FlagsOffset: int }
+        {
+            /// The library that must provide the version, e.g. "libstdc++.so.6".
+            File: string
+            /// The version name, e.g. "GLIBCXX_3.4.32".
+            Version: string
+            /// `vna_flags` (2 = weak).
+            Flags: uint16
+            /// Byte offset of `vna_flags` in the file.
+            FlagsOffset: int
+        }
 
     let private verFlgWeak = 2us
     let private shtGnuVerneed = 0x6ffffffeu
@@ -40,7 +42,13 @@ module TorchNative =
         let fail msg =
             raise (InvalidDataException(sprintf "not a readable ELF64 little-endian shared object: %s" msg))
 
-        if data.Length < 64 || data.[0] <> 0x7Fuy || data.[1] <> byte 'E' || data.[2] <> byte 'L' || data.[3] <> byte 'F' then
+        if
+            data.Length < 64
+            || data.[0] <> 0x7Fuy
+            || data.[1] <> byte 'E'
+            || data.[2] <> byte 'L'
+            || data.[3] <> byte 'F'
+        then
             fail "bad magic"
 
         if data.[4] <> 2uy || data.[5] <> 1uy then
@@ -50,54 +58,74 @@ module TorchNative =
             if o < 0 || o + n > data.Length then
                 fail (sprintf "offset %d out of range" o)
 
-        let u16 o = check o 2; BitConverter.ToUInt16(data, o)
-        let u32 o = check o 4; BitConverter.ToUInt32(data, o)
-        let u64 o = check o 8; int (BitConverter.ToUInt64(data, o))
+        let u16 o =
+            check o 2
+            BitConverter.ToUInt16(data, o)
+
+        let u32 o =
+            check o 4
+            BitConverter.ToUInt32(data, o)
+
+        let u64 o =
+            check o 8
+            int (BitConverter.ToUInt64(data, o))
 
         let cstr o =
             check o 1
             let e = Array.IndexOf(data, 0uy, o)
-            if e < 0 then fail "unterminated string"
+
+            if e < 0 then
+                fail "unterminated string"
+
             Encoding.ASCII.GetString(data, o, e - o)
 
         let shoff, shentsize, shnum = u64 0x28, int (u16 0x3A), int (u16 0x3C)
         let section i = shoff + i * shentsize
 
-        match [ 0 .. shnum - 1 ] |> List.tryFind (fun i -> u32 (section i + 4) = shtGnuVerneed) with
+        match
+            [ 0 .. shnum - 1 ]
+            |> List.tryFind (fun i -> u32 (section i + 4) = shtGnuVerneed)
+        with
         | None -> []
         | Some verneed ->
             let vnStart = u64 (section verneed + 24)
             let strtab = u64 (section (int (u32 (section verneed + 40))) + 24)
             let count = int (u32 (section verneed + 44))
 
-            [ let mutable vn = vnStart
+            [
+                let mutable vn = vnStart
 
-              for _ in 1..count do
-                  let file = cstr (strtab + int (u32 (vn + 4)))
-                  let mutable aux = vn + int (u32 (vn + 8))
+                for _ in 1..count do
+                    let file = cstr (strtab + int (u32 (vn + 4)))
+                    let mutable aux = vn + int (u32 (vn + 8))
 
-                  for _ in 1 .. int (u16 (vn + 2)) do
-                      yield
-                          { File = file
-                            Version = cstr (strtab + int (u32 (aux + 8)))
-                            Flags = u16 (aux + 4)
-                            FlagsOffset = aux + 4 }
+                    for _ in 1 .. int (u16 (vn + 2)) do
+                        yield
+                            {
+                                File = file
+                                Version = cstr (strtab + int (u32 (aux + 8)))
+                                Flags = u16 (aux + 4)
+                                FlagsOffset = aux + 4
+                            }
 
-                      aux <- aux + int (u32 (aux + 12))
+                        aux <- aux + int (u32 (aux + 12))
 
-                  vn <- vn + int (u32 (vn + 12)) ]
+                    vn <- vn + int (u32 (vn + 12))
+            ]
 
     /// Returns a copy of `data` with the named version requirements marked weak, and the versions changed.
     let markWeak (versions: Set<string>) (data: byte[]) : byte[] * string list =
         let copy = Array.copy data
 
         let changed =
-            [ for need in versionNeeds data do
-                  if versions.Contains need.Version && need.Flags &&& verFlgWeak = 0us then
-                      let flags = need.Flags ||| verFlgWeak
-                      copy.[need.FlagsOffset] <- byte (flags &&& 0xFFus)
-                      copy.[need.FlagsOffset + 1] <- byte (flags >>> 8)
-                      yield need.Version ]
+            [
+                for need in versionNeeds data do
+                    if versions.Contains need.Version && need.Flags &&& verFlgWeak = 0us then
+                        let flags = need.Flags ||| verFlgWeak
+                        copy.[need.FlagsOffset] <- byte (flags &&& 0xFFus)
+                        copy.[need.FlagsOffset + 1] <- byte (flags >>> 8)
+                        yield need.Version
+            ]
 
         copy, changed
 
@@ -162,7 +190,10 @@ module TorchNative =
             | Some o -> o
             | None ->
                 let result =
-                    if not (RuntimeInformation.IsOSPlatform OSPlatform.Linux) || not (File.Exists wrapper) then
+                    if
+                        not (RuntimeInformation.IsOSPlatform OSPlatform.Linux)
+                        || not (File.Exists wrapper)
+                    then
                         NotNeeded
                     else
                         match missingLibstdcxxVersions wrapper with
@@ -190,7 +221,8 @@ module TorchNative =
                             let bytes, weakened = markWeak (set missing) original
 
                             let upToDate =
-                                File.Exists patched && (FileInfo patched).Length = int64 bytes.Length
+                                File.Exists patched
+                                && (FileInfo patched).Length = int64 bytes.Length
                                 && (File.ReadAllBytes patched).AsSpan().SequenceEqual(ReadOnlySpan bytes)
 
                             if not upToDate then
@@ -221,17 +253,32 @@ module TorchNative =
             | d -> d
 
         let candidates =
-            [ for dir in
-                  [ Path.GetDirectoryName(typeof<LoadOutcome>.Assembly.Location)
-                    AppContext.BaseDirectory
-                    Path.GetDirectoryName torchAsm.Location ] do
-                  if not (String.IsNullOrEmpty dir) then
-                      let native = nativeDirBeside dir
-                      yield native, Path.Combine(native, "libLibTorchSharp.so")
-              yield
-                  Path.Combine(nugetRoot, "libtorch-cpu-linux-x64", "2.10.0", "runtimes", "linux-x64", "native"),
-                  Path.Combine(nugetRoot, "torchsharp", tsVersion, "runtimes", "linux-x64", "native", "libLibTorchSharp.so") ]
+            [
+                for dir in
+                    [
+                        Path.GetDirectoryName(typeof<LoadOutcome>.Assembly.Location)
+                        AppContext.BaseDirectory
+                        Path.GetDirectoryName torchAsm.Location
+                    ] do
+                    if not (String.IsNullOrEmpty dir) then
+                        let native = nativeDirBeside dir
+                        yield native, Path.Combine(native, "libLibTorchSharp.so")
+                yield
+                    Path.Combine(nugetRoot, "libtorch-cpu-linux-x64", "2.10.0", "runtimes", "linux-x64", "native"),
+                    Path.Combine(
+                        nugetRoot,
+                        "torchsharp",
+                        tsVersion,
+                        "runtimes",
+                        "linux-x64",
+                        "native",
+                        "libLibTorchSharp.so"
+                    )
+            ]
 
-        match candidates |> List.tryFind (fun (dir, wrapper) -> File.Exists(Path.Combine(dir, "libtorch.so")) && File.Exists wrapper) with
+        match
+            candidates
+            |> List.tryFind (fun (dir, wrapper) -> File.Exists(Path.Combine(dir, "libtorch.so")) && File.Exists wrapper)
+        with
         | Some(dir, wrapper) -> ensureLoadedFrom dir wrapper (defaultCacheDir tsVersion)
         | None -> NotNeeded

@@ -32,7 +32,7 @@ module AttentionMask =
     /// Shapes: sequenceId [B, L] -> [B, 1, L, L] bool
     let sameSequence (sequenceId: torch.Tensor) =
         Shape.expect "sequenceId" [| -1L; -1L |] sequenceId
-        sequenceId.unsqueeze(-1L).eq(sequenceId.unsqueeze(-2L)).unsqueeze(1L)
+        sequenceId.unsqueeze(-1L).eq(sequenceId.unsqueeze (-2L)).unsqueeze(1L)
 
     /// Both masks must allow. Shapes: broadcastable bool masks -> their broadcast
     let both (a: torch.Tensor) (b: torch.Tensor) = a.logical_and b
@@ -54,21 +54,35 @@ module Attention =
         let d = q.shape.[q.shape.Length - 1]
 
         if k.shape.[k.shape.Length - 1] <> d then
-            raise (ArgumentException(sprintf "attention: q is %s but k is %s (feature widths differ)" (Shape.show q.shape) (Shape.show k.shape)))
+            raise (
+                ArgumentException(
+                    sprintf
+                        "attention: q is %s but k is %s (feature widths differ)"
+                        (Shape.show q.shape)
+                        (Shape.show k.shape)
+                )
+            )
 
         let scale = defaultArg scale (1.0 / Math.Sqrt(float d))
-        let scores = q.matmul(k.transpose(-1L, -2L)) * scale
+        let scores = q.matmul (k.transpose (-1L, -2L)) * scale
 
         let masked =
             match mask with
             | AttentionMask.None -> scores
-            | AttentionMask.Allowed allowed -> scores.masked_fill(allowed.logical_not (), (finfoMin scores.dtype).ToScalar())
+            | AttentionMask.Allowed allowed ->
+                scores.masked_fill (allowed.logical_not (), (finfoMin scores.dtype).ToScalar())
             | AttentionMask.Additive bias -> scores + bias
 
-        masked.softmax(-1L)
+        masked.softmax (-1L)
 
     /// softmax(q kᵀ · scale + mask) v. Shapes: q [*, Lq, d], k [*, Lk, d], v [*, Lk, dv] -> [*, Lq, dv]
-    let scaledDotProduct (mask: AttentionMask) (scale: float option) (q: torch.Tensor) (k: torch.Tensor) (v: torch.Tensor) =
+    let scaledDotProduct
+        (mask: AttentionMask)
+        (scale: float option)
+        (q: torch.Tensor)
+        (k: torch.Tensor)
+        (v: torch.Tensor)
+        =
         (weights mask scale q k).matmul v
 
     /// Splits channels into heads. Shapes: [B, L, H·D] -> [B, H, L, D]
@@ -80,29 +94,39 @@ module Attention =
 
 /// Settings of ESM's multi-head self-attention.
 type AttentionConfig =
-    { DModel: int64
-      Heads: int64
-      /// Biases in the qkv and output projections (and the q/k LayerNorms). ESM3: false.
-      Bias: bool
-      /// LayerNorm over the full width of q and k before the rotary embedding. ESM3: true.
-      QkLayerNorm: bool
-      /// Rotary embedding on q and k; None for none.
-      Rotary: RotaryConfig option }
+    {
+        DModel: int64
+        Heads: int64
+        /// Biases in the qkv and output projections (and the q/k LayerNorms). ESM3: false.
+        Bias: bool
+        /// LayerNorm over the full width of q and k before the rotary embedding. ESM3: true.
+        QkLayerNorm: bool
+        /// Rotary embedding on q and k; None for none.
+        Rotary: RotaryConfig option
+    }
 
     /// ESM3's trunk attention (d 1536, 24 heads).
     static member Esm3 =
-        { DModel = 1536L
-          Heads = 24L
-          Bias = false
-          QkLayerNorm = true
-          Rotary = Some RotaryConfig.Esm }
+        {
+            DModel = 1536L
+            Heads = 24L
+            Bias = false
+            QkLayerNorm = true
+            Rotary = Some RotaryConfig.Esm
+        }
 
     /// Named errors; empty when valid.
     static member Validate(c: AttentionConfig) =
-        [ if c.DModel <= 0L then "DModel must be positive"
-          if c.Heads <= 0L then "Heads must be positive"
-          elif c.DModel % c.Heads <> 0L then sprintf "DModel (%d) must be divisible by Heads (%d)" c.DModel c.Heads
-          elif c.Rotary.IsSome && (c.DModel / c.Heads) % 2L <> 0L then "the head width must be even for rotary embeddings" ]
+        [
+            if c.DModel <= 0L then
+                "DModel must be positive"
+            if c.Heads <= 0L then
+                "Heads must be positive"
+            elif c.DModel % c.Heads <> 0L then
+                sprintf "DModel (%d) must be divisible by Heads (%d)" c.DModel c.Heads
+            elif c.Rotary.IsSome && (c.DModel / c.Heads) % 2L <> 0L then
+                "the head width must be even for rotary embeddings"
+        ]
 
 /// ESM's `MultiHeadAttention` (`esm/layers/attention.py`): LayerNorm on the input, one qkv projection, q/k
 /// LayerNorms over the full width, rotary embedding per head, scaled dot-product attention, output projection.
@@ -127,10 +151,16 @@ type MultiHeadAttention(config: AttentionConfig) as this =
     let out_proj = torch.nn.Linear(d, d, hasBias = config.Bias)
 
     let q_ln: torch.nn.Module<torch.Tensor, torch.Tensor> =
-        if config.QkLayerNorm then torch.nn.LayerNorm([| d |], 1e-5, bias = config.Bias) else torch.nn.Identity()
+        if config.QkLayerNorm then
+            torch.nn.LayerNorm([| d |], 1e-5, bias = config.Bias)
+        else
+            torch.nn.Identity()
 
     let k_ln: torch.nn.Module<torch.Tensor, torch.Tensor> =
-        if config.QkLayerNorm then torch.nn.LayerNorm([| d |], 1e-5, bias = config.Bias) else torch.nn.Identity()
+        if config.QkLayerNorm then
+            torch.nn.LayerNorm([| d |], 1e-5, bias = config.Bias)
+        else
+            torch.nn.Identity()
 
     do this.RegisterComponents()
 
@@ -140,10 +170,15 @@ type MultiHeadAttention(config: AttentionConfig) as this =
     override _.forward(x: torch.Tensor, mask: AttentionMask) =
         Shape.expect "x" [| -1L; -1L; d |] x
         let qkv_BLD3 = layernorm_qkv.forward x
-        let chunks = qkv_BLD3.chunk(3L, -1L)
-        let q_BLD, k_BLD, v_BLD = q_ln.forward chunks.[0], k_ln.forward chunks.[1], chunks.[2]
+        let chunks = qkv_BLD3.chunk (3L, -1L)
+
+        let q_BLD, k_BLD, v_BLD =
+            q_ln.forward chunks.[0], k_ln.forward chunks.[1], chunks.[2]
+
         let heads = config.Heads
-        let perHead (t: torch.Tensor) = Shape.unflattenLast [| heads; d / heads |] t // [B, L, H, D]
+
+        let perHead (t: torch.Tensor) =
+            Shape.unflattenLast [| heads; d / heads |] t // [B, L, H, D]
 
         let q_BLHD, k_BLHD =
             match config.Rotary with
@@ -151,6 +186,11 @@ type MultiHeadAttention(config: AttentionConfig) as this =
             | None -> perHead q_BLD, perHead k_BLD
 
         let context_BHLD =
-            Attention.scaledDotProduct mask None (q_BLHD.transpose(1L, 2L)) (k_BLHD.transpose(1L, 2L)) (Attention.splitHeads heads v_BLD)
+            Attention.scaledDotProduct
+                mask
+                None
+                (q_BLHD.transpose (1L, 2L))
+                (k_BLHD.transpose (1L, 2L))
+                (Attention.splitHeads heads v_BLD)
 
         out_proj.forward (Attention.mergeHeads context_BHLD)

@@ -13,19 +13,23 @@ type FeedForwardKind =
 
 /// Settings of a feed-forward sub-layer.
 type FeedForwardConfig =
-    { DModel: int64
-      /// Hidden width ratio r (ESM3 trunk 8/3, encoder 4).
-      ExpansionRatio: float
-      /// Biases in the two linear layers (the LayerNorm always has one, as in ESM).
-      Bias: bool
-      Kind: FeedForwardKind }
+    {
+        DModel: int64
+        /// Hidden width ratio r (ESM3 trunk 8/3, encoder 4).
+        ExpansionRatio: float
+        /// Biases in the two linear layers (the LayerNorm always has one, as in ESM).
+        Bias: bool
+        Kind: FeedForwardKind
+    }
 
     /// ESM3's trunk feed-forward (d 1536, r 8/3, no biases, SwiGLU).
     static member Esm3 =
-        { DModel = 1536L
-          ExpansionRatio = 8.0 / 3.0
-          Bias = false
-          Kind = FeedForwardKind.SwiGlu }
+        {
+            DModel = 1536L
+            ExpansionRatio = 8.0 / 3.0
+            Bias = false
+            Kind = FeedForwardKind.SwiGlu
+        }
 
 /// The parameter-free SwiGLU gate: SiLU(x₁) ⊙ x₂ where [x₁ | x₂] = x split in halves.
 type SwiGluGate() =
@@ -33,7 +37,7 @@ type SwiGluGate() =
 
     /// Shapes: [*, 2F] -> [*, F]
     override _.forward(x: torch.Tensor) =
-        let halves = x.chunk(2L, -1L)
+        let halves = x.chunk (2L, -1L)
         torch.nn.functional.silu halves.[0] * halves.[1]
 
 module FeedForward =

@@ -18,14 +18,18 @@ module Init =
 
             let value =
                 if shape.Length >= 2 && name.Contains "embed" then
-                    torch.randn(shape, dtype = p.dtype, device = p.device, generator = generator)
+                    torch.randn (shape, dtype = p.dtype, device = p.device, generator = generator)
                 elif shape.Length >= 2 then
                     let fanIn = Array.fold (*) 1L shape.[1..]
                     let bound = 1.0 / Math.Sqrt(float fanIn)
-                    (torch.rand(shape, dtype = p.dtype, device = p.device, generator = generator) * 2.0 - 1.0) * bound
+
+                    (torch.rand (shape, dtype = p.dtype, device = p.device, generator = generator)
+                     * 2.0
+                     - 1.0)
+                    * bound
                 elif name.EndsWith "weight" then
-                    torch.ones(shape, dtype = p.dtype, device = p.device)
+                    torch.ones (shape, dtype = p.dtype, device = p.device)
                 else
-                    torch.zeros(shape, dtype = p.dtype, device = p.device)
+                    torch.zeros (shape, dtype = p.dtype, device = p.device)
 
             p.copy_ value |> ignore

@@ -6,34 +6,36 @@ open Esm3Structure
 
 /// One atom record of a coordinate file (a PDB ATOM/HETATM line or an mmCIF `_atom_site` row), as read.
 type AtomSite =
-    { /// 1-based line of the record in its file (for error messages).
-      Line: int
-      /// True for HETATM records (in mmCIF without `group_PDB`: residue names that are not amino acids).
-      Hetero: bool
-      /// Atom name, trimmed (e.g. "CA").
-      AtomName: string
-      /// Alternate-location label; "" when blank.
-      AltLoc: string
-      /// Residue name as read, trimmed (e.g. "MSE").
-      ResName: string
-      /// Chain id; "" when blank.
-      ChainId: string
-      /// Author residue number.
-      ResSeq: int
-      /// Insertion code; "" when blank.
-      InsCode: string
-      /// x coordinate, Å.
-      X: float32
-      /// y coordinate, Å.
-      Y: float32
-      /// z coordinate, Å.
-      Z: float32
-      /// Occupancy (1 when not given).
-      Occupancy: float32
-      /// B-factor (0 when not given).
-      BFactor: float32
-      /// Element symbol, upper case; "" when not given.
-      Element: string }
+    {
+        /// 1-based line of the record in its file (for error messages).
+        Line: int
+        /// True for HETATM records (in mmCIF without `group_PDB`: residue names that are not amino acids).
+        Hetero: bool
+        /// Atom name, trimmed (e.g. "CA").
+        AtomName: string
+        /// Alternate-location label; "" when blank.
+        AltLoc: string
+        /// Residue name as read, trimmed (e.g. "MSE").
+        ResName: string
+        /// Chain id; "" when blank.
+        ChainId: string
+        /// Author residue number.
+        ResSeq: int
+        /// Insertion code; "" when blank.
+        InsCode: string
+        /// x coordinate, Å.
+        X: float32
+        /// y coordinate, Å.
+        Y: float32
+        /// z coordinate, Å.
+        Z: float32
+        /// Occupancy (1 when not given).
+        Occupancy: float32
+        /// B-factor (0 when not given).
+        BFactor: float32
+        /// Element symbol, upper case; "" when not given.
+        Element: string
+    }
 
 /// The rules that turn the atom records of one model into a `ProteinChain`, shared by the PDB and mmCIF readers.
 ///
@@ -52,14 +54,16 @@ module AtomSites =
 
     let private residueAliases =
         dict
-            [ "MSE", "MET"
-              "HSD", "HIS"
-              "HSE", "HIS"
-              "HSP", "HIS"
-              "HID", "HIS"
-              "HIE", "HIS"
-              "HIP", "HIS"
-              "CYX", "CYS" ]
+            [
+                "MSE", "MET"
+                "HSD", "HIS"
+                "HSE", "HIS"
+                "HSP", "HIS"
+                "HID", "HIS"
+                "HIE", "HIS"
+                "HIP", "HIS"
+                "CYX", "CYS"
+            ]
 
     /// The canonical three-letter name of a residue name: MSE -> MET and the tool aliases above; others unchanged.
     let canonicalResName (name: string) : string =
@@ -77,7 +81,9 @@ module AtomSites =
         if site.Element <> "" then
             site.Element = "H" || site.Element = "D"
         else
-            let name = site.AtomName.TrimStart([| '0'; '1'; '2'; '3'; '4'; '5'; '6'; '7'; '8'; '9' |])
+            let name =
+                site.AtomName.TrimStart([| '0'; '1'; '2'; '3'; '4'; '5'; '6'; '7'; '8'; '9' |])
+
             name.StartsWith "H"
 
     /// True when the record belongs to a residue that is read (ATOM, or HETATM MSE) and is not a hydrogen.
@@ -100,17 +106,22 @@ module AtomSites =
         | _ -> atom
 
     /// Shows a chain id for messages ("" as "' '").
-    let private show (chainId: string) = sprintf "'%s'" (if chainId = "" then " " else chainId)
+    let private show (chainId: string) =
+        sprintf "'%s'" (if chainId = "" then " " else chainId)
 
     type private Residue =
-        { Key: struct (int * string)
-          Atoms: ResizeArray<AtomSite> }
+        {
+            Key: struct (int * string)
+            Atoms: ResizeArray<AtomSite>
+        }
 
     type private Chain =
-        { Id: string
-          Residues: ResizeArray<Residue>
-          ByKey: Dictionary<struct (int * string), Residue>
-          mutable HasProtein: bool }
+        {
+            Id: string
+            Residues: ResizeArray<Residue>
+            ByKey: Dictionary<struct (int * string), Residue>
+            mutable HasProtein: bool
+        }
 
     /// Builds the chain `chain` (None: the first chain that has an amino-acid residue) from the atom records of one
     /// model. `file` names the input in errors; `name` becomes the chain's `Name`.
@@ -130,10 +141,12 @@ module AtomSites =
                     | true, c -> c
                     | _ ->
                         let c =
-                            { Id = s.ChainId
-                              Residues = ResizeArray()
-                              ByKey = Dictionary()
-                              HasProtein = false }
+                            {
+                                Id = s.ChainId
+                                Residues = ResizeArray()
+                                ByKey = Dictionary()
+                                HasProtein = false
+                            }
 
                         byId.[s.ChainId] <- c
                         chains.Add c
@@ -152,14 +165,21 @@ module AtomSites =
 
                 r.Atoms.Add s
 
-                if not c.HasProtein
-                   && (ResidueConstants.restype3to1.ContainsKey(canonicalResName s.ResName) && s.ResName <> "UNK"
-                       || s.AtomName = "CA") then
+                if
+                    not c.HasProtein
+                    && (ResidueConstants.restype3to1.ContainsKey(canonicalResName s.ResName)
+                        && s.ResName <> "UNK"
+                        || s.AtomName = "CA")
+                then
                     c.HasProtein <- true
 
         let list (ids: seq<string>) =
             let ids = List.ofSeq ids
-            if ids.IsEmpty then "none" else String.Join(", ", ids |> List.map show)
+
+            if ids.IsEmpty then
+                "none"
+            else
+                String.Join(", ", ids |> List.map show)
 
         let selected =
             match chain with
@@ -167,17 +187,30 @@ module AtomSites =
                 match byId.TryGetValue id with
                 | true, c -> c
                 | _ when allIds.Contains id ->
-                    InputError.raise file (InputLocation.Field "chain")
-                        (sprintf "chain %s has no amino-acid residues (chains with amino acids: %s)" (show id) (list (chains |> Seq.map (fun c -> c.Id))))
+                    InputError.raise
+                        file
+                        (InputLocation.Field "chain")
+                        (sprintf
+                            "chain %s has no amino-acid residues (chains with amino acids: %s)"
+                            (show id)
+                            (list (chains |> Seq.map (fun c -> c.Id))))
                 | _ ->
                     let present = Seq.append (chains |> Seq.map (fun c -> c.Id)) allIds |> Seq.distinct
-                    InputError.raise file (InputLocation.Field "chain") (sprintf "chain %s not found; chains present: %s" (show id) (list present))
+
+                    InputError.raise
+                        file
+                        (InputLocation.Field "chain")
+                        (sprintf "chain %s not found; chains present: %s" (show id) (list present))
             | None ->
                 match chains |> Seq.tryFind (fun c -> c.HasProtein) with
                 | Some c -> c
                 | None ->
-                    InputError.raise file InputLocation.Whole
-                        (sprintf "no chain with an amino-acid residue; chains present: %s" (list (Seq.append (chains |> Seq.map (fun c -> c.Id)) allIds |> Seq.distinct)))
+                    InputError.raise
+                        file
+                        InputLocation.Whole
+                        (sprintf
+                            "no chain with an amino-acid residue; chains present: %s"
+                            (list (Seq.append (chains |> Seq.map (fun c -> c.Id)) allIds |> Seq.distinct)))
 
         let n = selected.Residues.Count
         let resNames = Array.zeroCreate n
@@ -215,7 +248,11 @@ module AtomSites =
 
                 best
 
-            let kept = res.Atoms |> Seq.filter (fun a -> a.AltLoc = "" || a.AltLoc = chosen) |> Array.ofSeq
+            let kept =
+                res.Atoms
+                |> Seq.filter (fun a -> a.AltLoc = "" || a.AltLoc = chosen)
+                |> Array.ofSeq
+
             let readName = kept.[0].ResName
             let canonical = canonicalResName readName
             let letter = ResidueConstants.oneLetterOf canonical
@@ -237,10 +274,13 @@ module AtomSites =
                         bfactors.[i, atomIdx] <- a.BFactor
 
         let complete =
-            Seq.init n id |> Seq.exists (fun i -> filled.[i, 0] && filled.[i, 1] && filled.[i, 2])
+            Seq.init n id
+            |> Seq.exists (fun i -> filled.[i, 0] && filled.[i, 1] && filled.[i, 2])
 
         if not complete then
-            InputError.raise file (InputLocation.Field(sprintf "chain %s" (show selected.Id)))
+            InputError.raise
+                file
+                (InputLocation.Field(sprintf "chain %s" (show selected.Id)))
                 "no complete backbone: no residue has all of N, CA and C"
 
         ProteinChain.create name selected.Id resNames (String(sequence)) resIndex insCodes coords bfactors

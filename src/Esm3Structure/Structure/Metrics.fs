@@ -6,26 +6,30 @@ open Esm3Structure.Tensors
 
 /// LDDT settings: the inclusion radius (judged on the reference) and the distance-difference thresholds, in Å.
 /// Released defaults (ESM `esm/utils/structure/metrics.py`, `compute_lddt`): cutoff 15, thresholds 0.5/1/2/4.
-type LddtConfig =
-    { Cutoff: float
-      Thresholds: float[] }
+type LddtConfig = { Cutoff: float; Thresholds: float[] }
 
 /// Named LDDT configurations and their validation.
 module LddtConfig =
     /// ESM's defaults: cutoff 15 Å, thresholds 0.5, 1, 2, 4 Å.
-    let esm = { Cutoff = 15.0; Thresholds = [| 0.5; 1.0; 2.0; 4.0 |] }
+    let esm =
+        {
+            Cutoff = 15.0
+            Thresholds = [| 0.5; 1.0; 2.0; 4.0 |]
+        }
 
     /// Checks that the cutoff is positive and finite and that there is at least one positive, finite threshold.
     let validate (c: LddtConfig) : Result<LddtConfig, string list> =
         let errors =
-            [ if not (c.Cutoff > 0.0 && Double.IsFinite c.Cutoff) then
-                  yield sprintf "Cutoff: must be positive and finite, got %g" c.Cutoff
-              if isNull c.Thresholds || c.Thresholds.Length = 0 then
-                  yield "Thresholds: at least one threshold is needed"
-              else
-                  for t in c.Thresholds do
-                      if not (t > 0.0 && Double.IsFinite t) then
-                          yield sprintf "Thresholds: each must be positive and finite, got %g" t ]
+            [
+                if not (c.Cutoff > 0.0 && Double.IsFinite c.Cutoff) then
+                    yield sprintf "Cutoff: must be positive and finite, got %g" c.Cutoff
+                if isNull c.Thresholds || c.Thresholds.Length = 0 then
+                    yield "Thresholds: at least one threshold is needed"
+                else
+                    for t in c.Thresholds do
+                        if not (t > 0.0 && Double.IsFinite t) then
+                            yield sprintf "Thresholds: each must be positive and finite, got %g" t
+            ]
 
         if errors.IsEmpty then Ok c else Error errors
 
@@ -36,9 +40,11 @@ module LddtConfig =
 /// - `Protein` [*]: the score pooled over all scored (ordered) pairs, ESM's `compute_lddt(per_residue=False)`
 ///   convention (not the mean of `PerResidue`); NaN when no pair is scored at all.
 type LddtResult =
-    { PerResidue: torch.Tensor
-      Scored: torch.Tensor
-      Protein: torch.Tensor }
+    {
+        PerResidue: torch.Tensor
+        Scored: torch.Tensor
+        Protein: torch.Tensor
+    }
 
 /// Structure-comparison metrics over CA (or backbone) coordinates: LDDT-CA, TM-score, GDT_TS, backbone RMSD.
 /// Definitions: ESM3-TRAINING §2.2. Residue correspondence is always by index (no sequence alignment).
@@ -53,7 +59,7 @@ module Metrics =
 
     /// Pairwise Euclidean distances. Shapes: x [*, L, 3] -> [*, L, L]
     let private distances (x: torch.Tensor) =
-        (x.unsqueeze -2L - x.unsqueeze -3L).square().sum(-1L).sqrt ()
+        (x.unsqueeze -2L - x.unsqueeze -3L).square().sum(-1L).sqrt()
 
     /// LDDT-CA with an explicit configuration (superposition-free). For residue i the scored partners are
     /// `S_i = { j ≠ i : both present, d_ij(reference) < Cutoff }`; a pair scores the fraction of thresholds τ with
@@ -69,13 +75,18 @@ module Metrics =
         let dm_LL = distances (Superpose.clean model present)
         let dr_LL = distances (Superpose.clean reference present)
         let l = model.shape.[model.shape.Length - 2]
-        let notSelf = torch.eye(l, l, dtype = torch.ScalarType.Bool, device = model.device).logical_not ()
+
+        let notSelf =
+            torch.eye(l, l, dtype = torch.ScalarType.Bool, device = model.device).logical_not()
 
         let pair_LL =
-            present.unsqueeze(-1L).logical_and(present.unsqueeze -2L).logical_and(notSelf)
-                .logical_and (dr_LL.lt (torch.full_like (dr_LL, config.Cutoff)))
+            present
+                .unsqueeze(-1L)
+                .logical_and(present.unsqueeze -2L)
+                .logical_and(notSelf)
+                .logical_and(dr_LL.lt (torch.full_like (dr_LL, config.Cutoff)))
 
-        let delta = (dm_LL - dr_LL).abs ()
+        let delta = (dm_LL - dr_LL).abs()
 
         let score_LL =
             config.Thresholds
@@ -85,14 +96,19 @@ module Metrics =
 
         let pairF = pair_LL.to_type f64
         let count_L = pairF.sum (-1L)
-        let sum_L = (pairF * score_LL).sum (-1L)
+        let sum_L = (pairF * score_LL).sum(-1L)
         let scored = count_L.gt (torch.zeros_like count_L)
-        let perResidue = torch.where (scored, sum_L / count_L.clamp_min 1.0, torch.full_like (sum_L, Double.NaN))
+
+        let perResidue =
+            torch.where (scored, sum_L / count_L.clamp_min 1.0, torch.full_like (sum_L, Double.NaN))
+
         let protein = sum_L.sum (-1L) / count_L.sum (-1L) // 0/0 = NaN when nothing is scored
 
-        { PerResidue = perResidue.to_type model.dtype
-          Scored = scored
-          Protein = protein.to_type model.dtype }
+        {
+            PerResidue = perResidue.to_type model.dtype
+            Scored = scored
+            Protein = protein.to_type model.dtype
+        }
 
     /// LDDT-CA with ESM's defaults (`LddtConfig.esm`: cutoff 15 Å, thresholds 0.5/1/2/4 Å).
     /// Shapes: model [*, L, 3], reference [*, L, 3], mask [*, L] -> PerResidue [*, L], Scored [*, L], Protein [*]
@@ -106,12 +122,17 @@ module Metrics =
     let gdtTs (model: torch.Tensor) (reference: torch.Tensor) (mask: torch.Tensor option) =
         Superpose.checkPair model reference mask
         let present = Superpose.presence model mask
-        let r, _, pc, qc, n = Superpose.fit64 (Superpose.clean model present) (Superpose.clean reference present) present
-        let dev_L = (pc.matmul (r.transpose (-1L, -2L)) - qc).square().sum(-1L).sqrt ()
+
+        let r, _, pc, qc, n =
+            Superpose.fit64 (Superpose.clean model present) (Superpose.clean reference present) present
+
+        let dev_L = (pc.matmul (r.transpose (-1L, -2L)) - qc).square().sum(-1L).sqrt()
 
         let fractions =
             gdtThresholds
-            |> Array.map (fun t -> dev_L.lt(torch.full_like (dev_L, t)).logical_and(present).to_type(f64).sum (-1L) / n)
+            |> Array.map (fun t ->
+                dev_L.lt(torch.full_like (dev_L, t)).logical_and(present).to_type(f64).sum(-1L)
+                / n)
 
         ((Array.reduce (+) fractions) / float gdtThresholds.Length).to_type model.dtype
 
@@ -131,15 +152,25 @@ module Metrics =
         let batch = Shape.batchDims 3 model
         let l = model.shape.[model.shape.Length - 3]
         Shape.expect "mask" (Array.append batch [| l |]) mask
-        let flatPoints (x: torch.Tensor) = x.reshape (Array.append batch [| 3L * l; 3L |])
-        let flatMask = mask.unsqueeze(-1L).expand(Array.append batch [| l; 3L |]).reshape (Array.append batch [| 3L * l |])
+
+        let flatPoints (x: torch.Tensor) =
+            x.reshape (Array.append batch [| 3L * l; 3L |])
+
+        let flatMask =
+            mask.unsqueeze(-1L).expand(Array.append batch [| l; 3L |]).reshape(Array.append batch [| 3L * l |])
+
         Superpose.rmsd (flatPoints model) (flatPoints reference) (Some flatMask)
 
     /// The TM-score distance scale for a reference of `l` residues: `d0 = 1.24 (l − 15)^(1/3) − 1.8`, and 0.5 when
     /// `l ≤ 15` or when the formula gives less than 0.5 (as the TMscore program does; the formula is below 0.5 for
     /// l ≤ 21).
     let tmScoreD0 (l: int) : float =
-        let d0 = if l > 15 then 1.24 * Math.Cbrt(float (l - 15)) - 1.8 else 0.5
+        let d0 =
+            if l > 15 then
+                1.24 * Math.Cbrt(float (l - 15)) - 1.8
+            else
+                0.5
+
         max d0 0.5
 
     /// Present residues in float64, compacted: (model [n, 3], reference [n, 3]).
@@ -147,11 +178,11 @@ module Metrics =
         Shape.expect "model" [| -1L; 3L |] model
         Superpose.checkPair model reference mask
         let idx = (Superpose.presence model mask).nonzero().squeeze -1L
-        model.to_type(f64).index_select (0L, idx), reference.to_type(f64).index_select (0L, idx)
+        model.to_type(f64).index_select(0L, idx), reference.to_type(f64).index_select(0L, idx)
 
     /// Σᵢ 1 / (1 + (dᵢ/d0)²) / n over the last dim. Shapes: dist [*, n] -> [*]
     let private tmOfDistances (d0: float) (n: int) (dist: torch.Tensor) =
-        (1.0 / (1.0 + (dist / d0).square ())).sum (-1L) / float n
+        (1.0 / (1.0 + (dist / d0).square())).sum(-1L) / float n
 
     /// TM-score of the structures as given (no superposition), normalised by the number n of present residues,
     /// with d0 = `tmScoreD0 n`. NaN when no residue is present.
@@ -164,7 +195,8 @@ module Metrics =
         if n = 0 then
             Double.NaN
         else
-            tmOfDistances (tmScoreD0 n) n ((p - q).square().sum(-1L).sqrt ()) |> fun t -> t.ToDouble()
+            tmOfDistances (tmScoreD0 n) n ((p - q).square().sum(-1L).sqrt())
+            |> fun t -> t.ToDouble()
 
     /// The TMscore program's fragment lengths (Zhang & Skolnick; TMscore.f): n, n/2, n/4, ... (integer division, at
     /// most 5 halvings), ending with the minimum length min(4, n).
@@ -176,7 +208,11 @@ module Metrics =
                 List.rev (lenMin :: acc)
             else
                 let l = n / (1 <<< (i - 1))
-                if l <= lenMin then List.rev (lenMin :: acc) else go (i + 1) (l :: acc)
+
+                if l <= lenMin then
+                    List.rev (lenMin :: acc)
+                else
+                    go (i + 1) (l :: acc)
 
         go 1 []
 
@@ -209,17 +245,20 @@ module Metrics =
             let d0Search = d0 |> max 4.5 |> min 8.0
 
             let seeds =
-                [| for len in tmScoreFragmentLengths n do
-                       for start in 0 .. n - len -> int64 start, int64 len |]
+                [|
+                    for len in tmScoreFragmentLengths n do
+                        for start in 0 .. n - len -> int64 start, int64 len
+                |]
 
-            let pos_1N = torch.arange(int64 n, dtype = torch.ScalarType.Int64, device = p.device).unsqueeze 0L
+            let pos_1N =
+                torch.arange(int64 n, dtype = torch.ScalarType.Int64, device = p.device).unsqueeze 0L
 
             // Selection of residues closer than d (grown by 0.5 Å steps until ≥ 3 are selected, when n > 3).
             // Shapes: dist [S, n] -> [S, n] bool
             let within (d: float) (dist: torch.Tensor) =
                 if n > 3 then
                     let struct (d3, _) = dist.kthvalue (3L, Nullable -1L, false) // 3rd smallest  [S]
-                    let steps = (((d3 - d) / 0.5).floor () + 1.0).clamp_min 0.0
+                    let steps = (((d3 - d) / 0.5).floor() + 1.0).clamp_min 0.0
                     let dTmp = steps * 0.5 + d
                     dist.lt (dTmp.unsqueeze -1L)
                 else
@@ -228,8 +267,11 @@ module Metrics =
             // Fit on `sel`, score, and select anew with cutoff d. Shapes: sel [S, n] -> best float, next sel [S, n]
             let step (pS: torch.Tensor) (qS: torch.Tensor) (sel: torch.Tensor) (d: float) =
                 use scope = torch.NewDisposeScope()
-                let r, t, _, _, _ = Superpose.fit64 (Superpose.clean pS sel) (Superpose.clean qS sel) sel
-                let dist = (Superpose.applyRigid r t pS - qS).square().sum(-1L).sqrt () // [S, n]
+
+                let r, t, _, _, _ =
+                    Superpose.fit64 (Superpose.clean pS sel) (Superpose.clean qS sel) sel
+
+                let dist = (Superpose.applyRigid r t pS - qS).square().sum(-1L).sqrt() // [S, n]
                 let best = (tmOfDistances d0 n dist).max().ToDouble()
                 let next = within d dist
                 best, scope.MoveToOuter next
@@ -242,9 +284,9 @@ module Metrics =
                 let s = int64 part.Length
                 let starts = torch.tensor(part |> Array.map fst, device = p.device).unsqueeze -1L
                 let lens = torch.tensor(part |> Array.map snd, device = p.device).unsqueeze -1L
-                let sel0 = pos_1N.ge(starts).logical_and (pos_1N.lt (starts + lens)) // [S, n]
-                let pS = p.unsqueeze(0L).expand (s, int64 n, 3L)
-                let qS = q.unsqueeze(0L).expand (s, int64 n, 3L)
+                let sel0 = pos_1N.ge(starts).logical_and(pos_1N.lt (starts + lens)) // [S, n]
+                let pS = p.unsqueeze(0L).expand(s, int64 n, 3L)
+                let qS = q.unsqueeze(0L).expand(s, int64 n, 3L)
                 let b0, sel1 = step pS qS sel0 (d0Search - 1.0)
                 best <- max best b0
                 let mutable sel = sel1

@@ -27,13 +27,16 @@ module Mmcif =
 
     [<Struct>]
     type private Token =
-        { Kind: Kind
-          Start: int
-          Length: int
-          Line: int
-          Quoted: bool }
+        {
+            Kind: Kind
+            Start: int
+            Length: int
+            Line: int
+            Quoted: bool
+        }
 
-    let private isSpace (c: char) = c = ' ' || c = '\t' || c = '\r' || c = '\n'
+    let private isSpace (c: char) =
+        c = ' ' || c = '\t' || c = '\r' || c = '\n'
 
     /// A pull tokenizer over the whole text; values are positions into the text, not strings.
     type private Tokenizer(file: string, text: string) =
@@ -41,7 +44,13 @@ module Mmcif =
         let mutable line = 1
 
         let token kind start length quoted tokLine =
-            { Kind = kind; Start = start; Length = length; Line = tokLine; Quoted = quoted }
+            {
+                Kind = kind
+                Start = start
+                Length = length
+                Line = tokLine
+                Quoted = quoted
+            }
 
         member _.Text(t: Token) = text.Substring(t.Start, t.Length)
 
@@ -70,9 +79,12 @@ module Mmcif =
                         let close = text.IndexOf("\n;", pos + 1, StringComparison.Ordinal)
 
                         if close < 0 then
-                            InputError.raise file (InputLocation.Line startLine) "unterminated text field (no closing ';' line)"
+                            InputError.raise
+                                file
+                                (InputLocation.Line startLine)
+                                "unterminated text field (no closing ';' line)"
 
-                        for i in pos .. close do
+                        for i in pos..close do
                             if text.[i] = '\n' then
                                 line <- line + 1
 
@@ -85,7 +97,10 @@ module Mmcif =
 
                         while found < 0 do
                             if q >= text.Length || text.[q] = '\n' then
-                                InputError.raise file (InputLocation.Line line) (sprintf "unterminated quoted value (%c)" c)
+                                InputError.raise
+                                    file
+                                    (InputLocation.Line line)
+                                    (sprintf "unterminated quoted value (%c)" c)
                             elif text.[q] = c && (q + 1 >= text.Length || isSpace text.[q + 1]) then
                                 found <- q
                             else
@@ -102,13 +117,20 @@ module Mmcif =
                         let word = text.AsSpan(start, pos - start)
 
                         let kind =
-                            if c = '_' then Kind.Tag
-                            elif word.Equals("loop_", StringComparison.OrdinalIgnoreCase) then Kind.Loop
-                            elif word.StartsWith("data_", StringComparison.OrdinalIgnoreCase) then Kind.Data
-                            elif word.StartsWith("save_", StringComparison.OrdinalIgnoreCase)
-                                 || word.Equals("global_", StringComparison.OrdinalIgnoreCase)
-                                 || word.Equals("stop_", StringComparison.OrdinalIgnoreCase) then Kind.Other
-                            else Kind.Value
+                            if c = '_' then
+                                Kind.Tag
+                            elif word.Equals("loop_", StringComparison.OrdinalIgnoreCase) then
+                                Kind.Loop
+                            elif word.StartsWith("data_", StringComparison.OrdinalIgnoreCase) then
+                                Kind.Data
+                            elif
+                                word.StartsWith("save_", StringComparison.OrdinalIgnoreCase)
+                                || word.Equals("global_", StringComparison.OrdinalIgnoreCase)
+                                || word.Equals("stop_", StringComparison.OrdinalIgnoreCase)
+                            then
+                                Kind.Other
+                            else
+                                Kind.Value
 
                         result <- ValueSome(token kind start (pos - start) false line)
 
@@ -150,14 +172,24 @@ module Mmcif =
                     tok <- tk.Next()
 
                 if count % tags.Count <> 0 then
-                    InputError.raise file (InputLocation.Line lastLine)
-                        (sprintf "the loop of %s ends mid-row: %d values for %d columns (truncated file?)" tags.[0] count tags.Count)
+                    InputError.raise
+                        file
+                        (InputLocation.Line lastLine)
+                        (sprintf
+                            "the loop of %s ends mid-row: %d values for %d columns (truncated file?)"
+                            tags.[0]
+                            count
+                            tags.Count)
 
                 if isAtomSite then
                     if count = 0 then
                         InputError.raise file (InputLocation.Field "_atom_site") "the _atom_site loop has no rows"
 
-                    let names = tags |> Seq.map (fun t -> t.Substring(prefix.Length).ToLowerInvariant()) |> Array.ofSeq
+                    let names =
+                        tags
+                        |> Seq.map (fun t -> t.Substring(prefix.Length).ToLowerInvariant())
+                        |> Array.ofSeq
+
                     table <- Some(names, values.ToArray())
             | Kind.Tag ->
                 let tag = tk.Text tok
@@ -171,13 +203,20 @@ module Mmcif =
 
                 tok <- tk.Next()
             | Kind.Value ->
-                InputError.raise file (InputLocation.Line tok.Line) (sprintf "unexpected value '%s' outside a loop or tag" (tk.Text tok))
+                InputError.raise
+                    file
+                    (InputLocation.Line tok.Line)
+                    (sprintf "unexpected value '%s' outside a loop or tag" (tk.Text tok))
             | _ -> tok <- tk.Next()
 
         match table with
         | Some t -> t
         | None when single.Count > 0 -> (single |> Seq.map fst |> Array.ofSeq), (single |> Seq.map snd |> Array.ofSeq)
-        | None -> InputError.raise file (InputLocation.Field "_atom_site") "no _atom_site loop (not an mmCIF coordinate file?)"
+        | None ->
+            InputError.raise
+                file
+                (InputLocation.Field "_atom_site")
+                "no _atom_site loop (not an mmCIF coordinate file?)"
 
     /// The atom records of the first model of an mmCIF text.
     /// Raises `InputException` (naming `file` and the line or field) for every problem with the input.
@@ -196,7 +235,10 @@ module Mmcif =
             let b = if fallback = "" then -1 else col fallback
 
             if a < 0 && b < 0 then
-                InputError.raise file (InputLocation.Field(prefix + (if fallback = "" then preferred else fallback))) "missing column"
+                InputError.raise
+                    file
+                    (InputLocation.Field(prefix + (if fallback = "" then preferred else fallback)))
+                    "missing column"
 
             a, b
 
@@ -235,7 +277,10 @@ module Mmcif =
         let number row c (what: string) (fallback: float32) (requiredValue: bool) =
             if c < 0 || isNull values.[row * ncol + c] then
                 if requiredValue then
-                    InputError.raise file (InputLocation.Line values.[row * ncol].Line) (sprintf "%s%s is missing" prefix what)
+                    InputError.raise
+                        file
+                        (InputLocation.Line values.[row * ncol].Line)
+                        (sprintf "%s%s is missing" prefix what)
 
                 fallback
             else
@@ -249,10 +294,16 @@ module Mmcif =
                 let mutable v = 0.0
 
                 if not (Double.TryParse(span, NumberStyles.Float, CultureInfo.InvariantCulture, &v)) then
-                    InputError.raise file (InputLocation.Line t.Line) (sprintf "%s%s '%s' is not a number" prefix what (tk.Text t))
+                    InputError.raise
+                        file
+                        (InputLocation.Line t.Line)
+                        (sprintf "%s%s '%s' is not a number" prefix what (tk.Text t))
 
                 if Double.IsNaN v || Double.IsInfinity v then
-                    InputError.raise file (InputLocation.Line t.Line) (sprintf "%s%s '%s' is not finite" prefix what (tk.Text t))
+                    InputError.raise
+                        file
+                        (InputLocation.Line t.Line)
+                        (sprintf "%s%s '%s' is not finite" prefix what (tk.Text t))
 
                 float32 v
 
@@ -273,29 +324,40 @@ module Mmcif =
                 let seqText = either row seqA seqB
                 let mutable resSeq = 0
 
-                if not (Int32.TryParse(seqText, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, &resSeq)) && not hetero then
-                    InputError.raise file (InputLocation.Line line) (sprintf "residue number '%s' (%sauth_seq_id) is not an integer" seqText prefix)
+                if
+                    not (Int32.TryParse(seqText, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, &resSeq))
+                    && not hetero
+                then
+                    InputError.raise
+                        file
+                        (InputLocation.Line line)
+                        (sprintf "residue number '%s' (%sauth_seq_id) is not an integer" seqText prefix)
 
                 let atomName = either row atomA atomB
 
                 if atomName = "" then
-                    InputError.raise file (InputLocation.Line line) (sprintf "%sauth_atom_id/label_atom_id is missing" prefix)
+                    InputError.raise
+                        file
+                        (InputLocation.Line line)
+                        (sprintf "%sauth_atom_id/label_atom_id is missing" prefix)
 
                 sites.Add
-                    { Line = line
-                      Hetero = hetero
-                      AtomName = atomName
-                      AltLoc = str row cAlt
-                      ResName = comp
-                      ChainId = either row asymA asymB
-                      ResSeq = resSeq
-                      InsCode = str row cIns
-                      X = number row cx "Cartn_x" 0.0f true
-                      Y = number row cy "Cartn_y" 0.0f true
-                      Z = number row cz "Cartn_z" 0.0f true
-                      Occupancy = number row cOcc "occupancy" 1.0f false
-                      BFactor = number row cB "B_iso_or_equiv" 0.0f false
-                      Element = (str row cType).ToUpperInvariant() }
+                    {
+                        Line = line
+                        Hetero = hetero
+                        AtomName = atomName
+                        AltLoc = str row cAlt
+                        ResName = comp
+                        ChainId = either row asymA asymB
+                        ResSeq = resSeq
+                        InsCode = str row cIns
+                        X = number row cx "Cartn_x" 0.0f true
+                        Y = number row cy "Cartn_y" 0.0f true
+                        Z = number row cz "Cartn_z" 0.0f true
+                        Occupancy = number row cOcc "occupancy" 1.0f false
+                        BFactor = number row cB "B_iso_or_equiv" 0.0f false
+                        Element = (str row cType).ToUpperInvariant()
+                    }
 
         sites.ToArray()
 

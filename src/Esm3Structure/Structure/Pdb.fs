@@ -26,54 +26,81 @@ module Pdb =
         let span = line.AsSpan(start, width).Trim()
         let mutable v = 0.0
 
-        if span.Length = 0
-           || not (Double.TryParse(span, NumberStyles.Float, inv, &v)) then
-            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s '%s' (columns %d-%d) is not a number" what (span.ToString()) (start + 1) (start + width))
+        if span.Length = 0 || not (Double.TryParse(span, NumberStyles.Float, inv, &v)) then
+            InputError.raise
+                file
+                (InputLocation.Line lineNo)
+                (sprintf "%s '%s' (columns %d-%d) is not a number" what (span.ToString()) (start + 1) (start + width))
 
         if Double.IsNaN v || Double.IsInfinity v then
-            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s '%s' (columns %d-%d) is not finite" what (span.ToString()) (start + 1) (start + width))
+            InputError.raise
+                file
+                (InputLocation.Line lineNo)
+                (sprintf "%s '%s' (columns %d-%d) is not finite" what (span.ToString()) (start + 1) (start + width))
 
         float32 v
 
-    let private optionalFloat (file: string) (lineNo: int) (line: string) (start: int) (width: int) (what: string) (fallback: float32) =
+    let private optionalFloat
+        (file: string)
+        (lineNo: int)
+        (line: string)
+        (start: int)
+        (width: int)
+        (what: string)
+        (fallback: float32)
+        =
         if line.Length < start + width || line.AsSpan(start, width).Trim().Length = 0 then
             fallback
         else
             parseFloat file lineNo line start width what
 
     let private column (line: string) (i: int) =
-        if line.Length > i && line.[i] <> ' ' then string line.[i] else ""
+        if line.Length > i && line.[i] <> ' ' then
+            string line.[i]
+        else
+            ""
 
     /// Parses one ATOM/HETATM line (PDB v3.3 columns).
     let private parseAtomLine (file: string) (lineNo: int) (record: string) (line: string) : AtomSite =
         if line.Length < 54 then
-            InputError.raise file (InputLocation.Line lineNo) (sprintf "%s record is truncated (%d columns; coordinates need 54)" record line.Length)
+            InputError.raise
+                file
+                (InputLocation.Line lineNo)
+                (sprintf "%s record is truncated (%d columns; coordinates need 54)" record line.Length)
 
         let seqText = line.AsSpan(22, 4).Trim()
         let mutable resSeq = 0
 
         if not (Int32.TryParse(seqText, NumberStyles.AllowLeadingSign, inv, &resSeq)) then
-            InputError.raise file (InputLocation.Line lineNo) (sprintf "residue number '%s' (columns 23-26) is not an integer" (seqText.ToString()))
+            InputError.raise
+                file
+                (InputLocation.Line lineNo)
+                (sprintf "residue number '%s' (columns 23-26) is not an integer" (seqText.ToString()))
 
         let element =
-            if line.Length >= 78 then line.Substring(76, 2).Trim().ToUpperInvariant()
-            elif line.Length = 77 then line.Substring(76, 1).Trim().ToUpperInvariant()
-            else ""
+            if line.Length >= 78 then
+                line.Substring(76, 2).Trim().ToUpperInvariant()
+            elif line.Length = 77 then
+                line.Substring(76, 1).Trim().ToUpperInvariant()
+            else
+                ""
 
-        { Line = lineNo
-          Hetero = line.StartsWith "HETATM"
-          AtomName = line.Substring(12, 4).Trim()
-          AltLoc = column line 16
-          ResName = line.Substring(17, 3).Trim()
-          ChainId = column line 21
-          ResSeq = resSeq
-          InsCode = column line 26
-          X = parseFloat file lineNo line 30 8 "x coordinate"
-          Y = parseFloat file lineNo line 38 8 "y coordinate"
-          Z = parseFloat file lineNo line 46 8 "z coordinate"
-          Occupancy = optionalFloat file lineNo line 54 6 "occupancy" 1.0f
-          BFactor = optionalFloat file lineNo line 60 6 "B-factor" 0.0f
-          Element = element }
+        {
+            Line = lineNo
+            Hetero = line.StartsWith "HETATM"
+            AtomName = line.Substring(12, 4).Trim()
+            AltLoc = column line 16
+            ResName = line.Substring(17, 3).Trim()
+            ChainId = column line 21
+            ResSeq = resSeq
+            InsCode = column line 26
+            X = parseFloat file lineNo line 30 8 "x coordinate"
+            Y = parseFloat file lineNo line 38 8 "y coordinate"
+            Z = parseFloat file lineNo line 46 8 "z coordinate"
+            Occupancy = optionalFloat file lineNo line 54 6 "occupancy" 1.0f
+            BFactor = optionalFloat file lineNo line 60 6 "B-factor" 0.0f
+            Element = element
+        }
 
     /// The atom records of the first model of a PDB text (all ATOM and HETATM lines up to the first ENDMDL or END).
     /// Raises `InputException` (naming `file` and the line) for empty or binary text and malformed records.
@@ -92,9 +119,15 @@ module Pdb =
             lineNo <- lineNo + 1
 
             let record =
-                if line.StartsWith "HETATM" then "HETATM"
-                elif line.StartsWith "ATOM" && (line.Length = 4 || line.[4] = ' ' || Char.IsDigit line.[4]) then "ATOM"
-                else ""
+                if line.StartsWith "HETATM" then
+                    "HETATM"
+                elif
+                    line.StartsWith "ATOM"
+                    && (line.Length = 4 || line.[4] = ' ' || Char.IsDigit line.[4])
+                then
+                    "ATOM"
+                else
+                    ""
 
             if record <> "" then
                 sites.Add(parseAtomLine file lineNo record line)
@@ -135,9 +168,11 @@ module Pdb =
     let private writeOrder37 =
         Array.init 21 (fun r ->
             let first =
-                [| for k in 0..13 do
-                       if ResidueConstants.restypeAtom14Mask.[r, k] then
-                           ResidueConstants.restypeAtom14ToAtom37.[r, k] |]
+                [|
+                    for k in 0..13 do
+                        if ResidueConstants.restypeAtom14Mask.[r, k] then
+                            ResidueConstants.restypeAtom14ToAtom37.[r, k]
+                |]
 
             Array.append first ([| 0..36 |] |> Array.filter (fun a -> not (Array.contains a first))))
 
@@ -156,7 +191,9 @@ module Pdb =
         | _ -> ()
 
         if chain.ChainId.Length > 1 then
-            raise (ArgumentException(sprintf "chain id '%s' does not fit the one-character PDB chain column" chain.ChainId))
+            raise (
+                ArgumentException(sprintf "chain id '%s' does not fit the one-character PDB chain column" chain.ChainId)
+            )
 
         let chainCol = if chain.ChainId = "" then ' ' else chain.ChainId.[0]
         let restypes = ProteinChain.restypeIndices chain
@@ -166,7 +203,11 @@ module Pdb =
         let residueFields i =
             let resName =
                 let rn = chain.ResidueNames.[i]
-                if rn.Length > 3 then ResidueConstants.resnames.[restypes.[i]] else rn
+
+                if rn.Length > 3 then
+                    ResidueConstants.resnames.[restypes.[i]]
+                else
+                    rn
 
             let num = chain.ResidueIndex.[i]
 
@@ -186,16 +227,32 @@ module Pdb =
                 | AtomLayout.Atom37 ->
                     writeOrder37.[r]
                     |> Array.filter (fun a -> chain.Atom37Mask.[i, a])
-                    |> Array.map (fun a -> ResidueConstants.atomTypes.[a], chain.Atom37.[i, a, 0], chain.Atom37.[i, a, 1], chain.Atom37.[i, a, 2], chain.BFactors.[i, a])
+                    |> Array.map (fun a ->
+                        ResidueConstants.atomTypes.[a],
+                        chain.Atom37.[i, a, 0],
+                        chain.Atom37.[i, a, 1],
+                        chain.Atom37.[i, a, 2],
+                        chain.BFactors.[i, a])
                 | AtomLayout.Atom14 ->
-                    [| for k in 0..13 do
-                           if chain.Atom14Mask.[i, k] then
-                               let a = ResidueConstants.restypeAtom14ToAtom37.[r, k]
-                               ResidueConstants.atom14Names.[r].[k], chain.Atom14.[i, k, 0], chain.Atom14.[i, k, 1], chain.Atom14.[i, k, 2], chain.BFactors.[i, a] |]
+                    [|
+                        for k in 0..13 do
+                            if chain.Atom14Mask.[i, k] then
+                                let a = ResidueConstants.restypeAtom14ToAtom37.[r, k]
+
+                                ResidueConstants.atom14Names.[r].[k],
+                                chain.Atom14.[i, k, 0],
+                                chain.Atom14.[i, k, 1],
+                                chain.Atom14.[i, k, 2],
+                                chain.BFactors.[i, a]
+                    |]
 
             for atomName, x, y, z, b in atoms do
                 serial <- serial % 99999 + 1
-                let b = match bfactors with Some bs -> bs.[i] | None -> b
+
+                let b =
+                    match bfactors with
+                    | Some bs -> bs.[i]
+                    | None -> b
 
                 sb
                     .Append("ATOM  ")
@@ -217,7 +274,14 @@ module Pdb =
 
         if n > 0 then
             serial <- serial % 99999 + 1
-            sb.Append("TER   ").Append(serial.ToString(inv).PadLeft 5).Append("      ").Append(residueFields (n - 1)).Append('\n') |> ignore
+
+            sb
+                .Append("TER   ")
+                .Append(serial.ToString(inv).PadLeft 5)
+                .Append("      ")
+                .Append(residueFields (n - 1))
+                .Append('\n')
+            |> ignore
 
         sb.Append("END\n").ToString()
 

@@ -4,16 +4,18 @@ open System.Collections.Generic
 
 /// One atom of a residue's ideal geometry: the rigid group it moves with and its position in that group's frame.
 type RigidGroupAtom =
-    { /// Atom name (atom37 naming).
-      Atom: string
-      /// Rigid group: 0 backbone, 1 pre-omega (empty), 2 phi (hydrogens only, empty), 3 psi, 4..7 chi1..chi4.
-      Group: int
-      /// Position in the group's local frame, Å.
-      X: float
-      /// Position in the group's local frame, Å.
-      Y: float
-      /// Position in the group's local frame, Å.
-      Z: float }
+    {
+        /// Atom name (atom37 naming).
+        Atom: string
+        /// Rigid group: 0 backbone, 1 pre-omega (empty), 2 phi (hydrogens only, empty), 3 psi, 4..7 chi1..chi4.
+        Group: int
+        /// Position in the group's local frame, Å.
+        X: float
+        /// Position in the group's local frame, Å.
+        Y: float
+        /// Position in the group's local frame, Å.
+        Z: float
+    }
 
 /// Amino-acid and atom-layout constants (AlphaFold's conventions, as used by ESM3).
 ///
@@ -49,17 +51,41 @@ module ResidueConstants =
 
     /// Three-letter names of the 21 rows (`ALA`, `ARG`, ..., `VAL`, `UNK`).
     let resnames: string[] =
-        [| "ALA"; "ARG"; "ASN"; "ASP"; "CYS"; "GLN"; "GLU"; "GLY"; "HIS"; "ILE"
-           "LEU"; "LYS"; "MET"; "PHE"; "PRO"; "SER"; "THR"; "TRP"; "TYR"; "VAL"; "UNK" |]
+        [|
+            "ALA"
+            "ARG"
+            "ASN"
+            "ASP"
+            "CYS"
+            "GLN"
+            "GLU"
+            "GLY"
+            "HIS"
+            "ILE"
+            "LEU"
+            "LYS"
+            "MET"
+            "PHE"
+            "PRO"
+            "SER"
+            "THR"
+            "TRP"
+            "TYR"
+            "VAL"
+            "UNK"
+        |]
 
     /// One-letter code -> three-letter name (21 entries, `X` -> `UNK`).
-    let restype1to3: IReadOnlyDictionary<char, string> = readOnly (Array.zip restypesWithX resnames)
+    let restype1to3: IReadOnlyDictionary<char, string> =
+        readOnly (Array.zip restypesWithX resnames)
 
     /// Three-letter name -> one-letter code (21 entries, `UNK` -> `X`). Other names are not listed: see `oneLetterOf`.
-    let restype3to1: IReadOnlyDictionary<string, char> = readOnly (Array.zip resnames restypesWithX)
+    let restype3to1: IReadOnlyDictionary<string, char> =
+        readOnly (Array.zip resnames restypesWithX)
 
     /// One-letter code -> row index 0..20 (`X` -> 20).
-    let restypeOrder: IReadOnlyDictionary<char, int> = readOnly (Array.mapi (fun i c -> c, i) restypesWithX)
+    let restypeOrder: IReadOnlyDictionary<char, int> =
+        readOnly (Array.mapi (fun i c -> c, i) restypesWithX)
 
     /// The row index of a one-letter code; anything that is not one of the 20 amino acids gives 20 (`X`).
     let restypeIndex (letter: char) : int =
@@ -78,15 +104,52 @@ module ResidueConstants =
 
     /// The 37 atom names of the atom37 layout, in order.
     let atomTypes: string[] =
-        [| "N"; "CA"; "C"; "CB"; "O"; "CG"; "CG1"; "CG2"; "OG"; "OG1"; "SG"; "CD"; "CD1"; "CD2"; "ND1"; "ND2"
-           "OD1"; "OD2"; "SD"; "CE"; "CE1"; "CE2"; "CE3"; "NE"; "NE1"; "NE2"; "OE1"; "OE2"; "CH2"; "NH1"; "NH2"
-           "OH"; "CZ"; "CZ2"; "CZ3"; "NZ"; "OXT" |]
+        [|
+            "N"
+            "CA"
+            "C"
+            "CB"
+            "O"
+            "CG"
+            "CG1"
+            "CG2"
+            "OG"
+            "OG1"
+            "SG"
+            "CD"
+            "CD1"
+            "CD2"
+            "ND1"
+            "ND2"
+            "OD1"
+            "OD2"
+            "SD"
+            "CE"
+            "CE1"
+            "CE2"
+            "CE3"
+            "NE"
+            "NE1"
+            "NE2"
+            "OE1"
+            "OE2"
+            "CH2"
+            "NH1"
+            "NH2"
+            "OH"
+            "CZ"
+            "CZ2"
+            "CZ3"
+            "NZ"
+            "OXT"
+        |]
 
     /// Number of atom37 slots (37).
     let atomTypeNum = 37
 
     /// Atom name -> atom37 index.
-    let atomOrder: IReadOnlyDictionary<string, int> = readOnly (Array.mapi (fun i a -> a, i) atomTypes)
+    let atomOrder: IReadOnlyDictionary<string, int> =
+        readOnly (Array.mapi (fun i a -> a, i) atomTypes)
 
     /// The atom37 index of an atom name, or -1 when the name is not one of the 37.
     let atom37Index (atom: string) : int =
@@ -140,7 +203,22 @@ module ResidueConstants =
             [| "C"; "CA"; "CB"; "CG"; "CD"; "N"; "O" |] // PRO
             [| "C"; "CA"; "CB"; "N"; "O"; "OG" |] // SER
             [| "C"; "CA"; "CB"; "CG2"; "N"; "O"; "OG1" |] // THR
-            [| "C"; "CA"; "CB"; "CG"; "CD1"; "CD2"; "CE2"; "CE3"; "CZ2"; "CZ3"; "CH2"; "N"; "NE1"; "O" |] // TRP
+            [|
+                "C"
+                "CA"
+                "CB"
+                "CG"
+                "CD1"
+                "CD2"
+                "CE2"
+                "CE3"
+                "CZ2"
+                "CZ3"
+                "CH2"
+                "N"
+                "NE1"
+                "O"
+            |] // TRP
             [| "C"; "CA"; "CB"; "CG"; "CD1"; "CD2"; "CE1"; "CE2"; "CZ"; "N"; "O"; "OH" |] // TYR
             [| "C"; "CA"; "CB"; "CG1"; "CG2"; "N"; "O" |] // VAL
             [| "C"; "CA"; "N" |] // UNK
@@ -159,30 +237,106 @@ module ResidueConstants =
     let atom14Names: string[][] =
         [|
             [| "N"; "CA"; "C"; "O"; "CB"; ""; ""; ""; ""; ""; ""; ""; ""; "" |] // ALA
-            [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD"; "NE"; "CZ"; "NH1"; "NH2"; ""; ""; "" |] // ARG
+            [|
+                "N"
+                "CA"
+                "C"
+                "O"
+                "CB"
+                "CG"
+                "CD"
+                "NE"
+                "CZ"
+                "NH1"
+                "NH2"
+                ""
+                ""
+                ""
+            |] // ARG
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "OD1"; "ND2"; ""; ""; ""; ""; ""; "" |] // ASN
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "OD1"; "OD2"; ""; ""; ""; ""; ""; "" |] // ASP
             [| "N"; "CA"; "C"; "O"; "CB"; "SG"; ""; ""; ""; ""; ""; ""; ""; "" |] // CYS
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD"; "OE1"; "NE2"; ""; ""; ""; ""; "" |] // GLN
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD"; "OE1"; "OE2"; ""; ""; ""; ""; "" |] // GLU
             [| "N"; "CA"; "C"; "O"; ""; ""; ""; ""; ""; ""; ""; ""; ""; "" |] // GLY
-            [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "ND1"; "CD2"; "CE1"; "NE2"; ""; ""; ""; "" |] // HIS
+            [|
+                "N"
+                "CA"
+                "C"
+                "O"
+                "CB"
+                "CG"
+                "ND1"
+                "CD2"
+                "CE1"
+                "NE2"
+                ""
+                ""
+                ""
+                ""
+            |] // HIS
             [| "N"; "CA"; "C"; "O"; "CB"; "CG1"; "CG2"; "CD1"; ""; ""; ""; ""; ""; "" |] // ILE
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD1"; "CD2"; ""; ""; ""; ""; ""; "" |] // LEU
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD"; "CE"; "NZ"; ""; ""; ""; ""; "" |] // LYS
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "SD"; "CE"; ""; ""; ""; ""; ""; "" |] // MET
-            [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD1"; "CD2"; "CE1"; "CE2"; "CZ"; ""; ""; "" |] // PHE
+            [|
+                "N"
+                "CA"
+                "C"
+                "O"
+                "CB"
+                "CG"
+                "CD1"
+                "CD2"
+                "CE1"
+                "CE2"
+                "CZ"
+                ""
+                ""
+                ""
+            |] // PHE
             [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD"; ""; ""; ""; ""; ""; ""; "" |] // PRO
             [| "N"; "CA"; "C"; "O"; "CB"; "OG"; ""; ""; ""; ""; ""; ""; ""; "" |] // SER
             [| "N"; "CA"; "C"; "O"; "CB"; "OG1"; "CG2"; ""; ""; ""; ""; ""; ""; "" |] // THR
-            [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD1"; "CD2"; "NE1"; "CE2"; "CE3"; "CZ2"; "CZ3"; "CH2" |] // TRP
-            [| "N"; "CA"; "C"; "O"; "CB"; "CG"; "CD1"; "CD2"; "CE1"; "CE2"; "CZ"; "OH"; ""; "" |] // TYR
+            [|
+                "N"
+                "CA"
+                "C"
+                "O"
+                "CB"
+                "CG"
+                "CD1"
+                "CD2"
+                "NE1"
+                "CE2"
+                "CE3"
+                "CZ2"
+                "CZ3"
+                "CH2"
+            |] // TRP
+            [|
+                "N"
+                "CA"
+                "C"
+                "O"
+                "CB"
+                "CG"
+                "CD1"
+                "CD2"
+                "CE1"
+                "CE2"
+                "CZ"
+                "OH"
+                ""
+                ""
+            |] // TYR
             [| "N"; "CA"; "C"; "O"; "CB"; "CG1"; "CG2"; ""; ""; ""; ""; ""; ""; "" |] // VAL
             [| "N"; "CA"; "C"; ""; ""; ""; ""; ""; ""; ""; ""; ""; ""; "" |] // UNK
         |]
 
     /// [21, 14] true where the atom14 slot holds an atom.
-    let restypeAtom14Mask: bool[,] = Array2D.init 21 14 (fun r k -> atom14Names.[r].[k] <> "")
+    let restypeAtom14Mask: bool[,] =
+        Array2D.init 21 14 (fun r k -> atom14Names.[r].[k] <> "")
 
     /// [21, 14] atom37 index of each atom14 slot; 0 for empty slots (see `restypeAtom14Mask`).
     let restypeAtom14ToAtom37: int[,] =
@@ -210,203 +364,251 @@ module ResidueConstants =
     // chi k), x along the axis.
 
     let private atom (name: string) (group: int) (x: float, y: float, z: float) =
-        { Atom = name; Group = group; X = x; Y = y; Z = z }
+        {
+            Atom = name
+            Group = group
+            X = x
+            Y = y
+            Z = z
+        }
 
     /// Per residue type (21 rows): atom name, rigid group 0..7 and position in the group's frame (Å).
     let rigidGroupAtomPositions: RigidGroupAtom[][] =
         [|
             // ALA
-            [| atom "N" 0 (-0.525, 1.363, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.529, -0.774, -1.205)
-               atom "O" 3 (0.627, 1.062, 0.000) |]
+            [|
+                atom "N" 0 (-0.525, 1.363, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.529, -0.774, -1.205)
+                atom "O" 3 (0.627, 1.062, 0.000)
+            |]
             // ARG
-            [| atom "N" 0 (-0.524, 1.362, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.524, -0.778, -1.209)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.616, 1.390, 0.000)
-               atom "CD" 5 (0.564, 1.414, 0.000)
-               atom "NE" 6 (0.539, 1.357, 0.000)
-               atom "NH1" 7 (0.206, 2.301, 0.000)
-               atom "NH2" 7 (2.078, 0.978, 0.000)
-               atom "CZ" 7 (0.758, 1.093, 0.000) |]
+            [|
+                atom "N" 0 (-0.524, 1.362, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.524, -0.778, -1.209)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.616, 1.390, 0.000)
+                atom "CD" 5 (0.564, 1.414, 0.000)
+                atom "NE" 6 (0.539, 1.357, 0.000)
+                atom "NH1" 7 (0.206, 2.301, 0.000)
+                atom "NH2" 7 (2.078, 0.978, 0.000)
+                atom "CZ" 7 (0.758, 1.093, 0.000)
+            |]
             // ASN
-            [| atom "N" 0 (-0.536, 1.357, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.531, -0.787, -1.200)
-               atom "O" 3 (0.625, 1.062, 0.000)
-               atom "CG" 4 (0.584, 1.399, 0.000)
-               atom "ND2" 5 (0.593, -1.188, 0.001)
-               atom "OD1" 5 (0.633, 1.059, 0.000) |]
+            [|
+                atom "N" 0 (-0.536, 1.357, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.531, -0.787, -1.200)
+                atom "O" 3 (0.625, 1.062, 0.000)
+                atom "CG" 4 (0.584, 1.399, 0.000)
+                atom "ND2" 5 (0.593, -1.188, 0.001)
+                atom "OD1" 5 (0.633, 1.059, 0.000)
+            |]
             // ASP
-            [| atom "N" 0 (-0.525, 1.362, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.527, 0.000, 0.000)
-               atom "CB" 0 (-0.526, -0.778, -1.208)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.593, 1.398, 0.000)
-               atom "OD1" 5 (0.610, 1.091, 0.000)
-               atom "OD2" 5 (0.592, -1.101, -0.003) |]
+            [|
+                atom "N" 0 (-0.525, 1.362, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.527, 0.000, 0.000)
+                atom "CB" 0 (-0.526, -0.778, -1.208)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.593, 1.398, 0.000)
+                atom "OD1" 5 (0.610, 1.091, 0.000)
+                atom "OD2" 5 (0.592, -1.101, -0.003)
+            |]
             // CYS
-            [| atom "N" 0 (-0.522, 1.362, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.524, 0.000, 0.000)
-               atom "CB" 0 (-0.519, -0.773, -1.212)
-               atom "O" 3 (0.625, 1.062, 0.000)
-               atom "SG" 4 (0.728, 1.653, 0.000) |]
+            [|
+                atom "N" 0 (-0.522, 1.362, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.524, 0.000, 0.000)
+                atom "CB" 0 (-0.519, -0.773, -1.212)
+                atom "O" 3 (0.625, 1.062, 0.000)
+                atom "SG" 4 (0.728, 1.653, 0.000)
+            |]
             // GLN
-            [| atom "N" 0 (-0.526, 1.361, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.525, -0.779, -1.207)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.615, 1.393, 0.000)
-               atom "CD" 5 (0.587, 1.399, 0.000)
-               atom "NE2" 6 (0.593, -1.189, -0.001)
-               atom "OE1" 6 (0.634, 1.060, 0.000) |]
+            [|
+                atom "N" 0 (-0.526, 1.361, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.525, -0.779, -1.207)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.615, 1.393, 0.000)
+                atom "CD" 5 (0.587, 1.399, 0.000)
+                atom "NE2" 6 (0.593, -1.189, -0.001)
+                atom "OE1" 6 (0.634, 1.060, 0.000)
+            |]
             // GLU
-            [| atom "N" 0 (-0.528, 1.361, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.526, -0.781, -1.207)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.615, 1.392, 0.000)
-               atom "CD" 5 (0.600, 1.397, 0.000)
-               atom "OE1" 6 (0.607, 1.095, 0.000)
-               atom "OE2" 6 (0.589, -1.104, -0.001) |]
+            [|
+                atom "N" 0 (-0.528, 1.361, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.526, -0.781, -1.207)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.615, 1.392, 0.000)
+                atom "CD" 5 (0.600, 1.397, 0.000)
+                atom "OE1" 6 (0.607, 1.095, 0.000)
+                atom "OE2" 6 (0.589, -1.104, -0.001)
+            |]
             // GLY
-            [| atom "N" 0 (-0.572, 1.337, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.517, 0.000, 0.000)
-               atom "O" 3 (0.626, 1.062, 0.000) |]
+            [|
+                atom "N" 0 (-0.572, 1.337, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.517, 0.000, 0.000)
+                atom "O" 3 (0.626, 1.062, 0.000)
+            |]
             // HIS
-            [| atom "N" 0 (-0.527, 1.360, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.525, -0.778, -1.208)
-               atom "O" 3 (0.625, 1.063, 0.000)
-               atom "CG" 4 (0.600, 1.370, 0.000)
-               atom "CD2" 5 (0.889, -1.021, 0.003)
-               atom "ND1" 5 (0.744, 1.160, 0.000)
-               atom "CE1" 5 (2.030, 0.851, 0.002)
-               atom "NE2" 5 (2.145, -0.466, 0.004) |]
+            [|
+                atom "N" 0 (-0.527, 1.360, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.525, -0.778, -1.208)
+                atom "O" 3 (0.625, 1.063, 0.000)
+                atom "CG" 4 (0.600, 1.370, 0.000)
+                atom "CD2" 5 (0.889, -1.021, 0.003)
+                atom "ND1" 5 (0.744, 1.160, 0.000)
+                atom "CE1" 5 (2.030, 0.851, 0.002)
+                atom "NE2" 5 (2.145, -0.466, 0.004)
+            |]
             // ILE
-            [| atom "N" 0 (-0.493, 1.373, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.527, 0.000, 0.000)
-               atom "CB" 0 (-0.536, -0.793, -1.213)
-               atom "O" 3 (0.627, 1.062, 0.000)
-               atom "CG1" 4 (0.534, 1.437, 0.000)
-               atom "CG2" 4 (0.540, -0.785, -1.199)
-               atom "CD1" 5 (0.619, 1.391, 0.000) |]
+            [|
+                atom "N" 0 (-0.493, 1.373, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.527, 0.000, 0.000)
+                atom "CB" 0 (-0.536, -0.793, -1.213)
+                atom "O" 3 (0.627, 1.062, 0.000)
+                atom "CG1" 4 (0.534, 1.437, 0.000)
+                atom "CG2" 4 (0.540, -0.785, -1.199)
+                atom "CD1" 5 (0.619, 1.391, 0.000)
+            |]
             // LEU
-            [| atom "N" 0 (-0.520, 1.363, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.522, -0.773, -1.214)
-               atom "O" 3 (0.625, 1.063, 0.000)
-               atom "CG" 4 (0.678, 1.371, 0.000)
-               atom "CD1" 5 (0.530, 1.430, 0.000)
-               atom "CD2" 5 (0.535, -0.774, 1.200) |]
+            [|
+                atom "N" 0 (-0.520, 1.363, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.522, -0.773, -1.214)
+                atom "O" 3 (0.625, 1.063, 0.000)
+                atom "CG" 4 (0.678, 1.371, 0.000)
+                atom "CD1" 5 (0.530, 1.430, 0.000)
+                atom "CD2" 5 (0.535, -0.774, 1.200)
+            |]
             // LYS
-            [| atom "N" 0 (-0.526, 1.362, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.524, -0.778, -1.208)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.619, 1.390, 0.000)
-               atom "CD" 5 (0.559, 1.417, 0.000)
-               atom "CE" 6 (0.560, 1.416, 0.000)
-               atom "NZ" 7 (0.554, 1.387, 0.000) |]
+            [|
+                atom "N" 0 (-0.526, 1.362, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.524, -0.778, -1.208)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.619, 1.390, 0.000)
+                atom "CD" 5 (0.559, 1.417, 0.000)
+                atom "CE" 6 (0.560, 1.416, 0.000)
+                atom "NZ" 7 (0.554, 1.387, 0.000)
+            |]
             // MET
-            [| atom "N" 0 (-0.521, 1.364, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.523, -0.776, -1.210)
-               atom "O" 3 (0.625, 1.062, 0.000)
-               atom "CG" 4 (0.613, 1.391, 0.000)
-               atom "SD" 5 (0.703, 1.695, 0.000)
-               atom "CE" 6 (0.320, 1.786, 0.000) |]
+            [|
+                atom "N" 0 (-0.521, 1.364, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.523, -0.776, -1.210)
+                atom "O" 3 (0.625, 1.062, 0.000)
+                atom "CG" 4 (0.613, 1.391, 0.000)
+                atom "SD" 5 (0.703, 1.695, 0.000)
+                atom "CE" 6 (0.320, 1.786, 0.000)
+            |]
             // PHE
-            [| atom "N" 0 (-0.518, 1.363, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.524, 0.000, 0.000)
-               atom "CB" 0 (-0.525, -0.776, -1.212)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG" 4 (0.607, 1.377, 0.000)
-               atom "CD1" 5 (0.709, 1.195, 0.000)
-               atom "CD2" 5 (0.706, -1.196, 0.000)
-               atom "CE1" 5 (2.102, 1.198, 0.000)
-               atom "CE2" 5 (2.098, -1.201, 0.000)
-               atom "CZ" 5 (2.794, -0.003, -0.001) |]
+            [|
+                atom "N" 0 (-0.518, 1.363, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.524, 0.000, 0.000)
+                atom "CB" 0 (-0.525, -0.776, -1.212)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG" 4 (0.607, 1.377, 0.000)
+                atom "CD1" 5 (0.709, 1.195, 0.000)
+                atom "CD2" 5 (0.706, -1.196, 0.000)
+                atom "CE1" 5 (2.102, 1.198, 0.000)
+                atom "CE2" 5 (2.098, -1.201, 0.000)
+                atom "CZ" 5 (2.794, -0.003, -0.001)
+            |]
             // PRO
-            [| atom "N" 0 (-0.566, 1.351, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.527, 0.000, 0.000)
-               atom "CB" 0 (-0.546, -0.611, -1.293)
-               atom "O" 3 (0.621, 1.066, 0.000)
-               atom "CG" 4 (0.382, 1.445, 0.000)
-               atom "CD" 5 (0.477, 1.424, 0.000) |]
+            [|
+                atom "N" 0 (-0.566, 1.351, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.527, 0.000, 0.000)
+                atom "CB" 0 (-0.546, -0.611, -1.293)
+                atom "O" 3 (0.621, 1.066, 0.000)
+                atom "CG" 4 (0.382, 1.445, 0.000)
+                atom "CD" 5 (0.477, 1.424, 0.000)
+            |]
             // SER
-            [| atom "N" 0 (-0.529, 1.360, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.518, -0.777, -1.211)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "OG" 4 (0.503, 1.325, 0.000) |]
+            [|
+                atom "N" 0 (-0.529, 1.360, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.518, -0.777, -1.211)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "OG" 4 (0.503, 1.325, 0.000)
+            |]
             // THR
-            [| atom "N" 0 (-0.517, 1.364, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000)
-               atom "CB" 0 (-0.516, -0.793, -1.215)
-               atom "O" 3 (0.626, 1.062, 0.000)
-               atom "CG2" 4 (0.550, -0.718, -1.228)
-               atom "OG1" 4 (0.472, 1.353, 0.000) |]
+            [|
+                atom "N" 0 (-0.517, 1.364, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+                atom "CB" 0 (-0.516, -0.793, -1.215)
+                atom "O" 3 (0.626, 1.062, 0.000)
+                atom "CG2" 4 (0.550, -0.718, -1.228)
+                atom "OG1" 4 (0.472, 1.353, 0.000)
+            |]
             // TRP
-            [| atom "N" 0 (-0.521, 1.363, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.525, 0.000, 0.000)
-               atom "CB" 0 (-0.523, -0.776, -1.212)
-               atom "O" 3 (0.627, 1.062, 0.000)
-               atom "CG" 4 (0.609, 1.370, 0.000)
-               atom "CD1" 5 (0.824, 1.091, 0.000)
-               atom "CD2" 5 (0.854, -1.148, -0.005)
-               atom "CE2" 5 (2.186, -0.678, -0.007)
-               atom "CE3" 5 (0.622, -2.530, -0.007)
-               atom "NE1" 5 (2.140, 0.690, -0.004)
-               atom "CH2" 5 (3.028, -2.890, -0.013)
-               atom "CZ2" 5 (3.283, -1.543, -0.011)
-               atom "CZ3" 5 (1.715, -3.389, -0.011) |]
+            [|
+                atom "N" 0 (-0.521, 1.363, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.525, 0.000, 0.000)
+                atom "CB" 0 (-0.523, -0.776, -1.212)
+                atom "O" 3 (0.627, 1.062, 0.000)
+                atom "CG" 4 (0.609, 1.370, 0.000)
+                atom "CD1" 5 (0.824, 1.091, 0.000)
+                atom "CD2" 5 (0.854, -1.148, -0.005)
+                atom "CE2" 5 (2.186, -0.678, -0.007)
+                atom "CE3" 5 (0.622, -2.530, -0.007)
+                atom "NE1" 5 (2.140, 0.690, -0.004)
+                atom "CH2" 5 (3.028, -2.890, -0.013)
+                atom "CZ2" 5 (3.283, -1.543, -0.011)
+                atom "CZ3" 5 (1.715, -3.389, -0.011)
+            |]
             // TYR
-            [| atom "N" 0 (-0.522, 1.362, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.524, 0.000, 0.000)
-               atom "CB" 0 (-0.522, -0.776, -1.213)
-               atom "O" 3 (0.627, 1.062, 0.000)
-               atom "CG" 4 (0.607, 1.382, 0.000)
-               atom "CD1" 5 (0.716, 1.195, 0.000)
-               atom "CD2" 5 (0.713, -1.194, -0.001)
-               atom "CE1" 5 (2.107, 1.200, -0.002)
-               atom "CE2" 5 (2.104, -1.201, -0.003)
-               atom "OH" 5 (4.168, -0.002, -0.005)
-               atom "CZ" 5 (2.791, -0.001, -0.003) |]
+            [|
+                atom "N" 0 (-0.522, 1.362, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.524, 0.000, 0.000)
+                atom "CB" 0 (-0.522, -0.776, -1.213)
+                atom "O" 3 (0.627, 1.062, 0.000)
+                atom "CG" 4 (0.607, 1.382, 0.000)
+                atom "CD1" 5 (0.716, 1.195, 0.000)
+                atom "CD2" 5 (0.713, -1.194, -0.001)
+                atom "CE1" 5 (2.107, 1.200, -0.002)
+                atom "CE2" 5 (2.104, -1.201, -0.003)
+                atom "OH" 5 (4.168, -0.002, -0.005)
+                atom "CZ" 5 (2.791, -0.001, -0.003)
+            |]
             // VAL
-            [| atom "N" 0 (-0.494, 1.373, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.527, 0.000, 0.000)
-               atom "CB" 0 (-0.533, -0.795, -1.213)
-               atom "O" 3 (0.627, 1.062, 0.000)
-               atom "CG1" 4 (0.540, 1.429, 0.000)
-               atom "CG2" 4 (0.533, -0.776, 1.203) |]
+            [|
+                atom "N" 0 (-0.494, 1.373, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.527, 0.000, 0.000)
+                atom "CB" 0 (-0.533, -0.795, -1.213)
+                atom "O" 3 (0.627, 1.062, 0.000)
+                atom "CG1" 4 (0.540, 1.429, 0.000)
+                atom "CG2" 4 (0.533, -0.776, 1.203)
+            |]
             // UNK
-            [| atom "N" 0 (-0.525, 1.363, 0.000)
-               atom "CA" 0 (0.000, 0.000, 0.000)
-               atom "C" 0 (1.526, 0.000, 0.000) |]
-            
+            [|
+                atom "N" 0 (-0.525, 1.363, 0.000)
+                atom "CA" 0 (0.000, 0.000, 0.000)
+                atom "C" 0 (1.526, 0.000, 0.000)
+            |]
+
         |]
 
     /// [21, 14] rigid group of each atom14 slot (0 for empty slots).
@@ -422,7 +624,13 @@ module ResidueConstants =
         Array3D.init 21 14 3 (fun r k c ->
             rigidGroupAtomPositions.[r]
             |> Array.tryFind (fun a -> a.Atom = atom14Names.[r].[k] && atom14Names.[r].[k] <> "")
-            |> Option.map (fun a -> float32 (match c with 0 -> a.X | 1 -> a.Y | _ -> a.Z))
+            |> Option.map (fun a ->
+                float32 (
+                    match c with
+                    | 0 -> a.X
+                    | 1 -> a.Y
+                    | _ -> a.Z
+                ))
             |> Option.defaultValue 0.0f)
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -432,19 +640,41 @@ module ResidueConstants =
     /// The four atoms defining each chi angle of each residue type (21 rows; 0..4 chis per row; chi5 of ARG omitted).
     let chiAnglesAtoms: string[][][] =
         [|
-            [|  |] // ALA
-            [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD" |]; [| "CB"; "CG"; "CD"; "NE" |]; [| "CG"; "CD"; "NE"; "CZ" |] |] // ARG
+            [||] // ALA
+            [|
+                [| "N"; "CA"; "CB"; "CG" |]
+                [| "CA"; "CB"; "CG"; "CD" |]
+                [| "CB"; "CG"; "CD"; "NE" |]
+                [| "CG"; "CD"; "NE"; "CZ" |]
+            |] // ARG
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "OD1" |] |] // ASN
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "OD1" |] |] // ASP
             [| [| "N"; "CA"; "CB"; "SG" |] |] // CYS
-            [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD" |]; [| "CB"; "CG"; "CD"; "OE1" |] |] // GLN
-            [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD" |]; [| "CB"; "CG"; "CD"; "OE1" |] |] // GLU
-            [|  |] // GLY
+            [|
+                [| "N"; "CA"; "CB"; "CG" |]
+                [| "CA"; "CB"; "CG"; "CD" |]
+                [| "CB"; "CG"; "CD"; "OE1" |]
+            |] // GLN
+            [|
+                [| "N"; "CA"; "CB"; "CG" |]
+                [| "CA"; "CB"; "CG"; "CD" |]
+                [| "CB"; "CG"; "CD"; "OE1" |]
+            |] // GLU
+            [||] // GLY
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "ND1" |] |] // HIS
             [| [| "N"; "CA"; "CB"; "CG1" |]; [| "CA"; "CB"; "CG1"; "CD1" |] |] // ILE
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD1" |] |] // LEU
-            [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD" |]; [| "CB"; "CG"; "CD"; "CE" |]; [| "CG"; "CD"; "CE"; "NZ" |] |] // LYS
-            [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "SD" |]; [| "CB"; "CG"; "SD"; "CE" |] |] // MET
+            [|
+                [| "N"; "CA"; "CB"; "CG" |]
+                [| "CA"; "CB"; "CG"; "CD" |]
+                [| "CB"; "CG"; "CD"; "CE" |]
+                [| "CG"; "CD"; "CE"; "NZ" |]
+            |] // LYS
+            [|
+                [| "N"; "CA"; "CB"; "CG" |]
+                [| "CA"; "CB"; "CG"; "SD" |]
+                [| "CB"; "CG"; "SD"; "CE" |]
+            |] // MET
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD1" |] |] // PHE
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD" |] |] // PRO
             [| [| "N"; "CA"; "CB"; "OG" |] |] // SER
@@ -452,7 +682,7 @@ module ResidueConstants =
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD1" |] |] // TRP
             [| [| "N"; "CA"; "CB"; "CG" |]; [| "CA"; "CB"; "CG"; "CD1" |] |] // TYR
             [| [| "N"; "CA"; "CB"; "CG1" |] |] // VAL
-            [|  |] // UNK
+            [||] // UNK
         |]
 
     /// [21, 4] 1 where the residue type has that chi angle.
@@ -547,7 +777,9 @@ module ResidueConstants =
     /// Atom-name swaps that leave a side chain unchanged (symmetric atoms of ASP, GLU, PHE, TYR).
     let residueAtomRenamingSwaps: IReadOnlyDictionary<string, (string * string)[]> =
         readOnly
-            [ "ASP", [| "OD1", "OD2" |]
-              "GLU", [| "OE1", "OE2" |]
-              "PHE", [| "CD1", "CD2"; "CE1", "CE2" |]
-              "TYR", [| "CD1", "CD2"; "CE1", "CE2" |] ]
+            [
+                "ASP", [| "OD1", "OD2" |]
+                "GLU", [| "OE1", "OE2" |]
+                "PHE", [| "CD1", "CD2"; "CE1", "CE2" |]
+                "TYR", [| "CD1", "CD2"; "CE1", "CE2" |]
+            ]

@@ -26,13 +26,22 @@ module StructureFile =
                 let nl = text.IndexOf('\n', pos)
                 let stop = if nl < 0 then text.Length else nl
                 let line = text.Substring(pos, stop - pos).Trim()
-                if line = "" || line.StartsWith "#" then firstLine (stop + 1) else line
+
+                if line = "" || line.StartsWith "#" then
+                    firstLine (stop + 1)
+                else
+                    line
 
         if firstLine(0).StartsWith("data_", StringComparison.OrdinalIgnoreCase) then
             StructureFormat.Mmcif
         else
             let name = Path.GetFileName(path).ToLowerInvariant()
-            let name = if name.EndsWith ".gz" then name.Substring(0, name.Length - 3) else name
+
+            let name =
+                if name.EndsWith ".gz" then
+                    name.Substring(0, name.Length - 3)
+                else
+                    name
 
             if name.EndsWith ".cif" || name.EndsWith ".mmcif" then
                 StructureFormat.Mmcif
@@ -59,7 +68,13 @@ module StructureFile =
     /// True for the names the readers accept: .pdb, .ent, .cif, .mmcif, each optionally + .gz.
     let isStructureFile (path: string) =
         let name = Path.GetFileName(path).ToLowerInvariant()
-        let name = if name.EndsWith ".gz" then name.Substring(0, name.Length - 3) else name
+
+        let name =
+            if name.EndsWith ".gz" then
+                name.Substring(0, name.Length - 3)
+            else
+                name
+
         [ ".pdb"; ".ent"; ".cif"; ".mmcif" ] |> List.exists name.EndsWith
 
     /// The structure files of a folder (not recursive), sorted by name. Raises `InputException` when the folder
@@ -71,7 +86,10 @@ module StructureFile =
         let files = Directory.GetFiles dir |> Array.filter isStructureFile |> Array.sort
 
         if files.Length = 0 then
-            Esm3Structure.InputError.raise dir Esm3Structure.InputLocation.Whole "no .pdb/.cif files (optionally .gz) in this folder"
+            Esm3Structure.InputError.raise
+                dir
+                Esm3Structure.InputLocation.Whole
+                "no .pdb/.cif files (optionally .gz) in this folder"
 
         files
 

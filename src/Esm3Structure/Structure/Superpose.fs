@@ -72,8 +72,12 @@ module Superpose =
         let v = vh.transpose (-1L, -2L)
         let ut = u.transpose (-1L, -2L)
         let det = torch.linalg.det (v.matmul ut) // ±1  [*]
-        let s = torch.ones_like det - det.lt(torch.zeros_like det).to_type (torch.ScalarType.Float64) * 2.0
-        let ones_2 = torch.ones_like(h_33.select (-1L, 0L)).narrow (-1L, 0L, 2L) // [*, 2]
+
+        let s =
+            torch.ones_like det
+            - det.lt(torch.zeros_like det).to_type(torch.ScalarType.Float64) * 2.0
+
+        let ones_2 = torch.ones_like(h_33.select (-1L, 0L)).narrow(-1L, 0L, 2L) // [*, 2]
         let diag_3 = torch.cat ([| ones_2; s.unsqueeze -1L |], -1L) // (1, 1, s)
         let rFit = (v * diag_3.unsqueeze -2L).matmul ut // V diag(1,1,s) Uᵀ
         let enough = n_1.ge(torch.full_like (n_1, float MinPointsForRotation)).unsqueeze -1L // [*, 1, 1]
@@ -98,7 +102,7 @@ module Superpose =
     /// Applies a rigid motion to points: R x + t.
     /// Shapes: r [*, 3, 3], t [*, 3], x [*, N, 3] -> [*, N, 3]
     let applyRigid (r: torch.Tensor) (t: torch.Tensor) (x: torch.Tensor) : torch.Tensor =
-        x.matmul(r.transpose (-1L, -2L)) + t.unsqueeze -2L
+        x.matmul (r.transpose (-1L, -2L)) + t.unsqueeze -2L
 
     /// `mobile` moved by its Kabsch fit onto `target` (every point is moved, absent ones included; NaN stays NaN).
     /// Returned in mobile's dtype.
@@ -114,7 +118,7 @@ module Superpose =
     let rmsd (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) : torch.Tensor =
         let r, _, pc, qc, n = prepare mobile target mask
         let diff = pc.matmul (r.transpose (-1L, -2L)) - qc // zero at absent points
-        let msd = diff.square().sum ([| -2L; -1L |], false) / n.clamp_min 1.0
+        let msd = diff.square().sum([| -2L; -1L |], false) / n.clamp_min 1.0
         msd.sqrt().to_type mobile.dtype
 
     /// Root-mean-square deviation over the present points as given (no superposition): `sqrt((1/n) Σ ‖pᵢ − qᵢ‖²)`;
@@ -124,6 +128,6 @@ module Superpose =
         checkPair mobile target mask
         let present = presence mobile mask
         let diff = clean mobile present - clean target present
-        let n = present.to_type(torch.ScalarType.Float64).sum (-1L)
-        let msd = diff.square().sum ([| -2L; -1L |], false) / n.clamp_min 1.0
+        let n = present.to_type(torch.ScalarType.Float64).sum(-1L)
+        let msd = diff.square().sum([| -2L; -1L |], false) / n.clamp_min 1.0
         msd.sqrt().to_type mobile.dtype

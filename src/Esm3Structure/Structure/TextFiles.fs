@@ -16,7 +16,11 @@ module TextFiles =
             let mutable c = uint32 n
 
             for _ in 1..8 do
-                c <- if c &&& 1u <> 0u then 0xEDB88320u ^^^ (c >>> 1) else c >>> 1
+                c <-
+                    if c &&& 1u <> 0u then
+                        0xEDB88320u ^^^ (c >>> 1)
+                    else
+                        c >>> 1
 
             c)
 
@@ -67,7 +71,8 @@ module TextFiles =
 
             for bit in [ 8; 16 ] do
                 if flags &&& bit <> 0 then
-                    while (need 1; bytes.[p] <> 0uy) do
+                    while (need 1
+                           bytes.[p] <> 0uy) do
                         p <- p + 1
 
                     p <- p + 1
@@ -115,7 +120,11 @@ module TextFiles =
     /// Decodes bytes as UTF-8 text (a leading BOM is dropped; bytes that are not UTF-8 become U+FFFD).
     let decode (bytes: byte[]) : string =
         let text = Encoding.UTF8.GetString bytes
-        if text.Length > 0 && text.[0] = '\uFEFF' then text.Substring 1 else text
+
+        if text.Length > 0 && text.[0] = '\uFEFF' then
+            text.Substring 1
+        else
+            text
 
     /// Reads a file as text, decompressing it when it starts with the gzip magic bytes.
     /// Raises `InputException` when the file cannot be read or the gzip stream is corrupt or truncated.
@@ -127,7 +136,8 @@ module TextFiles =
             | :? IOException
             | :? UnauthorizedAccessException
             | :? ArgumentException
-            | :? NotSupportedException as e -> InputError.raise path InputLocation.Whole (sprintf "cannot read the file (%s)" e.Message)
+            | :? NotSupportedException as e ->
+                InputError.raise path InputLocation.Whole (sprintf "cannot read the file (%s)" e.Message)
 
         decode (if isGzip bytes then gunzip path bytes else bytes)
 
@@ -145,14 +155,20 @@ module TextFiles =
             if c = '\n' then
                 line <- line + 1
             elif c < ' ' && c <> '\t' && c <> '\r' && c <> '\f' && c <> '\v' then
-                InputError.raise file (InputLocation.Line line) (sprintf "binary or non-text data (character 0x%02x)" (int c))
+                InputError.raise
+                    file
+                    (InputLocation.Line line)
+                    (sprintf "binary or non-text data (character 0x%02x)" (int c))
 
     /// The file name without folders and without the extensions .gz, .pdb, .ent, .cif, .mmcif (e.g. "1ubq_A").
     let stem (path: string) : string =
         let mutable name = Path.GetFileName path
 
         let strip (ext: string) =
-            if name.EndsWith(ext, StringComparison.OrdinalIgnoreCase) && name.Length > ext.Length then
+            if
+                name.EndsWith(ext, StringComparison.OrdinalIgnoreCase)
+                && name.Length > ext.Length
+            then
                 name <- name.Substring(0, name.Length - ext.Length)
 
         strip ".gz"

@@ -9,8 +9,7 @@ open TorchSharp
 module Shape =
 
     /// The shape of a tensor as a readable string, e.g. "[2, 7, 3]".
-    let show (shape: int64[]) =
-        "[" + String.Join(", ", shape) + "]"
+    let show (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
     /// Raises an ArgumentException naming the argument and both shapes.
     let mismatch (name: string) (expected: string) (t: torch.Tensor) : 'a =
@@ -29,11 +28,15 @@ module Shape =
     let expect (name: string) (expected: int64[]) (t: torch.Tensor) =
         let s = t.shape
 
-        if s.Length <> expected.Length || Array.exists2 (fun e a -> e >= 0L && e <> a) expected s then
+        if
+            s.Length <> expected.Length
+            || Array.exists2 (fun e a -> e >= 0L && e <> a) expected s
+        then
             mismatch name (show expected |> fun x -> x.Replace("-1", "_")) t
 
     /// The leading (batch) dims of a tensor whose last `trailing` dims are fixed.
-    let batchDims (trailing: int) (t: torch.Tensor) : int64[] = t.shape.[.. t.shape.Length - trailing - 1]
+    let batchDims (trailing: int) (t: torch.Tensor) : int64[] =
+        t.shape.[.. t.shape.Length - trailing - 1]
 
     /// Checks that two tensors share dtype and device.
     let expectSameKind (nameA: string) (a: torch.Tensor) (nameB: string) (b: torch.Tensor) =

@@ -10,9 +10,41 @@ module SequenceTokenizer =
 
     /// The 33 tokens in id order.
     let vocabulary =
-        [| "<cls>"; "<pad>"; "<eos>"; "<unk>"
-           "L"; "A"; "G"; "V"; "S"; "E"; "R"; "T"; "I"; "D"; "P"; "K"; "Q"; "N"; "F"; "Y"; "M"; "H"; "W"; "C"
-           "X"; "B"; "U"; "Z"; "O"; "."; "-"; "|"; "<mask>" |]
+        [|
+            "<cls>"
+            "<pad>"
+            "<eos>"
+            "<unk>"
+            "L"
+            "A"
+            "G"
+            "V"
+            "S"
+            "E"
+            "R"
+            "T"
+            "I"
+            "D"
+            "P"
+            "K"
+            "Q"
+            "N"
+            "F"
+            "Y"
+            "M"
+            "H"
+            "W"
+            "C"
+            "X"
+            "B"
+            "U"
+            "Z"
+            "O"
+            "."
+            "-"
+            "|"
+            "<mask>"
+        |]
 
     [<Literal>]
     let Bos = 0L
@@ -50,21 +82,30 @@ module SequenceTokenizer =
     let tokens (sequence: string) =
         let specials = [ "<cls>"; "<pad>"; "<eos>"; "<unk>"; "<mask>" ]
 
-        [| let mutable i = 0
+        [|
+            let mutable i = 0
 
-           while i < sequence.Length do
-               match specials |> List.tryFind (fun s -> String.CompareOrdinal(sequence, i, s, 0, s.Length) = 0) with
-               | Some s ->
-                   yield s
-                   i <- i + s.Length
-               | None ->
-                   yield (if sequence.[i] = '_' then "<mask>" else string sequence.[i])
-                   i <- i + 1 |]
+            while i < sequence.Length do
+                match
+                    specials
+                    |> List.tryFind (fun s -> String.CompareOrdinal(sequence, i, s, 0, s.Length) = 0)
+                with
+                | Some s ->
+                    yield s
+                    i <- i + s.Length
+                | None ->
+                    yield (if sequence.[i] = '_' then "<mask>" else string sequence.[i])
+                    i <- i + 1
+        |]
 
     /// Ids of a sequence, optionally wrapped as ESM does: `<cls> … <eos>`.
     let encode (addSpecialTokens: bool) (sequence: string) : int64[] =
         let body = tokens sequence |> Array.map tokenId
-        if addSpecialTokens then Array.concat [ [| Bos |]; body; [| Eos |] ] else body
+
+        if addSpecialTokens then
+            Array.concat [ [| Bos |]; body; [| Eos |] ]
+        else
+            body
 
     /// Ids back to a string: `<mask>` as `_`; BOS, EOS and PAD dropped; other specials written whole.
     /// Raises an InputException naming the position for an id outside the vocabulary.
@@ -74,7 +115,10 @@ module SequenceTokenizer =
         ids
         |> Seq.iteri (fun i id ->
             if id < 0L || id >= int64 vocabulary.Length then
-                InputError.raise "sequence tokens" (InputLocation.Field(sprintf "token %d" i)) (sprintf "id %d is outside the sequence vocabulary (0–%d)" id (vocabulary.Length - 1))
+                InputError.raise
+                    "sequence tokens"
+                    (InputLocation.Field(sprintf "token %d" i))
+                    (sprintf "id %d is outside the sequence vocabulary (0–%d)" id (vocabulary.Length - 1))
 
             match id with
             | Bos

@@ -12,7 +12,8 @@ let f64 = torch.ScalarType.Float64
 let f32 = torch.ScalarType.Float32
 
 /// A float64 tensor of the given shape filled with `v`.
-let filled (shape: int64[]) (v: float) = torch.full_like (torch.zeros (shape, dtype = f64), v)
+let filled (shape: int64[]) (v: float) =
+    torch.full_like (torch.zeros (shape, dtype = f64), v)
 
 /// A generator seeded from an FsCheck-drawn integer.
 let generator (seed: int) = new torch.Generator(uint64 seed)
@@ -21,44 +22,58 @@ let generator (seed: int) = new torch.Generator(uint64 seed)
 /// Shapes: -> [batch..., 3, 3] float64
 let randomRotation (g: torch.Generator) (batch: int64[]) =
     let q = torch.randn (Array.append batch [| 4L |], dtype = f64, generator = g)
-    let q = q / q.square().sum(-1L, true).sqrt ()
+    let q = q / q.square().sum(-1L, true).sqrt()
     let c i = q.select (-1L, int64 i)
     let w, x, y, z = c 0, c 1, c 2, c 3
 
     let entries =
-        [| 1.0 - 2.0 * (y * y + z * z); 2.0 * (x * y - w * z); 2.0 * (x * z + w * y)
-           2.0 * (x * y + w * z); 1.0 - 2.0 * (x * x + z * z); 2.0 * (y * z - w * x)
-           2.0 * (x * z - w * y); 2.0 * (y * z + w * x); 1.0 - 2.0 * (x * x + y * y) |]
+        [|
+            1.0 - 2.0 * (y * y + z * z)
+            2.0 * (x * y - w * z)
+            2.0 * (x * z + w * y)
+            2.0 * (x * y + w * z)
+            1.0 - 2.0 * (x * x + z * z)
+            2.0 * (y * z - w * x)
+            2.0 * (x * z - w * y)
+            2.0 * (y * z + w * x)
+            1.0 - 2.0 * (x * x + y * y)
+        |]
 
-    torch.stack(entries, -1L).reshape (Array.append batch [| 3L; 3L |])
+    torch.stack(entries, -1L).reshape(Array.append batch [| 3L; 3L |])
 
 /// Random translations with |t| uniform in [0, 100) Å and a uniform direction. Shapes: -> [batch..., 3] float64
 let randomTranslation (g: torch.Generator) (batch: int64[]) =
     let dir = torch.randn (Array.append batch [| 3L |], dtype = f64, generator = g)
-    let dir = dir / dir.square().sum(-1L, true).sqrt ()
-    let radius = torch.rand (Array.append batch [| 1L |], dtype = f64, generator = g) * 100.0
+    let dir = dir / dir.square().sum(-1L, true).sqrt()
+
+    let radius =
+        torch.rand (Array.append batch [| 1L |], dtype = f64, generator = g) * 100.0
+
     dir * radius
 
 /// A Gaussian point cloud (σ = 10 Å). Shapes: -> [batch..., n, 3] float64
 let randomCloud (g: torch.Generator) (batch: int64[]) (n: int) =
-    torch.randn (Array.append batch [| int64 n; 3L |], dtype = f64, generator = g) * 10.0
+    torch.randn (Array.append batch [| int64 n; 3L |], dtype = f64, generator = g)
+    * 10.0
 
 /// A random-walk "CA chain" with 3.8 Å steps in uniform directions. Shapes: -> [batch..., n, 3] float64
 let randomChain (g: torch.Generator) (batch: int64[]) (n: int) =
-    let steps = torch.randn (Array.append batch [| int64 n; 3L |], dtype = f64, generator = g)
-    let steps = steps / steps.square().sum(-1L, true).sqrt () * 3.8
+    let steps =
+        torch.randn (Array.append batch [| int64 n; 3L |], dtype = f64, generator = g)
+
+    let steps = steps / steps.square().sum(-1L, true).sqrt() * 3.8
     steps.cumsum (-2L)
 
 /// R x + t. Shapes: r [*, 3, 3], t [*, 3], x [*, n, 3] -> [*, n, 3]
 let moveRigid (r: torch.Tensor) (t: torch.Tensor) (x: torch.Tensor) =
-    x.matmul(r.transpose (-1L, -2L)) + t.unsqueeze -2L
+    x.matmul (r.transpose (-1L, -2L)) + t.unsqueeze -2L
 
 /// A random bool mask with at least `atLeast` true entries per row. Shapes: -> [batch..., n] bool
 let randomMask (g: torch.Generator) (batch: int64[]) (n: int) (atLeast: int) =
     let u = torch.rand (Array.append batch [| int64 n |], dtype = f64, generator = g)
     // keep the `atLeast` smallest draws plus about 70 % of the rest
     let struct (kth, _) = u.kthvalue (int64 atLeast, Nullable -1L, true)
-    u.le(kth).logical_or (u.lt (torch.full_like (u, 0.7)))
+    u.le(kth).logical_or(u.lt (torch.full_like (u, 0.7)))
 
 /// FsCheck generator of (seed, size) cases.
 let seedAndSize (lo: int) (hi: int) =
@@ -76,11 +91,13 @@ let readCa (path: string) =
         File.ReadLines path
         |> Seq.filter (fun l -> l.StartsWith "ATOM" && l.Length >= 54 && l.Substring(12, 4) = " CA ")
         |> Seq.map (fun l ->
-            let c (start: int) = Double.Parse(l.Substring(start, 8), Globalization.CultureInfo.InvariantCulture)
+            let c (start: int) =
+                Double.Parse(l.Substring(start, 8), Globalization.CultureInfo.InvariantCulture)
+
             [| c 30; c 38; c 46 |])
         |> Array.concat
 
-    torch.tensor(rows, dtype = f64).reshape (-1L, 3L)
+    torch.tensor(rows, dtype = f64).reshape(-1L, 3L)
 
 /// 1ubq chain A CA trace (76 residues).
 let ubiquitinCa () = readCa (Data.small "1ubq_A")
@@ -93,7 +110,10 @@ let withJunkRows (g: torch.Generator) (k: int) (a: torch.Tensor) (b: torch.Tenso
     let order = torch.randperm (int64 total, generator = g)
     let isJunk = order.lt (torch.full_like (order, int64 k)) // a random set of k positions
     let junkA = filled [| int64 total; 3L |] Double.NaN
-    let junkB = torch.cat ([| filled [| 1L; 3L |] Double.NaN; filled [| int64 total - 1L; 3L |] 1e30 |], 0L)
+
+    let junkB =
+        torch.cat ([| filled [| 1L; 3L |] Double.NaN; filled [| int64 total - 1L; 3L |] 1e30 |], 0L)
+
     let real = isJunk.logical_not().nonzero().squeeze -1L
     let a' = junkA.index_copy (0L, real, a)
     let b' = junkB.index_copy (0L, real, b)

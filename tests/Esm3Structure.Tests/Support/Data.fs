@@ -14,17 +14,25 @@ module Data =
                     failwith "shared/data not found: set ESM3_SHARED_DATA or put ../shared beside the checkout"
                 else
                     let candidate = Path.Combine(dir.FullName, "shared", "data")
-                    if Directory.Exists candidate then candidate else up dir.Parent
+
+                    if Directory.Exists candidate then
+                        candidate
+                    else
+                        up dir.Parent
 
             up (DirectoryInfo AppContext.BaseDirectory)
         | d -> d
 
     /// The shared data folder.
     let root = lazy (find ())
+
     /// A path inside the shared data folder.
-    let path (parts: string list) = Path.Combine(Array.ofList (root.Value :: parts))
+    let path (parts: string list) =
+        Path.Combine(Array.ofList (root.Value :: parts))
+
     /// `small/<name>.pdb`
     let small (name: string) = path [ "small"; name + ".pdb" ]
+
     /// The names of the small full-atom chains (from small/index.tsv).
     let smallNames =
         lazy
@@ -35,10 +43,16 @@ module Data =
 
 /// Scratch files for a test, deleted at dispose.
 type TempDir() =
-    let dir = Path.Combine(Path.GetTempPath(), "esm3tests-" + Guid.NewGuid().ToString("N"))
+    let dir =
+        Path.Combine(Path.GetTempPath(), "esm3tests-" + Guid.NewGuid().ToString("N"))
+
     do Directory.CreateDirectory dir |> ignore
     member _.Path = dir
     member _.File(name: string) = Path.Combine(dir, name)
+
     interface IDisposable with
         member _.Dispose() =
-            try Directory.Delete(dir, true) with _ -> ()
+            try
+                Directory.Delete(dir, true)
+            with _ ->
+                ()

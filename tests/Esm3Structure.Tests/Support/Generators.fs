@@ -9,16 +9,20 @@ open TorchSharp
 /// One property case: a seed for torch's generator and a batch shape. Tensors are drawn from the seed inside
 /// the property, so a failing case replays exactly from FsCheck's printed seed.
 type GeoCase =
-    { Seed: uint64
-      Batch: int64[] }
+    {
+        Seed: uint64
+        Batch: int64[]
+    }
 
     member c.Generator() = new torch.Generator(c.Seed)
 
 /// A backbone case: a seed, a batch shape and a chain length (1 … 40).
 type BackboneCase =
-    { Seed: uint64
-      Batch: int64[]
-      Length: int64 }
+    {
+        Seed: uint64
+        Batch: int64[]
+        Length: int64
+    }
 
     member c.Generator() = new torch.Generator(c.Seed)
 
@@ -43,9 +47,18 @@ module Gens =
     let backboneCase =
         gen {
             let! s = seed
-            let! b = Gen.choose (0, 2) |> Gen.bind (fun r -> Gen.listOfLength r (Gen.choose (1, 3)))
+
+            let! b =
+                Gen.choose (0, 2) |> Gen.bind (fun r -> Gen.listOfLength r (Gen.choose (1, 3)))
+
             let! l = Gen.choose (1, 40)
-            return { BackboneCase.Seed = s; Batch = b |> List.map int64 |> Array.ofList; Length = int64 l }
+
+            return
+                {
+                    BackboneCase.Seed = s
+                    Batch = b |> List.map int64 |> Array.ofList
+                    Length = int64 l
+                }
         }
 
 type Arbitraries =
@@ -63,11 +76,11 @@ module Props =
     let config =
         { FsCheckConfig.defaultConfig with
             arbitrary = [ typeof<Arbitraries> ]
-            maxTest = cases }
+            maxTest = cases
+        }
 
     /// A property over our arbitraries.
-    let property name (body: 'a -> unit) =
-        testPropertyWithConfig config name body
+    let property name (body: 'a -> unit) = testPropertyWithConfig config name body
 
     /// The dtypes every geometric property runs in, with its name.
     let dtypes = [ torch.float64, "float64"; torch.float32, "float32" ]
@@ -75,19 +88,24 @@ module Props =
 module Draw =
     /// Gaussian points with standard deviation `sigma`. Shapes: -> [*, 3]
     let points (g: torch.Generator) (batch: int64[]) (sigma: float) (dtype: torch.ScalarType) =
-        sigma * torch.randn(Array.append batch [| 3L |], dtype = dtype, generator = g)
+        sigma * torch.randn (Array.append batch [| 3L |], dtype = dtype, generator = g)
 
     /// A backbone with realistic local geometry: CA on a 3.8 Å random walk; N and C at 1.46 / 1.52 Å from CA in
     /// random directions with the ideal N-CA-C angle of 111°. Shapes: -> [*, L, 3, 3]
     let backbone (g: torch.Generator) (batch: int64[]) (length: int64) (dtype: torch.ScalarType) =
-        let unit (v: torch.Tensor) = v / v.norm(-1, true)
+        let unit (v: torch.Tensor) = v / v.norm (-1, true)
         let shape = Array.append batch [| length; 3L |]
-        let e1 = unit (torch.randn(shape, dtype = dtype, generator = g))
-        let r = torch.randn(shape, dtype = dtype, generator = g)
+        let e1 = unit (torch.randn (shape, dtype = dtype, generator = g))
+        let r = torch.randn (shape, dtype = dtype, generator = g)
         let e2 = unit (r - (r * e1).sum(-1L, true) * e1)
         let angle = 111.0 * Math.PI / 180.0
-        let steps = 3.8 * unit (torch.randn(shape, dtype = dtype, generator = g))
-        let ca = steps.cumsum(-2L) + 20.0 * torch.randn(Array.append batch [| 1L; 3L |], dtype = dtype, generator = g)
+        let steps = 3.8 * unit (torch.randn (shape, dtype = dtype, generator = g))
+
+        let ca =
+            steps.cumsum (-2L)
+            + 20.0
+              * torch.randn (Array.append batch [| 1L; 3L |], dtype = dtype, generator = g)
+
         let n = ca + 1.46 * e1
         let c = ca + 1.52 * (Math.Cos angle * e1 + Math.Sin angle * e2)
-        torch.stack([| n; ca; c |], -2L)
+        torch.stack ([| n; ca; c |], -2L)

@@ -24,18 +24,20 @@ module StructureFixtures =
 
     /// One ATOM/HETATM record as the test reads it from fixed columns.
     type PdbAtom =
-        { Line: int
-          Record: string
-          Name: string
-          AltLoc: char
-          ResName: string
-          Chain: char
-          ResSeq: int
-          ICode: char
-          X: float32
-          Y: float32
-          Z: float32
-          B: float32 }
+        {
+            Line: int
+            Record: string
+            Name: string
+            AltLoc: char
+            ResName: string
+            Chain: char
+            ResSeq: int
+            ICode: char
+            X: float32
+            Y: float32
+            Z: float32
+            B: float32
+        }
 
     /// The ATOM/HETATM records of a PDB text, read from columns 1-6, 13-16, 17, 18-20, 22, 23-26, 27, 31-54, 61-66.
     let pdbAtoms (text: string) : PdbAtom[] =
@@ -43,34 +45,84 @@ module StructureFixtures =
         |> Array.mapi (fun i l -> i + 1, l.TrimEnd('\r'))
         |> Array.filter (fun (_, l) -> l.StartsWith "ATOM  " || l.StartsWith "HETATM")
         |> Array.map (fun (i, l) ->
-            { Line = i
-              Record = l.Substring(0, 6).Trim()
-              Name = l.Substring(12, 4).Trim()
-              AltLoc = l.[16]
-              ResName = l.Substring(17, 3).Trim()
-              Chain = l.[21]
-              ResSeq = Int32.Parse(l.Substring(22, 4).Trim(), inv)
-              ICode = l.[26]
-              X = Single.Parse(l.Substring(30, 8), inv)
-              Y = Single.Parse(l.Substring(38, 8), inv)
-              Z = Single.Parse(l.Substring(46, 8), inv)
-              B = if l.Length >= 66 then Single.Parse(l.Substring(60, 6), inv) else 0.0f })
+            {
+                Line = i
+                Record = l.Substring(0, 6).Trim()
+                Name = l.Substring(12, 4).Trim()
+                AltLoc = l.[16]
+                ResName = l.Substring(17, 3).Trim()
+                Chain = l.[21]
+                ResSeq = Int32.Parse(l.Substring(22, 4).Trim(), inv)
+                ICode = l.[26]
+                X = Single.Parse(l.Substring(30, 8), inv)
+                Y = Single.Parse(l.Substring(38, 8), inv)
+                Z = Single.Parse(l.Substring(46, 8), inv)
+                B =
+                    if l.Length >= 66 then
+                        Single.Parse(l.Substring(60, 6), inv)
+                    else
+                        0.0f
+            })
 
     /// A PDB ATOM/HETATM line in standard columns, formatted here (not by the library's writer).
-    let pdbLine (record: string) (serial: int) (name: string) (altLoc: char) (resName: string) (chain: char) (resSeq: int) (iCode: char) (x: float) (y: float) (z: float) (occ: float) (b: float) (element: string) =
+    let pdbLine
+        (record: string)
+        (serial: int)
+        (name: string)
+        (altLoc: char)
+        (resName: string)
+        (chain: char)
+        (resSeq: int)
+        (iCode: char)
+        (x: float)
+        (y: float)
+        (z: float)
+        (occ: float)
+        (b: float)
+        (element: string)
+        =
         let name4 = if name.Length >= 4 then name else " " + name.PadRight 3
-        String.Format(inv, "{0,-6}{1,5} {2,-4}{3}{4,3} {5}{6,4}{7}   {8,8:F3}{9,8:F3}{10,8:F3}{11,6:F2}{12,6:F2}          {13,2}", record, serial, name4, altLoc, resName, chain, resSeq, iCode, x, y, z, occ, b, element)
+
+        String.Format(
+            inv,
+            "{0,-6}{1,5} {2,-4}{3}{4,3} {5}{6,4}{7}   {8,8:F3}{9,8:F3}{10,8:F3}{11,6:F2}{12,6:F2}          {13,2}",
+            record,
+            serial,
+            name4,
+            altLoc,
+            resName,
+            chain,
+            resSeq,
+            iCode,
+            x,
+            y,
+            z,
+            occ,
+            b,
+            element
+        )
 
     /// An ATOM line with blank altloc and insertion code, occupancy 1, B 10, element = first letter of the name.
-    let atom (serial: int) (name: string) (resName: string) (chain: char) (resSeq: int) (x: float) (y: float) (z: float) =
+    let atom
+        (serial: int)
+        (name: string)
+        (resName: string)
+        (chain: char)
+        (resSeq: int)
+        (x: float)
+        (y: float)
+        (z: float)
+        =
         pdbLine "ATOM" serial name ' ' resName chain resSeq ' ' x y z 1.0 10.0 (name.Substring(0, 1))
 
     /// N, CA, C, O lines of one residue at an offset (a plausible geometry, not ideal).
     let backboneLines (serial: int) (resName: string) (chain: char) (resSeq: int) (offset: float) =
-        [ atom serial "N" resName chain resSeq (offset + 0.0) 1.0 0.0
-          atom (serial + 1) "CA" resName chain resSeq (offset + 1.2) 1.5 0.1
-          atom (serial + 2) "C" resName chain resSeq (offset + 2.4) 0.8 0.2
-          atom (serial + 3) "O" resName chain resSeq (offset + 2.6) -0.4 0.3 ]
+        [
+            atom serial "N" resName chain resSeq (offset + 0.0) 1.0 0.0
+            atom (serial + 1) "CA" resName chain resSeq (offset + 1.2) 1.5 0.1
+            atom (serial + 2) "C" resName chain resSeq (offset + 2.4) 0.8 0.2
+            atom (serial + 3) "O" resName chain resSeq (offset + 2.6) -0.4 0.3
+        ]
 
     /// FASTA entries by name.
     let readFasta (path: string) : IReadOnlyDictionary<string, string> =
@@ -126,6 +178,7 @@ module StructureFixtures =
         Expect.stringContains e.Message file (what + ": message names the file")
 
         match location with
-        | InputLocation.Line n -> Expect.stringContains e.Message (sprintf "line %d" n) (what + ": message names the line")
+        | InputLocation.Line n ->
+            Expect.stringContains e.Message (sprintf "line %d" n) (what + ": message names the line")
         | InputLocation.Field f -> Expect.stringContains e.Message f (what + ": message names the field")
         | _ -> ()

@@ -12,15 +12,18 @@ module Tol =
 
     /// max |a - b| as a double.
     let maxAbsDiff (a: torch.Tensor) (b: torch.Tensor) =
-        if a.numel () = 0L && b.numel () = 0L then 0.0 else (a - b).abs().max().ToDouble()
+        if a.numel () = 0L && b.numel () = 0L then
+            0.0
+        else
+            (a - b).abs().max().ToDouble()
 
     /// Asserts max |a - b| <= tol, naming what is compared.
     let close (what: string) (tol: float) (a: torch.Tensor) (b: torch.Tensor) =
         Expect.sequenceEqual a.shape b.shape (what + ": shapes")
         let d = maxAbsDiff a b
+
         if not (d <= tol) then
             failtestf "%s: max |difference| %g exceeds %g" what d tol
 
     /// The tolerance for a dtype.
-    let forDtype (dt: torch.ScalarType) =
-        if dt = torch.float64 then f64 else f32
+    let forDtype (dt: torch.ScalarType) = if dt = torch.float64 then f64 else f32
