@@ -11,9 +11,9 @@ open Esm3Structure.Geometry
 type GeometricAttentionImpl =
     /// ESM's dense form: materialises the [B, V, L, L, 3] query–key differences. The parity oracle.
     | Reference
-    /// Never materialises [B, V, L, L, 3]: squared distances `‖a‖² + ‖b‖² − 2 a·b` from one matmul (clamped at 0,
-    /// then square-rooted), translations first centred per chain on the framed residues to limit float32
-    /// cancellation; large temporaries are released as soon as they are consumed.
+    /// Never materialises [B, V, L, L, 3]: squared distances `‖a‖² + ‖b‖² − 2 a·b` from one matmul (clamped at
+    /// the dtype's smallest normal number, then square-rooted), translations first centred per chain on the
+    /// framed residues to limit float32 cancellation; large temporaries are released as soon as consumed.
     | MemoryEfficient
 
 /// Settings of ESM's `GeometricReasoningOriginalImpl` (with one vector message per head, as in every ESM model).
@@ -339,7 +339,12 @@ module GeometricAttention =
                 let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
                 let kAug = torch.cat ([| x.KDist; torch.ones_like kSq; kSq |], -1L) // [B, V, L, 5]
                 use squared_BVLL = qAug.matmul (kAug.transpose (-1L, -2L))
-                use clamped_BVLL = squared_BVLL.clamp_min (0.0.ToScalar())
+                // Clamp at the smallest normal number, not 0: rounding can make a true 0 slightly negative, and
+                // at exactly 0 the square root's gradient is infinite; below the clamp the gradient is 0, as
+                // PyTorch's norm gives at 0 (ESM's form). The value moves by at most sqrt(tiny) (1e-19 in float32).
+                use clamped_BVLL =
+                    squared_BVLL.clamp_min (torch.finfo(squared_BVLL.dtype).tiny.ToScalar())
+
                 clamped_BVLL.sqrt ()
 
             use scores_BVLL =

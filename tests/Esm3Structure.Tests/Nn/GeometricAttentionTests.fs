@@ -373,7 +373,7 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
 /// A_ii − A_ij = Δ = 2·wr·c²/√3 + wd·sqrt(9 + 4c²)/√3 + 1, so P_ii = σ(Δ), P_ij = σ(−Δ), and
 /// o₁ = (P_ii − P_ij)·(0, c, 0) = (0, m, 0) with m = c·tanh(Δ/2); o₂ = (0, −m, 0).
 /// out_proj = [[0, 1, 0], [0, 2, 0]]: out₁ = (m, 2m), out₂ = (−m, −2m).
-let private handCase impl (dtype: torch.ScalarType) =
+let private handCaseWith impl (dtype: torch.ScalarType) (withGrad: bool) =
     let cfg =
         {
             DModel = 2L
@@ -394,11 +394,11 @@ let private handCase impl (dtype: torch.ScalarType) =
         {
             NormWeight = torch.ones (2L, dtype = dtype)
             NormBias = None
-            ProjWeight = t2 proj
+            ProjWeight = (t2 proj).requires_grad_ withGrad
             ProjBias = None
             OutWeight = t2 (array2D [ [ 0.0; 1.0; 0.0 ]; [ 0.0; 2.0; 0.0 ] ])
             OutBias = None
-            DistanceScale = torch.tensor ([| 1.0 |], dtype = dtype)
+            DistanceScale = torch.tensor([| 1.0 |], dtype = dtype).requires_grad_ withGrad
             RotationScale = torch.tensor ([| 0.0 |], dtype = dtype)
         }
 
@@ -429,7 +429,11 @@ let private handCase impl (dtype: torch.ScalarType) =
     let expected =
         torch.tensor([| m; 2.0 * m; -m; -2.0 * m |], dtype = dtype).reshape(1L, 2L, 2L)
 
-    expected, GeometricAttention.forward cfg w input
+    expected, GeometricAttention.forward cfg w input, w
+
+let private handCase impl dtype =
+    let expected, actual, _ = handCaseWith impl dtype false
+    expected, actual
 
 /// A forward whose finite differences we can take: B = 1, L = 3, d = 5, V = 2, float64, random everything.
 let private gradientCase impl (seed: uint64) =
@@ -547,6 +551,20 @@ let tests =
                             (if dtype = torch.float64 then 1e-12 else 1e-6)
                             expected
                             actual)
+
+            testCase "gradients stay finite where a query and a key distance point coincide (hand case)" (fun () ->
+                use _ = torch.NewDisposeScope()
+
+                // In the hand case Qd_i = Kd_i exactly, so the distance term is 0 on the diagonal: PyTorch's norm
+                // (Reference) gives gradient 0 there; the expanded form must not give inf or NaN.
+                for impl, iname in impls do
+                    let _, actual, w = handCaseWith impl torch.float64 true
+
+                    let grads =
+                        torch.autograd.grad ([| actual.sum () |], [| w.ProjWeight; w.DistanceScale |])
+
+                    for gr in grads do
+                        Expect.isTrue (gr.isfinite().all().item<bool>()) (iname + ": finite gradient"))
 
             testCase "GA8 gradients match central finite differences (float64, both implementations)" (fun () ->
                 gradientCheck Reference
