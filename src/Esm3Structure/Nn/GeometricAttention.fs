@@ -1,0 +1,498 @@
+namespace Esm3Structure.Nn
+
+open System
+open System.Diagnostics
+open System.Runtime.InteropServices
+open TorchSharp
+open Esm3Structure.Tensors
+open Esm3Structure.Geometry
+
+/// How the geometric attention computes its distance term.
+type GeometricAttentionImpl =
+    /// ESM's dense form: materialises the [B, V, L, L, 3] query–key differences. The parity oracle.
+    | Reference
+    /// Never materialises [B, V, L, L, 3]: squared distances `‖a‖² + ‖b‖² − 2 a·b` from one matmul (clamped at
+    /// the dtype's smallest normal number, then square-rooted), translations first centred per chain on the
+    /// framed residues to limit float32 cancellation; large temporaries are released as soon as consumed.
+    | MemoryEfficient
+
+/// Settings of ESM's `GeometricReasoningOriginalImpl` (with one vector message per head, as in every ESM model).
+type GeometricAttentionConfig =
+    {
+        /// Model width d (`c_s`).
+        DModel: int64
+        /// Geometric ("vector") heads V (`v_heads`).
+        VHeads: int64
+        /// Biases in `s_norm`, `proj` and `out_proj` (ESM: false in the ESM3 trunk, true in the encoder).
+        Bias: bool
+        /// Zero the attention output of unframed query residues before `out_proj` (`mask_and_zero_frameless`;
+        /// ESM: true in the ESM3 trunk, false in the encoder).
+        MaskAndZeroFrameless: bool
+        /// Which implementation of the same function to run.
+        Implementation: GeometricAttentionImpl
+    }
+
+/// Presets and checks for `GeometricAttentionConfig` (ESM3-REFERENCE.md §4.4).
+module GeometricAttentionConfig =
+
+    /// Block 0 of the ESM3 (small, open) trunk: d 1536, V 256, no biases, unframed rows zeroed.
+    let esm3Trunk =
+        {
+            DModel = 1536L
+            VHeads = 256L
+            Bias = false
+            MaskAndZeroFrameless = true
+            Implementation = Reference
+        }
+
+    /// The structure (VQ-VAE) encoder's blocks: d 1024, V 128, biases, unframed rows not zeroed.
+    let esm3Encoder =
+        {
+            DModel = 1024L
+            VHeads = 128L
+            Bias = true
+            MaskAndZeroFrameless = false
+            Implementation = Reference
+        }
+
+    /// Width of `proj`'s output: 4·V·3 (q, k for both terms) + V·3 (values) = 15V.
+    let projWidth (c: GeometricAttentionConfig) = 15L * c.VHeads
+
+    /// Width of `out_proj`'s input: V·3.
+    let valueWidth (c: GeometricAttentionConfig) = 3L * c.VHeads
+
+    /// The config, or the list of what is wrong with it (each message names the field).
+    let validate (c: GeometricAttentionConfig) : Result<GeometricAttentionConfig, string list> =
+        let errors =
+            [
+                if c.DModel <= 0L then
+                    sprintf "DModel must be positive, got %d" c.DModel
+                if c.VHeads <= 0L then
+                    sprintf "VHeads must be positive, got %d" c.VHeads
+            ]
+
+        if errors.IsEmpty then Ok c else Error errors
+
+/// The parameters of a geometric attention layer, with ESM's meaning and shapes (ESM3-REFERENCE.md §4.4).
+/// Absent biases are `None`.
+type GeometricAttentionWeights =
+    {
+        /// `s_norm.weight` [d]
+        NormWeight: torch.Tensor
+        /// `s_norm.bias` [d]
+        NormBias: torch.Tensor option
+        /// `proj.weight` [15V, d]
+        ProjWeight: torch.Tensor
+        /// `proj.bias` [15V]
+        ProjBias: torch.Tensor option
+        /// `out_proj.weight` [d, 3V]
+        OutWeight: torch.Tensor
+        /// `out_proj.bias` [d]
+        OutBias: torch.Tensor option
+        /// `distance_scale_per_head` [V] (the distance weight is its softplus)
+        DistanceScale: torch.Tensor
+        /// `rotation_scale_per_head` [V] (the rotation weight is its softplus)
+        RotationScale: torch.Tensor
+    }
+
+/// The inputs of one geometric attention call.
+type GeometricAttentionInput =
+    {
+        /// Features [B, L, d], float32 or float64 (everything is computed in this dtype).
+        S: torch.Tensor
+        /// Residue frames [B, L], same dtype as `S`.
+        Frames: Frame
+        /// [B, L] bool: true where the residue has a real frame.
+        Framed: torch.Tensor
+        /// [B, L] int64 packed-sequence ids; `None` = all zeros (one sequence per row).
+        SequenceId: torch.Tensor option
+        /// [B, L] int64 chain ids; `None` = all ones (one chain per row).
+        ChainId: torch.Tensor option
+    }
+
+    /// Builds an input; `sequenceId` and `chainId` may be null (C#-friendly).
+    /// Shapes: s [B, L, d], frames [B, L], framed [B, L], sequenceId [B, L] | null, chainId [B, L] | null
+    static member Create
+        (
+            s: torch.Tensor,
+            frames: Frame,
+            framed: torch.Tensor,
+            [<Optional; DefaultParameterValue(null: torch.Tensor)>] sequenceId: torch.Tensor,
+            [<Optional; DefaultParameterValue(null: torch.Tensor)>] chainId: torch.Tensor
+        ) =
+        {
+            S = s
+            Frames = frames
+            Framed = framed
+            SequenceId = Option.ofObj sequenceId
+            ChainId = Option.ofObj chainId
+        }
+
+/// ESM3's geometric attention (`GeometricReasoningOriginalImpl`, evolutionaryscale/esm
+/// `esm/layers/geom_attention.py`; ESM3-REFERENCE.md §4) as pure functions of the weights and the inputs:
+/// ```
+/// n = LN(s); p = n Wᵀ (+b)                                       (LayerNorm eps 1e-5)
+/// q_rot, k_rot, v = first 9V channels as 3V vectors (channel = 3·vec + xyz), rotated by R_i
+/// q_dist, k_dist  = last 6V channels as 2V vectors, moved by the whole frame (R_i x + t_i)
+/// A[h,i,j] = softplus(ρ_h)·(Qr_i·Kr_j)/√3 − softplus(δ_h)·‖Qd_i − Kd_j‖/√3 + bias[i,j]
+/// bias = 1 (same sequence id) / 0, then finfo.min where key j is unframed or chain_i ≠ chain_j
+/// o_i = R_iᵀ Σ_j softmax_j(A)[h,i,j] (R_j v_j); flatten (channel = 3h + xyz); zero unframed rows (trunk); out_proj
+/// ```
+/// Everything runs in the dtype of `S` (ESM forces float32 frames; we do not).
+module GeometricAttention =
+
+    let private sqrt3 = Math.Sqrt 3.0
+
+    let private checkInput
+        (c: GeometricAttentionConfig)
+        (w: GeometricAttentionWeights)
+        (input: GeometricAttentionInput)
+        =
+        let s = input.S
+        Shape.expect "s" [| -1L; -1L; c.DModel |] s
+
+        if not (s.is_floating_point ()) then
+            raise (ArgumentException(sprintf "s: expected a float tensor, got %O" s.dtype, "s"))
+
+        let b, l = s.shape.[0], s.shape.[1]
+        Shape.expect "frames.R" [| b; l; 3L; 3L |] input.Frames.R
+        Shape.expect "frames.T" [| b; l; 3L |] input.Frames.T
+        Shape.expectSameKind "s" s "frames.R" input.Frames.R
+        Shape.expectSameKind "s" s "frames.T" input.Frames.T
+        Shape.expect "framed" [| b; l |] input.Framed
+
+        if input.Framed.dtype <> torch.ScalarType.Bool then
+            raise (ArgumentException(sprintf "framed: expected a bool tensor, got %O" input.Framed.dtype, "framed"))
+
+        input.SequenceId |> Option.iter (Shape.expect "sequenceId" [| b; l |])
+        input.ChainId |> Option.iter (Shape.expect "chainId" [| b; l |])
+        Shape.expect "proj.weight" [| GeometricAttentionConfig.projWidth c; c.DModel |] w.ProjWeight
+        Shape.expect "out_proj.weight" [| c.DModel; GeometricAttentionConfig.valueWidth c |] w.OutWeight
+        Shape.expect "distance_scale_per_head" [| c.VHeads |] w.DistanceScale
+        Shape.expect "rotation_scale_per_head" [| c.VHeads |] w.RotationScale
+        Shape.expectSameKind "s" s "proj.weight" w.ProjWeight
+
+    let private orNull (t: torch.Tensor option) = Option.toObj t
+
+    /// The additive attention bias of ESM's construction: 1.0 where the sequence ids are equal, else 0.0; then
+    /// overwritten with finfo(dtype).min where the key is unframed and where the chain ids differ.
+    /// Shapes: framed [B, L] bool, sequenceId [B, L] | None, chainId [B, L] | None -> [B, 1, L, L] in `dtype`
+    let attentionBias
+        (dtype: torch.ScalarType)
+        (framed: torch.Tensor)
+        (sequenceId: torch.Tensor option)
+        (chainId: torch.Tensor option)
+        =
+        let lowest = torch.finfo(dtype).min
+
+        let sameSequence_BLL =
+            match sequenceId with
+            | Some ids -> ids.unsqueeze(-1L).eq(ids.unsqueeze (-2L))
+            | None ->
+                torch.ones (
+                    [| framed.shape.[0]; framed.shape.[1]; framed.shape.[1] |],
+                    dtype = torch.ScalarType.Bool,
+                    device = framed.device
+                )
+
+        let bias_BLL = sameSequence_BLL.to_type dtype
+
+        let bias_BLL =
+            bias_BLL.masked_fill (framed.logical_not().unsqueeze(-2L), lowest.ToScalar())
+
+        let bias_BLL =
+            match chainId with
+            | Some ids -> bias_BLL.masked_fill (ids.unsqueeze(-1L).ne(ids.unsqueeze (-2L)), lowest.ToScalar())
+            | None -> bias_BLL // one chain per row: nothing crosses chains
+
+        bias_BLL.unsqueeze 1L
+
+    /// The per-residue vectors of the projection, each placed by its residue's frame.
+    type private Vectors =
+        {
+            QRot: torch.Tensor // [B, V, L, 3], rotated
+            KRot: torch.Tensor // [B, V, L, 3], rotated
+            Value: torch.Tensor // [B, V, L, 3], rotated
+            QDist: torch.Tensor // [B, V, L, 3], rotated + translated
+            KDist: torch.Tensor
+        } // [B, V, L, 3], rotated + translated
+
+    let private vectors (c: GeometricAttentionConfig) (w: GeometricAttentionWeights) (s: torch.Tensor) (frames: Frame) =
+        let v = c.VHeads
+
+        let n_BLC =
+            torch.nn.functional.layer_norm (s, [| c.DModel |], w.NormWeight, orNull w.NormBias, 1e-5)
+
+        let p_BLP = torch.nn.functional.linear (n_BLC, w.ProjWeight, orNull w.ProjBias) // [B, L, 15V]
+        let vecRot = Shape.unflattenLast [| 3L * v; 3L |] (p_BLP.narrow (-1L, 0L, 9L * v)) // [B, L, 3V, 3]
+
+        let vecDist =
+            Shape.unflattenLast [| 2L * v; 3L |] (p_BLP.narrow (-1L, 9L * v, 6L * v)) // [B, L, 2V, 3]
+
+        let r_BL133 = frames.R.unsqueeze -3L
+        let rotated = Rotation.apply r_BL133 vecRot // [B, L, 3V, 3]
+        let placed = Rotation.apply r_BL133 vecDist + frames.T.unsqueeze -2L // [B, L, 2V, 3]
+
+        let heads (x: torch.Tensor) k =
+            x.narrow(-2L, k * v, v).permute(0L, 2L, 1L, 3L) // [B, V, L, 3]
+
+        {
+            QRot = heads rotated 0L
+            KRot = heads rotated 1L
+            Value = heads rotated 2L
+            QDist = heads placed 0L
+            KDist = heads placed 1L
+        }
+
+    /// Softmax over keys, value sum, rotation back into each query's frame, flatten, zeroing, out_proj.
+    let private finish
+        (c: GeometricAttentionConfig)
+        (w: GeometricAttentionWeights)
+        (input: GeometricAttentionInput)
+        (attn_BVLL: torch.Tensor)
+        (value_BVL3: torch.Tensor)
+        =
+        let o_BVL3 = attn_BVLL.matmul value_BVL3
+        let o_BLV3 = o_BVL3.permute (0L, 2L, 1L, 3L)
+        let local_BLV3 = Rotation.invertApply (input.Frames.R.unsqueeze -3L) o_BLV3
+        let o_BLX = Shape.flattenLast 2 local_BLV3 // [B, L, 3V], channel = 3h + xyz
+
+        let o_BLX =
+            if c.MaskAndZeroFrameless then
+                o_BLX.masked_fill (input.Framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
+            else
+                o_BLX
+
+        torch.nn.functional.linear (o_BLX, w.OutWeight, orNull w.OutBias)
+
+    let private headWeights (scale: torch.Tensor) =
+        torch.nn.functional.softplus(scale, 1.0, 20.0).reshape(-1L, 1L, 1L) // [V, 1, 1]
+
+    /// ESM's dense form, step by step as ESM writes it; materialises [B, V, L, L, 3].
+    /// Shapes: as `forward`.
+    let forwardReference (c: GeometricAttentionConfig) (w: GeometricAttentionWeights) (input: GeometricAttentionInput) =
+        checkInput c w input
+
+        let bias_B1LL =
+            attentionBias input.S.dtype input.Framed input.SequenceId input.ChainId
+
+        let x = vectors c w input.S input.Frames
+        let diff_BVLL3 = x.QDist.unsqueeze (-2L) - x.KDist.unsqueeze (-3L)
+        let distance_BVLL = diff_BVLL3.norm (-1, false) / sqrt3
+        let rotation_BVLL = x.QRot.matmul (x.KRot.transpose (-1L, -2L)) / sqrt3
+
+        let scores =
+            rotation_BVLL * headWeights w.RotationScale
+            - distance_BVLL * headWeights w.DistanceScale
+
+        let attn_BVLL = (scores + bias_B1LL).softmax(-1L)
+        finish c w input attn_BVLL x.Value
+
+    /// Per residue, the centroid of the framed residues of its own chain (zero when the chain has none).
+    /// Only same-chain distances are ever used (other pairs are masked), so subtracting it changes nothing
+    /// mathematically, and it never reads another chain's or an unframed residue's frame.
+    /// Shapes: t [B, L, 3], framed [B, L], chainId [B, L] | None -> [B, L, 3]
+    let chainCentroids (t: torch.Tensor) (framed: torch.Tensor) (chainId: torch.Tensor option) =
+        let framed_BL = framed.to_type t.dtype
+
+        match chainId with
+        | None ->
+            let count = framed_BL.sum(-1L, true).clamp_min(1.0.ToScalar()) // [B, 1]
+            let centre = (t * framed_BL.unsqueeze -1L).sum(-2L) / count // [B, 3]
+            centre.unsqueeze(-2L).expand_as t
+        | Some ids ->
+            let same_BLL = ids.unsqueeze(-1L).eq(ids.unsqueeze (-2L)).to_type t.dtype
+            let weights_BLL = same_BLL * framed_BL.unsqueeze -2L
+            let count = weights_BLL.sum(-1L, true).clamp_min(1.0.ToScalar()) // [B, L, 1]
+            weights_BLL.matmul t / count
+
+    /// The memory-light form: the same function without [B, V, L, L, 3] (see `GeometricAttentionImpl`).
+    /// Shapes: as `forward`.
+    let forwardMemoryEfficient
+        (c: GeometricAttentionConfig)
+        (w: GeometricAttentionWeights)
+        (input: GeometricAttentionInput)
+        =
+        checkInput c w input
+
+        let bias_B1LL =
+            attentionBias input.S.dtype input.Framed input.SequenceId input.ChainId
+
+        let centre_BL3 = chainCentroids input.Frames.T input.Framed input.ChainId
+
+        let frames =
+            { input.Frames with
+                T = input.Frames.T - centre_BL3
+            }
+
+        let x = vectors c w input.S frames
+        // Per-head weights folded into the small [B, V, L, 3] operands: wr/√3 into the queries.
+        let qRot = x.QRot * (headWeights w.RotationScale / sqrt3)
+
+        let attn_BVLL =
+            use rotation_BVLL = qRot.matmul (x.KRot.transpose (-1L, -2L))
+
+            use distance_BVLL =
+                // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²], one matmul over an augmented width of 5.
+                let qSq = (x.QDist * x.QDist).sum(-1L, true)
+                let kSq = (x.KDist * x.KDist).sum(-1L, true)
+                let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
+                let kAug = torch.cat ([| x.KDist; torch.ones_like kSq; kSq |], -1L) // [B, V, L, 5]
+                use squared_BVLL = qAug.matmul (kAug.transpose (-1L, -2L))
+                // Clamp at the smallest normal number, not 0: rounding can make a true 0 slightly negative, and
+                // at exactly 0 the square root's gradient is infinite; below the clamp the gradient is 0, as
+                // PyTorch's norm gives at 0 (ESM's form). The value moves by at most sqrt(tiny) (1e-19 in float32).
+                use clamped_BVLL =
+                    squared_BVLL.clamp_min (torch.finfo(squared_BVLL.dtype).tiny.ToScalar())
+
+                clamped_BVLL.sqrt ()
+
+            use scores_BVLL =
+                torch.addcmul (rotation_BVLL, distance_BVLL, headWeights w.DistanceScale / sqrt3, (-1.0).ToScalar())
+
+            use biased_BVLL = scores_BVLL + bias_B1LL
+            biased_BVLL.softmax (-1L)
+
+        use attn_BVLL = attn_BVLL
+        finish c w input attn_BVLL x.Value
+
+    /// Geometric attention, by the implementation the config names.
+    /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], SequenceId/ChainId [B, L] -> [B, L, d]
+    let forward (c: GeometricAttentionConfig) (w: GeometricAttentionWeights) (input: GeometricAttentionInput) =
+        match c.Implementation with
+        | Reference -> forwardReference c w input
+        | MemoryEfficient -> forwardMemoryEfficient c w input
+
+/// ESM's `GeometricReasoningOriginalImpl` with its parameters. State-dict keys and shapes are ESM's
+/// (ESM3-REFERENCE.md §4.4), in PyTorch's order (own parameters first, then submodules):
+/// `distance_scale_per_head` [V], `rotation_scale_per_head` [V], `s_norm.weight` [d] (+ `s_norm.bias`),
+/// `proj.weight` [15V, d] (+ `proj.bias` [15V]), `out_proj.weight` [d, 3V] (+ `out_proj.bias` [d]).
+/// Both scales start at 0 (softplus → ln 2), as in ESM; the linear layers use PyTorch's default init.
+type GeometricAttention(config: GeometricAttentionConfig) as this =
+    inherit torch.nn.Module<GeometricAttentionInput, torch.Tensor>("GeometricAttention")
+
+    do
+        match GeometricAttentionConfig.validate config with
+        | Ok _ -> ()
+        | Error errors ->
+            raise (ArgumentException("geometric attention config: " + String.Join("; ", errors), "config"))
+
+    let distance_scale_per_head = torch.nn.Parameter(torch.zeros config.VHeads)
+    let rotation_scale_per_head = torch.nn.Parameter(torch.zeros config.VHeads)
+    let s_norm = torch.nn.LayerNorm([| config.DModel |], 1e-5, bias = config.Bias)
+
+    let proj =
+        torch.nn.Linear(config.DModel, GeometricAttentionConfig.projWidth config, hasBias = config.Bias)
+
+    let out_proj =
+        torch.nn.Linear(GeometricAttentionConfig.valueWidth config, config.DModel, hasBias = config.Bias)
+
+    do this.RegisterComponents()
+
+    /// The configuration this layer was built with.
+    member _.Config = config
+
+    /// The current parameters (the live tensors, not copies).
+    member _.Weights: GeometricAttentionWeights =
+        {
+            NormWeight = s_norm.weight
+            NormBias = Option.ofObj s_norm.bias
+            ProjWeight = proj.weight
+            ProjBias = Option.ofObj proj.bias
+            OutWeight = out_proj.weight
+            OutBias = Option.ofObj out_proj.bias
+            DistanceScale = distance_scale_per_head
+            RotationScale = rotation_scale_per_head
+        }
+
+    /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], ids [B, L] -> [B, L, d]
+    override this.forward(input: GeometricAttentionInput) =
+        GeometricAttention.forward config this.Weights input
+
+    /// ESM's `forward(s, affine, affine_mask, sequence_id, chain_id)`; null ids take ESM's defaults
+    /// (sequence ids all 0, chain ids all 1). Shapes: s [B, L, d], frames [B, L], framed [B, L] bool,
+    /// sequenceId [B, L] int64 | null, chainId [B, L] int64 | null -> [B, L, d]
+    member this.Forward
+        (
+            s: torch.Tensor,
+            frames: Frame,
+            framed: torch.Tensor,
+            [<Optional; DefaultParameterValue(null: torch.Tensor)>] sequenceId: torch.Tensor,
+            [<Optional; DefaultParameterValue(null: torch.Tensor)>] chainId: torch.Tensor
+        ) =
+        this.forward (GeometricAttentionInput.Create(s, frames, framed, sequenceId, chainId))
+
+/// One timing / memory measurement of a geometric attention forward.
+type GeometricAttentionBenchmark =
+    {
+        Implementation: GeometricAttentionImpl
+        Batch: int64
+        Length: int64
+        VHeads: int64
+        /// Mean wall time of one forward (after one warm-up call), in milliseconds.
+        MeanMilliseconds: float
+        /// Bytes of the tensors one forward leaves alive in the caller's dispose scope, output excluded (each
+        /// storage counted once, views included). Under a per-step dispose scope this is what the forward holds
+        /// until the step ends.
+        ScopeBytes: int64
+        /// Bytes of one [B, V, L, L] float tensor, for scale.
+        PairTensorBytes: int64
+    }
+
+/// A small timing and memory comparison a benchmark script can call.
+module GeometricAttentionBenchmark =
+
+    /// The address and size in bytes of a tensor's storage (views share their base's storage).
+    let private storageOf (t: torch.Tensor) =
+        let typed (storage: torch.Storage<'T>) =
+            use st = storage
+            Some(st.data_ptr (), int64 (st.nbytes ()))
+
+        match t.dtype with
+        | torch.ScalarType.Float32 -> typed (t.storage<single>())
+        | torch.ScalarType.Float64 -> typed (t.storage<double>())
+        | torch.ScalarType.Int64 -> typed (t.storage<int64>())
+        | torch.ScalarType.Bool -> typed (t.storage<bool>())
+        | _ -> Some(nativeint (t.GetHashCode()), t.numel () * t.ElementSize)
+
+    /// Runs `repeats` forwards of a randomly initialised layer on random inputs (float32, random frames, ~10%
+    /// unframed) and measures time and scope-retained bytes. Shapes: builds s [batch, length, d] internally.
+    let run (config: GeometricAttentionConfig) (batch: int64) (length: int64) (repeats: int) (seed: uint64) =
+        use layer = new GeometricAttention(config)
+        use _ = torch.NewDisposeScope()
+        use g = new torch.Generator(seed)
+        let s = torch.randn ([| batch; length; config.DModel |], generator = g)
+        let frames = Frame.random [| batch; length |] 10.0 torch.float32 torch.CPU g
+        let framed = torch.rand([| batch; length |], generator = g).gt(0.1.ToScalar())
+        let input = GeometricAttentionInput.Create(s, frames, framed)
+
+        use _ = torch.no_grad ()
+        layer.forward input |> ignore
+
+        let scopeBytes =
+            use scope = torch.NewDisposeScope()
+            let out = layer.forward input
+
+            scope.DisposablesView
+            |> Seq.choose (fun d ->
+                match d with
+                | :? torch.Tensor as t when not (obj.ReferenceEquals(t, out)) && not t.IsInvalid -> storageOf t
+                | _ -> None)
+            |> Seq.distinctBy fst
+            |> Seq.sumBy snd
+
+        let watch = Stopwatch.StartNew()
+
+        for _ in 1..repeats do
+            use _ = torch.NewDisposeScope()
+            layer.forward input |> ignore
+
+        {
+            Implementation = config.Implementation
+            Batch = batch
+            Length = length
+            VHeads = config.VHeads
+            MeanMilliseconds = watch.Elapsed.TotalMilliseconds / float (max repeats 1)
+            ScopeBytes = scopeBytes
+            PairTensorBytes = batch * config.VHeads * length * length * 4L
+        }
