@@ -42,6 +42,7 @@ type CausalLm(config: CausalLmConfig) as this =
                 Layers = config.Layers
                 ExpansionRatio = config.ExpansionRatio
                 ScaleResidue = false
+                GeometricLayers = 0
             }
         )
 
@@ -51,9 +52,25 @@ type CausalLm(config: CausalLmConfig) as this =
 
     member _.Config = config
 
+    /// Sets the output bias to the given log-probabilities (e.g. the unigram distribution) so that training
+    /// starts from the unigram model. Non-finite entries become −30. Shapes: logProbs [64]
+    member _.SetOutputBias(logProbs: float[]) =
+        if int64 logProbs.Length <> SequenceTokenizer.EmbeddingWidth then
+            raise (
+                ArgumentException(
+                    sprintf "expected %d log-probabilities, got %d" SequenceTokenizer.EmbeddingWidth logProbs.Length
+                )
+            )
+
+        let finite =
+            logProbs |> Array.map (fun v -> if Double.IsFinite v then float32 v else -30.0f)
+
+        use _ = torch.no_grad ()
+        head.bias.copy_ (torch.tensor finite) |> ignore
+
     /// Next-token logits. Shapes: tokens [B, L] int64 -> [B, L, 64]
     override _.forward(tokens: torch.Tensor) =
         Shape.expect "tokens" [| -1L; -1L |] tokens
         let l = tokens.shape.[1]
         let mask = AttentionMask.Allowed(AttentionMask.causal l l tokens.device)
-        head.forward (transformer.forward (embed.forward tokens, mask))
+        head.forward (transformer.forward (embed.forward tokens, BlockContext.Plain mask))

@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open Esm3Structure.Geometry
 open Esm3Structure.Tensors
 
 /// Settings of ESM's `UnifiedTransformerBlock`.
@@ -15,6 +16,8 @@ type TransformerBlockConfig =
         Rotary: RotaryConfig option
         /// A plain multi-head attention sub-layer (`attn`).
         UsePlainAttention: bool
+        /// A geometric attention sub-layer (`geom_attn`), applied after the plain one.
+        Geometric: GeometricAttentionConfig option
         FeedForward: FeedForwardKind
         ExpansionRatio: float
         /// Every branch is divided by this before it is added to the residual stream (ESM: sqrt(n_layers / 36)
@@ -39,14 +42,31 @@ type TransformerBlockConfig =
                             QkLayerNorm = c.QkLayerNorm
                             Rotary = c.Rotary
                         }
+            match c.Geometric with
+            | Some g ->
+                if g.DModel <> c.DModel then
+                    sprintf "Geometric.DModel (%d) differs from DModel (%d)" g.DModel c.DModel
+
+                match GeometricAttentionConfig.validate g with
+                | Error errors -> yield! errors
+                | Ok _ -> ()
+            | None -> ()
         ]
 
-/// Settings of ESM's `TransformerStack`: `Layers` blocks, then a LayerNorm without bias (`norm`).
+/// Settings of ESM's `TransformerStack`: `Layers` blocks (the first `GeometricLayers` with a geometric attention
+/// sub-layer), then a LayerNorm without bias (`norm`).
 type TransformerStackConfig =
     {
         DModel: int64
         Heads: int64
+        /// Geometric (vector) heads of the geometric sub-layers.
+        VHeads: int64
         Layers: int
+        /// Blocks 0 … GeometricLayers−1 carry geometric attention (ESM3: 1).
+        GeometricLayers: int
+        /// Zero the geometric output of unframed residues (ESM3 trunk: true).
+        MaskAndZeroFrameless: bool
+        GeometricImplementation: GeometricAttentionImpl
         Bias: bool
         QkLayerNorm: bool
         Rotary: RotaryConfig option
@@ -56,12 +76,17 @@ type TransformerStackConfig =
         ScaleResidue: bool
     }
 
-    /// ESM3-open's trunk sizes without its geometric block (d 1536, 24 heads, 48 layers).
+    /// ESM3-open's trunk (`esm3_sm_open_v1`): d 1536, 24 heads, 256 vector heads, 48 layers, geometric attention in
+    /// block 0, residual scale sqrt(48/36).
     static member Esm3 =
         {
             DModel = 1536L
             Heads = 24L
+            VHeads = 256L
             Layers = 48
+            GeometricLayers = 1
+            MaskAndZeroFrameless = true
+            GeometricImplementation = GeometricAttentionImpl.Reference
             Bias = false
             QkLayerNorm = true
             Rotary = Some RotaryConfig.Esm
@@ -77,8 +102,8 @@ type TransformerStackConfig =
         else
             1.0
 
-    /// The configuration of each block.
-    static member Block(c: TransformerStackConfig) : TransformerBlockConfig =
+    /// The configuration of block `i`.
+    static member Block(c: TransformerStackConfig, i: int) : TransformerBlockConfig =
         {
             DModel = c.DModel
             Heads = c.Heads
@@ -86,15 +111,53 @@ type TransformerStackConfig =
             QkLayerNorm = c.QkLayerNorm
             Rotary = c.Rotary
             UsePlainAttention = true
+            Geometric =
+                if i < c.GeometricLayers then
+                    Some
+                        {
+                            DModel = c.DModel
+                            VHeads = c.VHeads
+                            Bias = c.Bias
+                            MaskAndZeroFrameless = c.MaskAndZeroFrameless
+                            Implementation = c.GeometricImplementation
+                        }
+                else
+                    None
             FeedForward = c.FeedForward
             ExpansionRatio = c.ExpansionRatio
             ResidualScale = TransformerStackConfig.ResidualScaleOf c
         }
 
+/// The frames a geometric sub-layer reads (ESM's `affine`, `affine_mask`, `sequence_id`, `chain_id`).
+type FrameContext =
+    {
+        /// Residue frames [B, L], in the features' dtype.
+        Frames: Frame
+        /// [B, L] bool: true where the residue has a real frame.
+        Framed: torch.Tensor
+        /// [B, L] int64 packed-sequence ids, or None (all one sequence).
+        SequenceId: torch.Tensor option
+        /// [B, L] int64 chain ids, or None (all one chain).
+        ChainId: torch.Tensor option
+    }
+
+/// What a block's attention sub-layers see besides the features.
+type BlockContext =
+    {
+        /// The plain attention's mask.
+        Mask: AttentionMask
+        /// Frames for the geometric sub-layer (required when the block has one).
+        Geometry: FrameContext option
+    }
+
+    /// Plain attention only.
+    static member Plain(mask: AttentionMask) = { Mask = mask; Geometry = None }
+
 /// ESM's pre-LayerNorm transformer block (each sub-layer normalises its own input):
-/// x ← x + attn(x)/s; x ← x + ffn(x)/s. Keys: `attn.*` (when plain attention is on), `ffn.*`.
+/// x ← x + attn(x)/s; x ← x + geom_attn(x, frames)/s; x ← x + ffn(x)/s.
+/// Keys: `attn.*` (plain attention on), `geom_attn.*` (geometric on), `ffn.*`.
 type TransformerBlock(config: TransformerBlockConfig) as this =
-    inherit torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor>("TransformerBlock")
+    inherit torch.nn.Module<torch.Tensor, BlockContext, torch.Tensor>("TransformerBlock")
 
     do
         match TransformerBlockConfig.Validate config with
@@ -115,6 +178,11 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
         else
             null
 
+    let geom_attn: torch.nn.Module<GeometricAttentionInput, torch.Tensor> =
+        match config.Geometric with
+        | Some g -> new GeometricAttention(g)
+        | None -> null
+
     let ffn =
         FeedForward.create
             {
@@ -128,20 +196,51 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
 
     member _.Config = config
 
-    /// Shapes: x [B, L, d] -> [B, L, d]
-    override _.forward(x: torch.Tensor, mask: AttentionMask) =
+    /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, L, d]
+    override _.forward(x: torch.Tensor, context: BlockContext) =
         let s = config.ResidualScale
-        let x = if isNull attn then x else x + attn.forward (x, mask) / s
+
+        let x =
+            if isNull attn then
+                x
+            else
+                x + attn.forward (x, context.Mask) / s
+
+        let x =
+            if isNull geom_attn then
+                x
+            else
+                match context.Geometry with
+                | Some g ->
+                    let input =
+                        {
+                            S = x
+                            Frames = g.Frames
+                            Framed = g.Framed
+                            SequenceId = g.SequenceId
+                            ChainId = g.ChainId
+                        }
+
+                    x + geom_attn.forward input / s
+                | None ->
+                    raise (
+                        ArgumentException(
+                            "this block has geometric attention: its context needs Geometry (frames)",
+                            "context"
+                        )
+                    )
+
         x + ffn.forward x / s
 
-/// ESM's `TransformerStack`: blocks, then `norm` (LayerNorm without bias). Keys: `blocks.{i}.*`, `norm.weight`.
+/// ESM's `TransformerStack`: blocks, then `norm` (LayerNorm without bias).
+/// Keys: `blocks.{i}.attn.*`, `blocks.{i}.geom_attn.*` (i < GeometricLayers), `blocks.{i}.ffn.*`, `norm.weight`.
 type TransformerStack(config: TransformerStackConfig) as this =
-    inherit torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor>("TransformerStack")
+    inherit torch.nn.Module<torch.Tensor, BlockContext, torch.Tensor>("TransformerStack")
 
     let blocks =
         torch.nn.ModuleList<TransformerBlock>(
             [|
-                for _ in 1 .. config.Layers -> new TransformerBlock(TransformerStackConfig.Block config)
+                for i in 0 .. config.Layers - 1 -> new TransformerBlock(TransformerStackConfig.Block(config, i))
             |]
         )
 
@@ -153,14 +252,15 @@ type TransformerStack(config: TransformerStackConfig) as this =
 
     /// The normalised output and the stream before the final norm.
     /// Shapes: x [B, L, d] -> [B, L, d], [B, L, d]
-    member _.ForwardWithPreNorm(x: torch.Tensor, mask: AttentionMask) =
+    member _.ForwardWithPreNorm(x: torch.Tensor, context: BlockContext) =
         Shape.expect "x" [| -1L; -1L; config.DModel |] x
         let mutable h = x
 
         for block in blocks do
-            h <- block.forward (h, mask)
+            h <- block.forward (h, context)
 
         norm.forward h, h
 
     /// Shapes: x [B, L, d] -> [B, L, d]
-    override this.forward(x: torch.Tensor, mask: AttentionMask) = fst (this.ForwardWithPreNorm(x, mask))
+    override this.forward(x: torch.Tensor, context: BlockContext) =
+        fst (this.ForwardWithPreNorm(x, context))

@@ -194,10 +194,13 @@ module CausalLmTraining =
         let clock = Stopwatch.StartNew()
         let trainIds = encodeAll trainSeqs
         let validIds = encodeAll validSeqs
-        let unigram = unigramPerplexity (unigramLogProbs trainIds) validIds
+        let unigramLogProbs = unigramLogProbs trainIds
+        let unigram = unigramPerplexity unigramLogProbs validIds
         let windows = evaluationWindows config.Model.Context validIds
         use model = new CausalLm(config.Model)
         Init.reset (new torch.Generator(uint64 config.Seed)) model
+        // Start from the unigram model: the output bias holds its log-probabilities.
+        model.SetOutputBias unigramLogProbs
         model.``to`` device |> ignore
 
         use optimizer =

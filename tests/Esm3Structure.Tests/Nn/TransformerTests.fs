@@ -11,6 +11,14 @@ let private tiny =
         DModel = 24L
         Heads = 3L
         Layers = 3
+        GeometricLayers = 0
+    }
+
+/// The same stack with geometric attention in block 0 (4 vector heads).
+let private tinyGeometric =
+    { tiny with
+        GeometricLayers = 1
+        VHeads = 4L
     }
 
 [<Tests>]
@@ -59,7 +67,7 @@ let tests =
                 use _ = torch.NewDisposeScope()
 
                 let config =
-                    { TransformerStackConfig.Block tiny with
+                    { TransformerStackConfig.Block(tiny, 5) with
                         ResidualScale = 2.5
                     }
 
@@ -74,7 +82,12 @@ let tests =
                 let attn = children.["attn"] :?> MultiHeadAttention
                 let ffn = children.["ffn"] :?> torch.nn.Module<torch.Tensor, torch.Tensor>
                 let h = x + attn.forward (x, AttentionMask.None) / 2.5
-                Tol.close "block" 1e-12 (block.forward (x, AttentionMask.None)) (h + ffn.forward h / 2.5)
+
+                Tol.close
+                    "block"
+                    1e-12
+                    (block.forward (x, BlockContext.Plain AttentionMask.None))
+                    (h + ffn.forward h / 2.5)
             }
 
             test "Init.reset is deterministic for a seed and differs across seeds" {
@@ -100,5 +113,80 @@ let tests =
                         .all()
                         .ToBoolean())
                     "other seed differs"
+            }
+
+            test "block 0 of a geometric stack carries geom_attn between attn and ffn, with ESM's keys" {
+                use m = new TransformerStack(tinyGeometric)
+                let keys = [ for kv in m.state_dict () -> kv.Key ]
+
+                let block0 =
+                    keys
+                    |> List.filter (fun k -> k.StartsWith "blocks.0.")
+                    |> List.map (fun k -> k.Substring 9)
+
+                Expect.equal
+                    block0.[6..10]
+                    [
+                        "geom_attn.distance_scale_per_head"
+                        "geom_attn.rotation_scale_per_head"
+                        "geom_attn.s_norm.weight"
+                        "geom_attn.proj.weight"
+                        "geom_attn.out_proj.weight"
+                    ]
+                    "geometric keys after attn"
+
+                Expect.isFalse (keys |> List.exists (fun k -> k.StartsWith "blocks.1.geom_attn")) "only block 0"
+            }
+
+            testPropertyWithConfig
+                Props.config
+                "a geometric stack's output is invariant to a global rigid motion of the frames"
+                (fun (c: GeoCase) ->
+                    use _ = torch.NewDisposeScope()
+                    let g = c.Generator()
+                    use m = new TransformerStack(tinyGeometric)
+                    m.``to`` (torch.float64) |> ignore
+                    Init.reset g m
+                    // Non-zero geometric scales so both score terms matter.
+                    for struct (name, p) in m.named_parameters () do
+                        if name.EndsWith "_per_head" then
+                            use _ = torch.no_grad ()
+                            p.copy_ (torch.randn (p.shape, dtype = torch.float64, generator = g)) |> ignore
+
+                    let l = 9L
+                    let backbone = Draw.backbone g [| 2L |] l torch.float64
+                    let frames = Esm3Structure.Geometry.Frame.ofBackbone backbone
+                    let motion = Esm3Structure.Geometry.Frame.random [||] 50.0 torch.float64 torch.CPU g
+
+                    let moved =
+                        Esm3Structure.Geometry.Frame.ofBackbone (Esm3Structure.Geometry.Frame.apply motion backbone)
+
+                    let x = torch.randn ([| 2L; l; 24L |], dtype = torch.float64, generator = g)
+
+                    let context (f: Esm3Structure.Geometry.BackboneFrames) =
+                        {
+                            Mask = AttentionMask.None
+                            Geometry =
+                                Some
+                                    {
+                                        Frames = f.Frames
+                                        Framed = f.Mask
+                                        SequenceId = None
+                                        ChainId = None
+                                    }
+                        }
+
+                    let a = m.forward (x, context frames)
+                    let b = m.forward (x, context moved)
+                    Tol.close "output" (1e-9 * (1.0 + a.abs().max().ToDouble())) b a)
+
+            test "a geometric block without frames is a clear error" {
+                use m = new TransformerStack(tinyGeometric)
+
+                Expect.throwsC
+                    (fun () ->
+                        m.forward (torch.zeros (1L, 3L, 24L), BlockContext.Plain AttentionMask.None)
+                        |> ignore)
+                    (fun e -> Expect.stringContains e.Message "needs Geometry" "message")
             }
         ]
