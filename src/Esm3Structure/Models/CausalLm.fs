@@ -17,14 +17,14 @@ type CausalLmConfig =
         Context: int64
     }
 
-    /// The CPU-sized default: d 128, 4 heads, 2 layers, context 128.
+    /// The CPU-sized default: d 128, 4 heads, 2 layers, context 256.
     static member Small =
         {
             DModel = 128L
             Heads = 4L
             Layers = 2
             ExpansionRatio = 8.0 / 3.0
-            Context = 128L
+            Context = 256L
         }
 
 /// Token embedding (ESM's 64-wide sequence vocabulary) → ESM transformer stack with a causal mask and rotary
