@@ -54,22 +54,20 @@ module Invariance =
     let private measures: Measure list =
         let framesOf (atoms: torch.Tensor) = Frame.ofBackbone atoms
 
+        /// max |part(frames(G x)) − part(G ∘ frames(x))| over framed residues.
+        let equivariance (part: Frame -> torch.Tensor) (atoms: torch.Tensor) (_: torch.Tensor) (moved: torch.Tensor) (g: Frame) =
+            let before, after = framesOf atoms, framesOf moved
+            let expected = Frame.compose g before.Frames
+            maxAbs ((part after.Frames - part expected).index before.Mask)
+
         [
             {
                 Name = "frames(G x) = G ∘ frames(x): rotation"
-                Run =
-                    fun atoms _ moved g ->
-                        let before, after = framesOf atoms, framesOf moved
-                        let expected = Frame.compose g before.Frames
-                        maxAbs ((after.Frames.R - expected.R).index before.Mask)
+                Run = equivariance _.R
             }
             {
                 Name = "frames(G x) = G ∘ frames(x): translation (Å)"
-                Run =
-                    fun atoms _ moved g ->
-                        let before, after = framesOf atoms, framesOf moved
-                        let expected = Frame.compose g before.Frames
-                        maxAbs ((after.Frames.T - expected.T).index before.Mask)
+                Run = equivariance _.T
             }
             {
                 Name = "local coordinates T⁻¹(x) of every atom unchanged (Å)"

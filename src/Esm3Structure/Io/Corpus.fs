@@ -3,6 +3,7 @@ namespace Esm3Structure.Io
 open System
 open System.IO
 open Esm3Structure
+open Esm3Structure.Structure
 
 /// One row of the corpus index (`shared/data/index.tsv`).
 type CorpusEntry =
@@ -25,23 +26,9 @@ type CorpusEntry =
 /// Reads the shared corpus: `index.tsv` (split, length, source of every structure) and `sequences.fasta`.
 module Corpus =
 
-    let private stripExtensions (file: string) =
-        let mutable name = Path.GetFileName file
-
-        for ext in [ ".gz"; ".pdb"; ".cif"; ".mmcif" ] do
-            if name.EndsWith(ext, StringComparison.OrdinalIgnoreCase) then
-                name <- name.Substring(0, name.Length - ext.Length)
-
-        name
-
     /// Parses an index file; columns are found by header name. Raises InputException naming the line.
     let readIndex (path: string) : CorpusEntry[] =
-        let lines =
-            try
-                File.ReadAllLines path
-            with
-            | :? IOException
-            | :? UnauthorizedAccessException as e -> InputError.raise path InputLocation.Whole e.Message
+        let lines = (TextFiles.read path).Split('\n') |> Array.map (fun l -> l.TrimEnd '\r')
 
         if lines.Length = 0 then
             InputError.raise path InputLocation.Whole "empty index (expected a header line)"
@@ -83,7 +70,7 @@ module Corpus =
                     yield
                         {
                             File = cols.[file]
-                            Name = stripExtensions cols.[file]
+                            Name = TextFiles.stem cols.[file]
                             PdbId = cols.[pdb]
                             Chain = cols.[chain]
                             Length = int "length" length
@@ -95,12 +82,7 @@ module Corpus =
 
     /// Parses a FASTA file into (name, sequence) pairs in file order; the name is the header up to the first space.
     let readFasta (path: string) : (string * string)[] =
-        let lines =
-            try
-                File.ReadAllLines path
-            with
-            | :? IOException
-            | :? UnauthorizedAccessException as e -> InputError.raise path InputLocation.Whole e.Message
+        let lines = (TextFiles.read path).Split('\n') |> Array.map (fun l -> l.TrimEnd '\r')
 
         let result = Collections.Generic.List<string * string>()
         let mutable name: string = null

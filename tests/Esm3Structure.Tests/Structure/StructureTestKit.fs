@@ -18,28 +18,10 @@ let filled (shape: int64[]) (v: float) =
 /// A generator seeded from an FsCheck-drawn integer.
 let generator (seed: int) = new torch.Generator(uint64 seed)
 
-/// Uniform random rotations: a normalised quaternion of 4 Gaussians (w, x, y, z), written out as a matrix.
+/// Uniform random rotations (the library's, tested in Geometry/RotationTests).
 /// Shapes: -> [batch..., 3, 3] float64
 let randomRotation (g: torch.Generator) (batch: int64[]) =
-    let q = torch.randn (Array.append batch [| 4L |], dtype = f64, generator = g)
-    let q = q / q.square().sum(-1L, true).sqrt()
-    let c i = q.select (-1L, int64 i)
-    let w, x, y, z = c 0, c 1, c 2, c 3
-
-    let entries =
-        [|
-            1.0 - 2.0 * (y * y + z * z)
-            2.0 * (x * y - w * z)
-            2.0 * (x * z + w * y)
-            2.0 * (x * y + w * z)
-            1.0 - 2.0 * (x * x + z * z)
-            2.0 * (y * z - w * x)
-            2.0 * (x * z - w * y)
-            2.0 * (y * z + w * x)
-            1.0 - 2.0 * (x * x + y * y)
-        |]
-
-    torch.stack(entries, -1L).reshape(Array.append batch [| 3L; 3L |])
+    Esm3Structure.Geometry.Rotation.random batch f64 torch.CPU g
 
 /// Random translations with |t| uniform in [0, 100) Å and a uniform direction. Shapes: -> [batch..., 3] float64
 let randomTranslation (g: torch.Generator) (batch: int64[]) =
