@@ -244,15 +244,13 @@ module GeometricAttention =
             KDist = heads placed 1L
         }
 
-    /// Softmax over keys, value sum, rotation back into each query's frame, flatten, zeroing, out_proj.
+    /// From the attended values [B, V, L, 3]: rotation back into each query's frame, flatten, zeroing, out_proj.
     let private finish
         (c: GeometricAttentionConfig)
         (w: GeometricAttentionWeights)
         (input: GeometricAttentionInput)
-        (attn_BVLL: torch.Tensor)
-        (value_BVL3: torch.Tensor)
+        (o_BVL3: torch.Tensor)
         =
-        let o_BVL3 = attn_BVLL.matmul value_BVL3
         let o_BLV3 = o_BVL3.permute (0L, 2L, 1L, 3L)
         let local_BLV3 = Rotation.invertApply (input.Frames.R.unsqueeze -3L) o_BLV3
         let o_BLX = Shape.flattenLast 2 local_BLV3 // [B, L, 3V], channel = 3h + xyz
@@ -286,7 +284,7 @@ module GeometricAttention =
             - distance_BVLL * headWeights w.DistanceScale
 
         let attn_BVLL = (scores + bias_B1LL).softmax(-1L)
-        finish c w input attn_BVLL x.Value
+        finish c w input (attn_BVLL.matmul x.Value)
 
     /// Per residue, the centroid of the framed residues of its own chain (zero when the chain has none).
     /// Only same-chain distances are ever used (other pairs are masked), so subtracting it changes nothing
@@ -328,33 +326,75 @@ module GeometricAttention =
         let x = vectors c w input.S frames
         // Per-head weights folded into the small [B, V, L, 3] operands: wr/√3 into the queries.
         let qRot = x.QRot * (headWeights w.RotationScale / sqrt3)
+        let distanceWeight_V11 = headWeights w.DistanceScale / sqrt3
+        // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²]: one matmul over an augmented width of 5.
+        let qSq = (x.QDist * x.QDist).sum(-1L, true)
+        let kSq = (x.KDist * x.KDist).sum(-1L, true)
+        let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
 
-        let attn_BVLL =
-            use rotation_BVLL = qRot.matmul (x.KRot.transpose (-1L, -2L))
+        let kAugT =
+            torch.cat([| x.KDist; torch.ones_like kSq; kSq |], -1L).transpose(-1L, -2L) // [B, V, 5, L]
+        // Clamp at the smallest normal number, not 0: rounding can make a true 0 slightly negative, and at exactly
+        // 0 the square root's gradient is infinite; below the clamp the gradient is 0, as PyTorch's norm gives at 0
+        // (ESM's form). The value moves by at most sqrt(tiny) (1e-19 in float32).
+        let tiny = torch.finfo(input.S.dtype).tiny.ToScalar()
 
-            use distance_BVLL =
-                // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²], one matmul over an augmented width of 5.
-                let qSq = (x.QDist * x.QDist).sum(-1L, true)
-                let kSq = (x.KDist * x.KDist).sum(-1L, true)
-                let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
-                let kAug = torch.cat ([| x.KDist; torch.ones_like kSq; kSq |], -1L) // [B, V, L, 5]
-                use squared_BVLL = qAug.matmul (kAug.transpose (-1L, -2L))
-                // Clamp at the smallest normal number, not 0: rounding can make a true 0 slightly negative, and
-                // at exactly 0 the square root's gradient is infinite; below the clamp the gradient is 0, as
-                // PyTorch's norm gives at 0 (ESM's form). The value moves by at most sqrt(tiny) (1e-19 in float32).
-                use clamped_BVLL =
-                    squared_BVLL.clamp_min (torch.finfo(squared_BVLL.dtype).tiny.ToScalar())
+        let needsGrad =
+            torch.is_grad_enabled ()
+            && ([
+                    input.S
+                    input.Frames.R
+                    input.Frames.T
+                    w.ProjWeight
+                    w.RotationScale
+                    w.DistanceScale
+                ]
+                |> List.exists _.requires_grad)
 
-                clamped_BVLL.sqrt ()
+        let o_BVL3 =
+            if needsGrad then
+                // Out-of-place, so autograd keeps what the backward needs.
+                use rotation_BVLL = qRot.matmul (x.KRot.transpose (-1L, -2L))
+                use squared_BVLL = qAug.matmul kAugT
+                use clamped_BVLL = squared_BVLL.clamp_min tiny
+                use distance_BVLL = clamped_BVLL.sqrt ()
 
-            use scores_BVLL =
-                torch.addcmul (rotation_BVLL, distance_BVLL, headWeights w.DistanceScale / sqrt3, (-1.0).ToScalar())
+                use scores_BVLL =
+                    torch.addcmul (rotation_BVLL, distance_BVLL, distanceWeight_V11, (-1.0).ToScalar())
 
-            use biased_BVLL = scores_BVLL + bias_B1LL
-            biased_BVLL.softmax (-1L)
+                use biased_BVLL = scores_BVLL + bias_B1LL
+                use attn_BVLL = biased_BVLL.softmax (-1L)
+                attn_BVLL.matmul x.Value
+            else
+                // Inference: a few heads at a time with in-place updates, so every [B, h, L, L] block stays small
+                // (≤ 4M elements) and is reused instead of allocating eight full [B, V, L, L] tensors.
+                let b, v, l = qRot.shape.[0], qRot.shape.[1], qRot.shape.[2]
+                let chunk = max 1L (min v ((4L <<< 20) / max 1L (b * l * l)))
 
-        use attn_BVLL = attn_BVLL
-        finish c w input attn_BVLL x.Value
+                let parts =
+                    [|
+                        for h0 in 0L .. chunk .. v - 1L do
+                            let n = min chunk (v - h0)
+                            let heads (t: torch.Tensor) = t.narrow (1L, h0, n)
+                            use scores = (heads qRot).matmul((heads x.KRot).transpose(-1L, -2L)) // [B, h, L, L]
+                            use distance = (heads qAug).matmul(heads kAugT)
+
+                            distance.clamp_min_(tiny).sqrt_().mul_(distanceWeight_V11.narrow (0L, h0, n))
+                            |> ignore
+
+                            scores.sub_(distance).add_ bias_B1LL |> ignore
+                            use attn = scores.softmax (-1L)
+                            yield attn.matmul (heads x.Value)
+                    |]
+
+                let o = torch.cat (parts, 1L)
+
+                for part in parts do
+                    part.Dispose()
+
+                o
+
+        finish c w input o_BVL3
 
     /// Geometric attention, by the implementation the config names.
     /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], SequenceId/ChainId [B, L] -> [B, L, d]

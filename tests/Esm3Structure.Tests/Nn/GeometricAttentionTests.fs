@@ -360,6 +360,20 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
                 let reference = GeometricAttention.forwardReference cfg w input
                 let efficient = GeometricAttention.forwardMemoryEfficient cfg w input
                 closeRel (sprintf "GA6 %s" dname) (if f64 then 1e-9 else 1e-4) reference efficient)
+
+            property "GA6 both implementations agree on the autograd path too (weights that require grad)" (fun c ->
+                use _ = torch.NewDisposeScope()
+                let cfg, w, input, _ = draw c Reference dtype
+                let reference = GeometricAttention.forwardReference cfg w input
+
+                let tracked =
+                    { w with
+                        ProjWeight = w.ProjWeight.detach().requires_grad_ true
+                    }
+
+                let efficient = GeometricAttention.forwardMemoryEfficient cfg tracked input
+                Expect.isTrue efficient.requires_grad "went through the autograd path"
+                closeRel (sprintf "GA6 autograd %s" dname) (if f64 then 1e-9 else 1e-4) reference (efficient.detach ()))
         ]
 
 /// The worked example: B = 1, L = 2, d = 2, V = 1, identity rotations, no biases, no zeroing.
