@@ -52,7 +52,7 @@ module Bench =
         try
             File.ReadLines "/proc/self/status"
             |> Seq.tryFind (fun l -> l.StartsWith(field + ":"))
-            |> Option.map (fun l -> int64 (l.Split(' ', StringSplitOptions.RemoveEmptyEntries).[1]) * 1024L)
+            |> Option.map (fun l -> int64 (l.Split([| ' '; '\t' |], StringSplitOptions.RemoveEmptyEntries).[1]) * 1024L)
         with _ ->
             None
 
