@@ -327,16 +327,8 @@ module GeometricAttention =
         // Per-head weights folded into the small [B, V, L, 3] operands: wr/√3 into the queries.
         let qRot = x.QRot * (headWeights w.RotationScale / sqrt3)
         let distanceWeight_V11 = headWeights w.DistanceScale / sqrt3
-        // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²]: one matmul over an augmented width of 5.
-        let qSq = (x.QDist * x.QDist).sum(-1L, true)
-        let kSq = (x.KDist * x.KDist).sum(-1L, true)
-        let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
-
-        let kAugT =
-            torch.cat([| x.KDist; torch.ones_like kSq; kSq |], -1L).transpose(-1L, -2L) // [B, V, 5, L]
-        // Clamp at the smallest normal number, not 0: rounding can make a true 0 slightly negative, and at exactly
-        // 0 the square root's gradient is infinite; below the clamp the gradient is 0, as PyTorch's norm gives at 0
-        // (ESM's form). The value moves by at most sqrt(tiny) (1e-19 in float32).
+        // The inference path clamps squared distances at the smallest normal number before the square root:
+        // rounding can make a true 0 slightly negative.
         let tiny = torch.finfo(input.S.dtype).tiny.ToScalar()
 
         let needsGrad =
@@ -353,11 +345,11 @@ module GeometricAttention =
 
         let o_BVL3 =
             if needsGrad then
-                // Out-of-place, so autograd keeps what the backward needs.
+                // Out-of-place, so autograd keeps what the backward needs; torch.cdist (matmul form on the centred
+                // points) keeps only its output for the backward, where the expanded form would also keep the
+                // squared distances: one [B, V, L, L] tensor less per layer.
                 use rotation_BVLL = qRot.matmul (x.KRot.transpose (-1L, -2L))
-                use squared_BVLL = qAug.matmul kAugT
-                use clamped_BVLL = squared_BVLL.clamp_min tiny
-                use distance_BVLL = clamped_BVLL.sqrt ()
+                use distance_BVLL = torch.cdist (x.QDist, x.KDist)
 
                 use scores_BVLL =
                     torch.addcmul (rotation_BVLL, distance_BVLL, distanceWeight_V11, (-1.0).ToScalar())
@@ -368,6 +360,14 @@ module GeometricAttention =
             else
                 // Inference: a few heads at a time with in-place updates, so every [B, h, L, L] block stays small
                 // (≤ 4M elements) and is reused instead of allocating eight full [B, V, L, L] tensors.
+                // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²]: one matmul over an augmented width of 5.
+                let qSq = (x.QDist * x.QDist).sum(-1L, true)
+                let kSq = (x.KDist * x.KDist).sum(-1L, true)
+                let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
+
+                let kAugT =
+                    torch.cat([| x.KDist; torch.ones_like kSq; kSq |], -1L).transpose(-1L, -2L) // [B, V, 5, L]
+
                 let b, v, l = qRot.shape.[0], qRot.shape.[1], qRot.shape.[2]
                 let chunk = max 1L (min v ((4L <<< 20) / max 1L (b * l * l)))
 
