@@ -74,6 +74,10 @@ type TransformerStackConfig =
         ExpansionRatio: float
         /// Divide every branch by sqrt(Layers / 36), as the ESM3 trunk does.
         ScaleResidue: bool
+        /// A plain attention sub-layer in every block (ESM's structure encoder has none).
+        PlainAttention: bool
+        /// The final LayerNorm `norm` (ESM's structure encoder replaces it by the identity: no `norm.weight` key).
+        FinalNorm: bool
     }
 
     /// ESM3-open's trunk (`esm3_sm_open_v1`): d 1536, 24 heads, 256 vector heads, 48 layers, geometric attention in
@@ -93,6 +97,8 @@ type TransformerStackConfig =
             FeedForward = FeedForwardKind.SwiGlu
             ExpansionRatio = 8.0 / 3.0
             ScaleResidue = true
+            PlainAttention = true
+            FinalNorm = true
         }
 
     /// ESM's residual scale: sqrt(Layers / 36) when ScaleResidue, else 1 (ESM3-REFERENCE.md §3.4).
@@ -110,7 +116,7 @@ type TransformerStackConfig =
             Bias = c.Bias
             QkLayerNorm = c.QkLayerNorm
             Rotary = c.Rotary
-            UsePlainAttention = true
+            UsePlainAttention = c.PlainAttention
             Geometric =
                 if i < c.GeometricLayers then
                     Some
@@ -244,7 +250,11 @@ type TransformerStack(config: TransformerStackConfig) as this =
             |]
         )
 
-    let norm = torch.nn.LayerNorm([| config.DModel |], 1e-5, bias = false)
+    let norm: torch.nn.Module<torch.Tensor, torch.Tensor> =
+        if config.FinalNorm then
+            torch.nn.LayerNorm([| config.DModel |], 1e-5, bias = false)
+        else
+            torch.nn.Identity()
 
     do this.RegisterComponents()
 

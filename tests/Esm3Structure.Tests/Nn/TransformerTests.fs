@@ -189,4 +189,41 @@ let tests =
                         |> ignore)
                     (fun e -> Expect.stringContains e.Message "needs Geometry" "message")
             }
+
+            test "an encoder-style stack (geometric only, biased, no final norm) has ESM's encoder keys" {
+                let config =
+                    { tinyGeometric with
+                        Layers = 2
+                        GeometricLayers = 2
+                        PlainAttention = false
+                        FinalNorm = false
+                        Bias = true
+                        ExpansionRatio = 4.0
+                        ScaleResidue = false
+                    }
+
+                use m = new TransformerStack(config)
+                let keys = [ for kv in m.state_dict () -> kv.Key ]
+
+                let block i =
+                    [
+                        "geom_attn.distance_scale_per_head"
+                        "geom_attn.rotation_scale_per_head"
+                        "geom_attn.s_norm.weight"
+                        "geom_attn.s_norm.bias"
+                        "geom_attn.proj.weight"
+                        "geom_attn.proj.bias"
+                        "geom_attn.out_proj.weight"
+                        "geom_attn.out_proj.bias"
+                        "ffn.0.weight"
+                        "ffn.0.bias"
+                        "ffn.1.weight"
+                        "ffn.1.bias"
+                        "ffn.3.weight"
+                        "ffn.3.bias"
+                    ]
+                    |> List.map (fun k -> sprintf "blocks.%d.%s" i k)
+
+                Expect.equal keys (block 0 @ block 1) "keys (ESM3-REFERENCE.md §5.6)"
+            }
         ]
