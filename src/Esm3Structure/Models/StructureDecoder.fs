@@ -51,8 +51,17 @@ module StructureDecoderConfig =
             PairwiseHidden = 128L
         }
 
-    /// Pairwise logits: distogram, direction (6 × 16), pAE (ESM's `pairwise_bins`).
-    let pairwiseBins = [| 64L; 96L; AlignedError.Bins |]
+    /// Distogram bins: pairwise channels 0 … 63 (the first of ESM's `pairwise_bins`).
+    [<Literal>]
+    let DistogramBins = 64L
+
+    /// Direction bins, 6 × 16 (`VQVAE_DIRECTION_LOSS_BINS` × 6): pairwise channels 64 … 159.
+    [<Literal>]
+    let DirectionBins = 96L
+
+    /// All pairwise channels: distogram, direction, then the 64 pAE bins (160 … 223).
+    [<Literal>]
+    let PairwiseBins = DistogramBins + DirectionBins + AlignedError.Bins
 
     /// The SwiGLU feed-forward ratio of the decoder's blocks.
     let expansionRatio = 8.0 / 3.0
@@ -128,7 +137,7 @@ module StructureDecoderConfig =
             "pairwise_classification_head.linear1.weight", [| h; p |]
             "pairwise_classification_head.norm.weight", [| h |]
             "pairwise_classification_head.norm.bias", [| h |]
-            "pairwise_classification_head.linear2.weight", [| Array.sum pairwiseBins; h |]
+            "pairwise_classification_head.linear2.weight", [| PairwiseBins; h |]
             "plddt_head.dense.weight", [| d; d |]
             "plddt_head.dense.bias", [| d |]
             "plddt_head.norm.weight", [| d |]
@@ -320,7 +329,7 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
             config.DModel,
             config.PairwiseDownproject,
             config.PairwiseHidden,
-            Array.sum StructureDecoderConfig.pairwiseBins,
+            StructureDecoderConfig.PairwiseBins,
             false
         )
 
@@ -345,10 +354,18 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
         let x = this.Trunk tokens
         let backbone = BackboneHead.ofProjection (affine_output_projection.forward x)
         let pairwise = pairwise_classification_head.forward x
-        let bins = StructureDecoderConfig.pairwiseBins
-        let distogram = pairwise.narrow (-1L, 0L, bins.[0])
-        let direction = pairwise.narrow (-1L, bins.[0], bins.[1])
-        let paeLogits = pairwise.narrow (-1L, bins.[0] + bins.[1], bins.[2])
+        let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
+
+        let direction =
+            pairwise.narrow (-1L, StructureDecoderConfig.DistogramBins, StructureDecoderConfig.DirectionBins)
+
+        let paeLogits =
+            pairwise.narrow (
+                -1L,
+                StructureDecoderConfig.DistogramBins + StructureDecoderConfig.DirectionBins,
+                AlignedError.Bins
+            )
+
         let real = tokens.lt (StructureTokens.CodebookSize.ToScalar())
         let plddtLogits = plddt_head.forward x
 
@@ -385,7 +402,7 @@ module StructureDecoder =
 
     /// The local position of the backbone oxygen in the frame (origin C, x̂ ∝ C − CA, N_{i+1} in the xy-plane):
     /// (0.6240, −1.0613, 0.0103) Å (evolutionaryscale/esm `ProteinChain.infer_oxygen`).
-    let oxygenLocal = [| 0.6240; -1.0613; 0.0103 |]
+    let private oxygenLocal = [| 0.6240; -1.0613; 0.0103 |]
 
     /// ESM's `infer_oxygen`: O_i = T_i(0.6240, −1.0613, 0.0103) with
     /// T_i = `Frame.ofGramSchmidt 1e-10 CA_i C_i N_{i+1}`. O_i depends only on CA_i, C_i and N_{i+1}; the last

@@ -37,7 +37,7 @@ module BackboneHead =
     /// ESM's ideal local backbone `BB_COORDINATES` (evolutionaryscale/esm `esm/utils/constants/physics.py`):
     /// N (0.5256, 1.3612, 0), CA (0, 0, 0), C (−1.5251, 0, 0) in Å, in the frame convention of
     /// `Frame.ofGramSchmidt` (C on the negative x-axis, N in the xy-plane).
-    let idealCoordinates: float[,] =
+    let private idealCoordinates: float[,] =
         array2D [ [ 0.5256; 1.3612; 0.0 ]; [ 0.0; 0.0; 0.0 ]; [ -1.5251; 0.0; 0.0 ] ]
 
     /// `idealCoordinates` as a tensor (rows N, CA, C). Shapes: -> [3, 3]

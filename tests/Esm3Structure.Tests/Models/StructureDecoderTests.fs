@@ -174,8 +174,8 @@ let private oxygenTests =
                 let d = (o - observed).narrow(0L, 0L, l - 1L).norm(-1, false)
                 let struct (sorted, _) = d.sort ()
                 let median = sorted.[(l - 1L) / 2L].ToDouble()
-                Expect.isLessThan median 0.15 "median |O − O_deposited| (Å)"
-                Expect.isLessThan (sorted.[l - 2L].ToDouble()) 0.6 "max over residues 1 … L−1 (Å)"
+                Expect.isLessThan median 0.1 "median |O − O_deposited| (Å)"
+                Expect.isLessThan (sorted.[l - 2L].ToDouble()) 0.3 "max over residues 1 … L−1 (Å)"
             }
         ]
 
