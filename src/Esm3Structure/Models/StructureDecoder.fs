@@ -1,0 +1,545 @@
+namespace Esm3Structure.Models
+
+open System
+open System.Collections.Generic
+open System.Text.RegularExpressions
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Geometry
+open Esm3Structure.Io
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+open Esm3Structure.Tensors
+
+/// Sizes of ESM's `StructureTokenDecoder` (ESM3-REFERENCE.md §1, §7). Everything else is fixed as in ESM: SwiGLU
+/// ratio 8/3 without biases, QK-LayerNorm, rotary positions, no residual scaling, no geometric attention;
+/// 64 + 96 + 64 pairwise bins; 50 pLDDT bins; translation scale 10.
+type StructureDecoderConfig =
+    {
+        /// Model width d.
+        DModel: int64
+        /// Attention heads (ESM: d / 64).
+        Heads: int64
+        /// Transformer blocks.
+        Layers: int
+        /// Width of the pairwise head's down-projection (q and k halves; ESM: 128).
+        PairwiseDownproject: int64
+        /// Hidden width of the pairwise head (ESM: 128).
+        PairwiseHidden: int64
+    }
+
+/// Presets, checks and the state-dict layout of `StructureDecoderConfig`.
+module StructureDecoderConfig =
+
+    /// ESM's released decoder (`esm3_structure_decoder_v0`): d 1280, 20 heads, 30 layers (618,552,905 parameters).
+    let esm3 =
+        {
+            DModel = 1280L
+            Heads = 20L
+            Layers = 30
+            PairwiseDownproject = 128L
+            PairwiseHidden = 128L
+        }
+
+    /// A CPU-trainable decoder: d 256, 4 heads (d_head 64), 4 layers, ESM's pairwise head.
+    let small =
+        {
+            DModel = 256L
+            Heads = 4L
+            Layers = 4
+            PairwiseDownproject = 128L
+            PairwiseHidden = 128L
+        }
+
+    /// Distogram bins: pairwise channels 0 … 63 (the first of ESM's `pairwise_bins`).
+    [<Literal>]
+    let DistogramBins = 64L
+
+    /// Direction bins, 6 × 16 (`VQVAE_DIRECTION_LOSS_BINS` × 6): pairwise channels 64 … 159.
+    [<Literal>]
+    let DirectionBins = 96L
+
+    /// All pairwise channels: distogram, direction, then the 64 pAE bins (160 … 223).
+    [<Literal>]
+    let PairwiseBins = DistogramBins + DirectionBins + AlignedError.Bins
+
+    /// The SwiGLU feed-forward ratio of the decoder's blocks.
+    let expansionRatio = 8.0 / 3.0
+
+    /// The SwiGLU hidden width F (1280 → 3584).
+    let ffnHidden (c: StructureDecoderConfig) =
+        FeedForward.swigluHidden expansionRatio c.DModel
+
+    /// The trunk's settings: ESM's `TransformerStack(d, H, 1, n_layers, scale_residue=False, n_layers_geom=0)`.
+    let stack (c: StructureDecoderConfig) : TransformerStackConfig =
+        { TransformerStackConfig.Esm3 with
+            DModel = c.DModel
+            Heads = c.Heads
+            VHeads = 1L
+            Layers = c.Layers
+            GeometricLayers = 0
+            ScaleResidue = false
+            ExpansionRatio = expansionRatio
+        }
+
+    /// The config, or the list of what is wrong with it (each message names the field).
+    let validate (c: StructureDecoderConfig) : Result<StructureDecoderConfig, string list> =
+        let errors =
+            [
+                if c.DModel <= 0L then
+                    sprintf "DModel must be positive (got %d)" c.DModel
+                if c.Heads <= 0L then
+                    sprintf "Heads must be positive (got %d)" c.Heads
+                elif c.DModel > 0L && c.DModel % c.Heads <> 0L then
+                    sprintf "DModel (%d) must be divisible by Heads (%d)" c.DModel c.Heads
+                elif c.DModel > 0L && (c.DModel / c.Heads) % 2L <> 0L then
+                    sprintf "the head width DModel/Heads (%d) must be even for rotary embeddings" (c.DModel / c.Heads)
+                if c.Layers < 1 then
+                    sprintf "Layers must be at least 1 (got %d)" c.Layers
+                if c.PairwiseDownproject <= 0L || c.PairwiseDownproject % 2L <> 0L then
+                    sprintf "PairwiseDownproject must be positive and even (got %d)" c.PairwiseDownproject
+                if c.PairwiseHidden <= 0L then
+                    sprintf "PairwiseHidden must be positive (got %d)" c.PairwiseHidden
+            ]
+
+        if errors.IsEmpty then Ok c else Error errors
+
+    /// Every state-dict key with its shape, in ESM's (PyTorch's) order, computed without building the model:
+    /// `embed`, `decoder_stack.blocks.{i}.attn.*`/`.ffn.*`, `decoder_stack.norm`, `affine_output_projection.*`,
+    /// `pairwise_classification_head.*`, `plddt_head.*` (ESM3-REFERENCE.md §7.7).
+    let expectedKeys (c: StructureDecoderConfig) : (string * int64[]) list =
+        let d = c.DModel
+        let f = ffnHidden c
+        let p, h = c.PairwiseDownproject, c.PairwiseHidden
+
+        [
+            "embed.weight", [| StructureTokens.VocabularySize; d |]
+            for i in 0 .. c.Layers - 1 do
+                let b = sprintf "decoder_stack.blocks.%d." i
+                b + "attn.layernorm_qkv.0.weight", [| d |]
+                b + "attn.layernorm_qkv.0.bias", [| d |]
+                b + "attn.layernorm_qkv.1.weight", [| 3L * d; d |]
+                b + "attn.out_proj.weight", [| d; d |]
+                b + "attn.q_ln.weight", [| d |]
+                b + "attn.k_ln.weight", [| d |]
+                b + "ffn.0.weight", [| d |]
+                b + "ffn.0.bias", [| d |]
+                b + "ffn.1.weight", [| 2L * f; d |]
+                b + "ffn.3.weight", [| d; f |]
+            "decoder_stack.norm.weight", [| d |]
+            "affine_output_projection.ffn1.weight", [| d; d |]
+            "affine_output_projection.ffn1.bias", [| d |]
+            "affine_output_projection.norm.weight", [| d |]
+            "affine_output_projection.norm.bias", [| d |]
+            "affine_output_projection.proj.weight", [| BackboneHead.ProjectionWidth; d |]
+            "affine_output_projection.proj.bias", [| BackboneHead.ProjectionWidth |]
+            "pairwise_classification_head.downproject.weight", [| p; d |]
+            "pairwise_classification_head.linear1.weight", [| h; p |]
+            "pairwise_classification_head.norm.weight", [| h |]
+            "pairwise_classification_head.norm.bias", [| h |]
+            "pairwise_classification_head.linear2.weight", [| PairwiseBins; h |]
+            "plddt_head.dense.weight", [| d; d |]
+            "plddt_head.dense.bias", [| d |]
+            "plddt_head.norm.weight", [| d |]
+            "plddt_head.norm.bias", [| d |]
+            "plddt_head.output.weight", [| Plddt.Bins; d |]
+            "plddt_head.output.bias", [| Plddt.Bins |]
+        ]
+
+    /// The number of parameters (sum over `expectedKeys`).
+    let parameterCount (c: StructureDecoderConfig) : int64 =
+        expectedKeys c |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
+
+    let private blockKey =
+        Regex(@"^decoder_stack\.blocks\.(\d+)\.", RegexOptions.Compiled ||| RegexOptions.CultureInvariant)
+
+    /// Infers the sizes from the tensors' shapes of an ESM-format state dict, with `headWidth` channels per head
+    /// (the one size the shapes do not determine): d from `embed.weight` [4101, d], Layers from the highest
+    /// `decoder_stack.blocks.{i}` + 1, the pairwise widths from `pairwise_classification_head.downproject.weight`
+    /// [P, d] and `.linear1.weight` [H, P]. A missing or mis-shaped tensor, or a d that is not a multiple of
+    /// `headWidth`, raises an `InputException` naming `file` and the tensor. Shapes are not checked beyond what
+    /// the inference reads (a strict load does that).
+    let ofKeyShapesWith (headWidth: int64) (file: string) (shapes: seq<string * int64[]>) : StructureDecoderConfig =
+        let table = Dictionary<string, int64[]>()
+
+        for name, shape in shapes do
+            table.[name] <- shape
+
+        let fail (name: string) message =
+            InputError.raise file (InputLocation.Field name) message
+
+        let shapeOf (name: string) (rank: int) =
+            match table.TryGetValue name with
+            | true, s when s.Length = rank -> s
+            | true, s -> fail name (sprintf "expected a %d-D tensor, got shape %s" rank (Shape.show s))
+            | _ -> fail name "missing (needed to infer the decoder's sizes)"
+
+        let embed = shapeOf "embed.weight" 2
+
+        if embed.[0] <> StructureTokens.VocabularySize then
+            fail
+                "embed.weight"
+                (sprintf
+                    "expected %d rows (4096 codes + 5 special tokens), got shape %s"
+                    StructureTokens.VocabularySize
+                    (Shape.show embed))
+
+        let d = embed.[1]
+
+        if headWidth <= 0L || d % headWidth <> 0L then
+            fail "embed.weight" (sprintf "d = %d is not a multiple of the head width %d" d headWidth)
+
+        let layers =
+            table.Keys
+            |> Seq.choose (fun k ->
+                let m = blockKey.Match k
+
+                if m.Success then
+                    match Int32.TryParse m.Groups.[1].Value with
+                    | true, i -> Some(i + 1)
+                    | _ -> fail k "block index does not fit an int"
+                else
+                    None)
+            |> Seq.fold max 0
+
+        if layers = 0 then
+            fail "decoder_stack.blocks.0.attn.layernorm_qkv.1.weight" "missing: the file holds no decoder block"
+
+        let down = shapeOf "pairwise_classification_head.downproject.weight" 2
+        let linear1 = shapeOf "pairwise_classification_head.linear1.weight" 2
+
+        let config =
+            {
+                DModel = d
+                Heads = d / headWidth
+                Layers = layers
+                PairwiseDownproject = down.[0]
+                PairwiseHidden = linear1.[0]
+            }
+
+        match validate config with
+        | Ok c -> c
+        | Error errors ->
+            InputError.raise
+                file
+                InputLocation.Whole
+                ("the tensors' shapes give an invalid decoder: " + String.Join("; ", errors))
+
+    /// `ofKeyShapesWith 64` (ESM's d_head). Shapes: any.
+    let ofKeyShapes (file: string) (shapes: seq<string * int64[]>) = ofKeyShapesWith 64L file shapes
+
+    /// Infers the sizes from a state dict's tensors (see `ofKeyShapesWith`; heads = d / 64, ESM's d_head).
+    /// Shapes: any.
+    let ofStateDict (file: string) (tensors: seq<string * torch.Tensor>) =
+        ofKeyShapes file (tensors |> Seq.map (fun (n, t) -> n, t.shape))
+
+    /// Compares a state dict's (name, shape) list with `expectedKeys`: missing, unexpected, duplicated and
+    /// mis-shaped keys, without building the model. Shapes: any.
+    let mismatches (c: StructureDecoderConfig) (shapes: seq<string * int64[]>) : CheckpointMismatch =
+        let expected = expectedKeys c
+        let given = Dictionary<string, int64[]>()
+        let order = ResizeArray<string>()
+        let duplicated = ResizeArray<string>()
+
+        for name, shape in shapes do
+            if given.ContainsKey name then
+                if not (duplicated.Contains name) then
+                    duplicated.Add name
+            else
+                given.[name] <- shape
+                order.Add name
+
+        let known = HashSet<string>(expected |> List.map fst)
+
+        {
+            Missing =
+                [
+                    for name, _ in expected do
+                        if not (given.ContainsKey name) then
+                            yield name
+                ]
+            Unexpected =
+                [
+                    for name in order do
+                        if not (known.Contains name) then
+                            yield name
+                ]
+            WrongShape =
+                [
+                    for name, shape in expected do
+                        match given.TryGetValue name with
+                        | true, g when g <> shape ->
+                            yield
+                                {
+                                    Name = name
+                                    Expected = shape
+                                    Got = g
+                                }
+                        | _ -> ()
+                ]
+            Duplicated = List.ofSeq duplicated
+        }
+
+/// Everything the decoder computes for a batch of structure tokens (ESM3-REFERENCE.md §7.2–7.5).
+type StructureDecoderOutput =
+    {
+        /// The trunk's output (after the final LayerNorm). [B, L, d]
+        Hidden: torch.Tensor
+        /// Residue frames (ESM's `tensor7_affine`, which is the 12-float layout: `Frame.toTensor12`). [B, L]
+        Frames: Frame
+        /// N, CA, C in Å (ESM's `bb_pred`). [B, L, 3, 3]
+        Backbone: torch.Tensor
+        /// The backbone head's 14 unused channels as 7 torsions × (sin, cos), unnormalised. [B, L, 7, 2]
+        TorsionLogits: torch.Tensor
+        /// pLDDT bin logits. [B, L, 50]
+        PlddtLogits: torch.Tensor
+        /// pLDDT in [0.01, 0.99] (float32, or float64 for a float64 model). [B, L]
+        Plddt: torch.Tensor
+        /// Distogram logits (pairwise channels 0–63). [B, L, L, 64]
+        DistogramLogits: torch.Tensor
+        /// Direction logits, 6 × 16 bins (pairwise channels 64–159). [B, L, L, 96]
+        DirectionLogits: torch.Tensor
+        /// pAE logits (pairwise channels 160–223). [B, L, L, 64]
+        PaeLogits: torch.Tensor
+        /// Predicted aligned error in Å; entries involving a special token hold the uniform 16 Å. [B, L, L]
+        Pae: torch.Tensor
+        /// pTM over the real (code) tokens. [B]
+        Ptm: torch.Tensor
+    }
+
+/// ESM's `StructureTokenDecoder` (evolutionaryscale/esm `esm/models/vqvae.py`): token embedding, a plain
+/// transformer stack, and three heads. State-dict keys and order as ESM (`StructureDecoderConfig.expectedKeys`):
+/// `embed`, `decoder_stack`, `affine_output_projection`, `pairwise_classification_head`, `plddt_head`.
+type StructureDecoder(config: StructureDecoderConfig) as this =
+    inherit torch.nn.Module<torch.Tensor, StructureDecoderOutput>("StructureTokenDecoder")
+
+    do
+        match StructureDecoderConfig.validate config with
+        | Ok _ -> ()
+        | Error errors -> raise (ArgumentException("structure decoder config: " + String.Join("; ", errors)))
+
+    let embed = torch.nn.Embedding(StructureTokens.VocabularySize, config.DModel)
+
+    let decoder_stack = new TransformerStack(StructureDecoderConfig.stack config)
+
+    let affine_output_projection = new Dim6RotStructureHead(config.DModel)
+
+    let pairwise_classification_head =
+        new PairwisePredictionHead(
+            config.DModel,
+            config.PairwiseDownproject,
+            config.PairwiseHidden,
+            StructureDecoderConfig.PairwiseBins,
+            false
+        )
+
+    let plddt_head = new RegressionHead(config.DModel, Plddt.Bins)
+
+    do this.RegisterComponents()
+
+    /// The sizes.
+    member _.Config = config
+
+    /// The trunk only: embedding then the transformer stack (no attention mask: ESM's `sequence_id` is all zeros).
+    /// Tokens are not checked here. Shapes: tokens [B, L] int64 -> [B, L, d]
+    member _.Trunk(tokens: torch.Tensor) =
+        decoder_stack.forward (embed.forward tokens, BlockContext.Plain AttentionMask.None)
+
+    /// Decodes a batch of structure tokens: each row BOS, tokens, EOS, then optionally PAD (checked by
+    /// `StructureTokens.checkBatch`; a bad token raises an `InputException` naming its row and position).
+    /// Real residues for pAE/pTM are the code tokens (< 4096). Padding is attended to, as in ESM.
+    /// Shapes: tokens [B, L] int64 -> StructureDecoderOutput (see its fields)
+    override this.forward(tokens: torch.Tensor) =
+        StructureTokens.checkBatch "structure tokens" tokens
+        let x = this.Trunk tokens
+        let backbone = BackboneHead.ofProjection (affine_output_projection.forward x)
+        let pairwise = pairwise_classification_head.forward x
+        let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
+
+        let direction =
+            pairwise.narrow (-1L, StructureDecoderConfig.DistogramBins, StructureDecoderConfig.DirectionBins)
+
+        let paeLogits =
+            pairwise.narrow (
+                -1L,
+                StructureDecoderConfig.DistogramBins + StructureDecoderConfig.DirectionBins,
+                AlignedError.Bins
+            )
+
+        let real = tokens.lt (StructureTokens.CodebookSize.ToScalar())
+        let plddtLogits = plddt_head.forward x
+
+        {
+            Hidden = x
+            Frames = backbone.Frames
+            Backbone = backbone.Backbone
+            TorsionLogits = backbone.TorsionLogits
+            PlddtLogits = plddtLogits
+            Plddt = Plddt.ofLogits plddtLogits
+            DistogramLogits = distogram
+            DirectionLogits = direction
+            PaeLogits = paeLogits
+            Pae = AlignedError.pae paeLogits real
+            Ptm = AlignedError.ptm paeLogits real
+        }
+
+/// A decoded chain with its confidences (BOS and EOS stripped).
+type DecodedStructure =
+    {
+        /// N, CA, C from the decoder, O inferred (none on the last residue); B-factors = 100 · pLDDT.
+        Chain: ProteinChain
+        /// pLDDT per residue, in [0.01, 0.99]. [L]
+        Plddt: float32[]
+        /// pTM of the chain.
+        Ptm: float
+        /// Predicted aligned error in Å between residues (ESM returns it with the BOS/EOS rows; here they are
+        /// stripped). [L, L]
+        Pae: float32[,]
+    }
+
+/// Decoding, oxygen inference and loading of `StructureDecoder`s.
+module StructureDecoder =
+
+    /// The local position of the backbone oxygen in the frame (origin C, x̂ ∝ C − CA, N_{i+1} in the xy-plane):
+    /// (0.6240, −1.0613, 0.0103) Å (evolutionaryscale/esm `ProteinChain.infer_oxygen`).
+    let private oxygenLocal = [| 0.6240; -1.0613; 0.0103 |]
+
+    /// ESM's `infer_oxygen`: O_i = T_i(0.6240, −1.0613, 0.0103) with
+    /// T_i = `Frame.ofGramSchmidt 1e-10 CA_i C_i N_{i+1}`. O_i depends only on CA_i, C_i and N_{i+1}; the last
+    /// residue has no N_{i+1}, so its O is NaN (as is any O whose inputs are not finite).
+    /// Shapes: backbone [*, L, 3 (N, CA, C), 3] -> [*, L, 3]
+    let inferOxygen (backbone: torch.Tensor) =
+        Shape.expectTrailing "backbone" [| 3L; 3L |] backbone
+
+        if backbone.dim () < 3L then
+            Shape.mismatch "backbone" "[*, L, 3 (N, CA, C), 3]" backbone
+
+        let l = backbone.shape.[backbone.shape.Length - 3]
+        let n = backbone.select (-2L, 0L) // [*, L, 3]
+        let ca = backbone.select (-2L, 1L)
+        let c = backbone.select (-2L, 2L)
+
+        let missing =
+            torch.full (
+                Array.append (Shape.batchDims 3 backbone) [| 1L; 3L |],
+                Double.NaN.ToScalar(),
+                dtype = backbone.dtype,
+                device = backbone.device
+            )
+
+        let nNext = torch.cat ([| n.narrow (-2L, 1L, max 0L (l - 1L)); missing |], -2L)
+        let frames = Frame.ofGramSchmidt Rotation.EsmFrameEps ca c nNext
+
+        let local =
+            torch.tensor(oxygenLocal, dtype = torch.float64).``to``(backbone.dtype, backbone.device)
+
+        Frame.apply frames local
+
+    let private deviceOf (model: StructureDecoder) =
+        let p = model.parameters () |> Seq.head
+        p.device
+
+    /// Decodes one structure (ESM's `decode_structure`): `tokens` = BOS, codes, EOS, with no MASK (checked; an
+    /// `InputException` names the position). The chain holds N, CA, C of residues 1 … L (BOS/EOS stripped) and
+    /// the inferred O; `sequence` (length L) names the residues, chain id "A", residue numbers 1 … L, and every
+    /// atom's B-factor is 100 · pLDDT. Runs without gradients in its own dispose scope.
+    /// Shapes: tokens [L + 2], sequence length L.
+    let decodeWithSequence (model: StructureDecoder) (sequence: string) (tokens: int64[]) : DecodedStructure =
+        let source = "structure tokens"
+        StructureTokens.checkWrapped source tokens
+
+        tokens
+        |> Array.iteri (fun i id ->
+            if id = StructureTokens.Mask then
+                InputError.raise
+                    source
+                    (InputLocation.Field(sprintf "position %d" i))
+                    "MASK: only fully unmasked structure tokens can be decoded")
+
+        let l = tokens.Length - 2
+
+        if isNull sequence || sequence.Length <> l then
+            raise (
+                ArgumentException(
+                    sprintf
+                        "sequence has length %d but the tokens hold %d residues"
+                        (if isNull sequence then 0 else sequence.Length)
+                        l,
+                    "sequence"
+                )
+            )
+
+        use _scope = torch.NewDisposeScope()
+        use _noGrad = torch.no_grad ()
+
+        let input =
+            torch.tensor(tokens, ReadOnlySpan<int64> [| 1L; int64 tokens.Length |]).``to``(deviceOf model)
+
+        let out = model.forward input
+        let bb = out.Backbone.select(0L, 0L).narrow(0L, 1L, int64 l) // [L, 3, 3]
+        let oxygen = inferOxygen bb // [L, 3]
+
+        let atom37 =
+            torch.full ([| int64 l; 37L; 3L |], Double.NaN.ToScalar(), dtype = bb.dtype, device = bb.device)
+
+        atom37.narrow(1L, 0L, 3L).copy_ bb |> ignore
+        atom37.select(1L, int64 ResidueConstants.oIndex).copy_ oxygen |> ignore
+
+        let chain =
+            ProteinChain.ofAtom37Tensor "decoded" "A" sequence (Array.init l (fun i -> i + 1)) atom37
+
+        let toArray (t: torch.Tensor) =
+            t.detach().cpu().to_type(torch.float32).contiguous().data<float32>().ToArray()
+
+        let plddt = toArray (out.Plddt.select(0L, 0L).narrow(0L, 1L, int64 l))
+
+        let paeFlat =
+            toArray (out.Pae.select(0L, 0L).narrow(0L, 1L, int64 l).narrow(1L, 1L, int64 l))
+
+        let bfactors =
+            Array2D.init l 37 (fun i a -> if chain.Atom37Mask.[i, a] then 100.0f * plddt.[i] else 0.0f)
+
+        {
+            Chain = { chain with BFactors = bfactors }
+            Plddt = plddt
+            Ptm = out.Ptm.select(0L, 0L).ToDouble()
+            Pae = Array2D.init l l (fun i j -> paeFlat.[i * l + j])
+        }
+
+    /// `decodeWithSequence` with ESM's default sequence, all alanine. Shapes: tokens [L + 2].
+    let decode (model: StructureDecoder) (tokens: int64[]) : DecodedStructure =
+        decodeWithSequence model (String('A', max 0 (tokens.Length - 2))) tokens
+
+    /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes
+    /// (`StructureDecoderConfig.ofKeyShapes`, heads = d / 64), every key and shape is checked against
+    /// `StructureDecoderConfig.expectedKeys` before the model is built, then the tensors are loaded strictly. Any
+    /// problem raises an `InputException` naming `path` and the tensors concerned. The model is float32 on the CPU,
+    /// in eval mode.
+    let load (path: string) : StructureDecoder =
+        let header = Safetensors.readHeader path
+        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+        let config = StructureDecoderConfig.ofKeyShapes path shapes
+        let mismatch = StructureDecoderConfig.mismatches config shapes
+
+        if not (Checkpoint.isEmpty mismatch) then
+            InputError.raise
+                path
+                InputLocation.Whole
+                (sprintf
+                    "not a structure decoder with the inferred sizes (d %d, %d heads, %d layers, pairwise %d/%d): %s"
+                    config.DModel
+                    config.Heads
+                    config.Layers
+                    config.PairwiseDownproject
+                    config.PairwiseHidden
+                    (Checkpoint.describe mismatch))
+
+        let model = new StructureDecoder(config)
+
+        try
+            Checkpoint.load path model
+            model.eval ()
+            model
+        with _ ->
+            model.Dispose()
+            reraise ()

@@ -1,0 +1,477 @@
+module Esm3Structure.Tests.Models.StructureDecoderTests
+
+open System
+open System.IO
+open Expecto
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Geometry
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+open Esm3Structure.Tests
+
+let private cpu = torch.CPU
+
+/// Small and with all sizes different: d 48, 3 heads (d_head 16), 2 layers, pairwise 16 → 24.
+let private tiny =
+    {
+        DModel = 48L
+        Heads = 3L
+        Layers = 2
+        PairwiseDownproject = 16L
+        PairwiseHidden = 24L
+    }
+
+/// Loadable with ESM's d_head 64 (so `StructureDecoder.load` infers it back).
+let private loadable = { tiny with DModel = 64L; Heads = 1L }
+
+let private decoder (config: StructureDecoderConfig) (dtype: torch.ScalarType) (seed: uint64) =
+    let m = new StructureDecoder(config)
+    m.``to`` dtype |> ignore
+    Init.reset (new torch.Generator(seed)) m
+    m
+
+/// BOS, codes drawn from the generator, EOS. Shapes: -> [n + 2]
+let private wrappedCodes (g: torch.Generator) (n: int) =
+    let codes =
+        torch.randint(4096L, [| int64 n |], dtype = torch.int64, generator = g).data<int64>().ToArray()
+
+    StructureTokens.wrap "test" codes
+
+/// Two rows: 7 codes, and 5 codes padded to the same length. Shapes: -> [2, 9]
+let private batch (g: torch.Generator) =
+    let a = wrappedCodes g 7
+
+    let b =
+        Array.append (wrappedCodes g 5) [| StructureTokens.Pad; StructureTokens.Pad |]
+
+    torch.tensor (Array.append a b, ReadOnlySpan<int64> [| 2L; 9L |])
+
+let private expectInputError (f: unit -> unit) =
+    match InputError.catch f with
+    | Ok() -> failtest "expected an InputException"
+    | Error e -> e
+
+/// A checkpoint whose tensors were edited, written next to `source`.
+let private edited
+    (dir: TempDir)
+    (source: string)
+    (edit: (string * torch.Tensor) list -> (string * torch.Tensor) list)
+    =
+    let file = Safetensors.read source
+    let path = dir.File(Guid.NewGuid().ToString("N") + ".safetensors")
+    Safetensors.write path (edit file.Tensors) null
+    path
+
+let private backboneLocal =
+    // ESM's oxygen placement (ProteinChain.infer_oxygen): ‖O − C‖ follows from the local vector.
+    Math.Sqrt(0.6240 * 0.6240 + 1.0613 * 1.0613 + 0.0103 * 0.0103)
+
+/// For residues 0 … L−2 of a backbone: ‖C−CA‖², ‖u‖² (the part of N_{i+1} − C orthogonal to C − CA, i.e. the
+/// second Gram–Schmidt axis before normalisation) and the sine of the angle between C − CA and N_{i+1} − C.
+/// Shapes: [*, L, 3, 3] -> [*, L−1] each
+let private oxygenConditioning (bb: torch.Tensor) =
+    let l = bb.shape.[bb.shape.Length - 3]
+    let early = bb.narrow (-3L, 0L, l - 1L)
+    let a = early.select (-2L, 2L) - early.select (-2L, 1L)
+    let w = bb.narrow(-3L, 1L, l - 1L).select(-2L, 0L) - early.select (-2L, 2L)
+    let cross = torch.linalg.cross(a, w, -1L).norm(-1, false)
+    let aa = (a * a).sum(-1L)
+    aa, cross * cross / aa, cross / (a.norm (-1, false) * w.norm (-1, false))
+
+/// Asserts |diff| <= tol elementwise (tol broadcast), reporting the worst ratio.
+let private within (what: string) (diff: torch.Tensor) (tol: torch.Tensor) =
+    let ratio = (diff.abs () / tol).max().ToDouble()
+
+    if not (ratio <= 1.0) then
+        failtestf "%s: |difference| reaches %g × its tolerance" what ratio
+
+let private oxygenTests =
+    testList
+        "D8 oxygen"
+        [
+            for dtype, name in Props.dtypes do
+                let f64 = dtype = torch.float64
+
+                Props.property (name + ": O_i depends only on CA_i, C_i and N_{i+1}; the last residue has none")
+                <| fun (c: BackboneCase) ->
+                    use _ = torch.NewDisposeScope()
+                    let g = c.Generator()
+                    let bb = Draw.backbone g c.Batch c.Length dtype
+                    let o = StructureDecoder.inferOxygen bb
+                    let l = c.Length
+                    Expect.sequenceEqual o.shape (Array.append c.Batch [| l; 3L |]) "shape"
+                    Expect.isTrue (o.select(-2L, l - 1L).isnan().all().item<bool>()) "last O is NaN"
+
+                    if l > 1L then
+                        let early = o.narrow (-2L, 0L, l - 1L)
+                        Expect.isTrue (early.isfinite().all().item<bool>()) "other O finite"
+                        let oc = (early - bb.narrow(-3L, 0L, l - 1L).select(-2L, 2L)).norm(-1, false)
+                        // ESM's Gram–Schmidt ε (1e-10) inside the square roots shortens the axes by ε/(2‖v‖²).
+                        let aa, uu, _ = oxygenConditioning bb
+
+                        let tol =
+                            (if f64 then 1e-12 else 1e-5) + Rotation.EsmFrameEps * (1.0 / aa + 1.0 / uu)
+
+                        within "‖O − C‖" (oc - backboneLocal) tol
+                        // Replace every atom except CA_i, C_i, N_{i+1} of one residue i: O_i is unchanged.
+                        let i = (c.Seed % uint64 (l - 1L)) |> int64
+                        let noise = Draw.backbone g c.Batch l dtype
+                        let keep = torch.zeros ([| l; 3L |], dtype = torch.ScalarType.Bool)
+                        keep.[i, 1L] <- torch.tensor true
+                        keep.[i, 2L] <- torch.tensor true
+                        keep.[i + 1L, 0L] <- torch.tensor true
+                        let mixed = torch.where (keep.unsqueeze (-1L), bb, noise)
+                        let oi = StructureDecoder.inferOxygen(mixed).select(-2L, i)
+                        Tol.close "O_i with other atoms replaced" 0.0 oi (o.select (-2L, i))
+                        // Moving N_{i+1} out of the CA_i-C_i-N_{i+1} plane moves O_i.
+                        let moved = bb.clone ()
+                        let atom r k = bb.select(-3L, r).select(-2L, k)
+
+                        let normal =
+                            torch.linalg.cross (atom i 2L - atom i 1L, atom (i + 1L) 0L - atom i 2L, -1L)
+
+                        moved.select(-3L, i + 1L).select(-2L, 0L).add_(0.3 * normal / normal.norm (-1, true))
+                        |> ignore
+
+                        let om = StructureDecoder.inferOxygen(moved).select(-2L, i)
+                        Expect.isGreaterThan (Tol.maxAbsDiff om (o.select (-2L, i))) 1e-3 "N_{i+1} matters"
+
+                Props.property (name + ": O is rigid-motion equivariant")
+                <| fun (c: BackboneCase) ->
+                    use _ = torch.NewDisposeScope()
+                    let g = c.Generator()
+                    let bb = Draw.backbone g c.Batch c.Length dtype
+                    let motion = Frame.random [||] 30.0 dtype cpu g
+                    let o = StructureDecoder.inferOxygen bb
+                    let moved = StructureDecoder.inferOxygen (Frame.apply motion bb)
+                    let expected = Frame.apply motion o
+                    let l = c.Length
+                    Expect.isTrue (moved.select(-2L, l - 1L).isnan().all().item<bool>()) "last O is NaN"
+
+                    if l > 1L then
+                        let early (t: torch.Tensor) = t.narrow (-2L, 0L, l - 1L)
+                        let scale = 1.0 + (early expected).abs().max().ToDouble()
+                        // Rounding in the frame's second axis grows as 1/sin∠(C − CA, N_{i+1} − C).
+                        let _, _, sin = oxygenConditioning bb
+                        // float32: each coordinate carries ~ulp(scale) of rounding, and the frame's axes come
+                        // from 1.3–1.5 Å differences of such coordinates, so the error is ~4e-7·scale here.
+                        let baseTol = if f64 then 1e-12 * scale else 1e-5 * (1.0 + scale / 25.0)
+                        within "O" (early moved - early expected) (baseTol / sin.unsqueeze (-1L))
+
+            test "on 1ubq_A the inferred O lies close to the deposited O" {
+                use _ = torch.NewDisposeScope()
+                let chain = Pdb.read (Data.small "1ubq_A") None
+                let bb = ProteinChain.backbone torch.float64 chain
+
+                let observed =
+                    (ProteinChain.atom37 torch.float64 chain).select(1L, int64 ResidueConstants.oIndex)
+
+                let l = bb.shape.[0]
+                let o = StructureDecoder.inferOxygen bb
+                let d = (o - observed).narrow(0L, 0L, l - 1L).norm(-1, false)
+                let struct (sorted, _) = d.sort ()
+                let median = sorted.[(l - 1L) / 2L].ToDouble()
+                Expect.isLessThan median 0.1 "median |O − O_deposited| (Å)"
+                Expect.isLessThan (sorted.[l - 2L].ToDouble()) 0.3 "max over residues 1 … L−1 (Å)"
+            }
+        ]
+
+[<Tests>]
+let tests =
+    testList
+        "Models/StructureDecoder"
+        [
+            test "esm3 preset: ESM's key/shape table (§7.7) and 618,552,905 parameters, computed without allocating" {
+                let keys = StructureDecoderConfig.expectedKeys StructureDecoderConfig.esm3
+                Expect.equal keys.Length (1 + 30 * 10 + 1 + 6 + 5 + 6) "key count"
+                Expect.equal (StructureDecoderConfig.parameterCount StructureDecoderConfig.esm3) 618_552_905L "params"
+                let table = dict keys
+
+                let expected =
+                    [
+                        "embed.weight", [| 4101L; 1280L |]
+                        "decoder_stack.blocks.0.attn.layernorm_qkv.0.bias", [| 1280L |]
+                        "decoder_stack.blocks.29.attn.layernorm_qkv.1.weight", [| 3840L; 1280L |]
+                        "decoder_stack.blocks.29.attn.out_proj.weight", [| 1280L; 1280L |]
+                        "decoder_stack.blocks.29.attn.k_ln.weight", [| 1280L |]
+                        "decoder_stack.blocks.17.ffn.1.weight", [| 7168L; 1280L |]
+                        "decoder_stack.blocks.17.ffn.3.weight", [| 1280L; 3584L |]
+                        "decoder_stack.norm.weight", [| 1280L |]
+                        "affine_output_projection.ffn1.weight", [| 1280L; 1280L |]
+                        "affine_output_projection.proj.weight", [| 23L; 1280L |]
+                        "affine_output_projection.proj.bias", [| 23L |]
+                        "pairwise_classification_head.downproject.weight", [| 128L; 1280L |]
+                        "pairwise_classification_head.linear1.weight", [| 128L; 128L |]
+                        "pairwise_classification_head.norm.bias", [| 128L |]
+                        "pairwise_classification_head.linear2.weight", [| 224L; 128L |]
+                        "plddt_head.dense.bias", [| 1280L |]
+                        "plddt_head.output.weight", [| 50L; 1280L |]
+                        "plddt_head.output.bias", [| 50L |]
+                    ]
+
+                for name, shape in expected do
+                    Expect.isTrue (table.ContainsKey name) name
+                    Expect.sequenceEqual table.[name] shape name
+
+                for absent in
+                    [
+                        "decoder_stack.norm.bias"
+                        "pairwise_classification_head.downproject.bias"
+                        "decoder_stack.blocks.0.attn.out_proj.bias"
+                        "decoder_stack.blocks.30.ffn.0.weight"
+                    ] do
+                    Expect.isFalse (table.ContainsKey absent) absent
+
+                let prefixes = keys |> List.map (fun (k, _) -> k.Split('.').[0]) |> List.distinct
+
+                Expect.equal
+                    prefixes
+                    [
+                        "embed"
+                        "decoder_stack"
+                        "affine_output_projection"
+                        "pairwise_classification_head"
+                        "plddt_head"
+                    ]
+                    "module order"
+            }
+
+            test "a built decoder's state_dict is expectedKeys: same names, order and shapes" {
+                use m = decoder tiny torch.float32 1UL
+                let actual = Checkpoint.keyShapes m |> List.map (fun (k, s) -> k, List.ofArray s)
+
+                let expected =
+                    StructureDecoderConfig.expectedKeys tiny
+                    |> List.map (fun (k, s) -> k, List.ofArray s)
+
+                Expect.equal actual expected "keys and shapes"
+                let counted = m.parameters () |> Seq.sumBy (fun p -> p.numel ())
+                Expect.equal counted (StructureDecoderConfig.parameterCount tiny) "parameter count"
+            }
+
+            test "validate names each bad field" {
+                match
+                    StructureDecoderConfig.validate
+                        { tiny with
+                            Heads = 5L
+                            Layers = 0
+                            PairwiseDownproject = 15L
+                        }
+                with
+                | Ok _ -> failtest "expected errors"
+                | Error errors ->
+                    Expect.equal errors.Length 3 (String.Join("; ", errors))
+                    Expect.stringContains errors.[0] "Heads" "heads"
+                    Expect.stringContains errors.[1] "Layers" "layers"
+                    Expect.stringContains errors.[2] "PairwiseDownproject" "pairwise"
+
+                Expect.isOk (StructureDecoderConfig.validate StructureDecoderConfig.esm3) "esm3"
+                Expect.isOk (StructureDecoderConfig.validate StructureDecoderConfig.small) "small"
+            }
+
+            test "forward: shapes, finite values and ranges on a padded batch (float32)" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float32 2UL
+                let tokens = batch (new torch.Generator(3UL))
+                let out = m.forward tokens
+                let b, l = 2L, 9L
+
+                for name, t, shape in
+                    [
+                        "Hidden", out.Hidden, [| b; l; 48L |]
+                        "Frames.R", out.Frames.R, [| b; l; 3L; 3L |]
+                        "Frames.T", out.Frames.T, [| b; l; 3L |]
+                        "Backbone", out.Backbone, [| b; l; 3L; 3L |]
+                        "TorsionLogits", out.TorsionLogits, [| b; l; 7L; 2L |]
+                        "PlddtLogits", out.PlddtLogits, [| b; l; 50L |]
+                        "Plddt", out.Plddt, [| b; l |]
+                        "DistogramLogits", out.DistogramLogits, [| b; l; l; 64L |]
+                        "DirectionLogits", out.DirectionLogits, [| b; l; l; 96L |]
+                        "PaeLogits", out.PaeLogits, [| b; l; l; 64L |]
+                        "Pae", out.Pae, [| b; l; l |]
+                        "Ptm", out.Ptm, [| b |]
+                    ] do
+                    Expect.sequenceEqual t.shape shape name
+                    Expect.isTrue (t.isfinite().all().item<bool>()) (name + " finite")
+
+                Expect.isTrue (out.Plddt.ge(0.0099999.ToScalar()).all().item<bool>()) "pLDDT ≥ 0.01"
+                Expect.isTrue (out.Plddt.le(0.9900001.ToScalar()).all().item<bool>()) "pLDDT ≤ 0.99"
+                Expect.isTrue (out.Pae.ge(0.25.ToScalar()).all().item<bool>()) "pAE ≥ 0.25"
+                Expect.isTrue (out.Pae.le(31.75.ToScalar()).all().item<bool>()) "pAE ≤ 31.75"
+                Expect.isTrue (out.Ptm.gt(0.0.ToScalar()).all().item<bool>()) "pTM > 0"
+                Expect.isTrue (out.Ptm.le(1.0.ToScalar()).all().item<bool>()) "pTM ≤ 1"
+                // BOS row of the pAE map is a special-token row: uniform, 16 Å.
+                Tol.close "BOS row" 1e-5 (out.Pae.select (1L, 0L)) (torch.full ([| b; l |], (16.0).ToScalar()))
+                // The frames are the head's: backbone = frames applied to the ideal residue.
+                Tol.close "backbone = place frames" 0.0 out.Backbone (BackboneHead.place out.Frames)
+                // pAE/pTM from the logits with real = code tokens.
+                let real = tokens.lt (4096L.ToScalar())
+                Tol.close "pTM" 0.0 out.Ptm (AlignedError.ptm out.PaeLogits real)
+            }
+
+            test "forward rejects a batch without EOS, naming the row and position" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float32 2UL
+                let tokens = batch (new torch.Generator(3UL))
+                tokens.[1L, 6L] <- torch.tensor 17L
+                let e = expectInputError (fun () -> m.forward tokens |> ignore)
+                Expect.equal e.Location (InputLocation.Field "row 1, position 6") e.Message
+            }
+
+            test "a float64 decoder places every residue with ESM's ideal geometry (D2 through the model)" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float64 4UL
+                let out = m.forward (batch (new torch.Generator(5UL)))
+
+                let head =
+                    m.named_children ()
+                    |> Seq.pick (fun struct (name, child) ->
+                        if name = "affine_output_projection" then
+                            Some(child :?> torch.nn.Module<torch.Tensor, torch.Tensor>)
+                        else
+                            None)
+
+                let projection = head.forward out.Hidden
+                let expected = BackboneHead.ofProjection projection
+                Tol.close "frames = head(trunk)" 0.0 out.Frames.R expected.Frames.R
+                Tol.close "backbone = head(trunk)" 0.0 out.Backbone expected.Backbone
+                StructureHeadsTests.checkIdealGeometry torch.float64 projection out.Backbone
+            }
+
+            test "decode: N, CA, C and inferred O (none on the last residue), B = 100·pLDDT, finite" {
+                use m = decoder tiny torch.float32 6UL
+                let tokens = wrappedCodes (new torch.Generator(7UL)) 8
+                let decoded = StructureDecoder.decodeWithSequence m "MKTAYIAK" tokens
+                let chain = decoded.Chain
+                Expect.equal (ProteinChain.length chain) 8 "length"
+                Expect.equal chain.Sequence "MKTAYIAK" "sequence"
+                Expect.equal chain.ResidueIndex [| 1..8 |] "numbering"
+
+                for i in 0..7 do
+                    for a in 0..36 do
+                        let expected = a = 0 || a = 1 || a = 2 || (a = ResidueConstants.oIndex && i < 7)
+
+                        Expect.equal chain.Atom37Mask.[i, a] expected (sprintf "residue %d atom %d" i a)
+
+                        if expected then
+                            for k in 0..2 do
+                                Expect.isTrue (Single.IsFinite chain.Atom37.[i, a, k]) "finite"
+
+                            Expect.floatClose
+                                Accuracy.high
+                                (float chain.BFactors.[i, a])
+                                (100.0 * float decoded.Plddt.[i])
+                                "B = 100 pLDDT"
+
+                use _ = torch.NewDisposeScope()
+                let out = m.forward (torch.tensor (tokens, ReadOnlySpan<int64> [| 1L; 10L |]))
+                let plddt = out.Plddt.select(0L, 0L).narrow(0L, 1L, 8L)
+                Tol.close "pLDDT stripped of BOS/EOS" 0.0 (torch.tensor decoded.Plddt) plddt
+                Expect.equal decoded.Ptm (out.Ptm.[0L].ToDouble()) "pTM"
+                let pae = out.Pae.select(0L, 0L).narrow(0L, 1L, 8L).narrow(1L, 1L, 8L)
+                Expect.equal decoded.Pae.[2, 5] (pae.[2L, 5L].ToSingle()) "pAE [2, 5]"
+                let bb = out.Backbone.select(0L, 0L).narrow(0L, 1L, 8L)
+                Expect.equal chain.Atom37.[3, 1, 2] (bb.[3L, 1L, 2L].ToSingle()) "CA of residue 3"
+                Expect.equal (StructureDecoder.decode m tokens).Chain.Sequence "AAAAAAAA" "ESM's default sequence"
+            }
+
+            test "decode names a MASK or out-of-range token and rejects a sequence of the wrong length" {
+                use m = decoder tiny torch.float32 6UL
+                let tokens = wrappedCodes (new torch.Generator(7UL)) 5
+                let masked = Array.copy tokens
+                masked.[3] <- StructureTokens.Mask
+                let e = expectInputError (fun () -> StructureDecoder.decode m masked |> ignore)
+                Expect.equal e.Location (InputLocation.Field "position 3") e.Message
+                let wild = Array.copy tokens
+                wild.[2] <- 5000L
+                let e = expectInputError (fun () -> StructureDecoder.decode m wild |> ignore)
+                Expect.equal e.Location (InputLocation.Field "position 2") e.Message
+
+                Expect.throwsT<ArgumentException>
+                    (fun () -> StructureDecoder.decodeWithSequence m "MK" tokens |> ignore)
+                    "sequence length"
+            }
+
+            test "checkpoint: save → load infers the sizes → save gives the same bytes and the same outputs" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                use source = decoder loadable torch.float32 8UL
+                let first = dir.File "first.safetensors"
+                Checkpoint.save first source null
+                use loaded = StructureDecoder.load first
+                Expect.equal loaded.Config loadable "inferred config"
+                let second = dir.File "second.safetensors"
+                Checkpoint.save second loaded null
+                Expect.equal (File.ReadAllBytes second) (File.ReadAllBytes first) "same bytes"
+                let tokens = batch (new torch.Generator(9UL))
+                let a, b = source.forward tokens, loaded.forward tokens
+                Tol.close "backbone" 0.0 b.Backbone a.Backbone
+                Tol.close "pLDDT" 0.0 b.Plddt a.Plddt
+                Tol.close "pAE" 0.0 b.Pae a.Pae
+                Tol.close "pTM" 0.0 b.Ptm a.Ptm
+            }
+
+            test "ofStateDict infers d, layers and the pairwise widths; heads from the head width" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float32 10UL
+                let sd = Checkpoint.stateDict m
+                let shapes = sd |> List.map (fun (k, t) -> k, t.shape)
+                Expect.equal (StructureDecoderConfig.ofKeyShapesWith 16L "m" shapes) tiny "d_head 16"
+
+                let e =
+                    expectInputError (fun () -> StructureDecoderConfig.ofStateDict "m" sd |> ignore)
+
+                Expect.equal e.Location (InputLocation.Field "embed.weight") ("48 is no multiple of 64: " + e.Message)
+
+                let noPair =
+                    shapes
+                    |> List.filter (fun (k, _) -> k <> "pairwise_classification_head.linear1.weight")
+
+                let e =
+                    expectInputError (fun () -> StructureDecoderConfig.ofKeyShapesWith 16L "m" noPair |> ignore)
+
+                Expect.equal e.Location (InputLocation.Field "pairwise_classification_head.linear1.weight") e.Message
+            }
+
+            test "load names a mis-shaped, a missing and an unexpected tensor" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                use source = decoder loadable torch.float32 12UL
+                let path = dir.File "source.safetensors"
+                Checkpoint.save path source null
+
+                let misShaped =
+                    edited dir path (fun ts ->
+                        ts
+                        |> List.map (fun (k, t) ->
+                            if k = "plddt_head.output.weight" then
+                                k, t.narrow (0L, 0L, 49L)
+                            else
+                                k, t))
+
+                let e = expectInputError (fun () -> StructureDecoder.load misShaped |> ignore)
+                Expect.stringContains e.Message "plddt_head.output.weight: expected [50, 64], got [49, 64]" "mis-shaped"
+                Expect.equal e.File misShaped "file"
+
+                let missing =
+                    edited dir path (List.filter (fun (k, _) -> k <> "affine_output_projection.proj.bias"))
+
+                let e = expectInputError (fun () -> StructureDecoder.load missing |> ignore)
+                Expect.stringContains e.Message "missing keys: affine_output_projection.proj.bias" "missing"
+
+                let extra =
+                    edited dir path (fun ts -> ts @ [ "plddt_head.extra", torch.zeros ([| 2L |]) ])
+
+                let e = expectInputError (fun () -> StructureDecoder.load extra |> ignore)
+                Expect.stringContains e.Message "unexpected keys: plddt_head.extra" "unexpected"
+
+                let noEmbed = edited dir path (List.filter (fun (k, _) -> k <> "embed.weight"))
+                let e = expectInputError (fun () -> StructureDecoder.load noEmbed |> ignore)
+                Expect.equal e.Location (InputLocation.Field "embed.weight") e.Message
+            }
+
+            oxygenTests
+        ]
