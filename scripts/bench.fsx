@@ -23,7 +23,8 @@ type Args =
             match a with
             | Lengths _ -> "comma-separated chain lengths (default 128,256,512,1024)"
             | Repeats _ -> "timed repeats per cell, median reported (default 3)"
-            | Quick -> "small sizes only (d 256, 32 vector heads; lengths 64,128), for a smoke run"
+            | Quick ->
+                "small sizes only (d 256, 32 vector heads; lengths 64,128; 8192 vectors to quantize), for a smoke run"
             | Device _ -> "cpu (default); the benchmark runs on the CPU build"
             | Sections _ ->
                 "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search); default all"

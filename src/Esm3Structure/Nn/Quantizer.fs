@@ -20,7 +20,9 @@ type RestartPolicy =
     | NoRestart
     /// VideoGPT's restart, ESM's `restart_thres` (EMA codebooks only): after every update, each code whose EMA
     /// count N_k is below the threshold is overwritten by a random (tiled, noised) row of the current batch; only
-    /// the code changes, N and z_avg are kept.
+    /// the code changes, N and z_avg are kept. Because of that, the next update pulls a restarted code back towards
+    /// its stale mean z_avg_k / N_k: from a collapsed codebook, recovery takes hundreds of steps where `UnusedFor`
+    /// takes a few (see the tests).
     | BelowCount of threshold: float
     /// Codes selected by no vector for `steps` consecutive training updates are re-seeded from a ring buffer of
     /// the last `recentRows` encoder outputs (random rows; tiled with noise when the buffer holds fewer rows than
