@@ -28,6 +28,27 @@ type GeometricAttentionBenchRow =
         GFlops: float
     }
 
+/// One row of the nearest-code search benchmark.
+type QuantizerBenchRow =
+    {
+        /// "naive" (ESM's full [N, K] expression) or "chunked".
+        Method: string
+        /// Vectors N, codes K, width D.
+        Vectors: int64
+        Codes: int64
+        Dim: int64
+        /// The distance budget of the chunked search (0 for the naive one).
+        BudgetBytes: int64
+        /// Bytes of the largest distance block the method builds (naive: the whole [N, K] matrix).
+        BlockBytes: int64
+        Measurement: Measurement
+        VectorsPerSecond: float
+        /// 2·N·K·D (the distance matmul) per second.
+        GFlops: float
+        /// Vectors whose code differs from the naive search's (0 expected: same arithmetic).
+        Mismatches: int64
+    }
+
 /// Benchmarks printed by `scripts/bench.fsx`. Figures are printed, never asserted: tests only check that the
 /// machinery runs.
 module Bench =
@@ -46,13 +67,15 @@ module Bench =
                 // live tensors and the peak-RSS counter measures a run's own peak.
                 mallopt (-3, 128 * 1024) = 1
              with _ ->
-                false)
+                 false)
 
     let private statusKb (field: string) =
         try
             File.ReadLines "/proc/self/status"
             |> Seq.tryFind (fun l -> l.StartsWith(field + ":"))
-            |> Option.map (fun l -> int64 (l.Split([| ' '; '\t' |], StringSplitOptions.RemoveEmptyEntries).[1]) * 1024L)
+            |> Option.map (fun l ->
+                int64 (l.Split([| ' '; '\t' |], StringSplitOptions.RemoveEmptyEntries).[1])
+                * 1024L)
         with _ ->
             None
 
@@ -123,19 +146,32 @@ module Bench =
     /// Times geometric attention (float32, batch 1, random frames, ~10% unframed) for each size, implementation,
     /// length and pass, then measures each cell's peak memory in a second sweep (after all timings, see
     /// `peakBytes`). `sizes` pairs a label with a config (its Implementation is overridden).
-    let geometricAttention (sizes: (string * GeometricAttentionConfig) list) (lengths: int64 list) (repeats: int) (progress: string -> unit) =
+    let geometricAttention
+        (sizes: (string * GeometricAttentionConfig) list)
+        (lengths: int64 list)
+        (repeats: int)
+        (progress: string -> unit)
+        =
         let cells =
-            [ for label, config in sizes do
-                  for length in lengths do
-                      for impl in [ GeometricAttentionImpl.Reference; GeometricAttentionImpl.MemoryEfficient ] do
-                          for backward in [ false; true ] -> label, { config with Implementation = impl }, length, backward ]
+            [
+                for label, config in sizes do
+                    for length in lengths do
+                        for impl in [ GeometricAttentionImpl.Reference; GeometricAttentionImpl.MemoryEfficient ] do
+                            for backward in [ false; true ] ->
+                                label, { config with Implementation = impl }, length, backward
+            ]
 
-        let run (config: GeometricAttentionConfig) (length: int64) (backward: bool) (measureWith: (unit -> unit) -> 'a) : 'a =
+        let run
+            (config: GeometricAttentionConfig)
+            (length: int64)
+            (backward: bool)
+            (measureWith: (unit -> unit) -> 'a)
+            : 'a =
             use layer = new GeometricAttention(config)
             Init.reset (new torch.Generator(3UL)) layer
             use _ = torch.NewDisposeScope()
             let g = new torch.Generator(5UL)
-            let s = torch.randn([| 1L; length; config.DModel |], generator = g)
+            let s = torch.randn ([| 1L; length; config.DModel |], generator = g)
             let frames = Frame.random [| 1L; length |] 10.0 torch.float32 torch.CPU g
             let framed = torch.rand([| 1L; length |], generator = g).gt((0.1).ToScalar())
             let input = GeometricAttentionInput.Create(s, frames, framed)
@@ -145,7 +181,7 @@ module Bench =
                     layer.zero_grad ()
                     let x = s.detach().requires_grad_(true)
                     let out = layer.forward { input with S = x }
-                    out.sum().backward ()
+                    out.sum().backward()
                 else
                     use _ = torch.no_grad ()
                     layer.forward input |> ignore)
@@ -154,20 +190,34 @@ module Bench =
             cells
             |> List.map (fun (label, config, length, backward) ->
                 let ms = run config length backward (time 1 repeats)
-                progress (sprintf "%s %O L=%d %s: %.1f ms" label config.Implementation length (if backward then "fwd+bwd" else "fwd") ms)
+
+                progress (
+                    sprintf
+                        "%s %O L=%d %s: %.1f ms"
+                        label
+                        config.Implementation
+                        length
+                        (if backward then "fwd+bwd" else "fwd")
+                        ms
+                )
+
                 ms)
 
-        let peaks = cells |> List.map (fun (_, config, length, backward) -> run config length backward peakBytes)
+        let peaks =
+            cells
+            |> List.map (fun (_, config, length, backward) -> run config length backward peakBytes)
 
         List.zip3 cells times peaks
         |> List.map (fun ((label, config, length, backward), ms, peak) ->
-            { Sizes = label
-              Implementation = config.Implementation
-              Length = length
-              Pass = if backward then "forward+backward" else "forward"
-              Measurement = { Milliseconds = ms; PeakBytes = peak }
-              ResiduesPerSecond = float length / (ms / 1000.0)
-              GFlops = geometricAttentionFlops config 1L length backward / (ms * 1e6) })
+            {
+                Sizes = label
+                Implementation = config.Implementation
+                Length = length
+                Pass = if backward then "forward+backward" else "forward"
+                Measurement = { Milliseconds = ms; PeakBytes = peak }
+                ResiduesPerSecond = float length / (ms / 1000.0)
+                GFlops = geometricAttentionFlops config 1L length backward / (ms * 1e6)
+            })
 
     /// A Markdown table of geometric attention rows, with each row's share of the matmul ceiling.
     let formatGeometric (ceilingGFlops: float) (rows: GeometricAttentionBenchRow list) =
@@ -188,5 +238,120 @@ module Bench =
                 (float r.Measurement.PeakBytes / 1048576.0)
                 r.GFlops
                 (100.0 * r.GFlops / ceilingGFlops)
+
+        String.Join("\n", header :: rule :: (rows |> List.map line))
+
+    /// Times the nearest-code search of `vectors` × `dim` float32 vectors against `codes` × `dim` codes (random
+    /// normal, fixed seeds): ESM's naive full-distance argmin and the chunked search for each budget; then
+    /// measures each method's peak memory in later sweeps (after every timing, see `peakBytes`; the median of
+    /// `repeats` sweeps) and checks that every method picks the naive search's codes.
+    let quantizerSearch
+        (vectors: int64)
+        (codes: int64)
+        (dim: int64)
+        (budgets: int64 list)
+        (repeats: int)
+        (progress: string -> unit)
+        =
+        let g = new torch.Generator(7UL)
+        let z = torch.randn([| vectors; dim |], generator = g).DetachFromDisposeScope()
+        let e = torch.randn([| codes; dim |], generator = g).DetachFromDisposeScope()
+
+        let methods =
+            ("naive", 0L, (fun () -> Codebook.nearestCodesNaive z e))
+            :: [ for b in budgets -> "chunked", b, (fun () -> Codebook.nearestCodes b z e) ]
+
+        let reference = (Codebook.nearestCodesNaive z e).DetachFromDisposeScope()
+
+        let mismatches =
+            methods
+            |> List.map (fun (_, _, run) ->
+                use _ = torch.NewDisposeScope()
+                run().ne(reference).sum().ToInt64())
+
+        let times =
+            methods
+            |> List.map (fun (name, budget, run) ->
+                let ms = time 1 repeats (fun () -> run () |> ignore)
+
+                progress (
+                    sprintf "%s %s: %.1f ms" name (if budget > 0L then sprintf "%d MiB" (budget >>> 20) else "") ms
+                )
+
+                ms)
+
+        // Peaks are the median of `repeats` sweeps (the first call after the timings can read low). Budgets below 32 MiB make poor peak figures after the
+        // timings: glibc then serves the blocks from its heap (its dynamic mmap threshold rises to at most
+        // 32 MiB), and later runs re-touch those trimmed heap fragments, adding hundreds of MB of resident memory
+        // the search itself does not need; the script therefore uses budgets of 64 MiB and more.
+        let peaks =
+            List.init (max 1 repeats) (fun _ ->
+                methods
+                |> List.map (fun (name, budget, run) ->
+                    let peak = peakBytes (fun () -> run () |> ignore)
+
+                    progress (
+                        sprintf
+                            "%s %s: peak %d MB"
+                            name
+                            (if budget > 0L then sprintf "%d MiB" (budget >>> 20) else "")
+                            (peak >>> 20)
+                    )
+
+                    peak))
+            |> List.transpose
+            |> List.map (fun p -> List.sort p |> fun sorted -> sorted.[sorted.Length / 2])
+
+        let rows =
+            List.zip3 methods times peaks
+            |> List.zip mismatches
+            |> List.map (fun (wrong, ((name, budget, _), ms, peak)) ->
+                {
+                    Method = name
+                    Vectors = vectors
+                    Codes = codes
+                    Dim = dim
+                    BudgetBytes = budget
+                    BlockBytes =
+                        if budget = 0L then
+                            vectors * codes * 4L
+                        else
+                            (Codebook.distanceBlocks budget 4L vectors codes).BlockBytes
+                    Measurement = { Milliseconds = ms; PeakBytes = peak }
+                    VectorsPerSecond = float vectors / (ms / 1000.0)
+                    GFlops = 2.0 * float vectors * float codes * float dim / (ms * 1e6)
+                    Mismatches = wrong
+                })
+
+        for t in [ z; e; reference ] do
+            t.Dispose()
+
+        rows
+
+    /// A Markdown table of nearest-code search rows, with each row's share of the matmul ceiling.
+    let formatQuantizer (ceilingGFlops: float) (rows: QuantizerBenchRow list) =
+        let header =
+            "| search | N × K × D | budget | largest block MB | ms | vectors/s | peak MB | GFLOP/s | % of matmul | codes ≠ naive |"
+
+        let rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+        let line (r: QuantizerBenchRow) =
+            sprintf
+                "| %s | %d × %d × %d | %s | %.0f | %.1f | %.0f | %.0f | %.1f | %.0f%% | %d |"
+                r.Method
+                r.Vectors
+                r.Codes
+                r.Dim
+                (if r.BudgetBytes > 0L then
+                     sprintf "%.0f MiB" (float r.BudgetBytes / 1048576.0)
+                 else
+                     "none")
+                (float r.BlockBytes / 1048576.0)
+                r.Measurement.Milliseconds
+                r.VectorsPerSecond
+                (float r.Measurement.PeakBytes / 1048576.0)
+                r.GFlops
+                (100.0 * r.GFlops / ceilingGFlops)
+                r.Mismatches
 
         String.Join("\n", header :: rule :: (rows |> List.map line))

@@ -55,7 +55,13 @@ module Invariance =
         let framesOf (atoms: torch.Tensor) = Frame.ofBackbone atoms
 
         /// max |part(frames(G x)) − part(G ∘ frames(x))| over framed residues.
-        let equivariance (part: Frame -> torch.Tensor) (atoms: torch.Tensor) (_: torch.Tensor) (moved: torch.Tensor) (g: Frame) =
+        let equivariance
+            (part: Frame -> torch.Tensor)
+            (atoms: torch.Tensor)
+            (_: torch.Tensor)
+            (moved: torch.Tensor)
+            (g: Frame)
+            =
             let before, after = framesOf atoms, framesOf moved
             let expected = Frame.compose g before.Frames
             maxAbs ((part after.Frames - part expected).index before.Mask)

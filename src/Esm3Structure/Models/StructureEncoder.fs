@@ -1,0 +1,285 @@
+namespace Esm3Structure.Models
+
+open System
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Geometry
+open Esm3Structure.Nn
+open Esm3Structure.Tensors
+
+/// Settings of ESM's `StructureTokenEncoder` (ESM3-REFERENCE.md §5).
+type StructureEncoderConfig =
+    {
+        DModel: int64
+        /// Geometric (vector) heads.
+        VHeads: int64
+        /// Geometric encoder blocks (ESM: 2).
+        Layers: int
+        /// Width of the quantized vectors (ESM: 128).
+        DOut: int64
+        /// SwiGLU expansion ratio of the blocks (ESM: 4, biased).
+        ExpansionRatio: float
+        /// Neighbours per residue, the query included (ESM: 16).
+        Knn: int
+        /// Relative positions are clamped to ±PositionBins (ESM: 32; the table has 2·bins + 2 rows).
+        PositionBins: int64
+        GeometricImplementation: GeometricAttentionImpl
+        Quantizer: QuantizerConfig
+    }
+
+    /// ESM3's released encoder (`esm3_structure_encoder_v0`): d 1024, 128 vector heads, 2 blocks, 4096 × 128 codes.
+    static member Esm3 =
+        {
+            DModel = 1024L
+            VHeads = 128L
+            Layers = 2
+            DOut = 128L
+            ExpansionRatio = 4.0
+            Knn = 16
+            PositionBins = 32L
+            GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
+            Quantizer = QuantizerConfig.esm3
+        }
+
+    /// Named errors; empty when valid.
+    static member Validate(c: StructureEncoderConfig) =
+        [
+            if c.DModel <= 0L then
+                "DModel must be positive"
+            if c.VHeads <= 0L then
+                "VHeads must be positive"
+            if c.Layers < 1 then
+                "Layers must be at least 1"
+            if c.Knn < 1 then
+                "Knn must be at least 1"
+            if c.PositionBins < 1L then
+                "PositionBins must be at least 1"
+            if c.Quantizer.Dim <> c.DOut then
+                sprintf "Quantizer.Dim (%d) must equal DOut (%d)" c.Quantizer.Dim c.DOut
+            match QuantizerConfig.validate c.Quantizer with
+            | Error errors -> yield! errors |> List.map (fun e -> "Quantizer: " + e)
+            | Ok _ -> ()
+        ]
+
+    /// The geometric encoder stack's configuration: geometric attention only, biased, SwiGLU, no residual scale,
+    /// no final norm (ESM's `GeometricEncoderStack`).
+    static member Stack(c: StructureEncoderConfig) : TransformerStackConfig =
+        { TransformerStackConfig.Esm3 with
+            DModel = c.DModel
+            Heads = 1L
+            VHeads = c.VHeads
+            Layers = c.Layers
+            GeometricLayers = c.Layers
+            MaskAndZeroFrameless = false
+            GeometricImplementation = c.GeometricImplementation
+            Bias = true
+            ExpansionRatio = c.ExpansionRatio
+            ScaleResidue = false
+            PlainAttention = false
+            FinalNorm = false
+        }
+
+/// k-nearest-neighbour graphs over CA atoms, as ESM's `knn_graph` builds them (ESM3-REFERENCE.md §5.2).
+module Knn =
+
+    /// ESM's fallback distance base for pairs with an unframed residue.
+    [<Literal>]
+    let MaxSupportedDistance = 1e6
+
+    /// For every residue the indices of its E = min(k, L) nearest residues, ascending: CA–CA distance between
+    /// framed residues; `1e6 + 100·|i − j|` when either is unframed; +∞ across padding or packed sequences. The
+    /// query is forced into slot 0 and ties keep index order (a stable sort; ESM's sort is unstable).
+    /// Shapes: ca [B, L, 3], framed [B, L], padding [B, L] bool, sequenceId [B, L] | None -> [B, L, E] int64
+    let graph
+        (k: int)
+        (ca: torch.Tensor)
+        (framed: torch.Tensor)
+        (padding: torch.Tensor)
+        (sequenceId: torch.Tensor option)
+        =
+        Shape.expect "ca" [| -1L; -1L; 3L |] ca
+        let l = ca.shape.[1]
+        let e = min (int64 k) l
+        use _ = torch.no_grad ()
+        let ca = torch.where (framed.unsqueeze -1L, ca.nan_to_num (), torch.zeros_like ca)
+        let distance = (ca.unsqueeze -2L - ca.unsqueeze -3L).norm(-1, false) // [B, L, L]
+        let bothFramed = framed.unsqueeze(-1L).logical_and(framed.unsqueeze -2L)
+        let index = torch.arange (l, device = ca.device)
+        let separation = (index.unsqueeze -1L - index.unsqueeze 0L).abs().to_type(ca.dtype) // [L, L]
+        let fallback = (separation * 100.0 + MaxSupportedDistance).expand_as distance
+        let mutable d = torch.where (bothFramed, distance, fallback)
+        let blocked = padding.unsqueeze(-1L).logical_or(padding.unsqueeze -2L)
+
+        let blocked =
+            match sequenceId with
+            | Some ids -> blocked.logical_or (ids.unsqueeze(-1L).ne(ids.unsqueeze -2L))
+            | None -> blocked
+
+        d <- d.masked_fill (blocked, Double.PositiveInfinity.ToScalar())
+        // The query first, whatever its coordinates (ESM relies on its distance 0).
+        let diagonal =
+            torch.eye(l, dtype = torch.ScalarType.Bool, device = ca.device).expand_as d
+
+        d <- d.masked_fill (diagonal, (-1.0).ToScalar())
+        let struct (_, order) = d.sort (-1L, false, true)
+        order.narrow(-1L, 0L, e).contiguous()
+
+    /// Gathers per-residue values at neighbour indices. Shapes: x [B, L, *], nbr [B, L, E] -> [B, L, E, *]
+    let gather (x: torch.Tensor) (nbr: torch.Tensor) =
+        let b, l, e = nbr.shape.[0], nbr.shape.[1], nbr.shape.[2]
+        let rest = x.shape.[2..]
+        let offsets = (torch.arange (b, device = nbr.device) * l).reshape(b, 1L, 1L)
+        let flat = x.reshape (Array.append [| b * l |] rest)
+        flat.index_select(0L, (nbr + offsets).flatten()).reshape(Array.append [| b; l; e |] rest)
+
+/// ESM's `RelativePositionEmbedding`: offsets key − query clamped to ±bins, shifted by bins + 1 (row 0 unused).
+/// Key: `embedding.weight` [2·bins + 2, d], initialised N(0, 0.02).
+type RelativePositionEmbedding(bins: int64, dModel: int64) as this =
+    inherit torch.nn.Module<torch.Tensor, torch.Tensor, torch.Tensor>("RelativePositionEmbedding")
+
+    let embedding = torch.nn.Embedding(2L * bins + 2L, dModel)
+
+    do
+        use _ = torch.no_grad ()
+        torch.nn.init.normal_ (embedding.weight, 0.0, 0.02) |> ignore
+        this.RegisterComponents()
+
+    /// Shapes: query [N] int64, keys [N, E] int64 -> [N, E, d]
+    override _.forward(query: torch.Tensor, keys: torch.Tensor) =
+        let offset =
+            (keys - query.unsqueeze 1L).clamp((-bins).ToScalar(), bins.ToScalar())
+            + (bins + 1L)
+
+        embedding.forward offset
+
+/// The encoder's outputs for a batch of chains.
+type StructureEncoding =
+    {
+        /// Pre-quantization vectors. Shapes: [B, L, DOut]
+        Z: torch.Tensor
+        /// Straight-through quantized vectors. Shapes: [B, L, DOut]
+        Quantized: torch.Tensor
+        /// Structure tokens 0 … K−1. Shapes: [B, L] int64
+        Tokens: torch.Tensor
+        /// The quantizer's loss (β·commitment for EMA codebooks), over real residues.
+        QuantizerLoss: torch.Tensor
+        /// Residues with a backbone frame. Shapes: [B, L] bool
+        Framed: torch.Tensor
+    }
+
+/// ESM's `StructureTokenEncoder` (ESM3-REFERENCE.md §5): backbone frames → 16-NN neighbourhoods batched as
+/// B·L sequences of E residues → relative-position embedding → geometric encoder blocks → the query residue's
+/// vector (zero for unframed residues) → `pre_vq_proj` → codebook.
+/// Keys (no prefix, in ESM's order): `transformer.blocks.{i}.geom_attn.*`, `transformer.blocks.{i}.ffn.*`,
+/// `pre_vq_proj.{weight,bias}`, `codebook.*`, `relative_positional_embedding.embedding.weight`.
+type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator) as this =
+    inherit torch.nn.Module<torch.Tensor, StructureEncoding>("StructureTokenEncoder")
+
+    do
+        match StructureEncoderConfig.Validate config with
+        | [] -> ()
+        | errors -> raise (ArgumentException("structure encoder config: " + String.Join("; ", errors)))
+
+    let transformer = new TransformerStack(StructureEncoderConfig.Stack config)
+    let pre_vq_proj = torch.nn.Linear(config.DModel, config.DOut)
+    let codebook: VectorQuantizer = Quantizer.create config.Quantizer generator
+
+    let relative_positional_embedding =
+        new RelativePositionEmbedding(config.PositionBins, config.DModel)
+
+    do this.RegisterComponents()
+
+    member _.Config = config
+    member _.Codebook = codebook
+
+    /// Encodes backbones. `residueIndex` defaults to the row index (plain sequence separations); `padding` marks
+    /// padded rows (default none); `sequenceId` separates packed chains (default one per row).
+    /// Shapes: backbone [B, L, ≥3, 3] (N, CA, C first), residueIndex [B, L] int64 | null, padding [B, L] bool | null,
+    /// sequenceId [B, L] int64 | null -> StructureEncoding
+    member _.Encode
+        (backbone: torch.Tensor, residueIndex: torch.Tensor, padding: torch.Tensor, sequenceId: torch.Tensor)
+        =
+        if backbone.dim () <> 4L || backbone.shape.[2] < 3L || backbone.shape.[3] <> 3L then
+            Shape.mismatch "backbone" "[B, L, ≥3 (N, CA, C, …), 3]" backbone
+
+        let b, l = backbone.shape.[0], backbone.shape.[1]
+
+        let dtype =
+            if backbone.dtype = torch.float64 then
+                torch.float64
+            else
+                torch.float32
+
+        let coords = backbone.narrow(2L, 0L, 3L).to_type dtype
+        let bf = Frame.ofBackbone coords
+        let framed = bf.Mask
+
+        let padding =
+            if isNull padding then
+                torch.zeros ([| b; l |], dtype = torch.ScalarType.Bool, device = coords.device)
+            else
+                padding
+
+        let sequence = Option.ofObj sequenceId
+
+        let nbr = Knn.graph config.Knn (coords.select (2L, 1L)) framed padding sequence // [B, L, E]
+        let e = nbr.shape.[2]
+
+        let rows (x: torch.Tensor) =
+            x.reshape (Array.append [| b * l; e |] x.shape.[3..])
+
+        let frames =
+            {
+                R = rows (Knn.gather bf.Frames.R nbr)
+                T = rows (Knn.gather bf.Frames.T nbr)
+            }
+
+        let framedN = rows (Knn.gather framed nbr)
+
+        let sequenceN =
+            match sequence with
+            | Some ids -> rows (Knn.gather ids nbr)
+            | None -> torch.zeros ([| b * l; e |], dtype = torch.int64, device = coords.device)
+
+        let chainN =
+            torch.zeros ([| b * l; e |], dtype = torch.int64, device = coords.device)
+
+        let positions =
+            if isNull residueIndex then
+                nbr.reshape (b * l, e)
+            else
+                rows (Knn.gather residueIndex nbr)
+
+        let z0 =
+            relative_positional_embedding.forward (positions.select (1L, 0L), positions) // [B·L, E, d]
+
+        let context =
+            {
+                Mask = AttentionMask.None
+                Geometry =
+                    Some
+                        {
+                            Frames = frames |> Frame.toType z0.dtype
+                            Framed = framedN
+                            SequenceId = Some sequenceN
+                            ChainId = Some chainN
+                        }
+            }
+
+        let z = transformer.forward (z0, context) // [B·L, E, d]
+        let query = z.select(1L, 0L).reshape(b, l, config.DModel) // the query residue of each neighbourhood
+        let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
+        let zPre = pre_vq_proj.forward query // [B, L, DOut]
+        let real = framed.logical_and (padding.logical_not ())
+        let q = codebook.Quantize(zPre, real)
+
+        {
+            Z = zPre
+            Quantized = q.Quantized
+            Tokens = q.Indices
+            QuantizerLoss = q.Loss
+            Framed = framed
+        }
+
+    /// Shapes: backbone [B, L, ≥3, 3] -> StructureEncoding (row-index positions, no padding, one chain per row)
+    override this.forward(backbone: torch.Tensor) = this.Encode(backbone, null, null, null)

@@ -1,0 +1,215 @@
+module Esm3Structure.Tests.Models.StructureEncoderTests
+
+open System
+open Expecto
+open TorchSharp
+open Esm3Structure.Geometry
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+open Esm3Structure.Tests
+
+let private chain name =
+    StructureFile.read (Data.small name) None
+
+/// A small encoder (d 24, 4 vector heads, 2 blocks, 64 × 8 codes, k 6) with deterministic random weights, its
+/// codebook initialised from the encoder outputs of a real chain (ESM's data-dependent init, one training step on
+/// 1mvo_A), in `dtype`.
+let private small (dtype: torch.ScalarType) (seed: uint64) =
+    let config =
+        { StructureEncoderConfig.Esm3 with
+            DModel = 24L
+            VHeads = 4L
+            DOut = 8L
+            Knn = 6
+            Quantizer =
+                { QuantizerConfig.esm3 with
+                    Codes = 64L
+                    Dim = 8L
+                }
+        }
+
+    let g = new torch.Generator(seed)
+    let m = new StructureEncoder(config, g)
+    Init.reset g m
+
+    do
+        use _ = torch.no_grad ()
+        // Non-zero geometric scales, so both score terms matter.
+        for struct (name, p) in m.named_parameters () do
+            if name.EndsWith "_per_head" then
+                p.copy_ (torch.randn (p.shape, generator = g)) |> ignore
+
+    m.``to`` dtype |> ignore
+
+    do
+        use _ = torch.NewDisposeScope()
+        use _ = torch.no_grad ()
+        m.train ()
+
+        m.forward ((ProteinChain.backbone dtype (chain "1mvo_A")).unsqueeze 0L)
+        |> ignore
+
+    m.eval ()
+    m
+
+[<Tests>]
+let tests =
+    testList
+        "Models/StructureEncoder"
+        [
+            test "kNN: slot 0 is the query, E = min(k, L), framed neighbours precede unframed ones" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(3UL)
+                let bb = Draw.backbone g [| 2L |] 9L torch.float64
+                let framed = torch.ones ([| 2L; 9L |], dtype = torch.ScalarType.Bool)
+                framed.[torch.TensorIndex.Single 0L, torch.TensorIndex.Single 4L] <- torch.tensor false
+                let padding = torch.zeros ([| 2L; 9L |], dtype = torch.ScalarType.Bool)
+                let nbr = Knn.graph 16 (bb.select (2L, 1L)) framed padding None
+                Expect.sequenceEqual nbr.shape [| 2L; 9L; 9L |] "E = L when L < k"
+
+                Tol.close
+                    "slot 0"
+                    0.0
+                    (nbr.select(2L, 0L).to_type torch.float64)
+                    (torch.arange(9L, dtype = torch.float64).expand(2L, 9L))
+                // Residue 0 of row 0: the unframed residue 4 comes last among its neighbours.
+                Expect.equal
+                    (nbr.[torch.TensorIndex.Single 0L, torch.TensorIndex.Single 0L, torch.TensorIndex.Single 8L].ToInt64())
+                    4L
+                    "unframed last"
+
+                let nbr4 = Knn.graph 4 (bb.select (2L, 1L)) framed padding None
+                Expect.sequenceEqual nbr4.shape [| 2L; 9L; 4L |] "E = k"
+            }
+
+            test "kNN picks the nearest CA atoms (brute force on a real chain)" {
+                use _ = torch.NewDisposeScope()
+                let c = chain "1ubq_A"
+                let ca = ProteinChain.ca torch.float64 c |> fun t -> t.unsqueeze 0L
+                let l = ca.shape.[1]
+                let framed = torch.ones ([| 1L; l |], dtype = torch.ScalarType.Bool)
+
+                let nbr =
+                    Knn.graph 16 ca framed (torch.zeros ([| 1L; l |], dtype = torch.ScalarType.Bool)) None
+
+                let d = (ca.unsqueeze -2L - ca.unsqueeze -3L).norm(-1, false).squeeze 0L
+
+                for i in [ 0L; 17L; 40L; l - 1L ] do
+                    let expected =
+                        d.select(0L, i).argsort().narrow(0L, 0L, 16L).data<int64>().ToArray()
+                        |> Array.sort
+
+                    let got =
+                        nbr.[torch.TensorIndex.Single 0L, torch.TensorIndex.Single i].data<int64>().ToArray()
+                        |> Array.sort
+
+                    Expect.sequenceEqual got expected (sprintf "residue %d" i)
+            }
+
+            test "state_dict keys are ESM's (order and shapes)" {
+                use m = small torch.float32 1UL
+                let keys = Checkpoint.keyShapes m |> List.map fst
+                Expect.equal keys.[0] "transformer.blocks.0.geom_attn.distance_scale_per_head" "first key"
+                Expect.isTrue (keys |> List.contains "pre_vq_proj.weight") "pre_vq_proj"
+
+                Expect.equal
+                    (keys |> List.filter (fun k -> k.StartsWith "codebook."))
+                    [ "codebook.embeddings"; "codebook.N"; "codebook.z_avg" ]
+                    "codebook buffers"
+
+                Expect.equal (List.last keys) "relative_positional_embedding.embedding.weight" "last key"
+
+                Expect.isFalse
+                    (keys
+                     |> List.exists (fun k -> k.Contains ".attn." || k.StartsWith "transformer.norm"))
+                    "no plain attention, no final norm"
+
+                let shapes = dict (Checkpoint.keyShapes m)
+
+                Expect.sequenceEqual
+                    shapes.["relative_positional_embedding.embedding.weight"]
+                    [| 66L; 24L |]
+                    "66 position rows"
+            }
+
+            test "tokens of real chains do not change under random rigid motions (float64 and float32)" {
+                for dtype in [ torch.float64; torch.float32 ] do
+                    use m = small dtype 7UL
+
+                    for name in [ "1ubq_A"; "1a8o_A"; "2erl_A" ] do
+                        use _ = torch.NewDisposeScope()
+                        let bb = (ProteinChain.backbone dtype (chain name)).unsqueeze 0L
+                        let tokens = (m.forward bb).Tokens
+                        let distinct = tokens.data<int64>().ToArray() |> Array.distinct |> Array.length
+                        Expect.isGreaterThan distinct 5 (sprintf "%s: the tokens are not trivially constant" name)
+                        let g = new torch.Generator(11UL)
+
+                        for _ in 1..3 do
+                            let motion = Frame.random [||] 50.0 dtype torch.CPU g
+                            let moved = (m.forward (Frame.apply motion bb)).Tokens
+                            let same = tokens.eq(moved).to_type(torch.float64).mean().ToDouble()
+                            Expect.equal same 1.0 (sprintf "%s, %O: fraction of identical tokens" name dtype)
+            }
+
+            test "pre-quantization vectors are invariant (E2) and do not depend on residue numbering offsets (E5)" {
+                use _ = torch.NewDisposeScope()
+                use m = small torch.float64 5UL
+                let c = chain "1ubq_A"
+                let bb = (ProteinChain.backbone torch.float64 c).unsqueeze 0L
+                let l = bb.shape.[1]
+                let a = m.Encode(bb, null, null, null).Z
+
+                let motion =
+                    Frame.random [||] 80.0 torch.float64 torch.CPU (new torch.Generator(2UL))
+
+                let b = m.Encode(Frame.apply motion bb, null, null, null).Z
+                Tol.close "E2" (1e-10 * (1.0 + a.abs().max().ToDouble())) b a
+                let shifted = m.Encode(bb, (torch.arange (l) + 1000L).unsqueeze 0L, null, null).Z
+                Tol.close "E5" 0.0 shifted a
+            }
+
+            test "unframed residues all receive the same token (E6) and tokens ignore the amino acids (E7)" {
+                use _ = torch.NewDisposeScope()
+                use m = small torch.float64 9UL
+                let bb = (ProteinChain.backbone torch.float64 (chain "1ctf_A")).unsqueeze 0L
+                let holes = bb.clone ()
+
+                for i in [ 3L; 20L; 41L ] do
+                    holes.[torch.TensorIndex.Single 0L, torch.TensorIndex.Single i] <-
+                        torch.full ([| 3L; 3L |], (Double.NaN).ToScalar(), dtype = torch.float64)
+
+                let enc = m.forward holes
+                let t = enc.Tokens.squeeze 0L
+
+                Expect.isFalse
+                    (enc.Framed.[torch.TensorIndex.Single 0L, torch.TensorIndex.Single 20L].ToBoolean())
+                    "unframed"
+
+                Expect.equal (t.[3L].ToInt64()) (t.[20L].ToInt64()) "same token"
+                Expect.equal (t.[20L].ToInt64()) (t.[41L].ToInt64()) "same token"
+                Expect.isTrue (enc.Z.isfinite().all().ToBoolean()) "finite"
+            }
+
+            test "a checkpoint round trip gives identical tokens and bytes" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                use m = small torch.float32 4UL
+                let path = dir.File "encoder.safetensors"
+                Checkpoint.save path m null
+                use fresh = small torch.float32 99UL
+                Checkpoint.load path fresh
+                let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
+
+                Tol.close
+                    "tokens"
+                    0.0
+                    ((fresh.forward bb).Tokens.to_type torch.float64)
+                    ((m.forward bb).Tokens.to_type torch.float64)
+
+                let again = dir.File "again.safetensors"
+                Checkpoint.save again fresh null
+                Expect.equal (IO.File.ReadAllBytes again) (IO.File.ReadAllBytes path) "bytes"
+            }
+        ]

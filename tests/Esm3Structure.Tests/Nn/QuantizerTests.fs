@@ -1,0 +1,675 @@
+module Esm3Structure.Tests.Nn.QuantizerTests
+
+open System
+open Expecto
+open TorchSharp
+open Esm3Structure.Io
+open Esm3Structure.Nn
+open Esm3Structure.Tests
+
+let private f64 = torch.float64
+
+/// A parent whose child is named like the structure encoder's (`codebook`), for ESM's prefixed keys.
+type private EncoderLike(config: QuantizerConfig) as this =
+    inherit torch.nn.Module("EncoderLike")
+    let codebook = new EmaCodebook(config, new torch.Generator(1UL))
+    do this.RegisterComponents()
+    member _.Codebook = codebook
+
+let private tiny kind =
+    { QuantizerConfig.esm3 with
+        Kind = kind
+        Codes = 8L
+        Dim = 3L
+        DataInit = false
+    }
+
+let private ema (config: QuantizerConfig) (seed: uint64) =
+    let m = new EmaCodebook(config, new torch.Generator(seed))
+    m.``to`` (f64) |> ignore
+    m
+
+/// Sets the EMA state by hand: codes, counts and sums consistent with them (z_avg = N · codes).
+let private setState (m: EmaCodebook) (codes: torch.Tensor) (counts: torch.Tensor) =
+    use _ = torch.no_grad ()
+    m.Embeddings.copy_ (codes) |> ignore
+    m.Counts.copy_ (counts) |> ignore
+    m.Sums.copy_ (codes * counts.unsqueeze (1L)) |> ignore
+
+let private rowsOf (t: torch.Tensor) =
+    let d = int t.shape.[t.shape.Length - 1]
+    t.to_type(f64).contiguous().data<float>().ToArray() |> Array.chunkBySize d
+
+/// Index of the nearest row of `codes` by plain doubles (first on ties).
+let private nearest (codes: float[][]) (z: float[]) =
+    codes
+    |> Array.mapi (fun i e -> Array.fold2 (fun acc a b -> acc + (a - b) * (a - b)) 0.0 z e, i)
+    |> Array.minBy id
+    |> snd
+
+/// Is every row of `a` exactly some row of `b`?
+let private rowsAreRowsOf (a: torch.Tensor) (b: torch.Tensor) =
+    let bs = rowsOf b |> Set.ofArray
+    rowsOf a |> Array.forall bs.Contains
+
+/// Does some row of `a` equal some row of `b` exactly?
+let private anyRowIn (a: torch.Tensor) (b: torch.Tensor) =
+    let bs = rowsOf b |> Set.ofArray
+    rowsOf a |> Array.exists bs.Contains
+
+/// The EMA state after one update from `state` (codes are not needed: the update reads N and z_avg only).
+let private emaAfter
+    (m: EmaCodebook)
+    (counts: torch.Tensor)
+    (sums: torch.Tensor)
+    (z: torch.Tensor)
+    (tok: torch.Tensor)
+    =
+    let d = z.shape.[z.shape.Length - 1]
+
+    let bn, bs =
+        Codebook.assignmentSums m.Config.Codes (z.reshape (-1L, d)) (tok.reshape (-1L)) None
+
+    Codebook.emaStep m.Config.Decay m.Config.Epsilon counts sums bn bs
+
+/// Eight well separated clusters in 4-D (centres on ±6 in the first three axes, spread 0.3).
+let private clusters (g: torch.Generator) (n: int64) =
+    let centres =
+        torch
+            .tensor(
+                [|
+                    for i in 0..7 do
+                        yield (if i &&& 1 = 0 then -6.0 else 6.0)
+                        yield (if i &&& 2 = 0 then -6.0 else 6.0)
+                        yield (if i &&& 4 = 0 then -6.0 else 6.0)
+                        yield 0.0
+                |],
+                dtype = f64
+            )
+            .reshape(8L, 4L)
+
+    let which = torch.randint (0L, 8L, [| n |], generator = g)
+
+    centres.index_select (0L, which)
+    + 0.3 * torch.randn ([| n; 4L |], dtype = f64, generator = g)
+
+[<Tests>]
+let tests =
+    testList
+        "Nn/Quantizer"
+        [
+            test "config presets validate; every bad field is named" {
+                for c in [ QuantizerConfig.esm3; QuantizerConfig.small; QuantizerConfig.aminoAseed ] do
+                    Expect.isOk (QuantizerConfig.validate c) "preset"
+
+                let errors c =
+                    match QuantizerConfig.validate c with
+                    | Ok _ -> failtest "expected errors"
+                    | Error e -> String.Join("; ", e)
+
+                let esm = QuantizerConfig.esm3
+                Expect.stringContains (errors { esm with Codes = 0L }) "Codes" "K"
+                Expect.stringContains (errors { esm with Dim = -1L }) "Dim" "D"
+                Expect.stringContains (errors { esm with Beta = nan }) "Beta" "β"
+                Expect.stringContains (errors { esm with Decay = 1.0 }) "Decay" "γ"
+                Expect.stringContains (errors { esm with Epsilon = 0.0 }) "Epsilon" "ε"
+                Expect.stringContains (errors { esm with DistanceBudgetBytes = 0L }) "DistanceBudgetBytes" "budget"
+
+                Expect.stringContains
+                    (errors
+                        { esm with
+                            LossForm = VqLossForm.SeedBetaOnCodebookTerm
+                        })
+                    "LossForm"
+                    "EMA has no codebook term"
+
+                Expect.stringContains
+                    (errors
+                        { esm with
+                            Kind = QuantizerKind.Gradient
+                            Restart = BelowCount 1.0
+                        })
+                    "BelowCount"
+                    "N exists only for EMA"
+
+                Expect.stringContains
+                    (errors
+                        { QuantizerConfig.aminoAseed with
+                            Restart = UnusedFor(3, 10)
+                        })
+                    "Reparameterised"
+                    "no rows to re-seed"
+
+                Expect.stringContains (errors { esm with Restart = UnusedFor(0, 0) }) "steps" "steps"
+
+                Expect.throwsT<ArgumentException>
+                    (fun () -> new EmaCodebook({ esm with Codes = 0L }, new torch.Generator(1UL)) |> ignore)
+                    "constructor checks"
+            }
+
+            test "EmaCodebook's state_dict is ESM's codebook.* (keys, order, shapes)" {
+                use m = new EncoderLike(QuantizerConfig.esm3)
+
+                Expect.sequenceEqual
+                    (Checkpoint.keyShapes m |> List.map (fun (k, s) -> k, List.ofArray s))
+                    [
+                        "codebook.embeddings", [ 4096L; 128L ]
+                        "codebook.N", [ 4096L ]
+                        "codebook.z_avg", [ 4096L; 128L ]
+                    ]
+                    "ESM3-REFERENCE.md §5.6"
+
+                Expect.equal (m.Codebook.Counts.sum().ToDouble()) 0.0 "N starts at 0 as ESM"
+                Tol.close "z_avg starts as a copy of the codes" 0.0 m.Codebook.Sums m.Codebook.Embeddings
+                Expect.isTrue m.Codebook.NeedsInit "needs the first batch"
+            }
+
+            test "gradient and reparameterised codebooks use StructTokenBench's names" {
+                use g = new GradientCodebook(tiny QuantizerKind.Gradient, new torch.Generator(2UL))
+
+                use r =
+                    new ReparameterisedCodebook(tiny QuantizerKind.Reparameterised, new torch.Generator(2UL))
+
+                let keys m =
+                    Checkpoint.keyShapes m |> List.map (fun (k, s) -> k, List.ofArray s)
+
+                Expect.sequenceEqual (keys g) [ "codebook.weight", [ 8L; 3L ] ] "VanillaVQ"
+
+                Expect.sequenceEqual
+                    (keys r)
+                    [
+                        "codebook.weight", [ 8L; 3L ]
+                        "linear_proj.weight", [ 3L; 3L ]
+                        "linear_proj.bias", [ 3L ]
+                    ]
+                    "AminoAseed"
+
+                Expect.isFalse r.Base.requires_grad "the base is frozen"
+            }
+
+            test "ESM's constructor arguments map onto the config" {
+                use a = new EmaCodebook(16L, 4L, new torch.Generator(1UL))
+                Expect.equal a.Config.Restart NoRestart "no_random_restart = True"
+                Expect.equal a.Config.Decay 0.99 "ema_decay"
+                use b = new EmaCodebook(16L, 4L, new torch.Generator(1UL), false, 0.5, 0.9)
+                Expect.equal b.Config.Restart (BelowCount 0.5) "restart_thres"
+                Expect.equal b.Config.Decay 0.9 "ema_decay"
+                Expect.sequenceEqual b.Embeddings.shape [| 16L; 4L |] "shape"
+            }
+
+            test "one EMA training step: outputs from the old codes, then the hand-computed update (float64)" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(21UL)
+                use m = ema (tiny QuantizerKind.Ema) 3UL
+                let codes = torch.randn ([| 8L; 3L |], dtype = f64, generator = g)
+                let counts = 0.5 + torch.rand ([| 8L |], dtype = f64, generator = g)
+                setState m codes counts
+                let z = torch.randn ([| 2L; 5L; 3L |], dtype = f64, generator = g)
+                m.train ()
+                let out = m.Quantize(z, null)
+                let expected = rowsOf z |> Array.map (nearest (rowsOf codes)) |> Array.map int64
+                Expect.sequenceEqual (out.Indices.reshape(-1L).data<int64>().ToArray()) expected "indices = brute force"
+                Expect.sequenceEqual out.Indices.shape [| 2L; 5L |] "indices [B, L]"
+                let e = codes.index_select(0L, torch.tensor (expected)).reshape(2L, 5L, 3L)
+                Tol.close "z_q = old codes" 1e-15 out.Quantized e
+                Tol.close "loss = 0.25·MSE(z, old codes)" 1e-15 out.Loss (0.25 * (z - e).square().mean())
+
+                let bn, bs =
+                    Codebook.assignmentSums 8L (z.reshape (-1L, 3L)) (torch.tensor (expected)) None
+
+                let n', m', e' =
+                    Codebook.emaStep 0.99 1e-7 counts (codes * counts.unsqueeze (1L)) bn bs
+
+                Tol.close "N" 1e-12 m.Counts n'
+                Tol.close "z_avg" 1e-12 m.Sums m'
+                Tol.close "embeddings" 1e-12 m.Embeddings e'
+            }
+
+            test "evaluation mode and a frozen codebook never change the buffers" {
+                use _ = torch.NewDisposeScope()
+
+                let z =
+                    torch.randn ([| 4L; 3L |], dtype = f64, generator = new torch.Generator(4UL))
+
+                for frozen, training in [ false, false; true, true ] do
+                    use m =
+                        ema
+                            { tiny QuantizerKind.Ema with
+                                FreezeCodebook = frozen
+                                DataInit = true
+                            }
+                            5UL
+
+                    let before = [ for t in [ m.Embeddings; m.Counts; m.Sums ] -> t.clone () ]
+                    m.train (training)
+                    m.Quantize(z, null) |> ignore
+
+                    List.iter2
+                        (fun (a: torch.Tensor) b -> Expect.equal (Tol.maxAbsDiff a b) 0.0 "unchanged")
+                        before
+                        [ m.Embeddings; m.Counts; m.Sums ]
+            }
+
+            test "data-dependent init: the first training batch seeds the codes, once" {
+                use _ = torch.NewDisposeScope()
+
+                let config =
+                    { tiny QuantizerKind.Ema with
+                        DataInit = true
+                    }
+
+                use m = ema config 6UL
+                // exactly K distinct rows: the init takes all of them (no tiling, no noise)
+                let z =
+                    torch.randn ([| 2L; 4L; 3L |], dtype = f64, generator = new torch.Generator(7UL))
+
+                m.train ()
+                let out = m.Quantize(z, null)
+                Expect.equal (Tol.maxAbsDiff out.Quantized z) 0.0 "every vector is its own code"
+                Expect.equal (out.Loss.ToDouble()) 0.0 "zero commitment"
+
+                let gapToBatch =
+                    torch.cdist(m.Embeddings, z.reshape (-1L, 3L)).amin([| 1L |]).max().ToDouble()
+
+                Expect.isLessThan gapToBatch 1e-12 "every code is a batch row (after an update that keeps it)"
+
+                let gapToCode =
+                    torch.cdist(z.reshape (-1L, 3L), m.Embeddings).amin([| 1L |]).max().ToDouble()
+
+                Expect.isLessThan gapToCode 1e-12 "and every batch row is a code"
+
+                Tol.close
+                    "N = 1 after init and one update with one use each"
+                    1e-12
+                    m.Counts
+                    (torch.ones ([| 8L |], dtype = f64))
+
+                Expect.isFalse m.NeedsInit "initialised"
+                let counts, sums = m.Counts.clone (), m.Sums.clone ()
+
+                let z2 =
+                    torch.randn ([| 8L; 3L |], dtype = f64, generator = new torch.Generator(8UL))
+
+                let out2 = m.Quantize(z2, null)
+                let _, _, e' = emaAfter m counts sums z2 out2.Indices
+                Tol.close "the second call is a plain EMA step, not a second init" 1e-12 m.Embeddings e'
+                // fewer rows than codes: tiled with noise 0.01/√D around the batch rows
+                use small = ema config 9UL
+                small.train ()
+
+                let few =
+                    torch.randn ([| 3L; 3L |], dtype = f64, generator = new torch.Generator(10UL))
+
+                small.Quantize(few, null) |> ignore
+                let gap = torch.cdist(small.Sums, few).amin([| 1L |]).max().ToDouble()
+                Expect.isLessThan gap 0.1 "every initial code is a noised batch row"
+            }
+
+            test "E10: feeding one batch repeatedly drives each used code to the mean of its vectors (float64)" {
+                use _ = torch.NewDisposeScope()
+                let z = clusters (new torch.Generator(11UL)) 120L
+
+                use m =
+                    ema
+                        { tiny QuantizerKind.Ema with
+                            Codes = 6L
+                            Dim = 4L
+                            DataInit = true
+                            Decay = 0.9
+                        }
+                        12UL
+
+                m.train ()
+
+                for _ in 1..400 do
+                    m.Quantize(z, null) |> ignore
+
+                m.eval ()
+                let tok = m.Quantize(z, null).Indices
+                let counts, sums = Codebook.assignmentSums 6L z tok None
+                let used = counts.gt((0.0).ToScalar()).nonzero().squeeze(1L)
+                Expect.isGreaterThan used.shape.[0] 3L "several codes in use"
+
+                let means =
+                    sums.index_select (0L, used) / counts.index_select(0L, used).unsqueeze(1L)
+
+                let codes = m.Embeddings.index_select (0L, used)
+                // the fixed point is M/Ñ with Laplace-smoothed counts: equal to the mean up to ε/n_k relative
+                let n = counts.index_select (0L, used)
+                let total = counts.sum ()
+                let smoothed = (n + 1e-7) / (total + 6.0 * 1e-7) * total
+
+                Tol.close
+                    "codes = the smoothed fixed point"
+                    1e-10
+                    codes
+                    (sums.index_select (0L, used) / smoothed.unsqueeze (1L))
+
+                let bound = (means.abs().max().ToDouble()) * 1e-7 + 1e-10
+                Tol.close "codes = means of their vectors (to the smoothing bias)" bound codes means
+            }
+
+            test "VideoGPT restart: codes with N < 1 after an update are replaced by batch rows" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(13UL)
+
+                use m =
+                    ema
+                        { tiny QuantizerKind.Ema with
+                            Restart = BelowCount 1.0
+                        }
+                        14UL
+
+                let far = 100.0 + torch.randn ([| 6L; 3L |], dtype = f64, generator = g)
+                let near = torch.randn ([| 2L; 3L |], dtype = f64, generator = g)
+                setState m (torch.cat ([| near; far |], 0L)) (torch.ones ([| 8L |], dtype = f64))
+                let z = torch.randn ([| 20L; 3L |], dtype = f64, generator = g)
+                m.train ()
+                let counts, sums = m.Counts.clone (), m.Sums.clone ()
+                let out = m.Quantize(z, null)
+                let _, _, e' = emaAfter m counts sums z out.Indices
+
+                let used =
+                    torch.zeros([| 8L |], dtype = torch.ScalarType.Bool).index_fill_(0L, out.Indices, true)
+
+                let unusedCount = used.logical_not().sum().ToInt64()
+                Expect.isGreaterThanOrEqual unusedCount 6L "the six far codes are unused"
+
+                for k in 0L .. 7L do
+                    let row = m.Embeddings.narrow (0L, k, 1L)
+
+                    if used.[k].ToBoolean() then
+                        Tol.close (sprintf "used code %d keeps its EMA value" k) 1e-12 row (e'.narrow (0L, k, 1L))
+                    else
+                        Expect.isTrue (rowsAreRowsOf row z) (sprintf "unused code %d is now a batch row" k)
+
+                Expect.equal m.RestartCount unusedCount "one restart per unused code"
+
+                Tol.close
+                    "N kept"
+                    1e-15
+                    (m.Counts.narrow (0L, 2L, 6L))
+                    (torch.full ([| 6L |], (0.99).ToScalar(), dtype = f64))
+            }
+
+            test "dead codes are re-seeded and the live fraction rises from a bad initialisation" {
+                use _ = torch.NewDisposeScope()
+                let data = clusters (new torch.Generator(15UL)) 400L
+
+                let liveFraction (restart: RestartPolicy) (steps: int) =
+                    let config =
+                        { tiny QuantizerKind.Ema with
+                            Dim = 4L
+                            Restart = restart
+                        }
+
+                    use m = ema config 16UL
+                    // every vector is nearest to code 0; the other codes sit further out
+                    let bad =
+                        torch.cat (
+                            [|
+                                torch.full ([| 1L; 4L |], (20.0).ToScalar(), dtype = f64)
+                                40.0
+                                + torch.rand ([| 7L; 4L |], dtype = f64, generator = new torch.Generator(17UL))
+                            |],
+                            0L
+                        )
+
+                    setState m bad (torch.ones ([| 8L |], dtype = f64))
+
+                    let measure () =
+                        m.eval ()
+                        let out = m.Quantize(data, null)
+
+                        (CodebookUsage.metrics (CodebookUsage.compute 8L data out.Quantized out.Indices None))
+                            .LiveFraction
+
+                    let before = measure ()
+                    let g = new torch.Generator(18UL)
+                    m.train ()
+
+                    for _ in 1..steps do
+                        let pick = torch.randint (0L, 400L, [| 32L |], generator = g)
+                        m.Quantize(data.index_select (0L, pick), null) |> ignore
+
+                    before, measure (), m.RestartCount
+
+                let b0, a0, r0 = liveFraction NoRestart 30
+                Expect.equal b0 0.125 "one live code of eight at the start"
+                Expect.equal a0 0.125 "without restarts it stays collapsed"
+                Expect.equal r0 0L "no restarts"
+                let before, after, restarts = liveFraction (UnusedFor(2, 64)) 30
+                Expect.equal before 0.125 "same start"
+                Expect.isGreaterThanOrEqual after 0.75 (sprintf "UnusedFor: live fraction %g after 30 steps" after)
+                Expect.isGreaterThan restarts 0L "restarts happened"
+                // VideoGPT's restart keeps the stale z_avg and N, so the next update drags a restarted code back
+                // towards its old mean: recovery takes hundreds of steps instead of a few
+                let _, early, _ = liveFraction (BelowCount 1.0) 30
+                let _, late, restarts = liveFraction (BelowCount 1.0) 400
+                Expect.isLessThan early 0.75 "BelowCount: still collapsed after 30 steps"
+                Expect.isGreaterThanOrEqual late 0.75 (sprintf "BelowCount: live fraction %g after 400 steps" late)
+                Expect.isGreaterThan restarts 30L "restarted again and again"
+            }
+
+            test "UnusedFor counts steps without use and re-seeds from the recent rows (gradient codebook too)" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(19UL)
+
+                let config =
+                    { tiny QuantizerKind.Gradient with
+                        Codes = 4L
+                        Restart = UnusedFor(2, 10)
+                    }
+
+                use m = new GradientCodebook(config, new torch.Generator(20UL))
+                m.``to`` (f64) |> ignore
+
+                do
+                    use _ = torch.no_grad ()
+
+                    m.Codes.copy_ (
+                        torch.cat (
+                            [|
+                                torch.zeros ([| 1L; 3L |], dtype = f64)
+                                50.0 + torch.rand ([| 3L; 3L |], dtype = f64, generator = g)
+                            |],
+                            0L
+                        )
+                    )
+                    |> ignore
+
+                m.train ()
+                let z1 = torch.randn ([| 6L; 3L |], dtype = f64, generator = g)
+                let z2 = torch.randn ([| 6L; 3L |], dtype = f64, generator = g)
+                m.Quantize(z1, null) |> ignore
+                Expect.equal m.RestartCount 0L "one unused step is not enough"
+                m.Quantize(z2, null) |> ignore
+                Expect.equal m.RestartCount 3L "three codes unused for two steps"
+
+                Expect.isTrue
+                    (rowsAreRowsOf (m.Codes.narrow (0L, 1L, 3L)) (torch.cat ([| z1; z2 |], 0L)))
+                    "re-seeded from the last 10 rows"
+
+                Expect.isFalse
+                    (anyRowIn (m.Codes.narrow (0L, 1L, 3L)) (z1.narrow (0L, 0L, 2L)))
+                    "not from rows pushed out of the buffer"
+            }
+
+            test "masked rows are quantized but never learned from" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(22UL)
+                let z = torch.randn ([| 2L; 6L; 3L |], dtype = f64, generator = g)
+                let mask = torch.rand([| 2L; 6L |], dtype = f64, generator = g).lt((0.5).ToScalar())
+                let poisoned = torch.where (mask.unsqueeze (-1L), z, torch.full_like (z, 1e6))
+                let codes = torch.randn ([| 8L; 3L |], dtype = f64, generator = g)
+                use a = ema (tiny QuantizerKind.Ema) 1UL
+                use b = ema (tiny QuantizerKind.Ema) 1UL
+                setState a codes (torch.ones ([| 8L |], dtype = f64))
+                setState b codes (torch.ones ([| 8L |], dtype = f64))
+                a.train ()
+                b.train ()
+                let outA = a.Quantize(z, mask)
+                let outB = b.Quantize(poisoned, mask)
+                Tol.close "codes unaffected by masked rows" 0.0 a.Embeddings b.Embeddings
+                Tol.close "loss over real rows only" 0.0 outA.Loss outB.Loss
+                Expect.sequenceEqual outB.Indices.shape [| 2L; 6L |] "every row quantized"
+            }
+
+            test "checkpoint round trip: identical buffers and outputs, and no re-init after loading" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                let config =
+                    { tiny QuantizerKind.Ema with
+                        DataInit = true
+                        Restart = UnusedFor(2, 16)
+                    }
+
+                let g = new torch.Generator(23UL)
+                use a = new EmaCodebook(config, new torch.Generator(24UL))
+                a.train ()
+
+                for _ in 1..5 do
+                    a.Quantize(torch.randn ([| 3L; 5L; 3L |], generator = g), null) |> ignore
+
+                let path = dir.File "codebook.safetensors"
+                Checkpoint.save path a null
+                use b = new EmaCodebook(config, new torch.Generator(99UL))
+                Expect.isTrue b.NeedsInit "fresh"
+                Checkpoint.load path b
+                Expect.isFalse b.NeedsInit "loaded counts mean initialised"
+
+                for (name, x), (_, y) in List.zip (Checkpoint.stateDict a) (Checkpoint.stateDict b) do
+                    Expect.equal (Tol.maxAbsDiff x y) 0.0 name
+
+                a.eval ()
+                b.eval ()
+                let z = torch.randn ([| 2L; 7L; 3L |], generator = g)
+                let oa, ob = a.Quantize(z, null), b.Quantize(z, null)
+                Expect.equal (Tol.maxAbsDiff oa.Indices ob.Indices) 0.0 "indices"
+                Expect.equal (Tol.maxAbsDiff oa.Quantized ob.Quantized) 0.0 "z_q"
+                Expect.equal (oa.Loss.ToDouble()) (ob.Loss.ToDouble()) "loss"
+                b.train ()
+                let counts, sums = b.Counts.clone (), b.Sums.clone ()
+                let out = b.Quantize(z, null)
+                let _, _, e' = emaAfter b counts sums z out.Indices
+                Tol.close "the first training call after loading is an EMA step, not an init" 1e-6 b.Embeddings e'
+            }
+
+            test "the reparameterised codebook moves unselected codes when trained; the plain one does not" {
+                use _ = torch.NewDisposeScope()
+
+                let z =
+                    torch.randn ([| 3L; 3L |], dtype = f64, generator = new torch.Generator(25UL))
+
+                let step (m: VectorQuantizer) =
+                    m.``to`` (f64) |> ignore
+                    m.train ()
+                    let before = m.Codes.detach().clone()
+                    let out = m.Quantize(z, null)
+                    out.Loss.backward ()
+
+                    do
+                        use _ = torch.no_grad ()
+
+                        for p in m.parameters () do
+                            if p.requires_grad && not (isNull p.grad) then
+                                p.sub_ (0.5 * p.grad) |> ignore
+
+                    let moved = (m.Codes.detach () - before).abs().sum(1L).gt((0.0).ToScalar())
+
+                    let selected =
+                        torch.zeros([| 8L |], dtype = torch.ScalarType.Bool).index_fill_(0L, out.Indices, true)
+
+                    moved, selected
+
+                use plain =
+                    new GradientCodebook(tiny QuantizerKind.Gradient, new torch.Generator(26UL))
+
+                let moved, selected = step plain
+                Expect.isTrue (moved.eq(selected).all().ToBoolean()) "plain: exactly the selected codes move"
+
+                use reparam =
+                    new ReparameterisedCodebook(tiny QuantizerKind.Reparameterised, new torch.Generator(26UL))
+
+                let moved, selected = step reparam
+                Expect.isTrue (selected.logical_not().sum().ToInt64() >= 5L) "at least five codes unselected"
+                Expect.isTrue (moved.all().ToBoolean()) "reparameterised: every code moves"
+            }
+
+            test "every kind runs in float32 and float64 and gives gradients to z" {
+                use _ = torch.NewDisposeScope()
+
+                for kind in [ QuantizerKind.Ema; QuantizerKind.Gradient; QuantizerKind.Reparameterised ] do
+                    for dtype in [ torch.float32; f64 ] do
+                        use m =
+                            Quantizer.create { tiny kind with DataInit = true } (new torch.Generator(27UL))
+
+                        m.``to`` (dtype) |> ignore
+                        m.train ()
+
+                        let z =
+                            torch
+                                .randn([| 2L; 5L; 3L |], dtype = dtype, generator = new torch.Generator(28UL))
+                                .requires_grad_(true)
+
+                        let out, usage = Quantizer.quantizeWithUsage m z null
+                        Expect.equal out.Quantized.dtype dtype (sprintf "%O %O: z_q dtype" kind dtype)
+                        Expect.equal out.Loss.dtype dtype "loss dtype"
+                        Expect.isTrue (Double.IsFinite(out.Loss.ToDouble())) "finite loss"
+                        Expect.equal usage.Count 10L "usage counted"
+                        (out.Quantized.sum () + out.Loss).backward()
+                        Expect.isNotNull z.grad "gradient reaches z"
+
+                        Expect.throwsT<ArgumentException>
+                            (fun () -> m.Quantize(torch.zeros ([| 2L; 4L |], dtype = dtype), null) |> ignore)
+                            "wrong D"
+
+                        Expect.throwsT<ArgumentException>
+                            (fun () -> m.Quantize(z, torch.ones ([| 3L |], dtype = torch.ScalarType.Bool)) |> ignore)
+                            "wrong mask"
+            }
+
+            test "training is deterministic for a generator seed and leaves no live tensors behind" {
+                let config =
+                    { QuantizerConfig.small with
+                        Codes = 32L
+                        Dim = 8L
+                        Restart = UnusedFor(1, 40)
+                    }
+
+                let data = torch.randn ([| 64L; 8L |], generator = new torch.Generator(29UL))
+
+                let run seed =
+                    let m = new EmaCodebook(config, new torch.Generator(seed))
+                    m.train ()
+                    let g = new torch.Generator(30UL)
+
+                    let step () =
+                        use _ = torch.NewDisposeScope()
+
+                        m.Quantize(data.index_select (0L, torch.randint (0L, 64L, [| 16L |], generator = g)), null)
+                        |> ignore
+
+                    step ()
+                    let live = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+
+                    for _ in 1..10 do
+                        step ()
+
+                    Expect.equal
+                        DisposeScopeManager.Statistics.ThreadTotalLiveCount
+                        live
+                        "no live tensors left per step"
+
+                    Expect.isGreaterThan m.RestartCount 0L "restarts ran"
+                    m
+
+                use a = run 31UL
+                use b = run 31UL
+                Expect.equal (Tol.maxAbsDiff a.Embeddings b.Embeddings) 0.0 "same seed, same codes"
+                use c = run 32UL
+                Expect.isGreaterThan (Tol.maxAbsDiff a.Embeddings c.Embeddings) 0.0 "another seed differs"
+                data.Dispose()
+            }
+        ]
