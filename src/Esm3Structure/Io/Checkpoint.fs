@@ -77,20 +77,19 @@ module Checkpoint =
         && mismatch.WrongShape.IsEmpty
         && mismatch.Duplicated.IsEmpty
 
-    /// Compares checkpoint tensors with a module's state_dict: missing, unexpected, duplicated and mis-shaped keys.
-    /// Shapes: any.
-    let mismatches (tensors: seq<string * torch.Tensor>) (m: torch.nn.Module) : CheckpointMismatch =
-        let expected = stateDict m
-        let given = Dictionary<string, torch.Tensor>()
+    /// Compares (name, shape) pairs with the expected ones: missing, unexpected, duplicated and mis-shaped keys
+    /// (without building anything: loaders check a file's header against a config's key table first).
+    let mismatchesOfShapes (expected: (string * int64[]) list) (given: seq<string * int64[]>) : CheckpointMismatch =
+        let found = Dictionary<string, int64[]>()
         let order = ResizeArray<string>()
         let duplicated = ResizeArray<string>()
 
-        for name, t in tensors do
-            if given.ContainsKey name then
+        for name, shape in given do
+            if found.ContainsKey name then
                 if not (duplicated.Contains name) then
                     duplicated.Add name
             else
-                given.[name] <- t
+                found.[name] <- shape
                 order.Add name
 
         let known = HashSet<string>(expected |> List.map fst)
@@ -99,7 +98,7 @@ module Checkpoint =
             Missing =
                 [
                     for name, _ in expected do
-                        if not (given.ContainsKey name) then
+                        if not (found.ContainsKey name) then
                             yield name
                 ]
             Unexpected =
@@ -110,19 +109,24 @@ module Checkpoint =
                 ]
             WrongShape =
                 [
-                    for name, t in expected do
-                        match given.TryGetValue name with
-                        | true, g when g.shape <> t.shape ->
+                    for name, shape in expected do
+                        match found.TryGetValue name with
+                        | true, g when g <> shape ->
                             yield
                                 {
                                     Name = name
-                                    Expected = t.shape
-                                    Got = g.shape
+                                    Expected = shape
+                                    Got = g
                                 }
                         | _ -> ()
                 ]
             Duplicated = List.ofSeq duplicated
         }
+
+    /// Compares checkpoint tensors with a module's state_dict: missing, unexpected, duplicated and mis-shaped keys.
+    /// Shapes: any.
+    let mismatches (tensors: seq<string * torch.Tensor>) (m: torch.nn.Module) : CheckpointMismatch =
+        mismatchesOfShapes (keyShapes m) (tensors |> Seq.map (fun (name, t) -> name, t.shape))
 
     /// One line listing every problem, e.g.
     /// "missing keys: a.weight; unexpected keys: b.bias; wrong shapes: c.weight: expected [4, 8], got [4, 5]".

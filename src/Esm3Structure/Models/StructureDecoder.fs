@@ -236,49 +236,7 @@ module StructureDecoderConfig =
     /// Compares a state dict's (name, shape) list with `expectedKeys`: missing, unexpected, duplicated and
     /// mis-shaped keys, without building the model. Shapes: any.
     let mismatches (c: StructureDecoderConfig) (shapes: seq<string * int64[]>) : CheckpointMismatch =
-        let expected = expectedKeys c
-        let given = Dictionary<string, int64[]>()
-        let order = ResizeArray<string>()
-        let duplicated = ResizeArray<string>()
-
-        for name, shape in shapes do
-            if given.ContainsKey name then
-                if not (duplicated.Contains name) then
-                    duplicated.Add name
-            else
-                given.[name] <- shape
-                order.Add name
-
-        let known = HashSet<string>(expected |> List.map fst)
-
-        {
-            Missing =
-                [
-                    for name, _ in expected do
-                        if not (given.ContainsKey name) then
-                            yield name
-                ]
-            Unexpected =
-                [
-                    for name in order do
-                        if not (known.Contains name) then
-                            yield name
-                ]
-            WrongShape =
-                [
-                    for name, shape in expected do
-                        match given.TryGetValue name with
-                        | true, g when g <> shape ->
-                            yield
-                                {
-                                    Name = name
-                                    Expected = shape
-                                    Got = g
-                                }
-                        | _ -> ()
-                ]
-            Duplicated = List.ofSeq duplicated
-        }
+        Checkpoint.mismatchesOfShapes (expectedKeys c) shapes
 
 /// Everything the decoder computes for a batch of structure tokens (ESM3-REFERENCE.md §7.2–7.5).
 type StructureDecoderOutput =
