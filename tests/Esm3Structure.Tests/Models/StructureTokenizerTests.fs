@@ -186,7 +186,13 @@ let tests =
                     Expect.equal c.DOut e.DOut "DOut"
                     Expect.equal c.Quantizer.Codes e.Quantizer.Codes "codes"
                     Expect.equal c.PositionBins e.PositionBins "bins"
-                    Expect.equal { c with ExpansionRatio = e.ExpansionRatio } e "the rest: ESM's defaults"
+
+                    Expect.equal
+                        { c with
+                            ExpansionRatio = e.ExpansionRatio
+                        }
+                        e
+                        "the rest: ESM's defaults"
 
                     Expect.equal
                         (FeedForward.swigluHidden c.ExpansionRatio c.DModel)

@@ -35,11 +35,18 @@ let runScript (script: string) (args: string list) =
     p.WaitForExit()
     p.ExitCode, out.Result, err.Result
 
-/// A temporary folder with small random encoder and decoder files for the tokenize/decode scripts.
+/// A temporary folder with small random encoder and decoder files for the tokenize/decode scripts (deleted when
+/// the test process exits).
 let private tokenizerFiles =
     lazy
         (let dir =
             Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.tempDir ()
+
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
+             try
+                 Directory.Delete(dir, true)
+             with _ ->
+                 ())
 
          let enc = Path.Combine(dir, "encoder.safetensors")
          let dec = Path.Combine(dir, "decoder.safetensors")
