@@ -4,6 +4,7 @@ open System
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Geometry
+open Esm3Structure.Io
 open Esm3Structure.Nn
 open Esm3Structure.Tensors
 
@@ -283,3 +284,155 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
 
     /// Shapes: backbone [B, L, ≥3, 3] -> StructureEncoding (row-index positions, no padding, one chain per row)
     override this.forward(backbone: torch.Tensor) = this.Encode(backbone, null, null, null)
+
+/// Loading of `StructureEncoder`s from ESM-format safetensors files.
+module StructureEncoder =
+
+    let private blockKey =
+        Text.RegularExpressions.Regex(
+            @"^transformer\.blocks\.(\d+)\.",
+            Text.RegularExpressions.RegexOptions.CultureInvariant
+        )
+
+    /// Infers an encoder's sizes from the (name, shape) list of an ESM-format state dict: d from
+    /// `relative_positional_embedding.embedding.weight` [2·bins + 2, d] (which gives the bins too), Layers from the
+    /// highest `transformer.blocks.{i}` + 1, VHeads from `transformer.blocks.0.geom_attn.distance_scale_per_head`
+    /// [V], codes K and DOut from `codebook.embeddings` [K, DOut], the SwiGLU ratio from
+    /// `transformer.blocks.0.ffn.3.weight` [d, F] (F / d, checked to give F back). Knn and the rest keep ESM's
+    /// defaults (`StructureEncoderConfig.Esm3`). A missing or mis-shaped tensor raises an `InputException` naming
+    /// `file` and the tensor; a file with none of the encoder's tensors is reported as not an encoder.
+    let configOfKeyShapes (file: string) (shapes: seq<string * int64[]>) : StructureEncoderConfig =
+        let table = Collections.Generic.Dictionary<string, int64[]>()
+
+        for name, shape in shapes do
+            table.[name] <- shape
+
+        let fail (name: string) message =
+            InputError.raise file (InputLocation.Field name) message
+
+        let embeddingKey = "relative_positional_embedding.embedding.weight"
+
+        if
+            not (table.ContainsKey embeddingKey)
+            && not (table.ContainsKey "codebook.embeddings")
+        then
+            InputError.raise
+                file
+                InputLocation.Whole
+                (sprintf
+                    "not a structure encoder: it has neither '%s' nor 'codebook.embeddings' (%d tensors)"
+                    embeddingKey
+                    table.Count)
+
+        let shapeOf (name: string) (rank: int) =
+            match table.TryGetValue name with
+            | true, s when s.Length = rank && Array.forall (fun n -> n > 0L) s -> s
+            | true, s -> fail name (sprintf "expected a non-empty %d-D tensor, got shape %s" rank (Shape.show s))
+            | _ -> fail name "missing (needed to infer the encoder's sizes)"
+
+        let embedding = shapeOf embeddingKey 2
+
+        if embedding.[0] < 4L || embedding.[0] % 2L <> 0L then
+            fail embeddingKey (sprintf "expected 2·bins + 2 rows (bins ≥ 1), got shape %s" (Shape.show embedding))
+
+        let d = embedding.[1]
+        let bins = (embedding.[0] - 2L) / 2L
+
+        let layers =
+            table.Keys
+            |> Seq.choose (fun k ->
+                let m = blockKey.Match k
+
+                if m.Success then
+                    match Int32.TryParse m.Groups.[1].Value with
+                    | true, i when i < 1000 -> Some(i + 1)
+                    | _ -> fail k "block index out of range"
+                else
+                    None)
+            |> Seq.fold max 0
+
+        if layers = 0 then
+            fail "transformer.blocks.0.geom_attn.distance_scale_per_head" "missing: the file holds no encoder block"
+
+        let scaleKey = "transformer.blocks.0.geom_attn.distance_scale_per_head"
+        let vHeads = (shapeOf scaleKey 1).[0]
+        let codebook = shapeOf "codebook.embeddings" 2
+        let ffnKey = "transformer.blocks.0.ffn.3.weight"
+        let ffn = shapeOf ffnKey 2
+
+        if ffn.[0] <> d then
+            fail ffnKey (sprintf "expected [d = %d, F], got shape %s" d (Shape.show ffn))
+
+        let ratio = float ffn.[1] / float d
+
+        if FeedForward.swigluHidden ratio d <> ffn.[1] then
+            fail ffnKey (sprintf "hidden width %d is not a multiple of 256 (ESM's SwiGLU rounding)" ffn.[1])
+
+        let config =
+            { StructureEncoderConfig.Esm3 with
+                DModel = d
+                VHeads = vHeads
+                Layers = layers
+                DOut = codebook.[1]
+                ExpansionRatio = ratio
+                PositionBins = bins
+                Quantizer =
+                    { StructureEncoderConfig.Esm3.Quantizer with
+                        Codes = codebook.[0]
+                        Dim = codebook.[1]
+                    }
+            }
+
+        match StructureEncoderConfig.Validate config with
+        | [] -> config
+        | errors ->
+            InputError.raise
+                file
+                InputLocation.Whole
+                ("the tensors' shapes give an invalid encoder: " + String.Join("; ", errors))
+
+    /// Loads an ESM-format encoder (`StructureTokenEncoder`'s keys, no prefix) from a safetensors file: sizes from
+    /// `configOfKeyShapes`, every key and shape checked against the built module, then a strict load. Any problem
+    /// raises an `InputException` naming `path` and the tensors concerned. The model is float32 on the CPU, in eval
+    /// mode.
+    let load (path: string) : StructureEncoder =
+        let header = Safetensors.readHeader path
+        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+        let config = configOfKeyShapes path shapes
+        let model = new StructureEncoder(config, new torch.Generator(0UL))
+
+        try
+            let expected = Checkpoint.keyShapes model |> dict
+            let given = dict shapes
+
+            let problems =
+                [
+                    for KeyValue(name, shape) in expected do
+                        match given.TryGetValue name with
+                        | true, s when s = shape -> ()
+                        | true, s -> sprintf "'%s' has shape %s, expected %s" name (Shape.show s) (Shape.show shape)
+                        | _ -> sprintf "'%s' is missing" name
+                    for KeyValue(name, _) in given do
+                        if not (expected.ContainsKey name) then
+                            sprintf "'%s' is not an encoder tensor" name
+                ]
+
+            if not problems.IsEmpty then
+                InputError.raise
+                    path
+                    InputLocation.Whole
+                    (sprintf
+                        "not a structure encoder with the inferred sizes (d %d, %d vector heads, %d layers, %d × %d codes): %s"
+                        config.DModel
+                        config.VHeads
+                        config.Layers
+                        config.Quantizer.Codes
+                        config.DOut
+                        (String.Join("; ", problems)))
+
+            Checkpoint.load path model
+            model.eval ()
+            model
+        with _ ->
+            model.Dispose()
+            reraise ()

@@ -35,6 +35,31 @@ let runScript (script: string) (args: string list) =
     p.WaitForExit()
     p.ExitCode, out.Result, err.Result
 
+/// A temporary folder with small random encoder and decoder files for the tokenize/decode scripts (deleted when
+/// the test process exits).
+let private tokenizerFiles =
+    lazy
+        (let dir =
+            Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.tempDir ()
+
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
+             try
+                 Directory.Delete(dir, true)
+             with _ ->
+                 ())
+
+         let enc = Path.Combine(dir, "encoder.safetensors")
+         let dec = Path.Combine(dir, "decoder.safetensors")
+         Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.writeEncoder enc 11UL
+         Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.writeDecoder dec 12UL
+         dir, enc, dec)
+
+/// Expects exit code 1 and exactly one stderr line, equal to `expected`.
+let private oneLineError (what: string) (expected: string) (code: int, _out: string, err: string) =
+    Expect.equal code 1 (what + ": exit code; stderr: " + err)
+    Expect.equal (err.Trim().Split('\n').Length) 1 (what + ": one line")
+    Expect.equal (err.Trim()) expected what
+
 [<Tests>]
 let tests =
     testSequenced
@@ -62,5 +87,76 @@ let tests =
                 Expect.equal code 0 err
                 Expect.stringContains out "on 9 chains" "all nine small chains"
                 Expect.stringContains out "max error (float64)" "table header"
+            }
+
+            test "tokenize.fsx --usage and decode.fsx -- --help print usage and exit 0" {
+                let code, out, _ = runScript "tokenize.fsx" [ "--usage" ]
+                Expect.equal code 0 "tokenize exit code"
+                Expect.stringContains out "--pdb" "tokenize usage lists the flags"
+                let code, out, _ = runScript "decode.fsx" [ "--"; "--help" ]
+                Expect.equal code 0 "decode exit code"
+                Expect.stringContains out "--tokens" "decode usage lists the flags"
+            }
+
+            test "tokenize.fsx and decode.fsx: real chains to JSON, the first back to a PDB with pTM and pLDDT" {
+                let dir, enc, dec = tokenizerFiles.Value
+                let json = Path.Combine(dir, "tokens.json")
+                let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
+                let other = Esm3Structure.Tests.Data.small "1mvo_A"
+
+                let code, _, err =
+                    runScript "tokenize.fsx" [ "--pdb"; ubq; "--pdb"; other; "--weights"; enc; "--out"; json ]
+
+                Expect.equal code 0 err
+                let chains = Esm3Structure.Models.StructureTokenizer.readJson json
+                Expect.equal chains.Length 2 "two --pdb: an array of two"
+                let ubqChain = Esm3Structure.Structure.StructureFile.read ubq None
+                Expect.equal chains.[0].File ubq "file"
+                Expect.equal chains.[0].Sequence ubqChain.Sequence "sequence"
+                Expect.equal chains.[0].Tokens.Length ubqChain.Sequence.Length "one token per residue"
+
+                Expect.isTrue
+                    (chains.[0].Tokens |> Array.forall (fun t -> t >= 0L && t < 64L))
+                    "codes of the small codebook"
+
+                let one = Path.Combine(dir, "one.json")
+                Esm3Structure.Models.StructureTokenizer.writeJson one [| chains.[0] |]
+                let pdb = Path.Combine(dir, "decoded.pdb")
+
+                let code, _, err =
+                    runScript "decode.fsx" [ "--tokens"; one; "--weights"; dec; "--out"; pdb ]
+
+                Expect.equal code 0 err
+                let text = File.ReadAllText pdb
+                Expect.isMatch (text.Split('\n').[0]) @"^REMARK 250 PTM: \d\.\d{4}$" "PTM remark, four decimals"
+                let back = Esm3Structure.Structure.Pdb.parse "decoded" text None
+                Expect.equal back.Sequence ubqChain.Sequence "residues"
+                Expect.equal back.ResidueIndex ubqChain.ResidueIndex "numbering"
+
+                for i in 0 .. back.Sequence.Length - 1 do
+                    for a in 0..2 do
+                        Expect.isTrue back.Atom37Mask.[i, a] "N, CA, C present"
+                        let b = back.BFactors.[i, a]
+                        Expect.isTrue (b >= 0.0f && b <= 100.0f) (sprintf "B-factor %g in [0, 100]" b)
+            }
+
+            test "tokenize.fsx: a missing file, an absent chain and a missing default model are one-line errors" {
+                let _, enc, _ = tokenizerFiles.Value
+                let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
+
+                runScript "tokenize.fsx" [ "--pdb"; "/nonexistent/x.pdb"; "--weights"; enc ]
+                |> oneLineError
+                    "missing file"
+                    "tokenize.fsx: /nonexistent/x.pdb: cannot read the file (Could not find a part of the path '/nonexistent/x.pdb'.)"
+
+                runScript "tokenize.fsx" [ "--pdb"; ubq; "--chain"; "Z"; "--weights"; enc ]
+                |> oneLineError
+                    "absent chain"
+                    (sprintf "tokenize.fsx: %s, field 'chain': chain 'Z' not found; chains present: 'A'" ubq)
+
+                runScript "tokenize.fsx" [ "--pdb"; ubq ]
+                |> oneLineError
+                    "no shipped model"
+                    "tokenize.fsx: no shipped model exists yet (models/structure-tokenizer/encoder.safetensors not found): pass --weights FILE"
             }
         ]

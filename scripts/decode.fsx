@@ -1,0 +1,65 @@
+// Decodes structure tokens (the JSON of tokenize.fsx) into a PDB file: backbone N, CA, C from the decoder, O
+// inferred, B-factor = 100 × pLDDT, and a line `REMARK 250 PTM: 0.8123` (README, "Tokenize and decode").
+//   dotnet fsi scripts/decode.fsx --tokens TOKENS.json [--weights DECODER.safetensors] --out OUT.pdb
+//       [--device cpu|cuda]
+#load "_load.fsx"
+
+open Argu
+open TorchSharp
+open Esm3Structure.App
+open Esm3Structure.Models
+
+[<HelpFlags("--usage", "--help")>]
+type Args =
+    | [<Mandatory; Unique>] Tokens of json: string
+    | [<Unique>] Weights of decoder: string
+    | [<Mandatory; Unique>] Out of pdb: string
+    | [<Unique>] Device of string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Tokens _ -> "tokens JSON written by tokenize.fsx (one object; the sequence is optional)"
+            | Weights _ ->
+                sprintf "decoder safetensors file (default: %s, not shipped yet)" StructureTokenizer.DefaultDecoderPath
+            | Out _ -> "output PDB file, written atomically (.gz: gzipped)"
+            | Device _ -> "cpu (default) or cuda"
+
+Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
+    let weights =
+        StructureTokenizer.resolveWeights
+            (Cli.repositoryRoot __SOURCE_DIRECTORY__)
+            StructureTokenizer.DefaultDecoderPath
+            (args.GetResult(Weights, defaultValue = ""))
+
+    let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
+    let tokensFile = args.GetResult Tokens
+    let out = args.GetResult Out
+
+    let tokenized =
+        match StructureTokenizer.readJson tokensFile with
+        | [| one |] -> one
+        | many ->
+            raise (
+                System.ArgumentException(
+                    sprintf "%s holds %d chains; decode.fsx decodes one (split the array)" tokensFile many.Length
+                )
+            )
+
+    use decoder = StructureDecoder.load weights
+    decoder.``to`` device |> ignore
+    let decoded = StructureTokenizer.decode decoder tokenized
+    StructureTokenizer.writePdb out decoded
+
+    printfn
+        "%s: %d residues, pTM %.4f, mean pLDDT %.3f"
+        out
+        decoded.Plddt.Length
+        decoded.Ptm
+        (if decoded.Plddt.Length = 0 then
+             nanf
+         else
+             Array.average decoded.Plddt)
+
+    0)
+|> exit
