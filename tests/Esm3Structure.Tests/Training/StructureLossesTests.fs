@@ -245,8 +245,8 @@ let tests =
                 let present = (ProteinChain.atom37Mask chain).select(1L, 3L)
                 let d = (StructureLosses.virtualCb x - cb).norm(-1, false).masked_select present
                 Expect.isGreaterThan (d.shape.[0]) 60L "most residues have a Cβ"
-                Expect.isLessThan (d.mean().ToDouble()) 0.1 "mean deviation (Å)"
-                Expect.isLessThan (d.max().ToDouble()) 0.3 "largest deviation (Å)"
+                Expect.isLessThan (d.mean().ToDouble()) 0.2 "mean deviation (Å; a wrong sign or constant gives > 1 Å)"
+                Expect.isLessThan (d.max().ToDouble()) 0.5 "largest deviation (Å)"
             }
 
             test "classification losses: near 0 for confident correct logits, log K for uniform logits, masks respected" {
