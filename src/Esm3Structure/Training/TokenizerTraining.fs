@@ -439,10 +439,31 @@ module TokenizerTraining =
 
         override _.Validate() = validate model device valid
 
+        /// Writes `encoder.safetensors` and `decoder.safetensors` (ESM's keys, no prefix). Head counts cannot be
+        /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
+        /// latter to `StructureDecoderConfig.ofKeyShapesWith`).
         override _.Export(folder: string) =
-            Checkpoint.save (Path.Combine(folder, "encoder.safetensors")) model.Encoder null
+            let meta (pairs: (string * string) list) = readOnlyDict pairs
+
+            Checkpoint.save
+                (Path.Combine(folder, "encoder.safetensors"))
+                model.Encoder
+                (meta
+                    [
+                        "v_heads", string config.Encoder.VHeads
+                        "layers", string config.Encoder.Layers
+                    ])
+
             use _ = torch.NewDisposeScope()
-            Safetensors.write (Path.Combine(folder, "decoder.safetensors")) (model.ExportDecoderState()) null
+
+            Safetensors.write
+                (Path.Combine(folder, "decoder.safetensors"))
+                (model.ExportDecoderState())
+                (meta
+                    [
+                        "heads", string config.Decoder.Heads
+                        "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
+                    ])
 
         interface IDisposable with
             member _.Dispose() =

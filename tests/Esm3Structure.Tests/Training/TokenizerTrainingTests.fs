@@ -147,6 +147,14 @@ let tests =
                 use decoder = new StructureDecoder(tiny.Decoder)
                 Checkpoint.load (Path.Combine(ckpt, "encoder.safetensors")) encoder
                 Checkpoint.load (Path.Combine(ckpt, "decoder.safetensors")) decoder
+                let header = Safetensors.readHeader (Path.Combine(ckpt, "decoder.safetensors"))
+                let headWidth = int64 header.Metadata.["head_width"]
+                let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+
+                Expect.equal
+                    (StructureDecoderConfig.ofKeyShapesWith headWidth "decoder.safetensors" shapes)
+                    tiny.Decoder
+                    "the decoder's sizes from its file"
 
                 // token ids through the exported decoder's embeddings = the training path's projected codes
                 use task = new TokenizerTraining.Task(tiny, torch.CPU, [||], [||])
