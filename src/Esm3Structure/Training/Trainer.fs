@@ -607,7 +607,11 @@ module Trainer =
 
                     loop (fun row secondsPerStep ->
                         bar.Value <- float row.Step
-                        bar.Description <- Markup.Escape(progressLine config row secondsPerStep)))
+                        // The bar shows the running loss; full lines (terms, validation) scroll above it.
+                        bar.Description <- sprintf "step %d/%d  loss %.4f" row.Step config.Steps row.RunningLoss
+
+                        if row.Validation.Length > 0 then
+                            AnsiConsole.WriteLine(progressLine config row secondsPerStep)))
         | _ -> loop (fun row secondsPerStep -> printfn "%s" (progressLine config row secondsPerStep))
 
         if startStep >= config.Steps && checkpoint = "" then
