@@ -303,13 +303,9 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
     member _.Trunk(tokens: torch.Tensor) =
         decoder_stack.forward (embed.forward tokens, BlockContext.Plain AttentionMask.None)
 
-    /// Decodes a batch of structure tokens: each row BOS, tokens, EOS, then optionally PAD (checked by
-    /// `StructureTokens.checkBatch`; a bad token raises an `InputException` naming its row and position).
-    /// Real residues for pAE/pTM are the code tokens (< 4096). Padding is attended to, as in ESM.
-    /// Shapes: tokens [B, L] int64 -> StructureDecoderOutput (see its fields)
-    override this.forward(tokens: torch.Tensor) =
-        StructureTokens.checkBatch "structure tokens" tokens
-        let x = this.Trunk tokens
+    /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over.
+    /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
+    member _.Heads(x: torch.Tensor, real: torch.Tensor) =
         let backbone = BackboneHead.ofProjection (affine_output_projection.forward x)
         let pairwise = pairwise_classification_head.forward x
         let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
@@ -324,7 +320,6 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
                 AlignedError.Bins
             )
 
-        let real = tokens.lt (StructureTokens.CodebookSize.ToScalar())
         let plddtLogits = plddt_head.forward x
 
         {
@@ -340,6 +335,43 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
             Pae = AlignedError.pae paeLogits real
             Ptm = AlignedError.ptm paeLogits real
         }
+
+    /// The training path of stage 1 (ESM3-TRAINING.md §1.3): decodes input vectors given in place of the token
+    /// embeddings (e.g. the encoder's straight-through quantized vectors mapped to width d), so gradients reach the
+    /// encoder. Padded rows are not attended to and count as not real. Uses no extra parameters (the key set stays
+    /// ESM's). Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput
+    member this.DecodeEmbeddings(embeddings: torch.Tensor, padding: torch.Tensor) =
+        Shape.expect "embeddings" [| -1L; -1L; config.DModel |] embeddings
+
+        let real =
+            if isNull padding then
+                torch.ones (
+                    [| embeddings.shape.[0]; embeddings.shape.[1] |],
+                    dtype = torch.ScalarType.Bool,
+                    device = embeddings.device
+                )
+            else
+                Shape.expect "padding" [| embeddings.shape.[0]; embeddings.shape.[1] |] padding
+                padding.logical_not ()
+
+        let mask =
+            if isNull padding then
+                AttentionMask.None
+            else
+                AttentionMask.Allowed(AttentionMask.keyPadding real)
+
+        let x = decoder_stack.forward (embeddings, BlockContext.Plain mask)
+        this.Heads(x, real)
+
+    /// Decodes a batch of structure tokens: each row BOS, tokens, EOS, then optionally PAD (checked by
+    /// `StructureTokens.checkBatch`; a bad token raises an `InputException` naming its row and position).
+    /// Real residues for pAE/pTM are the code tokens (< 4096). Padding is attended to, as in ESM.
+    /// Shapes: tokens [B, L] int64 -> StructureDecoderOutput (see its fields)
+    override this.forward(tokens: torch.Tensor) =
+        StructureTokens.checkBatch "structure tokens" tokens
+        let x = this.Trunk tokens
+        let real = tokens.lt (StructureTokens.CodebookSize.ToScalar())
+        this.Heads(x, real)
 
 /// A decoded chain with its confidences (BOS and EOS stripped).
 type DecodedStructure =

@@ -1,0 +1,509 @@
+namespace Esm3Structure.Training
+
+open System
+open System.IO
+open System.Text
+open System.Text.Json
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+
+/// Weights of the stage-1 loss terms (ESM3-TRAINING.md §1.3; the paper prints none: ours all 1). The commitment
+/// weight β lives in the quantizer config. The inverse-folding term is not trained (the released decoder has no
+/// sequence head).
+type TokenizerLossWeights =
+    {
+        Distance: float
+        Direction: float
+        BinnedDirection: float
+        Distogram: float
+        /// Distance loss on squared distances, as Algorithm 10 prints (§1.7 #1); default false.
+        SquaredDistance: bool
+    }
+
+/// Settings of a stage-1 structure-tokenizer run.
+type TokenizerTrainConfig =
+    {
+        Encoder: StructureEncoderConfig
+        Decoder: StructureDecoderConfig
+        Weights: TokenizerLossWeights
+        /// Random contiguous crops of at most this many residues.
+        CropLength: int
+        /// Validation chains (the first of the valid split), each cut to `ValidLength` residues.
+        ValidChains: int
+        ValidLength: int
+        Trainer: TrainerConfig
+    }
+
+/// The presets of ESM3-TRAINING.md §4.2 and the run's `config.json`.
+module TokenizerTrainConfig =
+
+    /// All stage-1 terms with weight 1, plain distances.
+    let unitWeights =
+        {
+            Distance = 1.0
+            Direction = 1.0
+            BinnedDirection = 1.0
+            Distogram = 1.0
+            SquaredDistance = false
+        }
+
+    /// "small": encoder 2 × 128 with 16 geometric heads (SwiGLU ratio 3: ESM's rounding gives 512, not 384),
+    /// EMA codebook 512 × 64 with restarts; decoder 4 × 128, 4 heads, pairwise 32 → 64; crop 128, batch 8;
+    /// AdamW 4e-4, β (0.9, 0.95), wd 0.01, clip 1, warm-up 300, cosine to 10 %, 5k steps.
+    let small =
+        {
+            Encoder =
+                { StructureEncoderConfig.Esm3 with
+                    DModel = 128L
+                    VHeads = 16L
+                    Layers = 2
+                    DOut = 64L
+                    ExpansionRatio = 3.0
+                    Quantizer = QuantizerConfig.small
+                }
+            Decoder =
+                {
+                    DModel = 128L
+                    Heads = 4L
+                    Layers = 4
+                    PairwiseDownproject = 32L
+                    PairwiseHidden = 64L
+                }
+            Weights = unitWeights
+            CropLength = 128
+            ValidChains = 32
+            ValidLength = 256
+            Trainer = TrainerConfig.small
+        }
+
+    /// "smoke" (≤ 10 min): encoder 1 × 64 with 8 heads, codebook 128 × 32, decoder 2 × 64 (2 heads), pairwise
+    /// 16 → 32, crop 64, batch 4, 300 steps (warm-up 30).
+    let smoke =
+        { small with
+            Encoder =
+                { small.Encoder with
+                    DModel = 64L
+                    VHeads = 8L
+                    Layers = 1
+                    DOut = 32L
+                    Quantizer =
+                        { QuantizerConfig.small with
+                            Codes = 128L
+                            Dim = 32L
+                        }
+                }
+            Decoder =
+                {
+                    DModel = 64L
+                    Heads = 2L
+                    Layers = 2
+                    PairwiseDownproject = 16L
+                    PairwiseHidden = 32L
+                }
+            CropLength = 64
+            ValidChains = 16
+            ValidLength = 128
+            Trainer =
+                { TrainerConfig.small with
+                    Steps = 300
+                    BatchSize = 4
+                    WarmupSteps = 30
+                    EvalEvery = 100
+                    CheckpointEvery = 100
+                }
+        }
+
+    /// A preset by name ("small" or "smoke").
+    let preset (name: string) =
+        match name.Trim().ToLowerInvariant() with
+        | "small" -> small
+        | "smoke" -> smoke
+        | _ -> raise (ArgumentException(sprintf "unknown preset '%s' (expected small or smoke)" name))
+
+    /// Named errors; empty when valid.
+    let validate (c: TokenizerTrainConfig) =
+        [
+            yield! StructureEncoderConfig.Validate c.Encoder |> List.map (fun e -> "Encoder: " + e)
+            match StructureDecoderConfig.validate c.Decoder with
+            | Error errors -> yield! errors |> List.map (fun e -> "Decoder: " + e)
+            | Ok _ -> ()
+            yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
+            if c.CropLength < 2 then
+                sprintf "CropLength must be at least 2 (got %d)" c.CropLength
+            if c.ValidChains < 0 || c.ValidLength < 2 then
+                "ValidChains must be ≥ 0 and ValidLength ≥ 2"
+            if c.Encoder.Quantizer.Codes > StructureTokens.CodebookSize then
+                sprintf
+                    "the codebook (%d codes) must fit the decoder's %d code rows"
+                    c.Encoder.Quantizer.Codes
+                    StructureTokens.CodebookSize
+        ]
+
+    /// The config as JSON: records as objects, unions as their `%A` text, enums by name.
+    let toJson (c: TokenizerTrainConfig) =
+        let rec write (w: Utf8JsonWriter) (value: obj) =
+            match value with
+            | null -> w.WriteNullValue()
+            | :? string as s -> w.WriteStringValue s
+            | :? bool as b -> w.WriteBooleanValue b
+            | :? int as i -> w.WriteNumberValue i
+            | :? int64 as i -> w.WriteNumberValue i
+            | :? float as f when Double.IsFinite f -> w.WriteNumberValue f
+            | :? float as f -> w.WriteStringValue(string f)
+            | v when v.GetType().IsEnum -> w.WriteStringValue(v.ToString())
+            | v when Reflection.FSharpType.IsRecord(v.GetType()) ->
+                w.WriteStartObject()
+
+                for field in Reflection.FSharpType.GetRecordFields(v.GetType()) do
+                    w.WritePropertyName field.Name
+                    write w (field.GetValue v)
+
+                w.WriteEndObject()
+            | v -> w.WriteStringValue(sprintf "%A" v)
+
+        use buffer = new MemoryStream()
+
+        do
+            use w = new Utf8JsonWriter(buffer, JsonWriterOptions(Indented = true))
+            write w (box c)
+
+        Encoding.UTF8.GetString(buffer.ToArray())
+
+/// One chain ready for batching: backbone N, CA, C (NaN where missing), presence and author numbering.
+type TokenizerExample =
+    {
+        Name: string
+        /// [L·9] row-major [L, 3, 3].
+        Backbone: float32[]
+        /// [L] true where N, CA and C are present.
+        Present: bool[]
+        /// [L] author residue numbers.
+        ResidueIndex: int64[]
+    }
+
+    member e.Length = e.Present.Length
+
+/// A batch of crops padded to the longest.
+type TokenizerBatch =
+    {
+        /// Shapes: [B, L, 3, 3] float32 (0 in padding, NaN where an atom is missing)
+        Backbone: torch.Tensor
+        /// True in padded rows. Shapes: [B, L] bool
+        Padding: torch.Tensor
+        /// Real residues with N, CA, C. Shapes: [B, L] bool
+        Mask: torch.Tensor
+        /// Shapes: [B, L] int64
+        ResidueIndex: torch.Tensor
+    }
+
+/// The data pipeline of tokenizer training: examples from chains, random contiguous crops, padded batches, and a
+/// sampler that is a pure function of (seed, step).
+module TokenizerData =
+
+    /// An example from a chain.
+    let ofChain (chain: ProteinChain) : TokenizerExample =
+        let l = ProteinChain.length chain
+
+        {
+            Name = chain.Name
+            Backbone = Array.init (l * 9) (fun k -> chain.Atom37.[k / 9, (k / 3) % 3, k % 3])
+            Present =
+                Array.init l (fun i -> chain.Atom37Mask.[i, 0] && chain.Atom37Mask.[i, 1] && chain.Atom37Mask.[i, 2])
+            ResidueIndex = chain.ResidueIndex |> Array.map int64
+        }
+
+    /// Residues [start, start + length) of an example.
+    let crop (start: int) (length: int) (e: TokenizerExample) =
+        {
+            Name = e.Name
+            Backbone = Array.sub e.Backbone (start * 9) (length * 9)
+            Present = Array.sub e.Present start length
+            ResidueIndex = Array.sub e.ResidueIndex start length
+        }
+
+    /// Pads examples into a batch. Shapes: -> TokenizerBatch with B = examples.Length, L = the longest
+    let batch (examples: TokenizerExample[]) : TokenizerBatch =
+        let b = examples.Length
+        let l = examples |> Array.map (fun e -> e.Length) |> Array.max
+        let coords = Array.zeroCreate<float32>(b * l * 9)
+        let padding = Array.create (b * l) true
+        let mask = Array.zeroCreate<bool>(b * l)
+        let index = Array.zeroCreate<int64>(b * l)
+
+        examples
+        |> Array.iteri (fun r e ->
+            Array.blit e.Backbone 0 coords (r * l * 9) e.Backbone.Length
+
+            for i in 0 .. e.Length - 1 do
+                padding.[r * l + i] <- false
+                mask.[r * l + i] <- e.Present.[i]
+                index.[r * l + i] <- e.ResidueIndex.[i])
+
+        let bl = [| int64 b; int64 l |]
+
+        {
+            Backbone = torch.tensor(coords).reshape(int64 b, int64 l, 3L, 3L)
+            Padding = torch.tensor(padding).reshape bl
+            Mask = torch.tensor(mask).reshape bl
+            ResidueIndex = torch.tensor(index).reshape bl
+        }
+
+    /// The random source of step `step` of a run seeded `seed` (independent of every earlier step, so a resumed
+    /// run draws the same batches).
+    let stepRandom (seed: int) (step: int) =
+        Random(int ((int64 seed * 1_000_003L + int64 step) % int64 Int32.MaxValue))
+
+    /// The crops of step `step`: `batchSize` examples drawn uniformly with replacement, each cut to a random
+    /// contiguous window of at most `cropLength` residues.
+    let sample (seed: int) (step: int) (batchSize: int) (cropLength: int) (examples: TokenizerExample[]) =
+        let random = stepRandom seed step
+
+        Array.init batchSize (fun _ ->
+            let e = examples.[random.Next examples.Length]
+
+            if e.Length <= cropLength then
+                e
+            else
+                crop (random.Next(e.Length - cropLength + 1)) cropLength e)
+
+    /// Chains of one split of the corpus (`index.tsv` under `dataDir`, files under `structures/`), at most `limit`
+    /// (≤ 0: all), in index order.
+    let readSplit (dataDir: string) (split: string) (limit: int) : ProteinChain[] =
+        let entries =
+            Corpus.readIndex (Path.Combine(dataDir, "index.tsv"))
+            |> Array.filter (fun e -> e.Split = split)
+
+        let entries = if limit > 0 then Array.truncate limit entries else entries
+
+        entries
+        |> Array.map (fun e -> StructureFile.read (Path.Combine(dataDir, "structures", e.File)) (Some e.Chain))
+
+/// Encoder, straight-through codes mapped to the decoder's width, and decoder: the stage-1 model. Keys: `encoder.*`
+/// (ESM's `StructureTokenEncoder`), `decoder.*` (ESM's `StructureTokenDecoder`) and the training-only
+/// `post_quant_proj.{weight,bias}` [d, DOut] (folded into the decoder's code embeddings on export).
+type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as this =
+    inherit torch.nn.Module<TokenizerBatch, StructureDecoderOutput>("TokenizerModel")
+
+    let encoder = new StructureEncoder(config.Encoder, generator)
+    let decoder = new StructureDecoder(config.Decoder)
+    let post_quant_proj = torch.nn.Linear(config.Encoder.DOut, config.Decoder.DModel)
+
+    do
+        this.RegisterComponents()
+        Init.reset generator this
+
+    member _.Encoder = encoder
+    member _.Decoder = decoder
+
+    /// Encodes, quantizes (straight-through) and decodes a batch. Shapes: batch [B, L, …] -> encoding, decoder output
+    member _.Run(batch: TokenizerBatch) =
+        let encoding =
+            encoder.Encode(batch.Backbone, batch.ResidueIndex, batch.Padding, null)
+
+        let x = post_quant_proj.forward encoding.Quantized
+        encoding, decoder.DecodeEmbeddings(x, batch.Padding)
+
+    /// Shapes: batch -> StructureDecoderOutput
+    override this.forward(batch: TokenizerBatch) = snd (this.Run batch)
+
+    /// The decoder's state_dict with the code rows of `embed.weight` replaced by post_quant_proj(codes), so that
+    /// decoding token ids reproduces the training path; ESM's key set.
+    member _.ExportDecoderState() =
+        use _ = torch.no_grad ()
+        let codes = encoder.Codebook.Codes.detach ()
+        let rows = post_quant_proj.forward codes // [K, d]
+
+        Checkpoint.stateDict decoder
+        |> List.map (fun (name, t) ->
+            if name = "embed.weight" then
+                let folded = t.detach().clone()
+                folded.narrow(0L, 0L, rows.shape.[0]).copy_ rows |> ignore
+                name, folded
+            else
+                name, t)
+
+/// Stage-1 training of the structure tokenizer (ESM3-TRAINING.md §1.3) on `Trainer`.
+module TokenizerTraining =
+
+    /// The loss terms of a batch: distance, direction, binned direction, distogram, commitment; and their weighted sum.
+    let losses
+        (weights: TokenizerLossWeights)
+        (encoding: StructureEncoding)
+        (out: StructureDecoderOutput)
+        (batch: TokenizerBatch)
+        =
+        let target = batch.Backbone
+        let mask = batch.Mask
+        let predicted = out.Backbone
+
+        let distance =
+            StructureLosses.backboneDistanceWith weights.SquaredDistance predicted target mask
+
+        let direction = StructureLosses.backboneDirection predicted target mask
+        let binned = StructureLosses.binnedDirection out.DirectionLogits target mask
+        let distogram = StructureLosses.distogram out.DistogramLogits target mask
+        let commitment = encoding.QuantizerLoss
+
+        let total =
+            distance * weights.Distance
+            + direction * weights.Direction
+            + binned * weights.BinnedDirection
+            + distogram * weights.Distogram
+            + commitment
+
+        total,
+        [|
+            "distance", distance
+            "direction", direction
+            "binned_direction", binned
+            "distogram", distogram
+            "commitment", commitment
+        |]
+
+    /// Validation of `model` on examples one at a time: mean backbone RMSD after Kabsch, mean LDDT-CA (pooled per
+    /// chain), and code usage over all residues (live fraction, perplexity).
+    let validate (model: TokenizerModel) (device: torch.Device) (examples: TokenizerExample[]) =
+        let codes = model.Encoder.Config.Quantizer.Codes
+        let dim = model.Encoder.Config.DOut
+        let mutable usage = CodebookUsage.empty codes dim
+        let mutable rmsd, lddt, n = 0.0, 0.0, 0
+
+        for e in examples do
+            use _ = torch.NewDisposeScope()
+            let b = TokenizerData.batch [| e |]
+
+            let b =
+                { b with
+                    Backbone = b.Backbone.``to`` device
+                    Padding = b.Padding.``to`` device
+                    Mask = b.Mask.``to`` device
+                    ResidueIndex = b.ResidueIndex.``to`` device
+                }
+
+            let encoding, out = model.Run b
+            let target = b.Backbone.nan_to_num (0.0, 0.0, 0.0)
+            rmsd <- rmsd + (Metrics.backboneRmsd out.Backbone target b.Mask).ToDouble()
+
+            let l =
+                Metrics.lddtCa (out.Backbone.select (2L, 1L)) (target.select (2L, 1L)) (Some b.Mask)
+
+            lddt <- lddt + l.Protein.ToDouble()
+            n <- n + 1
+            let real = encoding.Framed.logical_and b.Mask
+            usage <- CodebookUsage.merge usage (CodebookUsage.ofIndices codes dim encoding.Tokens (Some real))
+
+        let m = CodebookUsage.metrics usage
+
+        [|
+            "rmsd", (if n > 0 then rmsd / float n else nan)
+            "lddt_ca", (if n > 0 then lddt / float n else nan)
+            "code_usage", m.LiveFraction
+            "perplexity", m.Perplexity
+        |]
+
+    /// The stage-1 task for `Trainer`: batches from `train`, validation on `valid` (already cut).
+    type Task(config: TokenizerTrainConfig, device: torch.Device, train: TokenizerExample[], valid: TokenizerExample[])
+        =
+        inherit TrainingTask()
+        let generator = new torch.Generator(uint64 config.Trainer.Seed)
+        let model = new TokenizerModel(config, generator)
+        do model.``to`` device |> ignore
+
+        /// The model being trained.
+        member _.Tokenizer = model
+
+        override _.Model = model :> torch.nn.Module
+        override _.Generators = [| generator |]
+
+        override _.Step(step: int) =
+            let crops =
+                TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize config.CropLength train
+
+            let b = TokenizerData.batch crops
+
+            let b =
+                { b with
+                    Backbone = b.Backbone.``to`` device
+                    Padding = b.Padding.``to`` device
+                    Mask = b.Mask.``to`` device
+                    ResidueIndex = b.ResidueIndex.``to`` device
+                }
+
+            let encoding, out = model.Run b
+            let total, terms = losses config.Weights encoding out b
+            { Loss = total; Terms = terms }
+
+        override _.Validate() = validate model device valid
+
+        /// Writes `encoder.safetensors` and `decoder.safetensors` (ESM's keys, no prefix). Head counts cannot be
+        /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
+        /// latter to `StructureDecoderConfig.ofKeyShapesWith`).
+        override _.Export(folder: string) =
+            let meta (pairs: (string * string) list) = readOnlyDict pairs
+
+            Checkpoint.save
+                (Path.Combine(folder, "encoder.safetensors"))
+                model.Encoder
+                (meta
+                    [
+                        "v_heads", string config.Encoder.VHeads
+                        "layers", string config.Encoder.Layers
+                    ])
+
+            use _ = torch.NewDisposeScope()
+
+            Safetensors.write
+                (Path.Combine(folder, "decoder.safetensors"))
+                (model.ExportDecoderState())
+                (meta
+                    [
+                        "heads", string config.Decoder.Heads
+                        "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
+                    ])
+
+        interface IDisposable with
+            member _.Dispose() =
+                model.Dispose()
+                generator.Dispose()
+
+    /// Trains a tokenizer on chains; writes `config.json`, `metrics.jsonl` and checkpoints (each with
+    /// `encoder.safetensors` and `decoder.safetensors` in ESM's key format) under `out`.
+    let trainOn
+        (config: TokenizerTrainConfig)
+        (device: torch.Device)
+        (train: ProteinChain[])
+        (valid: ProteinChain[])
+        (out: string)
+        (resume: bool)
+        =
+        match TokenizerTrainConfig.validate config with
+        | [] -> ()
+        | errors -> raise (ArgumentException("tokenizer config: " + String.Join("; ", errors)))
+
+        let trainExamples =
+            train
+            |> Array.map TokenizerData.ofChain
+            |> Array.filter (fun e -> e.Length >= 2)
+
+        if trainExamples.Length = 0 then
+            raise (ArgumentException "no training chain with at least 2 residues")
+
+        let validExamples =
+            valid
+            |> Array.truncate config.ValidChains
+            |> Array.map (fun c ->
+                let e = TokenizerData.ofChain c
+                TokenizerData.crop 0 (min e.Length config.ValidLength) e)
+
+        use task = new Task(config, device, trainExamples, validExamples)
+        Trainer.run config.Trainer task out resume (TokenizerTrainConfig.toJson config)
+
+    /// Reads the train and valid splits of the corpus under `dataDir` and trains (see `trainOn`).
+    let train (config: TokenizerTrainConfig) (device: torch.Device) (dataDir: string) (out: string) (resume: bool) =
+        let train = TokenizerData.readSplit dataDir "train" 0
+        let valid = TokenizerData.readSplit dataDir "valid" config.ValidChains
+        trainOn config device train valid out resume

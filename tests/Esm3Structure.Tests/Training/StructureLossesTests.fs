@@ -1,0 +1,298 @@
+module Esm3Structure.Tests.Training.StructureLossesTests
+
+open System
+open Expecto
+open TorchSharp
+open Esm3Structure.Geometry
+open Esm3Structure.Structure
+open Esm3Structure.Training
+open Esm3Structure.Tests
+
+let private f64 = torch.float64
+
+/// The first `l` residues of 1UBQ chain A as [1, l, 3, 3] float64.
+let private ubiquitin (l: int64) =
+    let chain = StructureFile.read (Data.small "1ubq_A") None
+    (ProteinChain.backbone f64 chain).narrow(0L, 0L, l).unsqueeze 0L
+
+let private allReal (x: torch.Tensor) =
+    torch.ones ([| x.shape.[0]; x.shape.[1] |], dtype = torch.ScalarType.Bool)
+
+/// `x` moved rigidly: a random rotation and translation drawn from `seed`. Shapes: [B, L, 3, 3]
+let private moved (seed: uint64) (x: torch.Tensor) =
+    let g = new torch.Generator(seed)
+    let r = Rotation.random [||] f64 torch.CPU g
+    let t = torch.randn ([| 3L |], dtype = f64, generator = g) * 10.0
+    x.matmul (r.transpose (0L, 1L)) + t
+
+let private noisy (seed: uint64) (sigma: float) (x: torch.Tensor) =
+    let g = new torch.Generator(seed)
+    x + torch.randn (x.shape, dtype = f64, generator = g) * sigma
+
+/// One residue from three points. Shapes: -> [1, 1, 3, 3]
+let private residue (n: float[]) (ca: float[]) (c: float[]) =
+    torch.tensor(Array.concat [ n; ca; c ], dtype = f64).reshape(1L, 1L, 3L, 3L)
+
+let private scalar (t: torch.Tensor) = t.ToDouble()
+
+/// Logits that put a large margin on each label. Shapes: labels [*] int64 -> [*, k]
+let private confident (k: int64) (labels: torch.Tensor) =
+    torch.nn.functional.one_hot(labels, k).to_type f64 * 50.0
+
+[<Tests>]
+let tests =
+    testList
+        "Training/StructureLosses"
+        [
+            test "distance and direction losses are 0 for the true backbone and > 0 for a perturbed one" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 20L
+                let m = allReal x
+                Expect.floatClose Accuracy.high (scalar (StructureLosses.backboneDistance x x m)) 0.0 "distance"
+                Expect.floatClose Accuracy.high (scalar (StructureLosses.backboneDirection x x m)) 0.0 "direction"
+                let y = noisy 3UL 0.5 x
+                Expect.isGreaterThan (scalar (StructureLosses.backboneDistance y x m)) 0.01 "distance, noisy"
+                Expect.isGreaterThan (scalar (StructureLosses.backboneDirection y x m)) 0.01 "direction, noisy"
+            }
+
+            test "distance and direction losses are invariant to a rigid motion of the prediction" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 17L
+                let m = allReal x
+                let y = noisy 5UL 0.7 x
+
+                for seed in 1UL .. 4UL do
+                    let z = moved seed y
+
+                    Expect.floatClose
+                        { absolute = 1e-9; relative = 1e-9 }
+                        (scalar (StructureLosses.backboneDistance z x m))
+                        (scalar (StructureLosses.backboneDistance y x m))
+                        "distance"
+
+                    Expect.floatClose
+                        { absolute = 1e-9; relative = 1e-9 }
+                        (scalar (StructureLosses.backboneDirection z x m))
+                        (scalar (StructureLosses.backboneDirection y x m))
+                        "direction"
+            }
+
+            test "distance loss: a hand-computed residue, and the clamp at 25" {
+                use _ = torch.NewDisposeScope()
+                let target = residue [| 0.0; 0.0; 0.0 |] [| 1.0; 0.0; 0.0 |] [| 1.0; 1.0; 0.0 |]
+                let m = allReal target
+                let pred = residue [| 0.0; 0.0; 0.0 |] [| 1.0; 0.0; 0.0 |] [| 1.0; 2.0; 0.0 |]
+                // pairs N–C: √5 vs √2, CA–C: 2 vs 1, N–CA equal; each pair twice among 9 entries
+                let expected = 2.0 * ((sqrt 5.0 - sqrt 2.0) ** 2.0 + 1.0) / 9.0
+
+                Expect.floatClose
+                    { absolute = 1e-9; relative = 1e-9 }
+                    (scalar (StructureLosses.backboneDistance pred target m))
+                    expected
+                    "plain"
+
+                // squared distances: N–C 5 vs 2, CA–C 4 vs 1 → errors 9 and 9
+                Expect.floatClose
+                    { absolute = 1e-9; relative = 1e-9 }
+                    (scalar (StructureLosses.backboneDistanceWith true pred target m))
+                    (2.0 * (9.0 + 9.0) / 9.0)
+                    "squared"
+
+                let far = residue [| 0.0; 0.0; 0.0 |] [| 1.0; 0.0; 0.0 |] [| 1.0; 50.0; 0.0 |]
+                // N–C and CA–C errors are both far above 5 Å: each clamps at 25
+                Expect.floatClose
+                    { absolute = 1e-9; relative = 1e-9 }
+                    (scalar (StructureLosses.backboneDistance far target m))
+                    (2.0 * (25.0 + 25.0) / 9.0)
+                    "clamped"
+            }
+
+            test "direction loss of one residue: v1, v2, v4 only (no neighbours), hand-computed Gram matrices" {
+                use _ = torch.NewDisposeScope()
+                let target = residue [| 0.0; 1.0; 0.0 |] [| 0.0; 0.0; 0.0 |] [| 1.0; 0.0; 0.0 |]
+                let m = allReal target
+                // v1 = CA − N = (0, −1, 0), v2 = C − CA = (1, 0, 0), v4 = −(v1 × v2) = (0, 0, −1)
+                let _, valid =
+                    StructureLosses.directionVectors target m (StructureLosses.bonded target m)
+
+                Expect.sequenceEqual
+                    (valid.flatten().data<bool>().ToArray())
+                    [| true; true; false; true; false; false |]
+                    "valid vectors"
+
+                // scaling by 1.5 scales v1, v2 by 1.5 and v4 by 2.25: the Gram diagonal becomes 2.25, 2.25, 5.0625
+                // (errors 1.5625, 1.5625, 16.50390625); off-diagonals stay 0
+                let pred = target * 1.5
+                let expected = (1.5625 + 1.5625 + (5.0625 - 1.0) ** 2.0) / 9.0
+
+                Expect.floatClose
+                    { absolute = 1e-9; relative = 1e-9 }
+                    (scalar (StructureLosses.backboneDirection pred target m))
+                    expected
+                    "loss"
+            }
+
+            test "direction vectors need a peptide bond: a chain break drops v3, v5, v6 across it" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 6L
+                let m = allReal x
+                let broken = x.clone ()
+                // move residues 3.. 10 Å away: the link 2 → 3 breaks
+                broken.narrow(1L, 3L, 3L).add_(torch.tensor ([| 10.0; 0.0; 0.0 |], dtype = f64))
+                |> ignore
+
+                let links = StructureLosses.bonded broken m
+
+                Expect.sequenceEqual
+                    (links.flatten().data<bool>().ToArray())
+                    [| true; true; false; true; true; false |]
+                    "links"
+
+                let _, valid = StructureLosses.directionVectors broken m links
+                let v = valid.reshape(6L, 6L).data<bool>().ToArray()
+                // residue 2: v3 and v6 dropped; residue 3: v5 dropped
+                Expect.sequenceEqual v.[12..17] [| true; true; false; true; true; false |] "residue 2"
+                Expect.sequenceEqual v.[18..23] [| true; true; true; true; false; true |] "residue 3"
+            }
+
+            test "masked residues do not count: garbage there changes nothing, and the loss equals the cropped one" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 12L
+                let y = noisy 9UL 0.6 x
+                let m = allReal x
+                m.narrow(1L, 8L, 4L).fill_(false) |> ignore
+                let garbageY = y.clone ()
+                garbageY.narrow(1L, 8L, 4L).fill_(1e4) |> ignore
+                let garbageX = x.clone ()
+                garbageX.narrow(1L, 8L, 4L).fill_(Double.NaN) |> ignore
+
+                for name, loss in
+                    [
+                        "distance", StructureLosses.backboneDistance
+                        "direction", StructureLosses.backboneDirection
+                    ] do
+                    let reference = scalar (loss y x m)
+
+                    let cropped =
+                        scalar (loss (y.narrow (1L, 0L, 8L)) (x.narrow (1L, 0L, 8L)) (m.narrow (1L, 0L, 8L)))
+
+                    let garbage = scalar (loss garbageY garbageX m)
+                    Expect.floatClose { absolute = 1e-9; relative = 1e-9 } garbage reference (name + ": garbage")
+                    Expect.floatClose { absolute = 1e-9; relative = 1e-9 } cropped reference (name + ": cropped")
+            }
+
+            test "losses keep finite gradients with NaN in masked target residues" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 9L
+                let m = allReal x
+                m.narrow(1L, 4L, 1L).fill_(false) |> ignore
+                let target = x.clone ()
+                target.narrow(1L, 4L, 1L).fill_(Double.NaN) |> ignore
+                let y = (noisy 2UL 0.3 x).requires_grad_(true)
+
+                let total =
+                    StructureLosses.backboneDistance y target m
+                    + StructureLosses.backboneDirection y target m
+
+                total.backward ()
+                Expect.isTrue (torch.isfinite(y.grad).all().ToBoolean()) "finite gradient"
+            }
+
+            test "binned direction labels: an orthonormal residue pairs with itself in the middle bin" {
+                use _ = torch.NewDisposeScope()
+                // u1 = CA→C = x, u2 = CA→N = y, u3 = z: every cross dot product is 0 → bin floor(1/0.125) = 8
+                let target = residue [| 0.0; 1.0; 0.0 |] [| 0.0; 0.0; 0.0 |] [| 1.0; 0.0; 0.0 |]
+                let labels = StructureLosses.directionLabels target
+                Expect.sequenceEqual (labels.flatten().data<int64>().ToArray()) (Array.create 6 8L) "labels"
+                // a second residue rotated 90° about z: u1' = y, u2' = −x, u3' = z
+                let two =
+                    torch.cat (
+                        [|
+                            target
+                            residue [| -1.0; 0.0; 5.0 |] [| 0.0; 0.0; 5.0 |] [| 0.0; 1.0; 5.0 |]
+                        |],
+                        1L
+                    )
+
+                let l01 = (StructureLosses.directionLabels two).select(1L, 0L).select(1L, 1L)
+                // pairs (u1,u2') = x·−x = −1 → 0; (u1,u3') = 0 → 8; (u2,u1') = y·y = 1 → 15;
+                // (u2,u3') = 0 → 8; (u3,u1') = 0 → 8; (u3,u2') = 0 → 8
+                Expect.sequenceEqual (l01.flatten().data<int64>().ToArray()) [| 0L; 8L; 15L; 8L; 8L; 8L |] "pair 0,1"
+            }
+
+            test "distogram labels count squared edges: 3 Å → class 3, 30 Å → 63, self → 0" {
+                use _ = torch.NewDisposeScope()
+                let one = ubiquitin 1L
+
+                let at (dx: float) =
+                    one + torch.tensor ([| dx; 0.0; 0.0 |], dtype = f64)
+
+                let x = torch.cat ([| one; at 3.0; at 30.0 |], 1L)
+                let labels = StructureLosses.distogramLabels x
+                let get i j = labels.[0L, int64 i, int64 j].ToInt64()
+                Expect.equal (get 0 0) 0L "self"
+                Expect.equal (get 0 1) 3L "3 Å: edges 2.3125, 2.625, 2.9375 lie below"
+                Expect.equal (get 1 0) 3L "symmetric"
+                Expect.equal (get 0 2) 63L "30 Å: past the last edge"
+                Expect.equal (get 1 2) 63L "27 Å"
+            }
+
+            test "virtual Cβ lies close to the real Cβ of 1UBQ's non-glycine residues" {
+                use _ = torch.NewDisposeScope()
+                let chain = StructureFile.read (Data.small "1ubq_A") None
+                let x = ProteinChain.backbone f64 chain
+                let cb = (ProteinChain.atom37 f64 chain).select(1L, 3L)
+                let present = (ProteinChain.atom37Mask chain).select(1L, 3L)
+                let d = (StructureLosses.virtualCb x - cb).norm(-1, false).masked_select present
+                Expect.isGreaterThan (d.shape.[0]) 60L "most residues have a Cβ"
+                Expect.isLessThan (d.mean().ToDouble()) 0.2 "mean deviation (Å; a wrong sign or constant gives > 1 Å)"
+                Expect.isLessThan (d.max().ToDouble()) 0.5 "largest deviation (Å)"
+            }
+
+            test "classification losses: near 0 for confident correct logits, log K for uniform logits, masks respected" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 7L
+                let b, l = 1L, 7L
+                let m = allReal x
+                m.narrow(1L, 5L, 2L).fill_(false) |> ignore
+                let dirLabels = StructureLosses.directionLabels x
+                let dirLogits = (confident 16L dirLabels).reshape(b, l, l, 96L)
+                let dgLabels = StructureLosses.distogramLabels x
+                let dgLogits = confident 64L dgLabels
+                Expect.isLessThan (scalar (StructureLosses.binnedDirection dirLogits x m)) 1e-6 "direction"
+                Expect.isLessThan (scalar (StructureLosses.distogram dgLogits x m)) 1e-6 "distogram"
+                let zeros = torch.zeros ([| b; l; l; 64L |], dtype = f64)
+
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.distogram zeros x m))
+                    (log 64.0)
+                    "uniform distogram"
+
+                // wrong logits on masked pairs change nothing
+                let spoiled = dgLogits.clone ()
+                spoiled.narrow(1L, 5L, 2L).fill_(100.0) |> ignore
+                Expect.isLessThan (scalar (StructureLosses.distogram spoiled x m)) 1e-6 "masked rows ignored"
+
+                let lddt =
+                    torch.tensor([| 0.0; 0.01; 0.5; 0.999; 1.0; 0.3; 0.7 |], dtype = f64).reshape(b, l)
+
+                Expect.sequenceEqual
+                    ((StructureLosses.plddtLabels lddt).flatten().data<int64>().ToArray())
+                    [| 0L; 0L; 25L; 49L; 49L; 15L; 35L |]
+                    "pLDDT labels"
+
+                let plddtLogits = confident 50L (StructureLosses.plddtLabels lddt)
+                Expect.isLessThan (scalar (StructureLosses.plddt plddtLogits lddt m)) 1e-6 "pLDDT"
+                let moved = x.clone ()
+                // residue 0 moves 1.2 Å along x: its CA distances change by at most 1.2 Å
+                moved.narrow(1L, 0L, 1L).add_(torch.tensor ([| 1.2; 0.0; 0.0 |], dtype = f64))
+                |> ignore
+
+                let paeLabels = StructureLosses.paeLabels moved x
+                Expect.equal (paeLabels.[0L, 0L, 0L].ToInt64()) 0L "self"
+                Expect.equal (paeLabels.[0L, 2L, 3L].ToInt64()) 0L "unmoved pair"
+                Expect.isLessThanOrEqual (paeLabels.max().ToInt64()) 2L "at most 1.2 Å → bin 2"
+                Expect.isLessThan (scalar (StructureLosses.pae (confident 64L paeLabels) moved x m)) 1e-6 "pAE"
+            }
+        ]

@@ -1,0 +1,219 @@
+module Esm3Structure.Tests.Training.TokenizerTrainingTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open TorchSharp
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Structure
+open Esm3Structure.Training
+open Esm3Structure.Tests
+
+/// The smoke preset shrunk further: a run of a few seconds.
+let private tiny =
+    let smoke = TokenizerTrainConfig.smoke
+
+    { smoke with
+        Encoder =
+            { smoke.Encoder with
+                DModel = 32L
+                VHeads = 4L
+                DOut = 16L
+                Quantizer =
+                    { smoke.Encoder.Quantizer with
+                        Codes = 32L
+                        Dim = 16L
+                    }
+            }
+        Decoder =
+            {
+                DModel = 32L
+                Heads = 2L
+                Layers = 1
+                PairwiseDownproject = 8L
+                PairwiseHidden = 16L
+            }
+        CropLength = 40
+        ValidChains = 1
+        ValidLength = 50
+        Trainer =
+            { smoke.Trainer with
+                Steps = 16
+                BatchSize = 2
+                LearningRate = 3e-3
+                WarmupSteps = 2
+                EvalEvery = 8
+                CheckpointEvery = 8
+                LogEvery = 1
+                Seed = 5
+                Progress = ProgressMode.Silent
+            }
+    }
+
+let private chains =
+    lazy
+        (Data.smallNames.Value
+         |> Array.truncate 4
+         |> Array.map (fun n -> StructureFile.read (Data.small n) None))
+
+/// Delegates to the tokenizer task and throws at step `crashAt` (1-based).
+type private Crashing(inner: TrainingTask, crashAt: int) =
+    inherit TrainingTask()
+    override _.Model = inner.Model
+    override _.Generators = inner.Generators
+
+    override _.Step(step: int) =
+        if step + 1 = crashAt then
+            failwith "simulated crash"
+
+        inner.Step step
+
+    override _.Validate() = inner.Validate()
+    override _.Export(folder: string) = inner.Export folder
+
+let private examples () =
+    let train = chains.Value.[1..] |> Array.map TokenizerData.ofChain
+    let valid = [| TokenizerData.crop 0 50 (TokenizerData.ofChain chains.Value.[0]) |]
+    train, valid
+
+[<Tests>]
+let tests =
+    testList
+        "Training/TokenizerTraining"
+        [
+            test "presets are valid and the config serialises to JSON" {
+                Expect.isEmpty (TokenizerTrainConfig.validate TokenizerTrainConfig.small) "small"
+                Expect.isEmpty (TokenizerTrainConfig.validate TokenizerTrainConfig.smoke) "smoke"
+                Expect.isEmpty (TokenizerTrainConfig.validate tiny) "tiny"
+
+                let json =
+                    JsonDocument.Parse(TokenizerTrainConfig.toJson TokenizerTrainConfig.smoke).RootElement
+
+                Expect.equal (json.GetProperty("CropLength").GetInt32()) 64 "crop"
+                Expect.equal (json.GetProperty("Trainer").GetProperty("Steps").GetInt32()) 300 "steps"
+
+                Expect.equal
+                    (json.GetProperty("Encoder").GetProperty("Quantizer").GetProperty("Codes").GetInt64())
+                    128L
+                    "codes"
+            }
+
+            test "the sampler is a pure function of (seed, step); crops are contiguous and at most the crop length" {
+                use _ = torch.NewDisposeScope()
+                let train, _ = examples ()
+                let a = TokenizerData.sample 5 3 4 30 train
+                let b = TokenizerData.sample 5 3 4 30 train
+                let c = TokenizerData.sample 5 4 4 30 train
+                Expect.equal a b "same step, same crops"
+                Expect.notEqual a c "next step, other crops"
+
+                for e in a do
+                    Expect.isLessThanOrEqual e.Length 30 "crop length"
+                    let source = train |> Array.find (fun t -> t.Name = e.Name)
+                    let i0 = Array.IndexOf(source.ResidueIndex, e.ResidueIndex.[0])
+                    Expect.sequenceEqual e.ResidueIndex source.ResidueIndex.[i0 .. i0 + e.Length - 1] "contiguous"
+
+                let batch = TokenizerData.batch a
+                let l = a |> Array.map (fun e -> e.Length) |> Array.max
+                Expect.equal batch.Backbone.shape [| 4L; int64 l; 3L; 3L |] "backbone shape"
+
+                Expect.equal
+                    (batch.Padding.logical_not().sum().ToInt64())
+                    (a |> Array.sumBy (fun e -> int64 e.Length))
+                    "real rows"
+            }
+
+            test "a tiny run lowers the loss and writes ESM-format checkpoints that load into fresh modules" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                let report =
+                    TokenizerTraining.trainOn tiny torch.CPU chains.Value.[1..] chains.Value.[..0] dir.Path false
+
+                let losses = report.History |> Array.map (fun r -> r.Loss)
+                let early = Array.average losses.[0..3]
+                let late = Array.average losses.[12..15]
+                Expect.isLessThan late early "mean loss of the last 4 steps below the first 4"
+                let validation = dict report.History.[15].Validation
+                Expect.isTrue (Double.IsFinite validation.["rmsd"]) "RMSD"
+                Expect.isTrue (validation.["lddt_ca"] >= 0.0 && validation.["lddt_ca"] <= 1.0) "LDDT-CA"
+                Expect.isGreaterThan validation.["code_usage"] 0.0 "code usage"
+                Expect.isGreaterThanOrEqual validation.["perplexity"] 1.0 "perplexity"
+                let ckpt = report.Checkpoint
+                use generator = new torch.Generator(1UL)
+                use encoder = new StructureEncoder(tiny.Encoder, generator)
+                use decoder = new StructureDecoder(tiny.Decoder)
+                Checkpoint.load (Path.Combine(ckpt, "encoder.safetensors")) encoder
+                Checkpoint.load (Path.Combine(ckpt, "decoder.safetensors")) decoder
+                let header = Safetensors.readHeader (Path.Combine(ckpt, "decoder.safetensors"))
+                let headWidth = int64 header.Metadata.["head_width"]
+                let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+
+                Expect.equal
+                    (StructureDecoderConfig.ofKeyShapesWith headWidth "decoder.safetensors" shapes)
+                    tiny.Decoder
+                    "the decoder's sizes from its file"
+
+                // token ids through the exported decoder's embeddings = the training path's projected codes
+                use task = new TokenizerTraining.Task(tiny, torch.CPU, [||], [||])
+                Checkpoint.load (Path.Combine(ckpt, "model.safetensors")) task.Tokenizer
+                encoder.eval ()
+                decoder.eval ()
+                task.Tokenizer.eval ()
+                use _ = torch.no_grad ()
+
+                let batch =
+                    TokenizerData.batch [| TokenizerData.crop 0 30 (TokenizerData.ofChain chains.Value.[0]) |]
+
+                let encoding, trained = task.Tokenizer.Run batch
+
+                let tokens =
+                    encoder.Encode(batch.Backbone, batch.ResidueIndex, batch.Padding, null).Tokens
+
+                Expect.equal (tokens.data<int64>().ToArray()) (encoding.Tokens.data<int64>().ToArray()) "same tokens"
+                Tol.close "decoder hidden states" 1e-4 (decoder.Trunk tokens) trained.Hidden
+            }
+
+            test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
+                use _ = torch.NewDisposeScope()
+                use a = new TempDir()
+                use b = new TempDir()
+
+                let c =
+                    { tiny with
+                        Trainer =
+                            { tiny.Trainer with
+                                Steps = 10
+                                CheckpointEvery = 4
+                                EvalEvery = 5
+                            }
+                    }
+
+                let train, valid = examples ()
+
+                let runWith (out: string) (crashAt: int) (resume: bool) =
+                    use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
+                    let t: TrainingTask = if crashAt > 0 then Crashing(task, crashAt) else task
+                    Trainer.run c.Trainer t out resume "{}"
+
+                let whole = runWith a.Path 0 false
+                Expect.throws (fun () -> runWith b.Path 7 false |> ignore) "crash at step 7"
+                let resumed = runWith b.Path 0 true
+                Expect.equal resumed.History.[0].Step 5 "resumed after step 4"
+                Expect.equal (sprintf "%.6f" resumed.FinalLoss) (sprintf "%.6f" whole.FinalLoss) "final loss as printed"
+                // (BLAS may round the last bit differently on tensors at other alignments; see the Trainer test)
+                let agree = { absolute = 1e-9; relative = 1e-5 }
+
+                for row in resumed.History do
+                    Expect.floatClose
+                        agree
+                        row.Loss
+                        whole.History.[row.Step - 1].Loss
+                        (sprintf "loss at step %d" row.Step)
+
+                for (k, v), (_, w) in Array.zip resumed.History.[5].Validation whole.History.[9].Validation do
+                    Expect.floatClose agree v w ("final validation " + k)
+            }
+        ]

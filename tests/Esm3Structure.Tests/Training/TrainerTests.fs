@@ -1,0 +1,196 @@
+module Esm3Structure.Tests.Training.TrainerTests
+
+open System
+open System.IO
+open Expecto
+open TorchSharp
+open Esm3Structure.Io
+open Esm3Structure.Training
+open Esm3Structure.Tests
+
+/// A linear regression with noisy targets: each step draws its batch from (seed, step), and its noise from a
+/// generator whose state the trainer must carry over a resume. It fails (throws) at `crashAt` and returns a NaN
+/// loss at `nanAt` (1-based steps; 0 = never).
+type private Regression(seed: int, crashAt: int, nanAt: int) =
+    inherit TrainingTask()
+    let model = torch.nn.Linear(5L, 1L, dtype = torch.float64)
+    let generator = new torch.Generator(uint64 seed + 11UL)
+    let truth = torch.tensor ([| 1.0; -2.0; 0.5; 3.0; -1.0 |], dtype = torch.float64)
+
+    do
+        truth.DetachFromDisposeScope() |> ignore
+        use _ = torch.no_grad ()
+        let g = new torch.Generator(uint64 seed)
+
+        for p in model.parameters () do
+            p.copy_ (torch.randn (p.shape, dtype = torch.float64, generator = g)) |> ignore
+
+    member _.Linear = model
+
+    override _.Model = model :> torch.nn.Module
+    override _.Generators = [| generator |]
+
+    override _.Step(step: int) =
+        if step + 1 = crashAt then
+            failwith "simulated crash"
+
+        let random = Random(seed * 7919 + step)
+
+        let x =
+            torch.tensor(Array.init 40 (fun _ -> random.NextDouble() * 2.0 - 1.0)).reshape(8L, 5L)
+
+        let noise =
+            torch.randn ([| 8L |], dtype = torch.float64, generator = generator) * 0.01
+
+        let y = x.matmul truth + noise
+        let mse = (model.forward(x).squeeze(-1L) - y).square().mean()
+        let loss = if step + 1 = nanAt then mse * Double.NaN else mse
+
+        {
+            Loss = loss
+            Terms = [| "mse", mse |]
+        }
+
+    override _.Validate() =
+        [| "weight_error", (model.weight.squeeze (0L) - truth).abs().max().ToDouble() |]
+
+    override _.Export(folder: string) =
+        Checkpoint.save (Path.Combine(folder, "linear.safetensors")) model null
+
+let private config =
+    { TrainerConfig.small with
+        Steps = 30
+        BatchSize = 8
+        LearningRate = 0.3
+        WarmupSteps = 3
+        EvalEvery = 10
+        CheckpointEvery = 5
+        LogEvery = 1
+        Seed = 3
+        Progress = ProgressMode.Silent
+    }
+
+let private run (c: TrainerConfig) (task: TrainingTask) (out: string) (resume: bool) =
+    Trainer.run c task out resume "{}"
+
+[<Tests>]
+let tests =
+    testList
+        "Training/Trainer"
+        [
+            test "a short run lowers the loss, validates, logs every step and writes config.json and checkpoints" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                let report = run config (Regression(3, 0, 0)) dir.Path false
+                Expect.equal report.Steps 30 "steps"
+                Expect.equal report.History.Length 30 "one row per step"
+                let first = report.History.[0].Loss
+                Expect.isLessThan report.FinalLoss (first / 10.0) "loss falls by 10×"
+                Expect.equal report.History.[9].Validation.Length 1 "validated at step 10"
+                Expect.isEmpty report.History.[10].Validation "not at step 11"
+                Expect.equal (File.ReadAllLines(dir.File "metrics.jsonl").Length) 30 "metrics.jsonl rows"
+                Expect.equal (File.ReadAllText(dir.File "config.json")) "{}" "config.json"
+
+                Expect.equal
+                    (Trainer.lastCheckpoint dir.Path)
+                    (Some(Path.Combine(dir.Path, "checkpoints", "step-000030")))
+                    "last"
+
+                let kept =
+                    Directory.GetDirectories(Path.Combine(dir.Path, "checkpoints"))
+                    |> Array.map Path.GetFileName
+                    |> Array.sort
+
+                Expect.sequenceEqual kept [| "step-000025"; "step-000030" |] "two checkpoints kept"
+
+                for f in
+                    [
+                        "model.safetensors"
+                        "optimizer.bin"
+                        "rng.safetensors"
+                        "trainer.json"
+                        "linear.safetensors"
+                    ] do
+                    Expect.isTrue (File.Exists(Path.Combine(report.Checkpoint, f))) f
+            }
+
+            test "a crashed run resumed from its last checkpoint ends with exactly the uninterrupted run's metrics" {
+                use _ = torch.NewDisposeScope()
+                use a = new TempDir()
+                use b = new TempDir()
+                let whole = run config (Regression(3, 0, 0)) a.Path false
+                Expect.throws (fun () -> run config (Regression(3, 13, 0)) b.Path false |> ignore) "crash at 13"
+
+                Expect.equal
+                    (Trainer.lastCheckpoint b.Path)
+                    (Some(Path.Combine(b.Path, "checkpoints", "step-000010")))
+                    "last good"
+
+                let resumed = run config (Regression(3, 0, 0)) b.Path true
+                Expect.equal resumed.History.[0].Step 11 "resumed after step 10"
+                // Loaded tensors may sit at other memory alignments, and BLAS kernels then round differently in
+                // the last bit; the run must agree to far more digits than the progress line prints.
+                let agree = { absolute = 1e-12; relative = 1e-9 }
+
+                for row in resumed.History do
+                    let same = whole.History.[row.Step - 1]
+                    Expect.floatClose agree row.Loss same.Loss (sprintf "loss at step %d" row.Step)
+
+                    for (k, v), (_, w) in Array.zip row.Validation same.Validation do
+                        Expect.floatClose agree v w (sprintf "%s at step %d" k row.Step)
+
+                Expect.equal (sprintf "%.6f" resumed.FinalLoss) (sprintf "%.6f" whole.FinalLoss) "final loss as printed"
+                Expect.floatClose agree resumed.RunningLoss whole.RunningLoss "running loss"
+
+                Expect.equal
+                    (File.ReadAllLines(b.File "metrics.jsonl").Length)
+                    30
+                    "metrics.jsonl has no duplicated rows"
+            }
+
+            test "a NaN loss stops the run with a clear message and keeps the last good checkpoint; Skip goes on" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                let e =
+                    Expect.throwsT<NonFiniteLossException>
+                        (fun () -> run config (Regression(3, 0, 8)) dir.Path false |> ignore)
+                        "stops"
+
+                ignore e
+
+                let message =
+                    try
+                        run config (Regression(3, 0, 8)) dir.Path false |> ignore
+                        ""
+                    with :? NonFiniteLossException as e ->
+                        e.Message
+
+                Expect.stringContains message "step 8" "names the step"
+                Expect.stringContains message "step-000005" "names the last good checkpoint"
+                let last = Trainer.lastCheckpoint dir.Path
+                Expect.equal last (Some(Path.Combine(dir.Path, "checkpoints", "step-000005"))) "checkpoint 5 kept"
+                use fresh = torch.nn.Linear(5L, 1L, dtype = torch.float64)
+                Checkpoint.load (Path.Combine(last.Value, "model.safetensors")) fresh
+                Expect.isTrue (torch.isfinite(fresh.weight).all().ToBoolean()) "finite weights"
+                use skip = new TempDir()
+
+                let report =
+                    run { config with OnNan = NanPolicy.Skip } (Regression(3, 0, 8)) skip.Path false
+
+                Expect.equal report.Skipped 1 "one step skipped"
+                Expect.equal report.Steps 30 "completed"
+                Expect.isTrue (Double.IsFinite report.FinalLoss) "finite final loss"
+            }
+
+            test "live native tensors stay flat over steps" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                let report =
+                    run { config with CheckpointEvery = 0 } (Regression(4, 0, 0)) dir.Path false
+
+                let live = report.History |> Array.map (fun r -> r.LiveTensors)
+                Expect.equal live.[29] live.[4] "no growth from step 5 to step 30"
+            }
+        ]
