@@ -119,21 +119,13 @@ module Safetensors =
 
     let private showShape (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
-    let private kindName (e: JsonElement) =
-        match e.ValueKind with
-        | JsonValueKind.Object -> "an object"
-        | JsonValueKind.Array -> "an array"
-        | JsonValueKind.String -> "a string"
-        | JsonValueKind.Number -> "a number"
-        | JsonValueKind.True
-        | JsonValueKind.False -> "a boolean"
-        | JsonValueKind.Null -> "null"
-        | k -> string k
-
     /// Reads a non-negative integer that fits in int64, or fails naming `what`.
     let private nonNegativeInt (file: string) (name: string) (what: string) (e: JsonElement) : int64 =
         if e.ValueKind <> JsonValueKind.Number then
-            fail file (InputLocation.Field name) (sprintf "%s must be a non-negative integer, got %s" what (kindName e))
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "%s must be a non-negative integer, got %s" what (Json.kindName e))
 
         match e.TryGetInt64() with
         | true, v when v >= 0L -> v
@@ -151,12 +143,15 @@ module Safetensors =
 
     let private parseEntry (file: string) (name: string) (entry: JsonElement) : SafetensorsEntry =
         if entry.ValueKind <> JsonValueKind.Object then
-            fail file (InputLocation.Field name) (sprintf "the tensor entry must be an object, got %s" (kindName entry))
+            fail
+                file
+                (InputLocation.Field name)
+                (sprintf "the tensor entry must be an object, got %s" (Json.kindName entry))
 
         let dtypeEl = property file name "dtype" entry
 
         if dtypeEl.ValueKind <> JsonValueKind.String then
-            fail file (InputLocation.Field name) (sprintf "\"dtype\" must be a string, got %s" (kindName dtypeEl))
+            fail file (InputLocation.Field name) (sprintf "\"dtype\" must be a string, got %s" (Json.kindName dtypeEl))
 
         let dtype = dtypeEl.GetString()
 
@@ -169,7 +164,7 @@ module Safetensors =
         let shapeEl = property file name "shape" entry
 
         if shapeEl.ValueKind <> JsonValueKind.Array then
-            fail file (InputLocation.Field name) (sprintf "\"shape\" must be an array, got %s" (kindName shapeEl))
+            fail file (InputLocation.Field name) (sprintf "\"shape\" must be an array, got %s" (Json.kindName shapeEl))
 
         let shape =
             [|
@@ -234,7 +229,10 @@ module Safetensors =
 
             for p in value.EnumerateObject() do
                 if p.Value.ValueKind <> JsonValueKind.String then
-                    fail file loc (sprintf "the value of \"%s\" must be a string, got %s" p.Name (kindName p.Value))
+                    fail
+                        file
+                        loc
+                        (sprintf "the value of \"%s\" must be a string, got %s" p.Name (Json.kindName p.Value))
 
                 if m.ContainsKey p.Name then
                     fail file loc (sprintf "key \"%s\" appears twice" p.Name)
@@ -242,7 +240,7 @@ module Safetensors =
                 m <- m.Add(p.Name, p.Value.GetString())
 
             m
-        | _ -> fail file loc (sprintf "must be an object of strings, got %s" (kindName value))
+        | _ -> fail file loc (sprintf "must be an object of strings, got %s" (Json.kindName value))
 
     /// Validates the header against the file length and returns it. Nothing sized by the file's claims is allocated
     /// before the claim is checked against the actual file length.
@@ -289,7 +287,7 @@ module Safetensors =
             fail
                 file
                 (InputLocation.Field "header")
-                (sprintf "the header must be a JSON object, got %s" (kindName root))
+                (sprintf "the header must be a JSON object, got %s" (Json.kindName root))
 
         let seen = HashSet<string>()
         let mutable metadata = Map.empty

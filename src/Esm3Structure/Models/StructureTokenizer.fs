@@ -164,17 +164,6 @@ module StructureTokenizer =
         let bytes = Encoding.UTF8.GetBytes(toJson chains)
         AtomicFile.write path (fun s -> s.Write(bytes, 0, bytes.Length))
 
-    let private kind (e: JsonElement) =
-        match e.ValueKind with
-        | JsonValueKind.Object -> "an object"
-        | JsonValueKind.Array -> "an array"
-        | JsonValueKind.String -> "a string"
-        | JsonValueKind.Number -> "a number"
-        | JsonValueKind.True
-        | JsonValueKind.False -> "a boolean"
-        | JsonValueKind.Null -> "null"
-        | _ -> "nothing"
-
     let private parseChain (file: string) (prefix: string) (e: JsonElement) : TokenizedChain =
         let fail (field: string) message =
             InputError.raise file (InputLocation.Field(prefix + field)) message
@@ -186,7 +175,7 @@ module StructureTokenizer =
                      InputLocation.Whole
                  else
                      InputLocation.Field(prefix.TrimEnd '.'))
-                (sprintf "expected a JSON object, got %s" (kind e))
+                (sprintf "expected a JSON object, got %s" (Json.kindName e))
 
         let tryField (name: string) =
             match e.TryGetProperty name with
@@ -200,13 +189,13 @@ module StructureTokenizer =
 
         let text (name: string) (v: JsonElement) =
             if v.ValueKind <> JsonValueKind.String then
-                fail name (sprintf "expected a string, got %s" (kind v))
+                fail name (sprintf "expected a string, got %s" (Json.kindName v))
 
             v.GetString()
 
         let integers (name: string) (v: JsonElement) =
             if v.ValueKind <> JsonValueKind.Array then
-                fail name (sprintf "expected an array of integers, got %s" (kind v))
+                fail name (sprintf "expected an array of integers, got %s" (Json.kindName v))
 
             v.EnumerateArray()
             |> Seq.mapi (fun i x ->
@@ -215,7 +204,7 @@ module StructureTokenizer =
                     match x.TryGetInt64() with
                     | true, n -> n
                     | _ -> fail (sprintf "%s[%d]" name i) (sprintf "expected an integer, got %s" (x.GetRawText()))
-                | _ -> fail (sprintf "%s[%d]" name i) (sprintf "expected an integer, got %s" (kind x)))
+                | _ -> fail (sprintf "%s[%d]" name i) (sprintf "expected an integer, got %s" (Json.kindName x)))
             |> Array.ofSeq
 
         let path = text "file" (field "file")
@@ -332,7 +321,7 @@ module StructureTokenizer =
             InputError.raise
                 file
                 InputLocation.Whole
-                (sprintf "expected a JSON object or an array of objects, got %s" (kind root))
+                (sprintf "expected a JSON object or an array of objects, got %s" (Json.kindName root))
 
     /// Reads a tokens JSON file (see `ofJson`). A missing file raises `FileNotFoundException`.
     let readJson (path: string) : TokenizedChain[] =
