@@ -70,6 +70,34 @@ module Checkpoint =
     let keyShapes (m: torch.nn.Module) : (string * int64[]) list =
         [ for name, t in stateDict m -> name, t.shape ]
 
+    /// The number of numbered children under `prefix` in a list of keys: for "decoder_stack.blocks", the largest i
+    /// of "decoder_stack.blocks.{i}.…" plus one (0 when there is none). A key whose index is not a number below
+    /// 10,000 is returned as `Error key`.
+    let blockCount (prefix: string) (keys: seq<string>) : Result<int, string> =
+        let start = prefix + "."
+
+        keys
+        |> Seq.fold
+            (fun acc (key: string) ->
+                match acc with
+                | Error _ -> acc
+                | Ok count when key.StartsWith(start, StringComparison.Ordinal) ->
+                    let rest = key.Substring start.Length
+                    let dot = rest.IndexOf '.'
+                    let index = if dot < 0 then rest else rest.Substring(0, dot)
+
+                    match
+                        Int32.TryParse(
+                            index,
+                            Globalization.NumberStyles.None,
+                            Globalization.CultureInfo.InvariantCulture
+                        )
+                    with
+                    | true, i when i < 10000 -> Ok(max count (i + 1))
+                    | _ -> Error key
+                | ok -> ok)
+            (Ok 0)
+
     /// True when the checkpoint loads strictly.
     let isEmpty (mismatch: CheckpointMismatch) =
         mismatch.Missing.IsEmpty

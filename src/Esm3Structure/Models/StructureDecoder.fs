@@ -150,9 +150,6 @@ module StructureDecoderConfig =
     let parameterCount (c: StructureDecoderConfig) : int64 =
         expectedKeys c |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
 
-    let private blockKey =
-        Regex(@"^decoder_stack\.blocks\.(\d+)\.", RegexOptions.Compiled ||| RegexOptions.CultureInvariant)
-
     /// Infers the sizes from the tensors' shapes of an ESM-format state dict, with `headWidth` channels per head
     /// (the one size the shapes do not determine): d from `embed.weight` [4101, d], Layers from the highest
     /// `decoder_stack.blocks.{i}` + 1, the pairwise widths from `pairwise_classification_head.downproject.weight`
@@ -190,17 +187,9 @@ module StructureDecoderConfig =
             fail "embed.weight" (sprintf "d = %d is not a multiple of the head width %d" d headWidth)
 
         let layers =
-            table.Keys
-            |> Seq.choose (fun k ->
-                let m = blockKey.Match k
-
-                if m.Success then
-                    match Int32.TryParse m.Groups.[1].Value with
-                    | true, i -> Some(i + 1)
-                    | _ -> fail k "block index does not fit an int"
-                else
-                    None)
-            |> Seq.fold max 0
+            match Checkpoint.blockCount "decoder_stack.blocks" table.Keys with
+            | Ok n -> n
+            | Error key -> fail key "block index does not fit an int"
 
         if layers = 0 then
             fail "decoder_stack.blocks.0.attn.layernorm_qkv.1.weight" "missing: the file holds no decoder block"

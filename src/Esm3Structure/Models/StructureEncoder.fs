@@ -288,12 +288,6 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
 /// Loading of `StructureEncoder`s from ESM-format safetensors files.
 module StructureEncoder =
 
-    let private blockKey =
-        Text.RegularExpressions.Regex(
-            @"^transformer\.blocks\.(\d+)\.",
-            Text.RegularExpressions.RegexOptions.CultureInvariant
-        )
-
     /// Infers an encoder's sizes from the (name, shape) list of an ESM-format state dict: d from
     /// `relative_positional_embedding.embedding.weight` [2·bins + 2, d] (which gives the bins too), Layers from the
     /// highest `transformer.blocks.{i}` + 1, VHeads from `transformer.blocks.0.geom_attn.distance_scale_per_head`
@@ -339,17 +333,9 @@ module StructureEncoder =
         let bins = (embedding.[0] - 2L) / 2L
 
         let layers =
-            table.Keys
-            |> Seq.choose (fun k ->
-                let m = blockKey.Match k
-
-                if m.Success then
-                    match Int32.TryParse m.Groups.[1].Value with
-                    | true, i when i < 1000 -> Some(i + 1)
-                    | _ -> fail k "block index out of range"
-                else
-                    None)
-            |> Seq.fold max 0
+            match Checkpoint.blockCount "transformer.blocks" table.Keys with
+            | Ok n -> n
+            | Error key -> fail key "block index out of range"
 
         if layers = 0 then
             fail "transformer.blocks.0.geom_attn.distance_scale_per_head" "missing: the file holds no encoder block"
