@@ -1,0 +1,126 @@
+// Structure → tokens → structure with the shipped tokenizer (or given weights): prints the tokens of a real chain
+// and the round trip's backbone RMSD and LDDT-CA; with --split, the summary over a split of the corpus.
+//   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--device cpu|cuda]
+//   dotnet fsi scripts/roundtrip.fsx --split valid [--data DIR] [--out SUMMARY.json]
+#load "_load.fsx"
+
+open System.IO
+open Argu
+open Esm3Structure.App
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Structure
+
+[<HelpFlags("--usage", "--help")>]
+type Args =
+    | [<Unique>] Pdb of file: string
+    | [<Unique>] Chain of id: string
+    | [<Unique>] Split of name: string
+    | [<Unique>] Data of dir: string
+    | [<Unique>] Encoder of file: string
+    | [<Unique>] Decoder of file: string
+    | [<Unique>] Out of json: string
+    | [<Unique>] Device of string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Pdb _ -> "PDB or mmCIF file, optionally .gz (default: ../shared/data/small/1ubq_A.pdb)"
+            | Chain _ -> "chain id (default: the first protein chain)"
+            | Split _ -> "evaluate every chain of this split of the corpus (train, valid or test) instead of one file"
+            | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
+            | Encoder _ -> sprintf "encoder safetensors file (default: %s)" StructureTokenizer.DefaultEncoderPath
+            | Decoder _ -> sprintf "decoder safetensors file (default: %s)" StructureTokenizer.DefaultDecoderPath
+            | Out _ -> "write the summary and per-chain figures as JSON, atomically"
+            | Device _ -> "cpu (default) or cuda"
+
+Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
+    let root = Cli.repositoryRoot __SOURCE_DIRECTORY__
+    let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
+
+    let resolve defaultPath given =
+        StructureTokenizer.resolveWeights root defaultPath given
+
+    let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
+
+    use encoder =
+        StructureEncoder.load (
+            resolve StructureTokenizer.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = ""))
+        )
+
+    use decoder =
+        StructureDecoder.load (
+            resolve StructureTokenizer.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = ""))
+        )
+
+    encoder.``to`` device |> ignore
+    decoder.``to`` device |> ignore
+
+    let chains =
+        match args.TryGetResult Split with
+        | Some split ->
+            let entries =
+                Corpus.readIndex (Path.Combine(data, "index.tsv"))
+                |> Array.filter (fun e -> e.Split = split)
+
+            if entries.Length = 0 then
+                raise (System.ArgumentException(sprintf "no chain of split '%s' in %s" split data))
+
+            entries
+            |> Array.map (fun e -> StructureFile.read (Path.Combine(data, "structures", e.File)) None)
+        | None ->
+            let file =
+                args.GetResult(Pdb, defaultValue = Path.Combine(data, "small", "1ubq_A.pdb"))
+
+            let chain = args.GetResult(Chain, defaultValue = "")
+            [| StructureFile.read file (if chain = "" then None else Some chain) |]
+
+    let trips =
+        chains
+        |> Array.map (fun c ->
+            let t = RoundTrip.ofChain encoder decoder c
+
+            printfn
+                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  pTM %.3f  mean pLDDT %.3f"
+                c.Name
+                t.Residues
+                t.BackboneRmsd
+                t.LddtCa
+                t.Decoded.Ptm
+                (Array.average t.Decoded.Plddt)
+
+            t)
+
+    if trips.Length = 1 then
+        let t = trips.[0]
+        printfn "structure tokens: %s" (t.Tokenized.Tokens |> Array.map string |> String.concat " ")
+
+        if t.Tokenized.MissingBackbone.Length > 0 then
+            printfn "residues without N, CA and C (not decoded): %d" t.Tokenized.MissingBackbone.Length
+
+    let summary = RoundTrip.summarize encoder.Config.Quantizer.Codes trips
+
+    if trips.Length > 1 then
+        printfn
+            "%d chains, %d residues: median backbone RMSD %.3f Å (mean %.3f), median LDDT-CA %.3f (mean %.3f), live codes %d / %d (%.1f %%), perplexity %.1f"
+            summary.Chains
+            summary.Residues
+            summary.MedianBackboneRmsd
+            summary.MeanBackboneRmsd
+            summary.MedianLddtCa
+            summary.MeanLddtCa
+            summary.Usage.LiveCodes
+            summary.Usage.Codes
+            (100.0 * summary.Usage.LiveFraction)
+            summary.Usage.Perplexity
+
+    args.TryGetResult Out
+    |> Option.iter (fun path ->
+        Esm3Structure.AtomicFile.write path (fun s ->
+            let bytes = System.Text.Encoding.UTF8.GetBytes(RoundTrip.toJson summary trips)
+            s.Write(bytes, 0, bytes.Length))
+
+        printfn "wrote %s" path)
+
+    0)
+|> exit

@@ -1,0 +1,160 @@
+namespace Esm3Structure.Models
+
+open System
+open TorchSharp
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+
+/// One chain tokenized and decoded again, with the reconstruction's quality (ESM3-TRAINING §2.2).
+type RoundTrip =
+    {
+        /// The tokens of every residue (MASK where the backbone is incomplete).
+        Tokenized: TokenizedChain
+        /// The decoding of the residues that have a token (those with N, CA and C), in file order.
+        Decoded: DecodedStructure
+        /// Residues decoded (the chain's length less `Tokenized.MissingBackbone`).
+        Residues: int
+        /// Backbone (N, CA, C) RMSD in Å after the Kabsch fit, over the decoded residues.
+        BackboneRmsd: float
+        /// LDDT-CA of the decoding against the chain (ESM's cut-off 15 Å and thresholds), over the decoded residues.
+        LddtCa: float
+    }
+
+/// Quality of a tokenizer over many chains: the figures the README quotes for the shipped model.
+type RoundTripSummary =
+    {
+        Chains: int
+        Residues: int
+        MedianBackboneRmsd: float
+        MeanBackboneRmsd: float
+        MedianLddtCa: float
+        MeanLddtCa: float
+        /// Codebook usage of all the chains' tokens together (live codes, perplexity).
+        Usage: QuantizerMetrics
+    }
+
+/// Structure → tokens → structure, and its summary over a set of chains.
+module RoundTrip =
+
+    let private median (xs: float[]) =
+        if xs.Length = 0 then
+            nan
+        else
+            let s = Array.sort xs
+            let n = s.Length
+
+            if n % 2 = 1 then
+                s.[n / 2]
+            else
+                0.5 * (s.[n / 2 - 1] + s.[n / 2])
+
+    /// Tokenizes `chain` with `encoder`, decodes the residues that have a token with `decoder` (their sequence,
+    /// numbering and order kept), and measures the decoding against the chain. A chain without any complete backbone
+    /// raises an `ArgumentException` naming it.
+    let ofChain (encoder: StructureEncoder) (decoder: StructureDecoder) (chain: ProteinChain) : RoundTrip =
+        let tokenized = StructureTokenizer.tokenize encoder chain
+        let missing = Collections.Generic.HashSet<int>(tokenized.MissingBackbone)
+
+        let keep =
+            [| 0 .. tokenized.Tokens.Length - 1 |] |> Array.filter (missing.Contains >> not)
+
+        if keep.Length = 0 then
+            raise (ArgumentException(sprintf "%s: no residue has N, CA and C; nothing to decode" chain.Name))
+
+        let sub =
+            { tokenized with
+                Sequence =
+                    if String.IsNullOrEmpty tokenized.Sequence then
+                        ""
+                    else
+                        String(keep |> Array.map (fun i -> tokenized.Sequence.[i]))
+                ResidueIndex = keep |> Array.map (fun i -> tokenized.ResidueIndex.[i])
+                Tokens = keep |> Array.map (fun i -> tokenized.Tokens.[i])
+                MissingBackbone = [||]
+            }
+
+        let decoded = StructureTokenizer.decode decoder sub
+        use _ = torch.NewDisposeScope()
+        let idx = torch.tensor (keep |> Array.map int64)
+
+        let reference = (ProteinChain.backbone torch.float64 chain).index_select(0L, idx)
+
+        let model = ProteinChain.backbone torch.float64 decoded.Chain
+        let mask = torch.ones ([| int64 keep.Length |], dtype = torch.ScalarType.Bool)
+        let rmsd = (Metrics.backboneRmsd model reference mask).ToDouble()
+
+        let lddt =
+            (Metrics.lddtCa (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)).Protein.ToDouble()
+
+        {
+            Tokenized = tokenized
+            Decoded = decoded
+            Residues = keep.Length
+            BackboneRmsd = rmsd
+            LddtCa = lddt
+        }
+
+    /// Medians, means and the codebook usage over round trips; `codes` is the codebook size.
+    let summarize (codes: int64) (trips: RoundTrip[]) : RoundTripSummary =
+        let rmsd = trips |> Array.map (fun t -> t.BackboneRmsd)
+        let lddt = trips |> Array.map (fun t -> t.LddtCa)
+        let histogram = Array.zeroCreate<int64>(int codes)
+
+        for t in trips do
+            for id in t.Tokenized.Tokens do
+                if id >= 0L && id < codes then
+                    histogram.[int id] <- histogram.[int id] + 1L
+
+        let usage =
+            {
+                Histogram = histogram
+                Count = Array.sum histogram
+                Dim = 1L
+                SquaredErrorSum = nan
+            }
+
+        {
+            Chains = trips.Length
+            Residues = trips |> Array.sumBy (fun t -> t.Residues)
+            MedianBackboneRmsd = median rmsd
+            MeanBackboneRmsd = (if rmsd.Length = 0 then nan else Array.average rmsd)
+            MedianLddtCa = median lddt
+            MeanLddtCa = (if lddt.Length = 0 then nan else Array.average lddt)
+            Usage = CodebookUsage.metrics usage
+        }
+
+    /// The summary and the per-chain figures as a JSON object (`chains`: name, residues, backbone_rmsd, lddt_ca,
+    /// ptm, mean_plddt).
+    let toJson (summary: RoundTripSummary) (trips: RoundTrip[]) : string =
+        use stream = new IO.MemoryStream()
+
+        (use w =
+            new Text.Json.Utf8JsonWriter(stream, Text.Json.JsonWriterOptions(Indented = true))
+
+         w.WriteStartObject()
+         w.WriteNumber("chains", summary.Chains)
+         w.WriteNumber("residues", summary.Residues)
+         w.WriteNumber("median_backbone_rmsd", summary.MedianBackboneRmsd)
+         w.WriteNumber("mean_backbone_rmsd", summary.MeanBackboneRmsd)
+         w.WriteNumber("median_lddt_ca", summary.MedianLddtCa)
+         w.WriteNumber("mean_lddt_ca", summary.MeanLddtCa)
+         w.WriteNumber("codes", summary.Usage.Codes)
+         w.WriteNumber("live_codes", summary.Usage.LiveCodes)
+         w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
+         w.WriteNumber("perplexity", summary.Usage.Perplexity)
+         w.WriteStartArray "per_chain"
+
+         for t in trips do
+             w.WriteStartObject()
+             w.WriteString("name", t.Tokenized.File)
+             w.WriteNumber("residues", t.Residues)
+             w.WriteNumber("backbone_rmsd", t.BackboneRmsd)
+             w.WriteNumber("lddt_ca", t.LddtCa)
+             w.WriteNumber("ptm", t.Decoded.Ptm)
+             w.WriteNumber("mean_plddt", float (Array.average t.Decoded.Plddt))
+             w.WriteEndObject()
+
+         w.WriteEndArray()
+         w.WriteEndObject())
+
+        Text.Encoding.UTF8.GetString(stream.ToArray()) + "\n"

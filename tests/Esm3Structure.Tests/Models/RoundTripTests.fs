@@ -1,0 +1,103 @@
+module Esm3Structure.Tests.Models.RoundTripTests
+
+open System
+open System.Text.Json
+open Expecto
+open TorchSharp
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+open Esm3Structure.Tests
+open Esm3Structure.Tests.Models.StructureTokenizerTests
+
+let private decoder (seed: uint64) =
+    let g = new torch.Generator(seed)
+    let m = new StructureDecoder(StructureDecoderConfig.small)
+    Init.reset g m
+    m.eval ()
+    m
+
+/// The chain with residue `i`'s CA removed (no frame there).
+let private withoutCa (i: int) (c: ProteinChain) =
+    let atom37: float32[,,] = c.Atom37.Clone() :?> float32[,,]
+
+    for x in 0..2 do
+        atom37.[i, ResidueConstants.caIndex, x] <- nanf
+
+    ProteinChain.ofAtom37 c.Name c.ChainId c.Sequence c.ResidueIndex atom37
+
+[<Tests>]
+let tests =
+    testList
+        "Models/RoundTrip"
+        [
+            test "a round trip decodes exactly the residues with a backbone and measures them against the chain" {
+                use enc = TokenizerFixtures.smallEncoder 3UL
+                use dec = decoder 4UL
+                let c = StructureFile.read (Data.small "1ubq_A") None
+                let holed = withoutCa 10 c
+                let t = RoundTrip.ofChain enc dec holed
+                let l = ProteinChain.length c
+                Expect.equal t.Residues (l - 1) "one residue has no frame"
+                Expect.equal t.Tokenized.MissingBackbone [| 10 |] "reported"
+                Expect.equal (ProteinChain.length t.Decoded.Chain) (l - 1) "decoded residues"
+
+                Expect.equal
+                    t.Decoded.Chain.ResidueIndex
+                    (Array.append c.ResidueIndex.[..9] c.ResidueIndex.[11..])
+                    "numbering kept"
+
+                // The figures are those of the metrics on the decoded residues.
+                use _ = torch.NewDisposeScope()
+                let keep = torch.tensor (Array.append [| 0L .. 9L |] [| 11L .. int64 l - 1L |])
+                let reference = (ProteinChain.backbone torch.float64 c).index_select(0L, keep)
+                let model = ProteinChain.backbone torch.float64 t.Decoded.Chain
+                let mask = torch.ones ([| int64 (l - 1) |], dtype = torch.ScalarType.Bool)
+                let rmsd = (Metrics.backboneRmsd model reference mask).ToDouble()
+                Expect.floatClose Accuracy.veryHigh t.BackboneRmsd rmsd "RMSD"
+                Expect.isGreaterThan t.BackboneRmsd 1.0 "random weights reconstruct nothing"
+                Expect.isTrue (t.LddtCa >= 0.0 && t.LddtCa <= 1.0) "LDDT-CA in [0, 1]"
+            }
+
+            test "summary: medians, means and codebook usage by hand; JSON carries them" {
+                use enc = TokenizerFixtures.smallEncoder 3UL
+                use dec = decoder 4UL
+
+                let trips =
+                    [| "1ubq_A"; "1a8o_A"; "2erl_A"; "1lcd_A" |]
+                    |> Array.map (fun n -> RoundTrip.ofChain enc dec (StructureFile.read (Data.small n) None))
+
+                let s = RoundTrip.summarize 64L trips
+                let rmsd = trips |> Array.map (fun t -> t.BackboneRmsd) |> Array.sort
+                Expect.floatClose Accuracy.veryHigh s.MedianBackboneRmsd (0.5 * (rmsd.[1] + rmsd.[2])) "even median"
+                Expect.floatClose Accuracy.veryHigh s.MeanBackboneRmsd (Array.average rmsd) "mean"
+                let used = trips |> Array.collect (fun t -> t.Tokenized.Tokens) |> Array.distinct
+                Expect.equal s.Usage.LiveCodes (int64 used.Length) "live codes"
+                Expect.equal s.Residues (trips |> Array.sumBy (fun t -> t.Residues)) "residues"
+                let odd = RoundTrip.summarize 64L trips.[..2]
+                let r3 = trips.[..2] |> Array.map (fun t -> t.BackboneRmsd) |> Array.sort
+                Expect.equal odd.MedianBackboneRmsd r3.[1] "odd median"
+
+                use doc = JsonDocument.Parse(RoundTrip.toJson s trips)
+                let root = doc.RootElement
+                Expect.equal (root.GetProperty("chains").GetInt32()) 4 "chains"
+                Expect.equal (root.GetProperty("per_chain").GetArrayLength()) 4 "per-chain rows"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    (root.GetProperty("median_backbone_rmsd").GetDouble())
+                    s.MedianBackboneRmsd
+                    "median in JSON"
+            }
+
+            test "a chain without any backbone is a clear error" {
+                use enc = TokenizerFixtures.smallEncoder 3UL
+                use dec = decoder 4UL
+                let c = StructureFile.read (Data.small "1ubq_A") None
+
+                let none =
+                    [ 0 .. ProteinChain.length c - 1 ] |> List.fold (fun acc i -> withoutCa i acc) c
+
+                Expect.throwsT<ArgumentException> (fun () -> RoundTrip.ofChain enc dec none |> ignore) "raises"
+            }
+        ]

@@ -1,0 +1,109 @@
+module Esm3Structure.Tests.Models.ShippedTokenizerTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open TorchSharp
+open Esm3Structure.Geometry
+open Esm3Structure.Models
+open Esm3Structure.Structure
+open Esm3Structure.Tests
+
+/// The repository root (holding Research.sln), above the test binary.
+let private root =
+    let rec up (d: DirectoryInfo) =
+        if isNull d then
+            failwith "Research.sln not found"
+        elif File.Exists(Path.Combine(d.FullName, "Research.sln")) then
+            d.FullName
+        else
+            up d.Parent
+
+    up (DirectoryInfo AppContext.BaseDirectory)
+
+let private shipped (relative: string) = Path.Combine(root, relative)
+
+let private encoder =
+    lazy (StructureEncoder.load (shipped StructureTokenizer.DefaultEncoderPath))
+
+let private decoder =
+    lazy (StructureDecoder.load (shipped StructureTokenizer.DefaultDecoderPath))
+
+let private chain name =
+    StructureFile.read (Data.small name) None
+
+[<Tests>]
+let tests =
+    testList
+        "Models/ShippedTokenizer"
+        [
+            test "the shipped model: encoder and decoder ≤ 50 MB together, with config, training log and validation" {
+                let dir = Path.GetDirectoryName(shipped StructureTokenizer.DefaultEncoderPath)
+
+                let size =
+                    [ StructureTokenizer.DefaultEncoderPath; StructureTokenizer.DefaultDecoderPath ]
+                    |> List.sumBy (fun f -> FileInfo(shipped f).Length)
+
+                Expect.isLessThanOrEqual size (50L * 1024L * 1024L) "≤ 50 MB"
+
+                for f in [ "config.json"; "metrics.jsonl"; "train.log"; "validation.json" ] do
+                    Expect.isTrue (File.Exists(Path.Combine(dir, f))) (sprintf "%s beside the model" f)
+
+                use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "validation.json")))
+                let v = doc.RootElement
+                Expect.isGreaterThan (v.GetProperty("chains").GetInt32()) 0 "validation chains"
+
+                Expect.equal
+                    (v.GetProperty("codes").GetInt64())
+                    encoder.Value.Config.Quantizer.Codes
+                    "validation is of this model's codebook"
+            }
+
+            test "tokens of real chains are identical after random rigid motions (float32)" {
+                let m = encoder.Value
+
+                for name in Data.smallNames.Value do
+                    use _ = torch.NewDisposeScope()
+                    let bb = (ProteinChain.backbone torch.float32 (chain name)).unsqueeze 0L
+                    let tokens = m.Encode(bb, null, null, null).Tokens
+                    let distinct = tokens.data<int64>().ToArray() |> Array.distinct |> Array.length
+                    Expect.isGreaterThan distinct 5 (sprintf "%s: tokens are not trivially constant" name)
+                    let g = new torch.Generator(uint64 (name.GetHashCode() &&& 0xffff))
+
+                    for motion in 1..4 do
+                        let rigid = Frame.random [||] 50.0 torch.float32 torch.CPU g
+                        let moved = m.Encode(Frame.apply rigid bb, null, null, null).Tokens
+                        let differing = tokens.ne(moved).sum().ToInt64()
+                        Expect.equal differing 0L (sprintf "%s, motion %d: tokens that changed" name motion)
+            }
+
+            test "round trips of real chains: finite coordinates, pLDDT and pTM in [0, 1], a faithful backbone" {
+                let trips =
+                    Data.smallNames.Value
+                    |> Array.map (fun n -> RoundTrip.ofChain encoder.Value decoder.Value (chain n))
+
+                for t in trips do
+                    let name = t.Tokenized.File
+                    let atoms = t.Decoded.Chain.Atom37
+                    let mask = t.Decoded.Chain.Atom37Mask
+
+                    for i in 0 .. Array3D.length1 atoms - 1 do
+                        for a in 0..2 do
+                            Expect.isTrue mask.[i, a] (sprintf "%s: residue %d backbone atom %d decoded" name i a)
+
+                            for x in 0..2 do
+                                Expect.isTrue
+                                    (Single.IsFinite atoms.[i, a, x])
+                                    (sprintf "%s: residue %d atom %d finite" name i a)
+
+                    for p in t.Decoded.Plddt do
+                        Expect.isTrue (p >= 0.0f && p <= 1.0f) (sprintf "%s: pLDDT %g in [0, 1]" name p)
+
+                    Expect.isTrue (t.Decoded.Ptm >= 0.0 && t.Decoded.Ptm <= 1.0) (sprintf "%s: pTM in [0, 1]" name)
+
+                // A trained tokenizer, not noise: far better than a structure-free guess on every chain.
+                let summary = RoundTrip.summarize encoder.Value.Config.Quantizer.Codes trips
+                Expect.isGreaterThan summary.MedianLddtCa 0.5 "median LDDT-CA of the small chains"
+            }
+        ]
