@@ -382,15 +382,12 @@ let tests =
 
                 let d0 = d0Formula 300
                 let expected = (150.0 + 150.0 / (1.0 + (1000.0 / d0) ** 2.0)) / 300.0
-                let sw = Diagnostics.Stopwatch.StartNew()
-
                 Expect.floatClose
                     { absolute = 1e-9; relative = 0.0 }
                     (Metrics.tmScore (reference + shift) reference None)
                     expected
                     "TM"
 
-                Expect.isLessThan sw.Elapsed.TotalSeconds 10.0 "L = 300 stays fast"
                 // and no fragment seed of any batch beats the search
                 let model = hinged g reference
                 let tm = Metrics.tmScore model reference None
