@@ -6,6 +6,7 @@
 
 open System.IO
 open Argu
+open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Io
 open Esm3Structure.Models
