@@ -489,15 +489,32 @@ module StructureDecoder =
     let decode (model: StructureDecoder) (tokens: int64[]) : DecodedStructure =
         decodeWithSequence model (String('A', max 0 (tokens.Length - 2))) tokens
 
+    /// The attention head width a decoder file declares in its metadata ("head_width", written by our training
+    /// export: shapes cannot tell it), else ESM's 64. A value that is not a positive integer raises an
+    /// `InputException` naming `path` and the field.
+    let headWidthOf (path: string) (metadata: Map<string, string>) : int64 =
+        match metadata.TryFind "head_width" with
+        | None -> 64L
+        | Some text ->
+            match Int64.TryParse text with
+            | true, w when w > 0L -> w
+            | _ ->
+                InputError.raise
+                    path
+                    (InputLocation.Field "__metadata__.head_width")
+                    (sprintf "'%s' is not a positive integer" text)
+
     /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes
-    /// (`StructureDecoderConfig.ofKeyShapes`, heads = d / 64), every key and shape is checked against
-    /// `StructureDecoderConfig.expectedKeys` before the model is built, then the tensors are loaded strictly. Any
-    /// problem raises an `InputException` naming `path` and the tensors concerned. The model is float32 on the CPU,
-    /// in eval mode.
+    /// (`StructureDecoderConfig.ofKeyShapesWith`, heads = d / the metadata's head width, else d / 64 as ESM), every
+    /// key and shape is checked against `StructureDecoderConfig.expectedKeys` before the model is built, then the
+    /// tensors are loaded strictly. Any problem raises an `InputException` naming `path` and the tensors concerned.
+    /// The model is float32 on the CPU, in eval mode.
     let load (path: string) : StructureDecoder =
         let header = Safetensors.readHeader path
         let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
-        let config = StructureDecoderConfig.ofKeyShapes path shapes
+
+        let config =
+            StructureDecoderConfig.ofKeyShapesWith (headWidthOf path header.Metadata) path shapes
         let mismatch = StructureDecoderConfig.mismatches config shapes
 
         if not (Checkpoint.isEmpty mismatch) then

@@ -156,6 +156,10 @@ let tests =
                     tiny.Decoder
                     "the decoder's sizes from its file"
 
+                // what the scripts load: the head count from the metadata, not ESM's 64-wide default
+                use loaded = StructureDecoder.load (Path.Combine(ckpt, "decoder.safetensors"))
+                Expect.equal loaded.Config tiny.Decoder "StructureDecoder.load reads the head width"
+
                 // token ids through the exported decoder's embeddings = the training path's projected codes
                 use task = new TokenizerTraining.Task(tiny, torch.CPU, [||], [||])
                 Checkpoint.load (Path.Combine(ckpt, "model.safetensors")) task.Tokenizer
