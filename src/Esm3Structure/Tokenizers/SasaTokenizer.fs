@@ -123,9 +123,13 @@ module SasaTokenizer =
         else
             body
 
-    /// The ids of a tensor of values, as `tokenId` (NaN → 0); any float dtype and device.
+    /// The ids of a tensor of values, as `tokenId` (NaN → 0), compared in the values' own float dtype (so a float32
+    /// 0.8f is a boundary); any device. A non-float tensor raises an `ArgumentException`.
     /// Shapes: values [*] -> [*] int64
     let encodeTensor (values: torch.Tensor) : torch.Tensor =
+        if not (values.is_floating_point ()) then
+            raise (ArgumentException(sprintf "expected float SASA values, got %O" values.dtype, "values"))
+
         use edges = torch.tensor (boundaries, dtype = values.dtype, device = values.device)
         use bins = torch.bucketize (values, edges, false, false)
         use nan = values.isnan ()

@@ -161,6 +161,10 @@ let tests =
                 let ids = SasaTokenizer.encodeTensor (t.reshape (2L, 3L))
                 Expect.equal ids.shape [| 2L; 3L |] "shape"
                 Expect.equal (ids.flatten().data<int64>().ToArray()) [| 3L; 17L; 0L; 5L; 18L; 3L |] "ids"
+
+                Expect.throwsT<ArgumentException>
+                    (fun () -> SasaTokenizer.encodeTensor (torch.tensor [| 1L; 2L |]) |> ignore)
+                    "integer values are rejected"
             }
 
             test "decodeStrings and errors" {
