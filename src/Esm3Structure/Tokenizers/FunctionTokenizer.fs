@@ -1,0 +1,640 @@
+namespace Esm3Structure.Tokenizers
+
+open System
+open System.Collections.Generic
+open System.IO
+open System.Text
+open System.Text.RegularExpressions
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Io
+
+/// The keyword vocabulary of the function track: terms (index = term id), each term's IDF weight, and the keywords of
+/// each InterPro entry. Built by `FunctionTokenizer.createVocabulary` (which validates) or loaded by
+/// `FunctionTokenizer.load`.
+[<Sealed>]
+type KeywordVocabulary internal (terms: string[], idf: float[], interProKeywords: IReadOnlyDictionary<string, string[]>)
+    =
+    let index =
+        let d = Dictionary<string, int>(StringComparer.Ordinal)
+        terms |> Array.iteri (fun i t -> d.[t] <- i)
+        d
+
+    /// The terms in id order.
+    member _.Terms = terms
+    /// IDF weight per term (finite, > 0).
+    member _.Idf = idf
+    /// InterPro id (`IPR…`) → its keywords (terms outside the vocabulary are allowed and ignored, as in ESM).
+    member _.InterProKeywords = interProKeywords
+    /// V, the number of terms.
+    member _.Size = terms.Length
+
+    /// The id of a term, or −1.
+    member _.IndexOf(term: string) =
+        match index.TryGetValue term with
+        | true, i -> i
+        | _ -> -1
+
+/// The LSH hyperplanes of the function track: `Hyperplanes` [T = 8 tables, 8 bits, V] float64. Owns its tensor.
+type LshTables =
+    {
+        /// Shapes: [8, 8, V] float64; hyperplane b of table t is `Hyperplanes[t, b]`.
+        Hyperplanes: torch.Tensor
+    }
+
+    interface IDisposable with
+        member this.Dispose() = this.Hyperplanes.Dispose()
+
+/// Everything the function tokenizer needs: the keyword vocabulary and the LSH tables over it. Owns its tensor.
+type FunctionTokenizerData =
+    {
+        /// Terms, IDF and InterPro → keywords.
+        Vocabulary: KeywordVocabulary
+        /// Hyperplanes [8, 8, V].
+        Tables: LshTables
+    }
+
+    interface IDisposable with
+        member this.Dispose() = (this.Tables :> IDisposable).Dispose()
+
+/// One residue's function token, before ids: a special, or the 8 LSH values (0 … 255, one per table).
+[<RequireQualifiedAccess>]
+type FunctionToken =
+    /// `<pad>`: the protein has no annotations (also BOS, EOS, mask, chain break).
+    | Pad
+    /// `<motif>`.
+    | Motif
+    /// `<unk>`: the residue's labels have an all-zero TF-IDF vector.
+    | Unk
+    /// `<none>`: nothing covers this residue in an annotated protein.
+    | NoLabels
+    /// The LSH value of each table (0 … 255); bit b of value t is hyperplane b of table t.
+    | Hash of values: int[]
+
+/// ESM3's function-keyword track (evolutionaryscale/esm `esm/tokenization/function_tokenizer.py`,
+/// `esm/utils/function/tfidf.py`, `esm/utils/function/lsh.py`; ESM3-REFERENCE.md §8.5). Per residue, the labels
+/// covering it (keywords and/or InterPro ids) become one TF-IDF vector (element-wise max of the keywords' vector and
+/// each InterPro id's vector), which 8 LSH tables of 8 hyperplanes hash into 8 values of 8 bits; id = 4 + value.
+///
+/// Files (ESM's own — a 58,641-term vocabulary, an IDF .npy, an .npz of hyperplanes — are not available here, so
+/// this library defines a simple equivalent):
+/// - keywords file: UTF-8 text, one term per line, line n → term id n − 1 (ESM's vocabulary .txt is the same);
+/// - tensors file: safetensors with `idf` [V] and `hyperplanes` [8, 8, V] (F32 or F64; read as float64);
+/// - InterPro file (optional): UTF-8 text, one `IPRxxxxxx<TAB>term,term,…` line per entry (ESM: a CSV with
+///   `interpro_id` and comma-joined `keywords`).
+///
+/// Decoding: ESM decodes function tokens to keywords with a separately trained network; the only exact inverse is
+/// token → LSH bit pattern (`decodeTokens`, `bitsOfValue`), which is what this module offers.
+module FunctionTokenizer =
+
+    /// `<pad>`.
+    [<Literal>]
+    let Pad = 0L
+
+    /// BOS (the `<pad>` id).
+    [<Literal>]
+    let Bos = 0L
+
+    /// EOS (the `<pad>` id).
+    [<Literal>]
+    let Eos = 0L
+
+    /// Mask (the `<pad>` id).
+    [<Literal>]
+    let Mask = 0L
+
+    /// Chain break (the `<pad>` id).
+    [<Literal>]
+    let ChainBreak = 0L
+
+    /// `<motif>`.
+    [<Literal>]
+    let Motif = 1L
+
+    /// `<unk>`.
+    [<Literal>]
+    let Unk = 2L
+
+    /// `<none>`.
+    [<Literal>]
+    let NoLabels = 3L
+
+    /// Id of LSH value 0; value u has id `LshOffset + u`.
+    [<Literal>]
+    let LshOffset = 4L
+
+    /// Tokens per residue (LSH tables).
+    [<Literal>]
+    let Depth = 8
+
+    /// Bits per token (hyperplanes per table).
+    [<Literal>]
+    let BitsPerToken = 8
+
+    /// Ids per slot: 4 specials + 256 LSH values (ESM3's `function_embed.t` rows).
+    [<Literal>]
+    let VocabularySize = 260L
+
+    /// The 260 token strings in id order: `<pad> <motif> <unk> <none> <lsh:0> … <lsh:255>`.
+    let vocabulary =
+        Array.append [| "<pad>"; "<motif>"; "<unk>"; "<none>" |] (Array.init 256 (sprintf "<lsh:%d>"))
+
+    // ---- vocabulary ----
+
+    /// The first problem with terms and IDF, if any: (term index, message).
+    let private vocabularyProblem (terms: string[]) (idf: float[]) : (int * string) option =
+        let seen = HashSet<string>(StringComparer.Ordinal)
+
+        terms
+        |> Array.indexed
+        |> Array.tryPick (fun (i, t) ->
+            if String.IsNullOrEmpty t then
+                Some(i, "empty term")
+            elif t.Contains '\n' || t.Contains '\r' then
+                Some(i, "a term may not contain a line break")
+            elif not (seen.Add t) then
+                Some(i, sprintf "term '%s' appears twice" t)
+            elif i < idf.Length && not (Double.IsFinite idf.[i] && idf.[i] > 0.0) then
+                Some(i, sprintf "IDF of '%s' is %g; it must be finite and positive" t idf.[i])
+            else
+                None)
+
+    /// A keyword vocabulary from terms, their IDF weights and InterPro → keywords (null for none). A length mismatch,
+    /// an empty/repeated term or a non-positive IDF raises an `InputException` naming `source` and "term i"; an
+    /// InterPro key that is not `IPR` + digits raises one naming the key.
+    let createVocabulary
+        (source: string)
+        (terms: string[])
+        (idf: float[])
+        (interProKeywords: IReadOnlyDictionary<string, string[]>)
+        : KeywordVocabulary =
+        if terms.Length <> idf.Length then
+            InputError.raise
+                source
+                (InputLocation.Field "idf")
+                (sprintf "%d IDF values for %d terms" idf.Length terms.Length)
+
+        match vocabularyProblem terms idf with
+        | Some(i, message) -> InputError.raise source (InputLocation.Field(sprintf "term %d" i)) message
+        | None -> ()
+
+        let interPro = Dictionary<string, string[]>(StringComparer.Ordinal)
+
+        if not (isNull interProKeywords) then
+            for kv in interProKeywords do
+                if isNull kv.Key || not (Regex.IsMatch(kv.Key, @"^IPR\d+$")) then
+                    InputError.raise
+                        source
+                        (InputLocation.Field(sprintf "InterPro '%s'" kv.Key))
+                        "an InterPro id is IPR followed by digits"
+
+                interPro.[kv.Key] <- (if isNull kv.Value then [||] else Array.copy kv.Value)
+
+        KeywordVocabulary(Array.copy terms, Array.copy idf, interPro)
+
+    // ---- TF-IDF ----
+
+    /// ESM's `TFIDFModel.encode`: for the in-vocabulary terms of `terms` (others are ignored), value
+    /// `(1 + ln tf) · idf`, then L2-normalised; the zero vector when no term is in the vocabulary.
+    /// Shapes: -> [V] float64
+    let tfidf (vocabulary: KeywordVocabulary) (terms: string seq) : torch.Tensor =
+        let counts = Dictionary<int, int>()
+
+        for t in terms do
+            let i = vocabulary.IndexOf t
+
+            if i >= 0 then
+                counts.[i] <-
+                    (match counts.TryGetValue i with
+                     | true, c -> c
+                     | _ -> 0)
+                    + 1
+
+        let values = Array.zeroCreate<float> vocabulary.Size
+
+        for kv in counts do
+            values.[kv.Key] <- (1.0 + log (float kv.Value)) * vocabulary.Idf.[kv.Key]
+
+        let norm = sqrt (Array.sumBy (fun v -> v * v) values)
+
+        if norm > 0.0 then
+            for i in 0 .. values.Length - 1 do
+                values.[i] <- values.[i] / norm
+
+        torch.tensor (values, dtype = torch.float64)
+
+    let private interProPattern = Regex(@"IPR\d+", RegexOptions.Compiled)
+
+    /// The TF-IDF vector of one residue's labels, as ESM's `_function_text_hash` before hashing: the keyword labels'
+    /// vector (one count each), element-wise max with the vector of each InterPro label's keywords. A label is an
+    /// InterPro entry when it contains `IPR<digits>` that the vocabulary knows, else a keyword when it is a term;
+    /// anything else raises an `InputException` naming the label (ESM raises `ValueError("Unsupported")`).
+    /// Shapes: -> [V] float64
+    let labelVector (vocabulary: KeywordVocabulary) (labels: string seq) : torch.Tensor =
+        let interProIds = ResizeArray<string>()
+        let keywords = ResizeArray<string>()
+
+        for label in labels do
+            let m = interProPattern.Match label
+
+            if m.Success && vocabulary.InterProKeywords.ContainsKey m.Value then
+                interProIds.Add m.Value
+            elif vocabulary.IndexOf label >= 0 then
+                keywords.Add label
+            else
+                InputError.raise
+                    "function annotations"
+                    (InputLocation.Field(sprintf "label '%s'" label))
+                    "neither a known InterPro entry nor a keyword of the vocabulary"
+
+        let mutable v = tfidf vocabulary keywords
+
+        for id in interProIds do
+            use w = tfidf vocabulary vocabulary.InterProKeywords.[id]
+            let pooled = torch.maximum (v, w)
+            v.Dispose()
+            v <- pooled
+
+        v
+
+    // ---- LSH ----
+
+    let private checkTables (tables: LshTables) (v: torch.Tensor) =
+        let h = tables.Hyperplanes
+
+        if
+            h.dim () <> 3L
+            || h.shape.[0] <> int64 Depth
+            || h.shape.[1] <> int64 BitsPerToken
+        then
+            Tensors.Shape.mismatch "hyperplanes" "[8, 8, V]" h
+
+        Tensors.Shape.expectTrailing "v" [| h.shape.[2] |] v
+
+    /// The LSH bits: `bit[t, b] = (hyperplane[t, b] · v ≥ 0)`, computed in float64.
+    /// Shapes: v [*, V] -> [*, 8, 8] bool
+    let lshBits (tables: LshTables) (v: torch.Tensor) : torch.Tensor =
+        checkTables tables v
+        let h = tables.Hyperplanes
+        use h64 = h.to_type torch.float64
+        use flat = h64.reshape (int64 (Depth * BitsPerToken), h.shape.[2])
+        use v64 = v.to_type torch.float64
+        use flatT = flat.t ()
+        use dots = v64.matmul flatT // [*, 64]
+
+        let shape =
+            Array.append v.shape.[.. v.shape.Length - 2] [| int64 Depth; int64 BitsPerToken |]
+
+        use dots3 = dots.reshape shape
+        use zero = 0.0.ToScalar()
+        dots3.ge zero
+
+    /// The LSH value of each table: `Σ_b bit[t, b] · 2^b` (hyperplane b is bit b, least significant first), 0 … 255.
+    /// Shapes: v [*, V] -> [*, 8] int64
+    let lshValues (tables: LshTables) (v: torch.Tensor) : torch.Tensor =
+        use bits = lshBits tables v
+        use bitsI = bits.to_type torch.int64
+        use weights = torch.tensor (Array.init BitsPerToken (fun b -> 1L <<< b))
+        use weighted = bitsI * weights
+        weighted.sum (-1L)
+
+    /// The 8 bits of an LSH value, least significant (hyperplane 0) first. A value outside 0 … 255 raises an
+    /// `ArgumentException`.
+    let bitsOfValue (value: int) : bool[] =
+        if value < 0 || value > 255 then
+            raise (ArgumentException(sprintf "LSH value %d is outside 0…255" value, "value"))
+
+        Array.init BitsPerToken (fun b -> (value >>> b) &&& 1 = 1)
+
+    // ---- tokens ----
+
+    /// Per-residue function tokens, as ESM's `tokenize`: no annotations → `Pad` everywhere; a residue nothing covers →
+    /// `NoLabels`; labels with an all-zero TF-IDF vector → `Unk`; otherwise the 8 LSH values of `labelVector`. Ranges
+    /// (1-based, inclusive) outside 1 … `length` and unsupported labels raise an `InputException`.
+    let tokenize (data: FunctionTokenizerData) (annotations: FunctionAnnotation[]) (length: int) : FunctionToken[] =
+        let source = "function annotations"
+
+        if length < 0 then
+            InputError.raise source InputLocation.Whole (sprintf "negative sequence length %d" length)
+
+        if annotations.Length = 0 then
+            Array.create length FunctionToken.Pad
+        else
+            let perResidue = FunctionAnnotation.perResidue source length annotations
+
+            let key (labels: string[]) =
+                String.Join("\u0000", Array.sort labels)
+
+            let cache = Dictionary<string, FunctionToken>(StringComparer.Ordinal)
+
+            for labels in perResidue do
+                let k = key labels
+
+                if labels.Length > 0 && not (cache.ContainsKey k) then
+                    use _ = torch.NewDisposeScope()
+                    use v = labelVector data.Vocabulary labels
+
+                    let token =
+                        if v.count_nonzero().item<int64>() = 0L then
+                            FunctionToken.Unk
+                        else
+                            use values = lshValues data.Tables v
+                            FunctionToken.Hash(values.data<int64>().ToArray() |> Array.map int)
+
+                    cache.[k] <- token
+
+            perResidue
+            |> Array.map (fun labels ->
+                if labels.Length = 0 then
+                    FunctionToken.NoLabels
+                else
+                    cache.[key labels])
+
+    /// The 8 ids of one token: a special repeated 8 times, or `4 + value` per table. A `Hash` without exactly 8 values
+    /// in 0 … 255 raises an `ArgumentException`.
+    let tokenIds (token: FunctionToken) : int64[] =
+        match token with
+        | FunctionToken.Pad -> Array.create Depth Pad
+        | FunctionToken.Motif -> Array.create Depth Motif
+        | FunctionToken.Unk -> Array.create Depth Unk
+        | FunctionToken.NoLabels -> Array.create Depth NoLabels
+        | FunctionToken.Hash values ->
+            if
+                isNull values
+                || values.Length <> Depth
+                || values |> Array.exists (fun u -> u < 0 || u > 255)
+            then
+                raise (ArgumentException("an LSH token has 8 values in 0…255", "token"))
+
+            values |> Array.map (fun u -> LshOffset + int64 u)
+
+    /// ESM's string form of a token: `<pad>`, `<motif>`, `<unk>`, `<none>` or `<lsh:u0,u1,…,u7>`.
+    let tokenText (token: FunctionToken) : string =
+        match token with
+        | FunctionToken.Pad -> "<pad>"
+        | FunctionToken.Motif -> "<motif>"
+        | FunctionToken.Unk -> "<unk>"
+        | FunctionToken.NoLabels -> "<none>"
+        | FunctionToken.Hash values -> "<lsh:" + String.Join(",", values) + ">"
+
+    /// Tokens to ids, as ESM's `encode`: one row of 8 ids per residue; with `addSpecialTokens` an all-zero BOS row
+    /// before and EOS row after.
+    /// Shapes: tokens L -> [L (+2), 8]
+    let encodeTokens (addSpecialTokens: bool) (tokens: FunctionToken[]) : int64[,] =
+        let offset = if addSpecialTokens then 1 else 0
+        let rows = Array2D.zeroCreate (tokens.Length + 2 * offset) Depth
+
+        tokens
+        |> Array.iteri (fun r token -> tokenIds token |> Array.iteri (fun k id -> rows.[r + offset, k] <- id))
+
+        rows
+
+    /// Annotations straight to ids with BOS/EOS rows: `encodeTokens true (tokenize data annotations length)`.
+    /// Shapes: -> [L + 2, 8]
+    let encode (data: FunctionTokenizerData) (annotations: FunctionAnnotation[]) (length: int) : int64[,] =
+        encodeTokens true (tokenize data annotations length)
+
+    /// Ids back to tokens (the exact inverse of `encodeTokens`): a row of 8 equal specials is that special; a row of 8
+    /// LSH ids is `Hash (id − 4)`. With `hasSpecialTokens` the first and last rows must be all 0 and are dropped. A row
+    /// not 8 wide, an id outside 0 … 259, or a row mixing specials with LSH ids or with each other raises an
+    /// `InputException` naming the row.
+    /// Shapes: ids [L (+2), 8] -> tokens L
+    let decodeTokens (hasSpecialTokens: bool) (ids: int64[,]) : FunctionToken[] =
+        let source = "function tokens"
+        let n, w = Array2D.length1 ids, Array2D.length2 ids
+
+        if w <> Depth then
+            InputError.raise source InputLocation.Whole (sprintf "expected %d ids per row, got %d" Depth w)
+
+        let row r = Array.init w (fun k -> ids.[r, k])
+        let at r = InputLocation.Field(sprintf "row %d" r)
+
+        let decodeRow r =
+            let ids = row r
+
+            match ids |> Array.tryFind (fun id -> id < 0L || id >= VocabularySize) with
+            | Some id -> InputError.raise source (at r) (sprintf "id %d is outside 0…%d" id (VocabularySize - 1L))
+            | None -> ()
+
+            if ids |> Array.forall (fun id -> id >= LshOffset) then
+                FunctionToken.Hash(ids |> Array.map (fun id -> int (id - LshOffset)))
+            elif ids |> Array.forall ((=) ids.[0]) then
+                match ids.[0] with
+                | Pad -> FunctionToken.Pad
+                | Motif -> FunctionToken.Motif
+                | Unk -> FunctionToken.Unk
+                | _ -> FunctionToken.NoLabels
+            else
+                InputError.raise
+                    source
+                    (at r)
+                    (sprintf
+                        "a row is either one special repeated 8 times or 8 LSH ids, got [%s]"
+                        (String.Join(", ", ids)))
+
+        if hasSpecialTokens then
+            if n < 2 then
+                InputError.raise
+                    source
+                    InputLocation.Whole
+                    (sprintf "a wrapped track needs BOS and EOS rows, got %d rows" n)
+
+            for r in [ 0; n - 1 ] do
+                if row r |> Array.exists (fun id -> id <> Pad) then
+                    InputError.raise source (at r) "BOS/EOS rows must be all 0"
+
+            Array.init (n - 2) (fun r -> decodeRow (r + 1))
+        else
+            Array.init n decodeRow
+
+    // ---- files ----
+
+    let private readLines (path: string) =
+        try
+            File.ReadAllLines(path, Encoding.UTF8)
+        with
+        | :? IOException
+        | :? UnauthorizedAccessException as e ->
+            InputError.raise path InputLocation.Whole (sprintf "cannot read the file: %s" e.Message)
+
+    let private readInterPro (path: string) : IReadOnlyDictionary<string, string[]> =
+        let d = Dictionary<string, string[]>(StringComparer.Ordinal)
+
+        readLines path
+        |> Array.iteri (fun i line ->
+            let at = InputLocation.Line(i + 1)
+
+            if line.Length > 0 then
+                let tab = line.IndexOf '\t'
+
+                if tab < 0 then
+                    InputError.raise path at "expected 'IPRxxxxxx<TAB>term,term,…'"
+
+                let id = line.Substring(0, tab)
+
+                if not (Regex.IsMatch(id, @"^IPR\d+$")) then
+                    InputError.raise path at (sprintf "'%s' is not an InterPro id (IPR followed by digits)" id)
+
+                if d.ContainsKey id then
+                    InputError.raise path at (sprintf "%s appears twice" id)
+
+                let rest = line.Substring(tab + 1)
+                d.[id] <- (if rest.Length = 0 then [||] else rest.Split ','))
+
+        d :> _
+
+    let private toFloats (path: string) (name: string) (t: torch.Tensor) : float[] =
+        if t.dtype <> torch.float32 && t.dtype <> torch.float64 then
+            InputError.raise path (InputLocation.Field name) (sprintf "expected F32 or F64, got %O" t.dtype)
+
+        use t64 = t.to_type torch.float64
+        use flat = t64.contiguous().flatten()
+        flat.data<float>().ToArray()
+
+    /// Loads the tokenizer's files (formats in the module's summary); `interProPath` may be null or empty for none.
+    /// Every problem raises an `InputException` naming the file and the line, term or tensor: an empty or repeated
+    /// term, a count mismatch between terms and `idf`, a non-positive or non-finite IDF, `hyperplanes` not
+    /// [8, 8, V] or not finite, a missing or unexpected tensor, a malformed InterPro line. The returned data owns a
+    /// tensor detached from any dispose scope: dispose the data (it is `IDisposable`) when done.
+    let load (keywordsPath: string) (tensorsPath: string) (interProPath: string) : FunctionTokenizerData =
+        let lines = readLines keywordsPath
+
+        let terms =
+            if lines.Length > 0 && lines.[lines.Length - 1] = "" then
+                lines.[.. lines.Length - 2]
+            else
+                lines
+
+        let interPro =
+            if String.IsNullOrEmpty interProPath then
+                Dictionary<string, string[]>() :> IReadOnlyDictionary<_, _>
+            else
+                readInterPro interProPath
+
+        let file = Safetensors.read tensorsPath
+        let tensors = dict file.Tensors
+
+        try
+            for name, _ in file.Tensors do
+                if name <> "idf" && name <> "hyperplanes" then
+                    InputError.raise
+                        tensorsPath
+                        (InputLocation.Field name)
+                        "unexpected tensor (expected only 'idf' and 'hyperplanes')"
+
+            for name in [ "idf"; "hyperplanes" ] do
+                if not (tensors.ContainsKey name) then
+                    InputError.raise tensorsPath (InputLocation.Field name) "missing tensor"
+
+            let idfT = tensors.["idf"]
+            let h = tensors.["hyperplanes"]
+            let v = int64 terms.Length
+
+            if idfT.shape <> [| v |] then
+                InputError.raise
+                    tensorsPath
+                    (InputLocation.Field "idf")
+                    (sprintf "expected [%d] (one per term of %s), got %s" v keywordsPath (Tensors.Shape.show idfT.shape))
+
+            if h.shape <> [| int64 Depth; int64 BitsPerToken; v |] then
+                InputError.raise
+                    tensorsPath
+                    (InputLocation.Field "hyperplanes")
+                    (sprintf "expected [8, 8, %d], got %s" v (Tensors.Shape.show h.shape))
+
+            let idf = toFloats tensorsPath "idf" idfT
+            let planes = toFloats tensorsPath "hyperplanes" h
+
+            if planes |> Array.exists (fun x -> not (Double.IsFinite x)) then
+                InputError.raise tensorsPath (InputLocation.Field "hyperplanes") "non-finite value"
+
+            match vocabularyProblem terms idf with
+            | Some(i, message) when message.StartsWith "IDF" ->
+                InputError.raise tensorsPath (InputLocation.Field "idf") (sprintf "entry %d: %s" i message)
+            | Some(i, message) -> InputError.raise keywordsPath (InputLocation.Line(i + 1)) message
+            | None -> ()
+
+            {
+                Vocabulary = createVocabulary keywordsPath terms idf interPro
+                Tables =
+                    {
+                        Hyperplanes =
+                            torch
+                                .tensor(planes, dtype = torch.float64)
+                                .reshape(int64 Depth, int64 BitsPerToken, v)
+                                .DetachFromDisposeScope()
+                    }
+            }
+        finally
+            for _, t in file.Tensors do
+                t.Dispose()
+
+    let private writeText (path: string) (lines: string seq) =
+        AtomicFile.write path (fun stream ->
+            use w = new StreamWriter(stream, UTF8Encoding(false), leaveOpen = true)
+
+            for l in lines do
+                w.Write(l)
+                w.Write('\n'))
+
+    /// Writes the files `load` reads (each atomically); `interProPath` may be null or empty to skip the InterPro file.
+    /// A keyword of an InterPro entry containing a comma, tab or line break raises an `ArgumentException`.
+    let save (keywordsPath: string) (tensorsPath: string) (interProPath: string) (data: FunctionTokenizerData) : unit =
+        let vocab = data.Vocabulary
+        writeText keywordsPath vocab.Terms
+        use idf = torch.tensor (vocab.Idf, dtype = torch.float64)
+        use h = data.Tables.Hyperplanes.to_type torch.float64
+        Safetensors.write tensorsPath [ "idf", idf; "hyperplanes", h ] null
+
+        if not (String.IsNullOrEmpty interProPath) then
+            let lines =
+                vocab.InterProKeywords
+                |> Seq.sortBy (fun kv -> kv.Key)
+                |> Seq.map (fun kv ->
+                    for k in kv.Value do
+                        if k.IndexOfAny [| ','; '\t'; '\n'; '\r' |] >= 0 then
+                            raise (ArgumentException(sprintf "%s: keyword '%s' contains a separator" kv.Key k, "data"))
+
+                    kv.Key + "\t" + String.Join(",", kv.Value))
+                |> Array.ofSeq
+
+            writeText interProPath lines
+
+    /// A small deterministic tokenizer for tests and demos: terms `kw0`, `kw1`, … with IDF in [1, 5); `interProCount`
+    /// entries `IPR000001`, … each mapped to 1–4 terms (plus, for every third entry, a term outside the vocabulary);
+    /// hyperplanes drawn from N(0, 1) with `torch.Generator(seed)` and normalised to unit length, as ESM's
+    /// `LSHTable` creates them. The hyperplanes are detached from any dispose scope: dispose the data when done.
+    let synthetic (seed: int) (termCount: int) (interProCount: int) : FunctionTokenizerData =
+        if termCount < 1 then
+            raise (ArgumentException("at least one term", "termCount"))
+
+        let rng = Random(seed)
+        let terms = Array.init termCount (sprintf "kw%d")
+        let idf = Array.init termCount (fun _ -> 1.0 + 4.0 * rng.NextDouble())
+
+        let interPro = Dictionary<string, string[]>(StringComparer.Ordinal)
+
+        for e in 1..interProCount do
+            let n = rng.Next(1, 5)
+            let picked = Array.init n (fun _ -> terms.[rng.Next termCount])
+
+            interPro.[sprintf "IPR%06d" e] <-
+                (if e % 3 = 0 then
+                     Array.append picked [| "not in vocabulary" |]
+                 else
+                     picked)
+
+        use g = new torch.Generator(uint64 seed)
+
+        use raw =
+            torch.randn ([| int64 Depth; int64 BitsPerToken; int64 termCount |], dtype = torch.float64, generator = g)
+
+        use norm = raw.norm (-1, true)
+
+        {
+            Vocabulary = createVocabulary "synthetic" terms idf interPro
+            Tables =
+                {
+                    Hyperplanes = (raw / norm).DetachFromDisposeScope()
+                }
+        }
