@@ -515,6 +515,7 @@ module StructureDecoder =
 
         let config =
             StructureDecoderConfig.ofKeyShapesWith (headWidthOf path header.Metadata) path shapes
+
         let mismatch = StructureDecoderConfig.mismatches config shapes
 
         if not (Checkpoint.isEmpty mismatch) then

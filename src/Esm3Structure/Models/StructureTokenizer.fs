@@ -30,17 +30,17 @@ type TokenizedChain =
 /// `scripts/decode.fsx`.
 module StructureTokenizer =
 
-    /// Where the shipped encoder will live, relative to the repository root (no model is shipped yet).
+    /// The shipped encoder, relative to the repository root (README, "The shipped tokenizer").
     [<Literal>]
     let DefaultEncoderPath = "models/structure-tokenizer/encoder.safetensors"
 
-    /// Where the shipped decoder will live, relative to the repository root (no model is shipped yet).
+    /// The shipped decoder, relative to the repository root.
     [<Literal>]
     let DefaultDecoderPath = "models/structure-tokenizer/decoder.safetensors"
 
     /// The weights file to use: `given` when not null or empty, else `DefaultEncoderPath`/`DefaultDecoderPath`
-    /// (`defaultRelative`) under `repositoryRoot`. A missing default file raises an `ArgumentException` saying that
-    /// no shipped model exists yet and to pass --weights. A given path is returned as is (its reader names it).
+    /// (`defaultRelative`) under `repositoryRoot`. A missing default file (an incomplete checkout) raises an
+    /// `ArgumentException` naming it and saying to pass --weights. A given path is returned as is (its reader names it).
     let resolveWeights (repositoryRoot: string) (defaultRelative: string) (given: string) : string =
         if not (String.IsNullOrEmpty given) then
             given
@@ -52,7 +52,9 @@ module StructureTokenizer =
             else
                 raise (
                     ArgumentException(
-                        sprintf "no shipped model exists yet (%s not found): pass --weights FILE" defaultRelative
+                        sprintf
+                            "the shipped model %s is missing (incomplete checkout?): pass --weights FILE"
+                            defaultRelative
                     )
                 )
 

@@ -332,13 +332,17 @@ let tests =
                         "B-factor = 100 · pLDDT"
             }
 
-            test "the default weights: a missing shipped model is one clear error; a given path is kept" {
+            test "the default weights: the shipped files under the root; missing, one clear error; a given path is kept" {
                 let e =
                     raises<ArgumentException> "no model" (fun () ->
                         StructureTokenizer.resolveWeights "/nonexistent-root" StructureTokenizer.DefaultEncoderPath ""
                         |> ignore)
 
-                Expect.stringContains e.Message "no shipped model exists yet" "says so"
+                Expect.stringContains
+                    e.Message
+                    "the shipped model models/structure-tokenizer/encoder.safetensors is missing"
+                    "says so"
+
                 Expect.stringContains e.Message "--weights" "says what to do"
 
                 Expect.equal

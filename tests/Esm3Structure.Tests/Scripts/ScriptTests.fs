@@ -140,7 +140,8 @@ let tests =
                         Expect.isTrue (b >= 0.0f && b <= 100.0f) (sprintf "B-factor %g in [0, 100]" b)
             }
 
-            test "tokenize.fsx: a missing file, an absent chain and a missing default model are one-line errors" {
+            test
+                "tokenize.fsx: a missing file and an absent chain are one-line errors; no --weights means the shipped model" {
                 let _, enc, _ = tokenizerFiles.Value
                 let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
 
@@ -154,9 +155,50 @@ let tests =
                     "absent chain"
                     (sprintf "tokenize.fsx: %s, field 'chain': chain 'Z' not found; chains present: 'A'" ubq)
 
-                runScript "tokenize.fsx" [ "--pdb"; ubq ]
-                |> oneLineError
-                    "no shipped model"
-                    "tokenize.fsx: no shipped model exists yet (models/structure-tokenizer/encoder.safetensors not found): pass --weights FILE"
+                // no --weights: the shipped model
+                let code, out, err = runScript "tokenize.fsx" [ "--pdb"; ubq ]
+                Expect.equal code 0 ("default weights: exit code; stderr: " + err)
+                use doc = System.Text.Json.JsonDocument.Parse out
+                let tokens = doc.RootElement.GetProperty("structure_tokens")
+                Expect.equal (tokens.GetArrayLength()) 76 "one token per residue"
+
+                for t in tokens.EnumerateArray() do
+                    Expect.isTrue (t.GetInt64() >= 0L && t.GetInt64() < 512L) "a code of the shipped 512-code codebook"
+            }
+
+            test "roundtrip.fsx (the README's main command) prints the tokens and the round trip's RMSD and LDDT-CA" {
+                let code, out, err = runScript "roundtrip.fsx" []
+                Expect.equal code 0 ("exit code; stderr: " + err)
+                let lines = out.Trim().Split('\n')
+                let first = lines |> Array.find (fun l -> l.StartsWith "1ubq_A")
+                Expect.stringContains first "76 residues" "the chain"
+
+                let m =
+                    Text.RegularExpressions.Regex.Match(first, @"backbone RMSD\s+([0-9.]+) Å\s+LDDT-CA ([0-9.]+)")
+
+                Expect.isTrue m.Success ("RMSD and LDDT-CA printed: " + first)
+                let rmsd, lddt = float m.Groups.[1].Value, float m.Groups.[2].Value
+                Expect.isTrue (rmsd > 0.0 && Double.IsFinite rmsd) "a finite RMSD"
+                Expect.isTrue (lddt >= 0.0 && lddt <= 1.0) "LDDT-CA in [0, 1]"
+                let tokens = lines |> Array.find (fun l -> l.StartsWith "structure tokens:")
+                Expect.equal (tokens.Substring(17).Trim().Split(' ').Length) 76 "76 tokens"
+            }
+
+            test "tracks.fsx prints every track of a real chain as one JSON object" {
+                let code, out, err =
+                    runScript "tracks.fsx" [ "--pdb"; Esm3Structure.Tests.Data.small "1ubq_A" ]
+
+                Expect.equal code 0 ("exit code; stderr: " + err)
+                use doc = System.Text.Json.JsonDocument.Parse out
+                let root = doc.RootElement
+                Expect.equal (root.GetProperty("ss8").GetString().Length) 76 "SS8 per residue"
+                Expect.equal (root.GetProperty("sasa").GetArrayLength()) 76 "SASA per residue"
+                let tokens = root.GetProperty "tokens"
+
+                for track in [ "sequence"; "structure"; "ss8"; "sasa"; "function"; "residue_annotations" ] do
+                    Expect.equal (tokens.GetProperty(track).GetArrayLength()) 78 (track + ": L + 2 rows")
+
+                Expect.equal (tokens.GetProperty("structure").[0].GetInt64()) 4098L "structure BOS"
+                Expect.equal (tokens.GetProperty("sequence").[0].GetInt64()) 0L "sequence BOS (<cls>)"
             }
         ]

@@ -382,6 +382,7 @@ let tests =
 
                 let d0 = d0Formula 300
                 let expected = (150.0 + 150.0 / (1.0 + (1000.0 / d0) ** 2.0)) / 300.0
+
                 Expect.floatClose
                     { absolute = 1e-9; relative = 0.0 }
                     (Metrics.tmScore (reference + shift) reference None)
