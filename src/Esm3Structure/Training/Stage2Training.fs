@@ -382,6 +382,8 @@ module Stage2Training =
     /// The loss terms of a batch and their weighted sum: the stage-1 backbone terms (distance, direction, binned
     /// direction, distogram), all-atom distance and direction (over `atomMask`; the direction loss subsamples from
     /// `generator`), pLDDT and pAE.
+    /// Shapes: out over [B, L] (`residues`), atoms Positions [B, L, 14, 3], batch [B, L, …]
+    ///         -> total scalar, named scalar terms
     let losses
         (config: Stage2TrainConfig)
         (generator: torch.Generator)
@@ -437,7 +439,7 @@ module Stage2Training =
     /// Validation on examples one at a time (with their tokens): mean backbone RMSD after Kabsch, mean LDDT-CA
     /// (pooled per chain), mean all-atom RMSD (the prediction moved by the Kabsch fit of its CA onto the true CA,
     /// then over the atoms of `atomMask`), and pLDDT calibration: the mean over scored residues of
-    /// |pLDDT − LDDT-CA|.
+    /// |pLDDT − LDDT-CA|. Shapes: examples of L residues with L tokens each -> named floats
     let validate (decoder: StructureDecoder) (device: torch.Device) (examples: (Stage2Example * int64[])[]) =
         let mutable rmsd, lddtCa, allRmsd, calibration, n, scoredResidues =
             0.0, 0.0, 0.0, 0.0, 0, 0.0
