@@ -1,5 +1,8 @@
 namespace Esm3Structure
 
+open System
+open System.IO
+open System.Text
 open System.Text.Json
 
 /// Small helpers for the hand-written JSON readers (safetensors headers, token files).
@@ -16,3 +19,46 @@ module Json =
         | JsonValueKind.False -> "a boolean"
         | JsonValueKind.Null -> "null"
         | _ -> "nothing"
+
+    /// Indented JSON of `fields` (name, value) followed by the fields of the record `value`: records become
+    /// objects, strings, booleans, ints and finite floats JSON values, enums their name, non-finite floats and
+    /// anything else (unions, options) their `%A` text. Used for every run's `config.json`.
+    let ofRecord (fields: (string * obj) list) (value: obj) : string =
+        let rec write (w: Utf8JsonWriter) (value: obj) =
+            match value with
+            | null -> w.WriteNullValue()
+            | :? string as s -> w.WriteStringValue s
+            | :? bool as b -> w.WriteBooleanValue b
+            | :? int as i -> w.WriteNumberValue i
+            | :? int64 as i -> w.WriteNumberValue i
+            | :? float as f when Double.IsFinite f -> w.WriteNumberValue f
+            | :? float as f -> w.WriteStringValue(string f)
+            | v when v.GetType().IsEnum -> w.WriteStringValue(v.ToString())
+            | v when Reflection.FSharpType.IsRecord(v.GetType()) ->
+                w.WriteStartObject()
+
+                for field in Reflection.FSharpType.GetRecordFields(v.GetType()) do
+                    w.WritePropertyName field.Name
+                    write w (field.GetValue v)
+
+                w.WriteEndObject()
+            | v -> w.WriteStringValue(sprintf "%A" v)
+
+        use buffer = new MemoryStream()
+
+        do
+            use w = new Utf8JsonWriter(buffer, JsonWriterOptions(Indented = true))
+            w.WriteStartObject()
+
+            for name, v in fields do
+                w.WritePropertyName name
+                write w v
+
+            if not (isNull value) && Reflection.FSharpType.IsRecord(value.GetType()) then
+                for field in Reflection.FSharpType.GetRecordFields(value.GetType()) do
+                    w.WritePropertyName field.Name
+                    write w (field.GetValue value)
+
+            w.WriteEndObject()
+
+        Encoding.UTF8.GetString(buffer.ToArray())

@@ -150,6 +150,22 @@ module StructureDecoderConfig =
     let parameterCount (c: StructureDecoderConfig) : int64 =
         expectedKeys c |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
 
+    /// Rows of the optional sequence embedding: the residue types 0 … 20 of `ResidueConstants` (20 = X).
+    [<Literal>]
+    let SequenceRows = 21L
+
+    /// The one key a sequence-conditioned decoder adds to ESM's (ESM3-TRAINING.md §1.4; not in ESM's release):
+    /// `sequence_embed.weight` [21, d], the learned residue embedding summed with the token embedding.
+    [<Literal>]
+    let SequenceEmbedKey = "sequence_embed.weight"
+
+    /// `expectedKeys`, followed by `SequenceEmbedKey` [21, d] when `sequenceInput`.
+    let expectedKeysWith (sequenceInput: bool) (c: StructureDecoderConfig) : (string * int64[]) list =
+        if sequenceInput then
+            expectedKeys c @ [ SequenceEmbedKey, [| SequenceRows; c.DModel |] ]
+        else
+            expectedKeys c
+
     /// Infers the sizes from the tensors' shapes of an ESM-format state dict, with `headWidth` channels per head
     /// (the one size the shapes do not determine): d from `embed.weight` [4101, d], Layers from the highest
     /// `decoder_stack.blocks.{i}` + 1, the pairwise widths from `pairwise_classification_head.downproject.weight`
@@ -257,7 +273,12 @@ type StructureDecoderOutput =
 /// ESM's `StructureTokenDecoder` (evolutionaryscale/esm `esm/models/vqvae.py`): token embedding, a plain
 /// transformer stack, and three heads. State-dict keys and order as ESM (`StructureDecoderConfig.expectedKeys`):
 /// `embed`, `decoder_stack`, `affine_output_projection`, `pairwise_classification_head`, `plddt_head`.
-type StructureDecoder(config: StructureDecoderConfig) as this =
+///
+/// With `sequenceInput` (stage 2, ESM3-TRAINING.md §1.4) the decoder also owns a learned residue embedding
+/// `sequence_embed` [21, d] (key `StructureDecoderConfig.SequenceEmbedKey`, after ESM's keys) that `DecodeTokens`
+/// adds to the token embedding where a residue type is given. Without it (the default) the key set and every
+/// output are ESM's.
+type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as this =
     inherit torch.nn.Module<torch.Tensor, StructureDecoderOutput>("StructureTokenDecoder")
 
     do
@@ -282,10 +303,28 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
 
     let plddt_head = new RegressionHead(config.DModel, Plddt.Bins)
 
-    do this.RegisterComponents()
+    // Not a Module-typed field, so RegisterComponents skips it; registered by name below when present.
+    let sequenceEmbed =
+        if sequenceInput then
+            Some(torch.nn.Embedding(StructureDecoderConfig.SequenceRows, config.DModel))
+        else
+            None
+
+    do
+        this.RegisterComponents()
+
+        match sequenceEmbed with
+        | Some m -> this.register_module ("sequence_embed", m)
+        | None -> ()
+
+    /// ESM's decoder (no sequence input).
+    new(config: StructureDecoderConfig) = new StructureDecoder(config, false)
 
     /// The sizes.
     member _.Config = config
+
+    /// True when the decoder owns the residue embedding `sequence_embed` (stage-2 sequence conditioning).
+    member _.SequenceInput = sequenceInput
 
     /// The trunk only: embedding then the transformer stack (no attention mask: ESM's `sequence_id` is all zeros).
     /// Tokens are not checked here. Shapes: tokens [B, L] int64 -> [B, L, d]
@@ -351,6 +390,44 @@ type StructureDecoder(config: StructureDecoderConfig) as this =
 
         let x = decoder_stack.forward (embeddings, BlockContext.Plain mask)
         this.Heads(x, real)
+
+    /// Decodes token ids with an optional sequence and padding (the stage-2 training path, ESM3-TRAINING.md §1.4):
+    /// x = embed(tokens) + sequence_embed(restypes) where restypes ≥ 0 (rows with −1, e.g. BOS/EOS/PAD, add
+    /// nothing; `restypes` is ignored by a decoder without sequence input and may be null). Padded rows are not
+    /// attended to and count as not real; real residues for pAE/pTM are the code tokens (< 4096) that are not
+    /// padding. Tokens are not checked here. With both null this equals `forward` on the same tokens.
+    /// Shapes: tokens [B, L] int64, restypes [B, L] int64 (−1 … 20) | null, padding [B, L] bool | null
+    ///         -> StructureDecoderOutput
+    member this.DecodeTokens(tokens: torch.Tensor, restypes: torch.Tensor, padding: torch.Tensor) =
+        if tokens.dim () <> 2L then
+            Shape.mismatch "tokens" "[B, L]" tokens
+
+        let x = embed.forward tokens
+
+        let x =
+            match sequenceEmbed with
+            | Some m when not (isNull restypes) ->
+                Shape.expect "restypes" tokens.shape restypes
+
+                let given = restypes.ge ((0L).ToScalar())
+
+                let rows =
+                    restypes.clamp ((0L).ToScalar(), (StructureDecoderConfig.SequenceRows - 1L).ToScalar())
+
+                x + m.forward rows * given.unsqueeze(-1L).to_type x.dtype
+            | _ -> x
+
+        let codes = tokens.lt (StructureTokens.CodebookSize.ToScalar())
+
+        let real, mask =
+            if isNull padding then
+                codes, AttentionMask.None
+            else
+                Shape.expect "padding" tokens.shape padding
+                let kept = padding.logical_not ()
+                codes.logical_and kept, AttentionMask.Allowed(AttentionMask.keyPadding kept)
+
+        this.Heads(decoder_stack.forward (x, BlockContext.Plain mask), real)
 
     /// Decodes a batch of structure tokens: each row BOS, tokens, EOS, then optionally PAD (checked by
     /// `StructureTokens.checkBatch`; a bad token raises an `InputException` naming its row and position).
@@ -418,10 +495,18 @@ module StructureDecoder =
         let p = model.parameters () |> Seq.head
         p.device
 
+    /// All-atom coordinates of a decoder output (ESM3 Alg. 8; ESM3-REFERENCE.md §7.8): `AllAtom.decodeAllAtom` of
+    /// the predicted backbone frames and the 7 torsion (sin, cos) pairs in the backbone head's channels 9–22.
+    /// Shapes: out.Frames [B, L], out.TorsionLogits [B, L, 7, 2], restypes [B, L] (0 … 20)
+    ///         -> Positions [B, L, 14, 3], Mask [B, L, 14]
+    let allAtom (out: StructureDecoderOutput) (restypes: torch.Tensor) : AtomPositions =
+        AllAtom.decodeAllAtom out.Frames restypes out.TorsionLogits
+
     /// Decodes one structure (ESM's `decode_structure`): `tokens` = BOS, codes, EOS, with no MASK (checked; an
     /// `InputException` names the position). The chain holds N, CA, C of residues 1 … L (BOS/EOS stripped) and
     /// the inferred O; `sequence` (length L) names the residues, chain id "A", residue numbers 1 … L, and every
-    /// atom's B-factor is 100 · pLDDT. Runs without gradients in its own dispose scope.
+    /// atom's B-factor is 100 · pLDDT. A decoder with sequence input also reads `sequence` (`DecodeTokens`).
+    /// Runs without gradients in its own dispose scope.
     /// Shapes: tokens [L + 2], sequence length L.
     let decodeWithSequence (model: StructureDecoder) (sequence: string) (tokens: int64[]) : DecodedStructure =
         let source = "structure tokens"
@@ -454,7 +539,23 @@ module StructureDecoder =
         let input =
             torch.tensor(tokens, ReadOnlySpan<int64> [| 1L; int64 tokens.Length |]).``to``(deviceOf model)
 
-        let out = model.forward input
+        let out =
+            if model.SequenceInput then
+                let restypes =
+                    Array.concat
+                        [
+                            [| -1L |]
+                            sequence.ToCharArray() |> Array.map (ResidueConstants.restypeIndex >> int64)
+                            [| -1L |]
+                        ]
+
+                let r =
+                    torch.tensor(restypes, ReadOnlySpan<int64> [| 1L; int64 restypes.Length |]).``to``(deviceOf model)
+
+                model.DecodeTokens(input, r, null)
+            else
+                model.forward input
+
         let bb = out.Backbone.select(0L, 0L).narrow(0L, 1L, int64 l) // [L, 3, 3]
         let oxygen = inferOxygen bb // [L, 3]
 
@@ -502,21 +603,29 @@ module StructureDecoder =
                 InputError.raise
                     path
                     (InputLocation.Field "__metadata__.head_width")
-                    (sprintf "'%s' is not a positive integer" text)
+                    (sprintf "expected a positive integer, got '%s'" text)
 
     /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes
-    /// (`StructureDecoderConfig.ofKeyShapesWith`, heads = d / the metadata's head width, else d / 64 as ESM), every
-    /// key and shape is checked against `StructureDecoderConfig.expectedKeys` before the model is built, then the
-    /// tensors are loaded strictly. Any problem raises an `InputException` naming `path` and the tensors concerned.
-    /// The model is float32 on the CPU, in eval mode.
+    /// (`StructureDecoderConfig.ofKeyShapesWith`, heads = d / head width, the head width read from the file's
+    /// "head_width" metadata when present (our exports write it), else ESM's 64), every key and shape is checked
+    /// against `StructureDecoderConfig.expectedKeysWith` before the model is built, then the tensors are loaded
+    /// strictly. A file holding `sequence_embed.weight` gives a decoder with sequence input; ESM's files give
+    /// ESM's decoder. Any problem raises an `InputException` naming `path` and the tensors concerned. The model is
+    /// float32 on the CPU, in eval mode.
     let load (path: string) : StructureDecoder =
         let header = Safetensors.readHeader path
         let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
 
-        let config =
-            StructureDecoderConfig.ofKeyShapesWith (headWidthOf path header.Metadata) path shapes
+        let headWidth = headWidthOf path header.Metadata
 
-        let mismatch = StructureDecoderConfig.mismatches config shapes
+        let sequenceInput =
+            shapes
+            |> List.exists (fun (n, _) -> n = StructureDecoderConfig.SequenceEmbedKey)
+
+        let config = StructureDecoderConfig.ofKeyShapesWith headWidth path shapes
+
+        let mismatch =
+            Checkpoint.mismatchesOfShapes (StructureDecoderConfig.expectedKeysWith sequenceInput config) shapes
 
         if not (Checkpoint.isEmpty mismatch) then
             InputError.raise
@@ -531,7 +640,7 @@ module StructureDecoder =
                     config.PairwiseHidden
                     (Checkpoint.describe mismatch))
 
-        let model = new StructureDecoder(config)
+        let model = new StructureDecoder(config, sequenceInput)
 
         try
             Checkpoint.load path model

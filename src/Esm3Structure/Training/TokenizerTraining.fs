@@ -2,8 +2,6 @@ namespace Esm3Structure.Training
 
 open System
 open System.IO
-open System.Text
-open System.Text.Json
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
@@ -143,35 +141,9 @@ module TokenizerTrainConfig =
                     StructureTokens.CodebookSize
         ]
 
-    /// The config as JSON: records as objects, unions as their `%A` text, enums by name.
+    /// The config as JSON (`Json.ofRecord`), led by "Stage": 1.
     let toJson (c: TokenizerTrainConfig) =
-        let rec write (w: Utf8JsonWriter) (value: obj) =
-            match value with
-            | null -> w.WriteNullValue()
-            | :? string as s -> w.WriteStringValue s
-            | :? bool as b -> w.WriteBooleanValue b
-            | :? int as i -> w.WriteNumberValue i
-            | :? int64 as i -> w.WriteNumberValue i
-            | :? float as f when Double.IsFinite f -> w.WriteNumberValue f
-            | :? float as f -> w.WriteStringValue(string f)
-            | v when v.GetType().IsEnum -> w.WriteStringValue(v.ToString())
-            | v when Reflection.FSharpType.IsRecord(v.GetType()) ->
-                w.WriteStartObject()
-
-                for field in Reflection.FSharpType.GetRecordFields(v.GetType()) do
-                    w.WritePropertyName field.Name
-                    write w (field.GetValue v)
-
-                w.WriteEndObject()
-            | v -> w.WriteStringValue(sprintf "%A" v)
-
-        use buffer = new MemoryStream()
-
-        do
-            use w = new Utf8JsonWriter(buffer, JsonWriterOptions(Indented = true))
-            write w (box c)
-
-        Encoding.UTF8.GetString(buffer.ToArray())
+        Json.ofRecord [ "Stage", box 1 ] (box c)
 
 /// One chain ready for batching: backbone N, CA, C (NaN where missing), presence and author numbering.
 type TokenizerExample =
