@@ -1,22 +1,32 @@
-// Training of the structure tokenizer on the train split of the corpus, validating on the valid split.
-// Stage 1 (default): encoder + codebook + small decoder (ESM3-TRAINING.md §1.3, §4.2).
-// Stage 2 (--stage 2 --encoder PATH): the stage-1 encoder and codebook frozen, a new decoder with sequence input,
-// all-atom, pLDDT and pAE losses (§1.4, §4.2's CPU note).
-// Writes config.json (with the stage), metrics.jsonl and checkpoints/step-NNNNNN/{encoder,decoder}.safetensors
-// (ESM key format) into --out.
-//   dotnet fsi scripts/train.fsx -- [--stage 1|2] [--encoder PATH] [--data DIR] [--out DIR] [--preset small|smoke]
-//                                   [--steps N] [--seed N] [--resume] [--device cpu|cuda] [--usage]
+// Training on the train split of the corpus, validating on the valid split; writes config.json, metrics.jsonl and
+// checkpoints/step-NNNNNN/ into --out. Two models, one trainer:
+//   --model tokenizer (default): the structure tokenizer. Stage 1 (default): encoder + codebook + small decoder
+//     (ESM3-TRAINING.md §1.3, §4.2). Stage 2 (--stage 2 --encoder PATH): the stage-1 encoder and codebook frozen, a
+//     new decoder with sequence input, all-atom, pLDDT and pAE losses (§1.4). Checkpoints hold
+//     {encoder,decoder}.safetensors (ESM key format).
+//   --model multitrack: the ESM3 multi-track masked LM (ESM3-TRAINING.md §3, §4.3) on every track our code computes
+//     (sequence, structure tokens from --encoder, SS8 from our DSSP, SASA from our Shrake–Rupley); checkpoints hold
+//     multitrack.safetensors (ESM3's keys). --encoder defaults to the shipped tokenizer; `random` = a freshly
+//     initialised small encoder, for smoke runs only.
+//   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
+//                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
+//                                   [--seed N] [--resume] [--device cpu|cuda] [--usage]
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
 
+open System
 open Argu
+open TorchSharp
 open Esm3Structure.App
+open Esm3Structure.Models
 open Esm3Structure.Training
 
 [<HelpFlags("--usage", "--help")>]
 type Args =
+    | Model of name: string
     | Stage of int
-    | Encoder of path: string
+    | Encoder of file: string
+    | Chains of int
     | Data of dir: string
     | Out of dir: string
     | Preset of name: string
@@ -28,11 +38,15 @@ type Args =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Stage _ -> "1 (default: encoder, codebook, small decoder) or 2 (frozen encoder, new all-atom decoder)"
-            | Encoder _ -> "stage 2: the stage-1 encoder.safetensors (encoder and codebook, kept frozen)"
+            | Model _ -> "tokenizer (default) or multitrack"
+            | Stage _ ->
+                "tokenizer: 1 (default: encoder, codebook, small decoder) or 2 (frozen encoder, new all-atom decoder)"
+            | Encoder _ ->
+                "tokenizer stage 2: the stage-1 encoder.safetensors (kept frozen); multitrack: the structure encoder (default: the shipped one; random: a fresh small encoder)"
+            | Chains _ -> "multitrack: train on the first N chains of the train split only (default: all)"
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
-            | Out _ -> "run folder (default: runs/tokenizer-<preset>, stage 2: runs/tokenizer-stage2-<preset>)"
-            | Preset _ -> "small (default) or smoke (ESM3-TRAINING.md §4.2)"
+            | Out _ -> "run folder (default: runs/<model>-<preset>, tokenizer stage 2: runs/tokenizer-stage2-<preset>)"
+            | Preset _ -> "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3)"
             | Steps _ -> "optimiser steps (default: the preset's)"
             | Seed _ -> "random seed (default 0)"
             | Resume -> "continue from the last checkpoint in --out"
@@ -46,15 +60,21 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     let presetName = args.GetResult(Preset, defaultValue = "small")
     let resume = args.Contains Resume
 
-    let trainer (t: TrainerConfig) =
-        { t with
-            Steps = args.GetResult(Steps, defaultValue = t.Steps)
-            Seed = args.GetResult(Seed, defaultValue = t.Seed)
+    let model =
+        args.GetResult(Model, defaultValue = "tokenizer").Trim().ToLowerInvariant()
+
+    let trainer (preset: TrainerConfig) =
+        { preset with
+            Steps = args.GetResult(Steps, defaultValue = preset.Steps)
+            Seed = args.GetResult(Seed, defaultValue = preset.Seed)
         }
 
+    let outOr (name: string) =
+        args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
+
     let report =
-        match args.GetResult(Stage, defaultValue = 1) with
-        | 1 ->
+        match model, args.GetResult(Stage, defaultValue = 1) with
+        | "tokenizer", 1 ->
             if args.Contains Encoder then
                 invalidArg "encoder" "--encoder is for stage 2 (stage 1 trains its own encoder)"
 
@@ -65,11 +85,8 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     Trainer = trainer preset.Trainer
                 }
 
-            let out =
-                args.GetResult(Out, defaultValue = System.IO.Path.Combine("runs", "tokenizer-" + presetName))
-
-            TokenizerTraining.train config device data out resume
-        | 2 ->
+            TokenizerTraining.train config device data (outOr "tokenizer") resume
+        | "tokenizer", 2 ->
             let preset = Stage2TrainConfig.preset presetName
 
             let config =
@@ -81,11 +98,45 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     Trainer = trainer preset.Trainer
                 }
 
-            let out =
-                args.GetResult(Out, defaultValue = System.IO.Path.Combine("runs", "tokenizer-stage2-" + presetName))
+            Stage2Training.train config device data (outOr "tokenizer-stage2") resume
+        | "tokenizer", n -> invalidArg "stage" (sprintf "--stage must be 1 or 2 (got %d)" n)
+        | "multitrack", _ ->
+            if args.Contains Stage then
+                invalidArg "stage" "--stage is for --model tokenizer"
 
-            Stage2Training.train config device data out resume
-        | n -> invalidArg "stage" (sprintf "--stage must be 1 or 2 (got %d)" n)
+            let preset = MultiTrackTrainConfig.preset presetName
+
+            let config =
+                { preset with
+                    Trainer = trainer preset.Trainer
+                }
+
+            use encoder =
+                match args.GetResult(Encoder, defaultValue = "") with
+                | "random" ->
+                    use g = new torch.Generator(uint64 config.Trainer.Seed)
+                    let e = new StructureEncoder(TokenizerTrainConfig.small.Encoder, g)
+                    Esm3Structure.Nn.Init.reset g e
+                    e
+                | given ->
+                    StructureTokenizer.resolveWeights
+                        (Cli.repositoryRoot __SOURCE_DIRECTORY__)
+                        StructureTokenizer.DefaultEncoderPath
+                        given
+                    |> StructureEncoder.load
+
+            encoder.eval ()
+
+            MultiTrackTraining.train
+                config
+                device
+                data
+                (TrackProviders.computed encoder)
+                (args.GetResult(Chains, defaultValue = 0))
+                (outOr "multitrack")
+                resume
+        | other, _ ->
+            raise (ArgumentException(sprintf "unknown --model '%s' (expected tokenizer or multitrack)" other))
 
     printfn "done: %d steps, final loss %.4f, checkpoint %s" report.Steps report.FinalLoss report.Checkpoint
     0)

@@ -201,4 +201,46 @@ let tests =
                 Expect.equal (tokens.GetProperty("structure").[0].GetInt64()) 4098L "structure BOS"
                 Expect.equal (tokens.GetProperty("sequence").[0].GetInt64()) 0L "sequence BOS (<cls>)"
             }
+
+            test "train.fsx --model multitrack: a 2-step smoke run on 2 chains writes multitrack.safetensors" {
+                let out =
+                    Path.Combine(Path.GetTempPath(), "esm3tests-train-" + Guid.NewGuid().ToString("N"))
+
+                try
+                    let code, stdout, err =
+                        runScript
+                            "train.fsx"
+                            [
+                                "--"
+                                "--model"
+                                "multitrack"
+                                "--encoder"
+                                "random"
+                                "--preset"
+                                "smoke"
+                                "--steps"
+                                "2"
+                                "--chains"
+                                "2"
+                                "--data"
+                                Esm3Structure.Tests.Data.root.Value
+                                "--out"
+                                out
+                            ]
+
+                    Expect.equal code 0 ("exit code; stderr: " + err)
+                    Expect.stringContains stdout "done: 2 steps" "report"
+
+                    Expect.isTrue
+                        (File.Exists(Path.Combine(out, "checkpoints", "step-000002", "multitrack.safetensors")))
+                        "export"
+
+                    runScript "train.fsx" [ "--"; "--model"; "bogus"; "--out"; out ]
+                    |> oneLineError
+                        "unknown model"
+                        "train.fsx: unknown --model 'bogus' (expected tokenizer or multitrack)"
+                finally
+                    if Directory.Exists out then
+                        Directory.Delete(out, true)
+            }
         ]

@@ -1,0 +1,716 @@
+namespace Esm3Structure.Models
+
+open System
+open System.Collections.Generic
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Geometry
+open Esm3Structure.Io
+open Esm3Structure.Nn
+open Esm3Structure.Tensors
+open Esm3Structure.Tokenizers
+
+/// ESM3's per-track vocabulary sizes and the ids that stand for "absent / masked" (ESM3-REFERENCE.md §8.3–§8.7;
+/// evolutionaryscale/esm `esm/utils/constants/esm3.py` and `esm/models/esm3.py`). Sequence and structure ids live
+/// in `SequenceTokenizer` and `StructureTokens`.
+module Tracks =
+
+    /// Sequence embedding and logit width (ids 33–63 unused).
+    [<Literal>]
+    let SequenceWidth = 64L
+
+    /// SS8 ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3…10 G H I T E B S C.
+    [<Literal>]
+    let Ss8Vocabulary = 11L
+
+    /// SASA ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3…18 the 16 bins.
+    [<Literal>]
+    let SasaVocabulary = 19L
+
+    /// Function ids per slot: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3 `<none>`, 4…259 the LSH values.
+    [<Literal>]
+    let FunctionVocabulary = 260L
+
+    /// Function tokens per residue.
+    [<Literal>]
+    let FunctionSlots = 8L
+
+    /// Residue (InterPro) annotation ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3 `<none>`, then labels.
+    [<Literal>]
+    let ResidueVocabulary = 1478L
+
+    /// Residue annotation slots per residue (padded with 0).
+    [<Literal>]
+    let ResidueSlots = 16L
+
+    /// The one id that plays BOS, EOS, PAD, MASK and chain break on the SS8, SASA, function and residue tracks.
+    [<Literal>]
+    let Absent = 0L
+
+    /// Radial basis functions of the pLDDT conditioning.
+    [<Literal>]
+    let PlddtBins = 16L
+
+    /// The first id of the SS8 and SASA tracks that is a real label (after `<pad>`, `<motif>`, `<unk>`).
+    [<Literal>]
+    let FirstLabel = 3L
+
+/// Settings of the ESM3 multi-track model (ESM3-REFERENCE.md §9).
+type MultiTrackConfig =
+    {
+        DModel: int64
+        /// Plain attention heads of every block.
+        Heads: int64
+        /// Geometric (vector) heads of the geometric sub-layers.
+        VHeads: int64
+        Layers: int
+        /// Blocks 0 … GeometricLayers−1 carry geometric attention (ESM3: 1).
+        GeometricLayers: int
+        /// SwiGLU expansion ratio (ESM3: 8/3).
+        ExpansionRatio: float
+        /// Divide every residual branch by sqrt(Layers / 36), as ESM3 does.
+        ScaleResidue: bool
+        /// Never let that divisor fall below 1, i.e. never amplify a branch (ours, ESM3-TRAINING.md §4.3: for
+        /// fewer than 36 layers ESM's formula would multiply branches by more than 1). No effect at ≥ 36 layers.
+        CapResidualScale: bool
+        GeometricImplementation: GeometricAttentionImpl
+    }
+
+/// Presets, checks and the checkpoint key table of `MultiTrackConfig`.
+module MultiTrackConfig =
+
+    /// ESM3-open (`esm3_sm_open_v1`): d 1536, 24 heads, 256 vector heads, 48 layers, geometric attention in block 0,
+    /// residual scale sqrt(48/36).
+    let esm3 =
+        {
+            DModel = 1536L
+            Heads = 24L
+            VHeads = 256L
+            Layers = 48
+            GeometricLayers = 1
+            ExpansionRatio = 8.0 / 3.0
+            ScaleResidue = true
+            CapResidualScale = false
+            GeometricImplementation = GeometricAttentionImpl.Reference
+        }
+
+    /// Our CPU model (ESM3-TRAINING.md §4.3): d 192, 6 layers, 6 heads × 32, 16 geometric heads in block 0 only,
+    /// the residual scale capped at 1.
+    let small =
+        { esm3 with
+            DModel = 192L
+            Heads = 6L
+            VHeads = 16L
+            Layers = 6
+            CapResidualScale = true
+            GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
+        }
+
+    /// Named errors; empty when valid.
+    let validate (c: MultiTrackConfig) =
+        [
+            if c.DModel <= 0L || c.DModel % Tracks.FunctionSlots <> 0L then
+                sprintf "DModel must be a positive multiple of 8 (the function track's sub-embeddings), got %d" c.DModel
+            if c.Heads <= 0L || c.DModel % c.Heads <> 0L then
+                sprintf "Heads (%d) must be positive and divide DModel (%d)" c.Heads c.DModel
+            elif (c.DModel / c.Heads) % 2L <> 0L then
+                "the head width DModel / Heads must be even (rotary embedding)"
+            if c.VHeads <= 0L then
+                sprintf "VHeads must be positive, got %d" c.VHeads
+            if c.Layers < 1 then
+                sprintf "Layers must be at least 1, got %d" c.Layers
+            if c.GeometricLayers < 0 || c.GeometricLayers > c.Layers then
+                sprintf "GeometricLayers must lie in 0 … Layers (%d), got %d" c.Layers c.GeometricLayers
+            if not (c.ExpansionRatio > 0.0) then
+                sprintf "ExpansionRatio must be positive, got %g" c.ExpansionRatio
+        ]
+
+    /// The divisor of every residual branch: sqrt(Layers/36) when ScaleResidue (at least 1 when capped), else 1.
+    let residualScale (c: MultiTrackConfig) =
+        if not c.ScaleResidue then
+            1.0
+        elif c.CapResidualScale then
+            max 1.0 (Math.Sqrt(float c.Layers / 36.0))
+        else
+            Math.Sqrt(float c.Layers / 36.0)
+
+    /// The trunk's `TransformerStackConfig` (ESM3: no biases, qk-LayerNorm, rotary, SwiGLU, unframed rows zeroed).
+    let stack (c: MultiTrackConfig) : TransformerStackConfig =
+        { TransformerStackConfig.Esm3 with
+            DModel = c.DModel
+            Heads = c.Heads
+            VHeads = c.VHeads
+            Layers = c.Layers
+            GeometricLayers = c.GeometricLayers
+            GeometricImplementation = c.GeometricImplementation
+            ExpansionRatio = c.ExpansionRatio
+            // The stack knows only on/off (sqrt(n/36)); the cap is "off" whenever it would bind.
+            ScaleResidue = residualScale c <> 1.0
+        }
+
+    /// Logit widths of the six heads, in ESM's order: sequence 64, structure 4096, SS8 11, SASA 19,
+    /// function 8 × 260, residue annotations 1478.
+    let headWidths =
+        [
+            "sequence", Tracks.SequenceWidth
+            "structure", StructureTokens.CodebookSize
+            "ss8", Tracks.Ss8Vocabulary
+            "sasa", Tracks.SasaVocabulary
+            "function", Tracks.FunctionSlots * Tracks.FunctionVocabulary
+            "residue", Tracks.ResidueVocabulary
+        ]
+
+    /// ESM3's state-dict keys and shapes for this configuration, written from ESM3-REFERENCE.md §9.4 (the table a
+    /// checkpoint must match; for `esm3` it is `esm3_sm_open_v1.pth`'s). Order: encoder, transformer, heads.
+    let keyShapes (c: MultiTrackConfig) : (string * int64[]) list =
+        let d = c.DModel
+        let f = FeedForward.swigluHidden c.ExpansionRatio d
+        let v = c.VHeads
+
+        [
+            "encoder.sequence_embed.weight", [| Tracks.SequenceWidth; d |]
+            "encoder.plddt_projection.weight", [| d; Tracks.PlddtBins |]
+            "encoder.plddt_projection.bias", [| d |]
+            "encoder.structure_per_res_plddt_projection.weight", [| d; Tracks.PlddtBins |]
+            "encoder.structure_per_res_plddt_projection.bias", [| d |]
+            "encoder.structure_tokens_embed.weight", [| StructureTokens.VocabularySize; d |]
+            "encoder.ss8_embed.weight", [| Tracks.Ss8Vocabulary; d |]
+            "encoder.sasa_embed.weight", [| Tracks.SasaVocabulary; d |]
+            for t in 0 .. int Tracks.FunctionSlots - 1 do
+                sprintf "encoder.function_embed.%d.weight" t, [| Tracks.FunctionVocabulary; d / Tracks.FunctionSlots |]
+            "encoder.residue_embed.weight", [| Tracks.ResidueVocabulary; d |]
+            for i in 0 .. c.Layers - 1 do
+                let p = sprintf "transformer.blocks.%d." i
+                p + "attn.layernorm_qkv.0.weight", [| d |]
+                p + "attn.layernorm_qkv.0.bias", [| d |]
+                p + "attn.layernorm_qkv.1.weight", [| 3L * d; d |]
+                p + "attn.out_proj.weight", [| d; d |]
+                p + "attn.q_ln.weight", [| d |]
+                p + "attn.k_ln.weight", [| d |]
+
+                if i < c.GeometricLayers then
+                    p + "geom_attn.distance_scale_per_head", [| v |]
+                    p + "geom_attn.rotation_scale_per_head", [| v |]
+                    p + "geom_attn.s_norm.weight", [| d |]
+                    p + "geom_attn.proj.weight", [| 15L * v; d |]
+                    p + "geom_attn.out_proj.weight", [| d; 3L * v |]
+
+                p + "ffn.0.weight", [| d |]
+                p + "ffn.0.bias", [| d |]
+                p + "ffn.1.weight", [| 2L * f; d |]
+                p + "ffn.3.weight", [| d; f |]
+            "transformer.norm.weight", [| d |]
+            for name, width in headWidths do
+                let p = sprintf "output_heads.%s_head." name
+                p + "0.weight", [| d; d |]
+                p + "0.bias", [| d |]
+                p + "2.weight", [| d |]
+                p + "2.bias", [| d |]
+                p + "3.weight", [| width; d |]
+                p + "3.bias", [| width |]
+        ]
+
+    /// Number of parameters of the model (the sum over `keyShapes`; ESM3-open: 1,401,735,748).
+    let parameterCount (c: MultiTrackConfig) =
+        keyShapes c |> List.sumBy (fun (_, shape) -> Array.fold (*) 1L shape)
+
+/// The inputs of the multi-track model, one tensor per track, BOS/EOS included (ESM's `ESM3.forward` arguments).
+/// `MultiTrackInput.absent` gives ESM's defaults for every track (§8.7); fill in what you have with `{ … with }`.
+type MultiTrackInput =
+    {
+        /// Sequence ids (`SequenceTokenizer`). Shapes: [B, L] int64
+        Sequence: torch.Tensor
+        /// Structure tokens 0 … 4100 (−1 is read as MASK); overridden at BOS/EOS/PAD/chain-break positions of the
+        /// sequence (`MultiTrack.overrideStructureTokens`). Shapes: [B, L] int64
+        Structure: torch.Tensor
+        /// SS8 ids 0 … 10. Shapes: [B, L] int64
+        Ss8: torch.Tensor
+        /// SASA ids 0 … 18. Shapes: [B, L] int64
+        Sasa: torch.Tensor
+        /// Function ids 0 … 259. Shapes: [B, L, 8] int64
+        Function: torch.Tensor
+        /// Residue annotation ids 0 … 1477, 0 = empty slot. Shapes: [B, L, 16] int64
+        ResidueAnnotations: torch.Tensor
+        /// Backbone N, CA, C (atom14/atom37 layouts allowed: atoms 0–2 are read); NaN or ±inf rows have no frame.
+        /// Shapes: [B, L, ≥3, 3] float
+        Coordinates: torch.Tensor
+        /// Mean pLDDT of the chain in [0, 1]. Shapes: [B, L] or [B, 1] float
+        AveragePlddt: torch.Tensor
+        /// Per-residue pLDDT in [0, 1]. Shapes: [B, L] float
+        PerResiduePlddt: torch.Tensor
+        /// Packed-sequence ids: attention only within equal ids (e.g. 0 for tokens, 1 for padding). null = all one
+        /// sequence (ESM's inference default: padding is attended to). Shapes: [B, L] int64 | null
+        SequenceId: torch.Tensor
+    }
+
+/// Constructors of `MultiTrackInput`.
+module MultiTrackInput =
+
+    /// ESM's defaults for absent tracks (ESM3-REFERENCE.md §8.7): sequence all MASK (32), structure all MASK (4096),
+    /// SS8/SASA/function/residue all 0, coordinates NaN, average pLDDT 1, per-residue pLDDT 0, no sequence id.
+    /// Shapes: -> tracks [B, L], coordinates [B, L, 3, 3] float32
+    let absent (b: int64) (l: int64) (device: torch.Device) : MultiTrackInput =
+        let full (shape: int64[]) (value: int64) =
+            torch.full (shape, value.ToScalar(), dtype = torch.int64, device = device)
+
+        {
+            Sequence = full [| b; l |] SequenceTokenizer.Mask
+            Structure = full [| b; l |] StructureTokens.Mask
+            Ss8 = full [| b; l |] Tracks.Absent
+            Sasa = full [| b; l |] Tracks.Absent
+            Function = full [| b; l; Tracks.FunctionSlots |] Tracks.Absent
+            ResidueAnnotations = full [| b; l; Tracks.ResidueSlots |] Tracks.Absent
+            Coordinates = torch.full ([| b; l; 3L; 3L |], Double.NaN.ToScalar(), dtype = torch.float32, device = device)
+            AveragePlddt = torch.ones ([| b; l |], dtype = torch.float32, device = device)
+            PerResiduePlddt = torch.zeros ([| b; l |], dtype = torch.float32, device = device)
+            SequenceId = null
+        }
+
+    /// Every tensor moved to `device` (dtypes kept).
+    let toDevice (device: torch.Device) (x: MultiTrackInput) =
+        let m (t: torch.Tensor) = if isNull t then t else t.``to`` device
+
+        {
+            Sequence = m x.Sequence
+            Structure = m x.Structure
+            Ss8 = m x.Ss8
+            Sasa = m x.Sasa
+            Function = m x.Function
+            ResidueAnnotations = m x.ResidueAnnotations
+            Coordinates = m x.Coordinates
+            AveragePlddt = m x.AveragePlddt
+            PerResiduePlddt = m x.PerResiduePlddt
+            SequenceId = m x.SequenceId
+        }
+
+    /// Checks every track's shape against the sequence's [B, L]; an `ArgumentException` names the track.
+    let checkShapes (x: MultiTrackInput) =
+        Shape.expect "Sequence" [| -1L; -1L |] x.Sequence
+        let b, l = x.Sequence.shape.[0], x.Sequence.shape.[1]
+        Shape.expect "Structure" [| b; l |] x.Structure
+        Shape.expect "Ss8" [| b; l |] x.Ss8
+        Shape.expect "Sasa" [| b; l |] x.Sasa
+        Shape.expect "Function" [| b; l; Tracks.FunctionSlots |] x.Function
+        Shape.expect "ResidueAnnotations" [| b; l; Tracks.ResidueSlots |] x.ResidueAnnotations
+
+        if
+            x.Coordinates.dim () <> 4L
+            || x.Coordinates.shape.[0] <> b
+            || x.Coordinates.shape.[1] <> l
+            || x.Coordinates.shape.[2] < 3L
+            || x.Coordinates.shape.[3] <> 3L
+        then
+            Shape.mismatch "Coordinates" (sprintf "[%d, %d, ≥3, 3]" b l) x.Coordinates
+
+        if
+            x.AveragePlddt.dim () <> 2L
+            || x.AveragePlddt.shape.[0] <> b
+            || (x.AveragePlddt.shape.[1] <> l && x.AveragePlddt.shape.[1] <> 1L)
+        then
+            Shape.mismatch "AveragePlddt" (sprintf "[%d, %d] or [%d, 1]" b l b) x.AveragePlddt
+
+        Shape.expect "PerResiduePlddt" [| b; l |] x.PerResiduePlddt
+
+        if not (isNull x.SequenceId) then
+            Shape.expect "SequenceId" [| b; l |] x.SequenceId
+
+/// What the multi-track model returns (ESM's `ESMOutput`).
+type MultiTrackOutput =
+    {
+        /// Shapes: [B, L, 64]
+        SequenceLogits: torch.Tensor
+        /// Shapes: [B, L, 4096]
+        StructureLogits: torch.Tensor
+        /// Shapes: [B, L, 11]
+        Ss8Logits: torch.Tensor
+        /// Shapes: [B, L, 19]
+        SasaLogits: torch.Tensor
+        /// Slot-major (ESM's `(k v) -> k v`). Shapes: [B, L, 8, 260]
+        FunctionLogits: torch.Tensor
+        /// Multi-label logits. Shapes: [B, L, 1478]
+        ResidueLogits: torch.Tensor
+        /// The trunk's output after its final LayerNorm, as ESM returns it (ESM's `embeddings = x.clone()` of the
+        /// post-norm stream; ESM3-REFERENCE.md §9.3 says pre-norm, the code says post-norm). Shapes: [B, L, d]
+        Embeddings: torch.Tensor
+        /// The stream before the final LayerNorm. Shapes: [B, L, d]
+        PreNorm: torch.Tensor
+    }
+
+/// Pure pieces of ESM3's forward pass.
+module MultiTrack =
+
+    /// ESM's structure-token overrides, in its order: −1 → MASK; then where the sequence is BOS → 4098, PAD → 4099,
+    /// EOS → 4097, chain break → 4100 (whatever the structure input says there).
+    /// Shapes: sequence [B, L], structure [B, L] int64 -> [B, L] int64
+    let overrideStructureTokens (sequence: torch.Tensor) (structure: torch.Tensor) =
+        let fill (id: int64) (where: torch.Tensor) (t: torch.Tensor) = t.masked_fill (where, id.ToScalar())
+
+        let sequenceIs (id: int64) = sequence.eq (id.ToScalar())
+
+        structure
+        |> fill StructureTokens.Mask (structure.eq ((-1L).ToScalar()))
+        |> fill StructureTokens.Bos (sequenceIs SequenceTokenizer.Bos)
+        |> fill StructureTokens.Pad (sequenceIs SequenceTokenizer.Pad)
+        |> fill StructureTokens.Eos (sequenceIs SequenceTokenizer.Eos)
+        |> fill StructureTokens.ChainBreak (sequenceIs SequenceTokenizer.ChainBreak)
+
+    /// ESM's `rbf(v, 0, 1, 16)`: exp(−((v − c_k)/σ)²) with centres c_k = k/15 and σ = 1/16.
+    /// Shapes: v [*] -> [*, 16]
+    let plddtRbf (v: torch.Tensor) =
+        let centres =
+            torch.linspace (0.0, 1.0, Tracks.PlddtBins, dtype = v.dtype, device = v.device)
+
+        let z = (v.unsqueeze (-1L) - centres) / (1.0 / float Tracks.PlddtBins)
+        (-(z * z)).exp()
+
+/// ESM's `EncodeInputs`: the sum of eight embeddings (ESM3-REFERENCE.md §9.2). Keys `sequence_embed`,
+/// `plddt_projection`, `structure_per_res_plddt_projection`, `structure_tokens_embed`, `ss8_embed`, `sasa_embed`,
+/// `function_embed.{0..7}` (padding index 0), `residue_embed` (summed like an `EmbeddingBag` with padding index 0:
+/// slots holding 0 are skipped whatever row 0 holds).
+type MultiTrackInputEncoder(dModel: int64) as this =
+    inherit torch.nn.Module<MultiTrackInput, torch.Tensor>("EncodeInputs")
+
+    let sequence_embed = torch.nn.Embedding(Tracks.SequenceWidth, dModel)
+    let plddt_projection = torch.nn.Linear(Tracks.PlddtBins, dModel)
+    let structure_per_res_plddt_projection = torch.nn.Linear(Tracks.PlddtBins, dModel)
+
+    let structure_tokens_embed =
+        torch.nn.Embedding(StructureTokens.VocabularySize, dModel)
+
+    let ss8_embed = torch.nn.Embedding(Tracks.Ss8Vocabulary, dModel)
+    let sasa_embed = torch.nn.Embedding(Tracks.SasaVocabulary, dModel)
+
+    let function_embed =
+        torch.nn.ModuleList<torch.nn.Module<torch.Tensor, torch.Tensor>>(
+            [|
+                for _ in 1L .. Tracks.FunctionSlots ->
+                    torch.nn.Embedding(Tracks.FunctionVocabulary, dModel / Tracks.FunctionSlots, padding_idx = 0L)
+                    :> torch.nn.Module<torch.Tensor, torch.Tensor>
+            |]
+        )
+
+    let residue_embed =
+        torch.nn.Embedding(Tracks.ResidueVocabulary, dModel, padding_idx = 0L)
+
+    do this.RegisterComponents()
+
+    /// Sets row 0 of the function and residue tables to zero (their padding rows; after a re-initialisation).
+    member _.ZeroPaddingRows() =
+        use _ = torch.no_grad ()
+
+        for m in function_embed do
+            (m :?> Modules.Embedding).weight.[0L].zero_() |> ignore
+
+        residue_embed.weight.[0L].zero_() |> ignore
+
+    /// The summed input embedding. Coordinates are not read (they feed the geometric attention).
+    /// Shapes: input tracks [B, L, …] -> [B, L, d], in the parameters' dtype
+    override _.forward(x: MultiTrackInput) =
+        let dtype = sequence_embed.weight.dtype
+        let rbf (v: torch.Tensor) = MultiTrack.plddtRbf (v.to_type dtype)
+
+        let functionEmbed =
+            torch.cat (
+                [|
+                    for t in 0 .. int Tracks.FunctionSlots - 1 ->
+                        function_embed.[t].forward(x.Function.select (-1L, int64 t))
+                |],
+                -1L
+            )
+
+        // EmbeddingBag(sum, padding_idx 0): slots holding 0 are skipped.
+        let residueEmbed =
+            (residue_embed.forward x.ResidueAnnotations
+             * x.ResidueAnnotations.ne(Tracks.Absent.ToScalar()).unsqueeze(-1L).to_type(dtype))
+                .sum(-2L)
+
+        sequence_embed.forward x.Sequence
+        + plddt_projection.forward (rbf x.AveragePlddt)
+        + structure_per_res_plddt_projection.forward (rbf x.PerResiduePlddt)
+        + structure_tokens_embed.forward x.Structure
+        + ss8_embed.forward x.Ss8
+        + sasa_embed.forward x.Sasa
+        + functionEmbed
+        + residueEmbed
+
+/// ESM's `OutputHeads`: six sequential regression heads (Linear → GELU → LayerNorm → Linear, biases on; keys
+/// `{sequence,structure,ss8,sasa,function,residue}_head.{0,2,3}.*`).
+type MultiTrackOutputHeads(dModel: int64) as this =
+    inherit torch.nn.Module<torch.Tensor, torch.Tensor, MultiTrackOutput>("OutputHeads")
+
+    // evolutionaryscale/esm `esm/layers/regression_head.py`: hidden width = d.
+    let head (width: int64) =
+        let m (x: torch.nn.Module<torch.Tensor, torch.Tensor>) = x
+
+        torch.nn.Sequential(
+            ("0", m (torch.nn.Linear(dModel, dModel))),
+            ("1", m (torch.nn.GELU())),
+            ("2", m (torch.nn.LayerNorm([| dModel |], 1e-5))),
+            ("3", m (torch.nn.Linear(dModel, width)))
+        )
+
+    let sequence_head = head Tracks.SequenceWidth
+    let structure_head = head StructureTokens.CodebookSize
+    let ss8_head = head Tracks.Ss8Vocabulary
+    let sasa_head = head Tracks.SasaVocabulary
+    let function_head = head (Tracks.FunctionSlots * Tracks.FunctionVocabulary)
+    let residue_head = head Tracks.ResidueVocabulary
+
+    do this.RegisterComponents()
+
+    /// Shapes: x [B, L, d] (post-norm), preNorm [B, L, d] -> MultiTrackOutput
+    override _.forward(x: torch.Tensor, preNorm: torch.Tensor) =
+        {
+            SequenceLogits = sequence_head.forward x
+            StructureLogits = structure_head.forward x
+            Ss8Logits = ss8_head.forward x
+            SasaLogits = sasa_head.forward x
+            FunctionLogits =
+                Shape.unflattenLast [| Tracks.FunctionSlots; Tracks.FunctionVocabulary |] (function_head.forward x)
+            ResidueLogits = residue_head.forward x
+            Embeddings = x
+            PreNorm = preNorm
+        }
+
+/// ESM3's multi-track model (`esm/models/esm3.py`; ESM3-REFERENCE.md §9): structure-token overrides, backbone
+/// frames from the coordinates, the input sum (`encoder`), the trunk (`transformer`, geometric attention in its
+/// first `GeometricLayers` blocks, unframed rows zeroed) and six heads (`output_heads`). Keys exactly
+/// `MultiTrackConfig.keyShapes`. Parameters are initialised from `generator` (PyTorch-style defaults, padding rows
+/// zero).
+type MultiTrackModel(config: MultiTrackConfig, generator: torch.Generator) as this =
+    inherit torch.nn.Module<MultiTrackInput, MultiTrackOutput>("ESM3")
+
+    do
+        match MultiTrackConfig.validate config with
+        | [] -> ()
+        | errors -> raise (ArgumentException("multi-track config: " + String.Join("; ", errors)))
+
+    let encoder = new MultiTrackInputEncoder(config.DModel)
+    let transformer = new TransformerStack(MultiTrackConfig.stack config)
+    let output_heads = new MultiTrackOutputHeads(config.DModel)
+
+    do
+        this.RegisterComponents()
+        Init.reset generator this
+        encoder.ZeroPaddingRows()
+
+    member _.Config = config
+
+    /// The summed input embedding of `input` after the structure overrides. Shapes: -> [B, L, d]
+    member _.EmbedInputs(input: MultiTrackInput) =
+        MultiTrackInput.checkShapes input
+
+        encoder.forward
+            { input with
+                Structure = MultiTrack.overrideStructureTokens input.Sequence input.Structure
+            }
+
+    /// ESM3's forward pass. Shapes: input tracks [B, L, …] -> MultiTrackOutput (logits [B, L, …])
+    override this.forward(input: MultiTrackInput) =
+        let x = this.EmbedInputs input
+        let coordinates = input.Coordinates.narrow(2L, 0L, 3L).to_type x.dtype
+        let bf = Frame.ofBackbone coordinates
+        let sequenceId = Option.ofObj input.SequenceId
+
+        let mask =
+            match sequenceId with
+            | Some ids -> AttentionMask.Allowed(AttentionMask.sameSequence ids)
+            | None -> AttentionMask.None
+
+        let context =
+            {
+                Mask = mask
+                Geometry =
+                    Some
+                        {
+                            Frames = bf.Frames
+                            Framed = bf.Mask
+                            SequenceId = sequenceId
+                            ChainId = None
+                        }
+            }
+
+        let post, pre = transformer.ForwardWithPreNorm(x, context)
+        output_heads.forward (post, pre)
+
+/// Saving and loading `MultiTrackModel`s as ESM-format safetensors (ESM3's keys, no prefix).
+module MultiTrackCheckpoint =
+
+    let private meta (c: MultiTrackConfig) =
+        readOnlyDict
+            [
+                "format", "esm3"
+                "heads", string c.Heads
+                "expansion_ratio", c.ExpansionRatio.ToString("R", Globalization.CultureInfo.InvariantCulture)
+                "scale_residue", string c.ScaleResidue
+                "cap_residual_scale", string c.CapResidualScale
+            ]
+
+    /// Saves the state dict (ESM's keys) atomically; the metadata records what shapes cannot tell (heads, the
+    /// SwiGLU ratio, the residual-scale switches).
+    let save (path: string) (model: MultiTrackModel) =
+        Checkpoint.save path model (meta model.Config)
+
+    /// A config from an ESM-format key table: d from `encoder.sequence_embed.weight` [64, d], layers from the
+    /// highest `transformer.blocks.{i}` + 1, geometric layers from the blocks holding `geom_attn`, VHeads from
+    /// `transformer.blocks.0.geom_attn.distance_scale_per_head`, the SwiGLU ratio from
+    /// `transformer.blocks.0.ffn.3.weight` [d, F] (the metadata's "expansion_ratio", else 8/3 when that gives F, else F/d).
+    /// Heads come from the metadata ("heads"; default d/64, ESM3's head width) and the residual switches likewise
+    /// (default ESM3's: scaled, not capped). Problems raise an
+    /// `InputException` naming `file` and the tensor or field.
+    let configOfKeyShapes
+        (file: string)
+        (metadata: IReadOnlyDictionary<string, string>)
+        (shapes: seq<string * int64[]>)
+        : MultiTrackConfig =
+        let table = Dictionary<string, int64[]>()
+
+        for name, shape in shapes do
+            table.[name] <- shape
+
+        let fail (name: string) message =
+            InputError.raise file (InputLocation.Field name) message
+
+        let shapeOf (name: string) (rank: int) =
+            match table.TryGetValue name with
+            | true, s when s.Length = rank && Array.forall (fun n -> n > 0L) s -> s
+            | true, s -> fail name (sprintf "expected a non-empty %d-D tensor, got shape %s" rank (Shape.show s))
+            | _ -> fail name "missing (needed to infer the model's sizes)"
+
+        let embedKey = "encoder.sequence_embed.weight"
+
+        if not (table.ContainsKey embedKey) then
+            InputError.raise
+                file
+                InputLocation.Whole
+                (sprintf "not an ESM3 multi-track checkpoint: no '%s' among its %d tensors" embedKey table.Count)
+
+        let d = (shapeOf embedKey 2).[1]
+
+        let layers =
+            match Checkpoint.blockCount "transformer.blocks" table.Keys with
+            | Ok n when n > 0 -> n
+            | Ok _ -> fail "transformer.blocks.0.attn.layernorm_qkv.1.weight" "missing: the file holds no block"
+            | Error key -> fail key "block index out of range"
+
+        let geometric =
+            Seq.initInfinite id
+            |> Seq.takeWhile (fun i -> table.ContainsKey(sprintf "transformer.blocks.%d.geom_attn.s_norm.weight" i))
+            |> Seq.length
+
+        let vHeads =
+            if geometric > 0 then
+                (shapeOf "transformer.blocks.0.geom_attn.distance_scale_per_head" 1).[0]
+            else
+                1L
+
+        let ffnKey = "transformer.blocks.0.ffn.3.weight"
+        let ffn = shapeOf ffnKey 2
+
+        if ffn.[0] <> d then
+            fail ffnKey (sprintf "expected [d = %d, F], got shape %s" d (Shape.show ffn))
+
+        let metaValue (key: string) (parse: string -> 'a option) (fallback: 'a) =
+            if isNull metadata then
+                fallback
+            else
+                match metadata.TryGetValue key with
+                | true, text ->
+                    match parse text with
+                    | Some v -> v
+                    | None -> fail ("metadata." + key) (sprintf "cannot read '%s'" text)
+                | _ -> fallback
+
+        let parseInt (s: string) =
+            match Int64.TryParse s with
+            | true, v -> Some v
+            | _ -> None
+
+        let parseBool (s: string) =
+            match Boolean.TryParse s with
+            | true, v -> Some v
+            | _ -> None
+
+        let parseFloat (s: string) =
+            match Double.TryParse(s, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
+            | true, v -> Some v
+            | _ -> None
+
+        // The ratio is not recoverable from F (SwiGLU rounds up to 256): the metadata's, else ESM3's 8/3 when it
+        // gives F, else F/d.
+        let ratio =
+            let esm = MultiTrackConfig.esm3.ExpansionRatio
+
+            let fallback =
+                if FeedForward.swigluHidden esm d = ffn.[1] then
+                    esm
+                else
+                    float ffn.[1] / float d
+
+            metaValue "expansion_ratio" parseFloat fallback
+
+        let config =
+            { MultiTrackConfig.esm3 with
+                DModel = d
+                Heads = metaValue "heads" parseInt (max 1L (d / 64L))
+                VHeads = vHeads
+                Layers = layers
+                GeometricLayers = geometric
+                ExpansionRatio = ratio
+                ScaleResidue = metaValue "scale_residue" parseBool true
+                CapResidualScale = metaValue "cap_residual_scale" parseBool false
+            }
+
+        if FeedForward.swigluHidden ratio d <> ffn.[1] then
+            fail
+                ffnKey
+                (sprintf
+                    "hidden width %d does not follow from d %d and ratio %g (ESM's SwiGLU rounding)"
+                    ffn.[1]
+                    d
+                    ratio)
+
+        match MultiTrackConfig.validate config with
+        | [] -> ()
+        | errors ->
+            InputError.raise
+                file
+                InputLocation.Whole
+                ("the tensors' shapes give an invalid model: " + String.Join("; ", errors))
+
+        let mismatch =
+            Checkpoint.mismatchesOfShapes (MultiTrackConfig.keyShapes config) (table |> Seq.map (|KeyValue|))
+
+        if not (Checkpoint.isEmpty mismatch) then
+            InputError.raise
+                file
+                InputLocation.Whole
+                (sprintf
+                    "not an ESM3 multi-track model with the inferred sizes (d %d, %d layers, %d geometric, %d vector heads): %s"
+                    d
+                    layers
+                    geometric
+                    vHeads
+                    (Checkpoint.describe mismatch))
+
+        config
+
+    /// Loads an ESM-format multi-track checkpoint: sizes from `configOfKeyShapes` (every key and shape checked
+    /// against ESM3's table first), then a strict load. float32, CPU, eval mode.
+    let load (path: string) : MultiTrackModel =
+        let header = Safetensors.readHeader path
+        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+
+        let config =
+            configOfKeyShapes path (header.Metadata :> IReadOnlyDictionary<string, string>) shapes
+
+        use generator = new torch.Generator(0UL)
+        let model = new MultiTrackModel(config, generator)
+
+        try
+            Checkpoint.load path model
+            model.eval ()
+            model
+        with _ ->
+            model.Dispose()
+            reraise ()
