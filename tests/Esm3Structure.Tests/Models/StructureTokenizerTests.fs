@@ -5,6 +5,7 @@ open System.IO
 open Expecto
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.App
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
@@ -345,5 +346,52 @@ let tests =
                     (StructureTokenizer.resolveWeights "/r" StructureTokenizer.DefaultDecoderPath "my.safetensors")
                     "my.safetensors"
                     "given"
+            }
+
+            test "the scripts' loaders: device first, then the weights (given or shipped), loaded on the device" {
+                let dir = TokenizerFixtures.tempDir ()
+
+                try
+                    let enc = Path.Combine(dir, "e.safetensors")
+                    let dec = Path.Combine(dir, "d.safetensors")
+                    TokenizerFixtures.writeEncoder enc 3UL
+                    TokenizerFixtures.writeDecoder dec 4UL
+                    // The repository root is found above the script folder (tests run inside the checkout).
+                    let scriptDir = AppContext.BaseDirectory
+                    use e = StructureTokenizer.loadEncoderFor scriptDir enc "cpu"
+                    Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
+                    Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
+                    use d = StructureTokenizer.loadDecoderFor scriptDir dec "CPU"
+                    Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
+
+                    let bad =
+                        raises<exn> "bad device" (fun () ->
+                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu"
+                            |> ignore)
+
+                    Expect.stringContains bad.Message "unknown device 'tpu'" "the device is checked before the file"
+
+                    let missing =
+                        raises<exn> "missing file" (fun () ->
+                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu"
+                            |> ignore)
+
+                    Expect.stringContains missing.Message "/nonexistent.safetensors" "names the file"
+
+                    let root = Cli.repositoryRoot scriptDir
+
+                    if not (File.Exists(Path.Combine(root, StructureTokenizer.DefaultDecoderPath))) then
+                        let none =
+                            raises<ArgumentException> "no shipped decoder" (fun () ->
+                                StructureTokenizer.loadDecoderFor scriptDir null "cpu" |> ignore)
+
+                        Expect.stringContains none.Message "no shipped model exists yet" "the shipped default"
+
+                    Expect.stringContains
+                        (StructureTokenizer.weightsUsage "encoder" StructureTokenizer.DefaultEncoderPath)
+                        StructureTokenizer.DefaultEncoderPath
+                        "usage names the default"
+                finally
+                    Directory.Delete(dir, true)
             }
         ]
