@@ -1,6 +1,7 @@
 // Benchmarks: figures printed as Markdown tables (time, throughput, peak memory, share of the machine's dense
 // matmul rate measured in the same run). Never asserted by tests.
-//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer] [--lengths 128,256,512,1024] [--repeats N] [--quick]
+//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer,tokenize] [--lengths 128,256,512,1024]
+//       [--chain-lengths 100,300,1000] [--weights ENCODER.safetensors] [--repeats N] [--quick]
 #load "_load.fsx"
 
 open System
@@ -8,6 +9,7 @@ open Argu
 open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Checks
+open Esm3Structure.Models
 open Esm3Structure.Nn
 
 [<HelpFlags("--usage", "--help")>]
@@ -17,17 +19,25 @@ type Args =
     | Quick
     | Device of string
     | Sections of string
+    | Chain_Lengths of string
+    | Weights of encoder: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Lengths _ -> "comma-separated chain lengths (default 128,256,512,1024)"
+            | Lengths _ -> "comma-separated chain lengths of the geometric section (default 128,256,512,1024)"
+            | Chain_Lengths _ ->
+                "comma-separated lengths of the real chains the tokenize section encodes (default 100,300,1000; --quick: 100,600)"
+            | Weights _ ->
+                sprintf
+                    "the trained encoder of the tokenize section (default: %s; when absent its row says so; with --quick only when given)"
+                    StructureTokenizer.DefaultEncoderPath
             | Repeats _ -> "timed repeats per cell, median reported (default 3)"
             | Quick ->
-                "small sizes only (d 256, 32 vector heads; lengths 64,128; 8192 vectors to quantize), for a smoke run"
+                "small sizes only (d 256, 32 vector heads; lengths 64,128; 8192 vectors to quantize; a d 64 encoder on chains of 100 and 600), for a smoke run"
             | Device _ -> "cpu (default); the benchmark runs on the CPU build"
             | Sections _ ->
-                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search); default all"
+                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search), tokenize (structure tokens of real chains); default all"
 
 Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     Cli.device (args.GetResult(Device, defaultValue = "cpu")) |> ignore
@@ -41,13 +51,20 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let repeats = args.GetResult(Repeats, defaultValue = 3)
 
     let sections =
-        args.GetResult(Sections, defaultValue = "geometric,quantizer").Split(',')
+        args.GetResult(Sections, defaultValue = "geometric,quantizer,tokenize").Split(',')
         |> Array.map (fun s -> s.Trim().ToLowerInvariant())
         |> Set.ofArray
 
     for s in sections do
-        if s <> "geometric" && s <> "quantizer" then
-            raise (ArgumentException(sprintf "--sections: unknown section '%s' (known: geometric, quantizer)" s))
+        if s <> "geometric" && s <> "quantizer" && s <> "tokenize" then
+            raise (
+                ArgumentException(sprintf "--sections: unknown section '%s' (known: geometric, quantizer, tokenize)" s)
+            )
+
+    let chainLengths =
+        args.GetResult(Chain_Lengths, defaultValue = (if quick then "100,600" else "100,300,1000")).Split(',')
+        |> Array.map (fun s -> int (s.Trim()))
+        |> List.ofArray
 
     let sizes =
         if quick then
@@ -70,8 +87,10 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         (Runtime.InteropServices.RuntimeInformation.OSDescription)
         (torch.get_num_threads ())
 
-    let ceiling = Bench.matmulGFlops 2048L 3
-    printfn "dense float32 matmul [2048, 2048] x [2048, 2048]: %.1f GFLOP/s (the ceiling)" ceiling
+    let square = if quick then 1024L else 2048L
+    let ceiling = Bench.matmulGFlops square 3
+
+    printfn "dense float32 matmul [%d, %d] x [%d, %d]: %.1f GFLOP/s (the ceiling)" square square square square ceiling
 
     if sections.Contains "geometric" then
         printfn ""
@@ -125,6 +144,69 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 (r.BudgetBytes >>> 20)
                 (r.Measurement.Milliseconds / naive.Measurement.Milliseconds)
                 (float r.Measurement.PeakBytes / float (max 1L naive.Measurement.PeakBytes))
+
+    if sections.Contains "tokenize" then
+        let data = Cli.sharedData __SOURCE_DIRECTORY__
+        let chains = chainLengths |> List.map (TokenizeBench.benchChain data)
+
+        let sized =
+            if quick then
+                "d 64, V 8 (random init)",
+                { StructureEncoderConfig.Esm3 with
+                    DModel = 64L
+                    VHeads = 8L
+                }
+            else
+                "ESM size: d 1024, V 128 (random init)", StructureEncoderConfig.Esm3
+
+        use random = TokenizeBench.randomEncoder (snd sized) 2024UL
+
+        let shipped =
+            let given = args.TryGetResult Weights
+
+            let label =
+                match given with
+                | Some path -> IO.Path.GetFileName path
+                | None -> "shipped"
+
+            match given with
+            | None when quick -> TokenizeBenchEncoder.Missing(label, "skipped with --quick (pass --weights)")
+            | _ ->
+                try
+                    TokenizeBenchEncoder.Of(
+                        label,
+                        StructureTokenizer.loadEncoderFor __SOURCE_DIRECTORY__ (defaultArg given "") "cpu"
+                    )
+                with e ->
+                    TokenizeBenchEncoder.Missing(label, e.Message)
+
+        printfn ""
+
+        printfn
+            "tokenization (StructureTokenizer.tokenize: kNN, encoder, codebook; no gradients), float32, %d repeats (median):"
+            repeats
+
+        for c in chains do
+            printfn "  %d residues: %s" (Esm3Structure.Structure.ProteinChain.length c.Chain) c.Source
+
+        let rows =
+            TokenizeBench.run [ TokenizeBenchEncoder.Of(fst sized, random); shipped ] chains repeats (eprintfn "  %s")
+
+        if shipped.IsAvailable then
+            shipped.Encoder.Dispose()
+
+        printfn "%s" (TokenizeBench.format rows)
+
+        printfn
+            "FLOPs: matrix products of the encoder as run (the last block's SwiGLU on the query slot only; ESM's dense count, every block on all 16 slots, in brackets). The ceiling: a float32 matmul of the encoder's dominant shape [L·16, d] x [d, 2F], same run; %% of matmul uses the FLOPs as run."
+
+        for r in rows do
+            if r.Note = "" then
+                printfn
+                    "%s, L %d: %.0f%% of the matmul ceiling (target for the ESM-size encoder: at least 50%%)"
+                    r.Encoder
+                    r.Length
+                    (100.0 * r.GFlops / r.CeilingGFlops)
 
     0)
 |> exit

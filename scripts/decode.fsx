@@ -5,7 +5,6 @@
 #load "_load.fsx"
 
 open Argu
-open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Models
 
@@ -20,19 +19,17 @@ type Args =
         member a.Usage =
             match a with
             | Tokens _ -> "tokens JSON written by tokenize.fsx (one object; the sequence is optional)"
-            | Weights _ ->
-                sprintf "decoder safetensors file (default: %s, not shipped yet)" StructureTokenizer.DefaultDecoderPath
+            | Weights _ -> StructureTokenizer.weightsUsage "decoder" StructureTokenizer.DefaultDecoderPath
             | Out _ -> "output PDB file, written atomically (.gz: gzipped)"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
-    let weights =
-        StructureTokenizer.resolveWeights
-            (Cli.repositoryRoot __SOURCE_DIRECTORY__)
-            StructureTokenizer.DefaultDecoderPath
+    use decoder =
+        StructureTokenizer.loadDecoderFor
+            __SOURCE_DIRECTORY__
             (args.GetResult(Weights, defaultValue = ""))
+            (args.GetResult(Device, defaultValue = "cpu"))
 
-    let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
     let tokensFile = args.GetResult Tokens
     let out = args.GetResult Out
 
@@ -46,8 +43,6 @@ Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 )
             )
 
-    use decoder = StructureDecoder.load weights
-    decoder.``to`` device |> ignore
     let decoded = StructureTokenizer.decode decoder tokenized
     StructureTokenizer.writePdb out decoded
 

@@ -5,7 +5,6 @@
 #load "_load.fsx"
 
 open Argu
-open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Models
 
@@ -22,23 +21,19 @@ type Args =
             match a with
             | Pdb _ -> "PDB or mmCIF file, optionally .gz (repeat for several: the output is then a JSON array)"
             | Chain _ -> "chain id (default: the first protein chain of each file)"
-            | Weights _ ->
-                sprintf "encoder safetensors file (default: %s, not shipped yet)" StructureTokenizer.DefaultEncoderPath
+            | Weights _ -> StructureTokenizer.weightsUsage "encoder" StructureTokenizer.DefaultEncoderPath
             | Out _ -> "output JSON file, written atomically (default: standard output)"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "tokenize.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
-    let weights =
-        StructureTokenizer.resolveWeights
-            (Cli.repositoryRoot __SOURCE_DIRECTORY__)
-            StructureTokenizer.DefaultEncoderPath
+    use encoder =
+        StructureTokenizer.loadEncoderFor
+            __SOURCE_DIRECTORY__
             (args.GetResult(Weights, defaultValue = ""))
+            (args.GetResult(Device, defaultValue = "cpu"))
 
-    let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
     let chain = args.GetResult(Chain, defaultValue = "")
     let files = args.GetResults Pdb |> Array.ofList
-    use encoder = StructureEncoder.load weights
-    encoder.``to`` device |> ignore
     let out = args.TryGetResult Out
 
     let chains =

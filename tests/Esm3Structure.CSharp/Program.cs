@@ -1,5 +1,6 @@
 // A C# consumer of the library: frames from a backbone, a rigid motion, and the equivariance check
 // frames(G x) == G ∘ frames(x). Exits 0 and prints "ok" when it holds.
+using Esm3Structure;
 using Esm3Structure.Geometry;
 using Esm3Structure.Native;
 using TorchSharp;
@@ -23,7 +24,7 @@ Frame expected = FrameModule.compose(motion, frames.Frames);
 double rotationError = (moved.Frames.R - expected.R).abs().max().ToDouble();
 double translationError = (moved.Frames.T - expected.T).abs().max().ToDouble();
 bool allFramed = frames.Mask.all().ToBoolean();
-Console.WriteLine($"C# consumer: framed={allFramed} rotation error={rotationError:E2} translation error={translationError:E2}");
+Console.WriteLine($"C# consumer: framed={allFramed} rotation error={NumberFormat.scientific(2, rotationError)} translation error={NumberFormat.scientific(2, translationError)}");
 
 if (!allFramed || rotationError > 1e-12 || translationError > 1e-10)
 {

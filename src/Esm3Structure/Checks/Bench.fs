@@ -124,15 +124,19 @@ module Bench =
         else
             0L
 
-    /// The dense float32 matmul rate of this machine (GFLOP/s) for [n, n] × [n, n]: the ceiling the other figures
-    /// are compared with.
-    let matmulGFlops (n: int64) (repeats: int) =
+    /// The dense float32 matmul rate of this machine (GFLOP/s, 2·m·k·n per product, the median of `repeats`) for
+    /// [m, k] × [k, n] with random normal operands: the ceiling a model's figures are compared with.
+    let matmulShapeGFlops (m: int64) (k: int64) (n: int64) (repeats: int) =
         use _ = torch.NewDisposeScope()
         let g = new torch.Generator(1UL)
-        let a = torch.randn ([| n; n |], generator = g)
-        let b = torch.randn ([| n; n |], generator = g)
+        let a = torch.randn ([| m; k |], generator = g)
+        let b = torch.randn ([| k; n |], generator = g)
         let ms = time 1 repeats (fun () -> a.matmul b |> ignore)
-        2.0 * float n * float n * float n / (ms * 1e6)
+        2.0 * float m * float k * float n / (ms * 1e6)
+
+    /// The dense float32 matmul rate of this machine (GFLOP/s) for [n, n] × [n, n]: the ceiling the other figures
+    /// are compared with.
+    let matmulGFlops (n: int64) (repeats: int) = matmulShapeGFlops n n n repeats
 
     /// Approximate FLOPs of one geometric attention forward (projections, the three L² terms; the backward counted
     /// as twice the forward).

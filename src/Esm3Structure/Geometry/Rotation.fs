@@ -20,6 +20,22 @@ module Rotation =
     /// Rotates vectors by the inverse: `Rᵀ v`. Shapes: r [*, 3, 3], v [*, 3] -> [*, 3]
     let invertApply (r: torch.Tensor) (v: torch.Tensor) = apply (r.transpose (-1L, -2L)) v
 
+    /// Rotates N vectors by each rotation: `R v` for every row of `v`, as one [N, 3] × [3, 3] product per
+    /// rotation (`v Rᵀ`). The same values as `apply (r.unsqueeze -3) v`, which broadcasts R over the N vectors
+    /// and runs one 3 × 3 product per vector: many times slower for large N.
+    /// Shapes: r [*, 3, 3], v [*, N, 3] -> [*, N, 3] (batch dims broadcast)
+    let applyEach (r: torch.Tensor) (v: torch.Tensor) =
+        Shape.expectTrailing "r" [| 3L; 3L |] r
+        Shape.expectTrailing "v" [| 3L |] v
+        v.matmul (r.transpose (-1L, -2L))
+
+    /// Rotates N vectors by each inverse rotation: `Rᵀ v` for every row of `v` (`v R`; see `applyEach`).
+    /// Shapes: r [*, 3, 3], v [*, N, 3] -> [*, N, 3] (batch dims broadcast)
+    let invertApplyEach (r: torch.Tensor) (v: torch.Tensor) =
+        Shape.expectTrailing "r" [| 3L; 3L |] r
+        Shape.expectTrailing "v" [| 3L |] v
+        v.matmul r
+
     /// `a b` (b applied first). Shapes: [*, 3, 3] x [*, 3, 3] -> [*, 3, 3]
     let compose (a: torch.Tensor) (b: torch.Tensor) =
         Shape.expectTrailing "a" [| 3L; 3L |] a

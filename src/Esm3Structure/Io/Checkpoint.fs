@@ -4,6 +4,7 @@ open System
 open System.Collections.Generic
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.Tensors
 
 /// A tensor whose shape differs between a checkpoint and a module.
 type ShapeMismatch =
@@ -32,8 +33,6 @@ type CheckpointMismatch =
 /// Module checkpoints: the state_dict as safetensors, under exactly the names `state_dict()` gives (ESM's names,
 /// no prefix), loaded strictly with every problem named at once.
 module Checkpoint =
-
-    let private showShape (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
     // PyTorch's state_dict order: a module's own parameters, then its own persistent buffers, then each child
     // (declaration order), recursively (torch.nn.Module._save_to_state_dict / state_dict).
@@ -172,7 +171,7 @@ module Checkpoint =
                 "wrong shapes"
                 [
                     for s in mismatch.WrongShape ->
-                        sprintf "%s: expected %s, got %s" s.Name (showShape s.Expected) (showShape s.Got)
+                        sprintf "%s: expected %s, got %s" s.Name (Shape.show s.Expected) (Shape.show s.Got)
                 ]
             part "duplicated keys" mismatch.Duplicated
         ]

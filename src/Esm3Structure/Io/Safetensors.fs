@@ -10,6 +10,7 @@ open System.Text
 open System.Text.Json
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.Tensors
 
 /// One tensor's entry in a safetensors header.
 type SafetensorsEntry =
@@ -117,8 +118,6 @@ module Safetensors =
     let private fail (file: string) (location: InputLocation) (message: string) : 'a =
         InputError.raise file location message
 
-    let private showShape (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
-
     /// Reads a non-negative integer that fits in int64, or fails naming `what`.
     let private nonNegativeInt (file: string) (name: string) (what: string) (e: JsonElement) : int64 =
         if e.ValueKind <> JsonValueKind.Number then
@@ -194,7 +193,7 @@ module Safetensors =
             fail
                 file
                 (InputLocation.Field name)
-                (sprintf "shape %s of %s is not a whole number of bytes" (showShape shape) dtype)
+                (sprintf "shape %s of %s is not a whole number of bytes" (Shape.show shape) dtype)
 
         let needed = bits / BigInteger 8
 
@@ -207,7 +206,7 @@ module Safetensors =
                     b
                     e
                     (e - b)
-                    (showShape shape)
+                    (Shape.show shape)
                     dtype
                     needed)
 

@@ -267,8 +267,8 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
                         }
             }
 
-        let z = transformer.forward (z0, context) // [B·L, E, d]
-        let query = z.select(1L, 0L).reshape(b, l, config.DModel) // the query residue of each neighbourhood
+        // The query residue of each neighbourhood (slot 0): the last block's feed-forward runs on it alone.
+        let query = transformer.ForwardAt(z0, context, 0L).reshape(b, l, config.DModel)
         let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
         let zPre = pre_vq_proj.forward query // [B, L, DOut]
         let real = framed.logical_and (padding.logical_not ())

@@ -6,6 +6,7 @@ open System.Text
 open System.Text.Json
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.App
 open Esm3Structure.Structure
 
 /// One chain as structure tokens: the record behind the JSON of `scripts/tokenize.fsx` (README, "Tokenize and
@@ -57,6 +58,38 @@ module StructureTokenizer =
                             defaultRelative
                     )
                 )
+
+    /// Usage text of a script's `--weights` flag for a model kind ("encoder", "decoder") whose shipped file is
+    /// `defaultRelative`.
+    let weightsUsage (kind: string) (defaultRelative: string) =
+        sprintf "%s safetensors file (default: the shipped %s)" kind defaultRelative
+
+    let private loadFor
+        (load: string -> 'M)
+        (defaultRelative: string)
+        (scriptDir: string)
+        (weights: string)
+        (device: string)
+        : 'M :> torch.nn.Module =
+        let device = Cli.device device
+        let m = load (resolveWeights (Cli.repositoryRoot scriptDir) defaultRelative weights)
+
+        try
+            m.``to`` device |> ignore
+            m
+        with _ ->
+            m.Dispose()
+            reraise ()
+
+    /// What `scripts/tokenize.fsx` does with its `--weights` and `--device`: the device parsed first (`Cli.device`:
+    /// "cpu", "cuda", "cuda:N"), then `weights` resolved (null or "": the shipped `DefaultEncoderPath` of the
+    /// repository above `scriptDir`, see `resolveWeights`), loaded (`StructureEncoder.load`) and moved there.
+    let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
+        loadFor StructureEncoder.load DefaultEncoderPath scriptDir weights device
+
+    /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoder.load`): `scripts/decode.fsx`.
+    let loadDecoderFor (scriptDir: string) (weights: string) (device: string) : StructureDecoder =
+        loadFor StructureDecoder.load DefaultDecoderPath scriptDir weights device
 
     let private deviceOf (m: torch.nn.Module) =
         match m.parameters () |> Seq.tryHead with

@@ -224,17 +224,15 @@ module GeometricAttention =
             torch.nn.functional.layer_norm (s, [| c.DModel |], w.NormWeight, orNull w.NormBias, 1e-5)
 
         let p_BLP = torch.nn.functional.linear (n_BLC, w.ProjWeight, orNull w.ProjBias) // [B, L, 15V]
-        let vecRot = Shape.unflattenLast [| 3L * v; 3L |] (p_BLP.narrow (-1L, 0L, 9L * v)) // [B, L, 3V, 3]
+        // The 15V channels are 5V vectors in order (q_rot, k_rot, v, then q_dist, k_dist; channel = 3·vec + xyz):
+        // all rotated by one [5V, 3] × [3, 3] product per residue (not one 3 × 3 product per vector).
+        let all = Rotation.applyEach frames.R (Shape.unflattenLast [| 5L * v; 3L |] p_BLP) // [B, L, 5V, 3]
+        let rotated = all.narrow (-2L, 0L, 3L * v) // [B, L, 3V, 3]
+        let placed = all.narrow (-2L, 3L * v, 2L * v) + frames.T.unsqueeze -2L // [B, L, 2V, 3]
 
-        let vecDist =
-            Shape.unflattenLast [| 2L * v; 3L |] (p_BLP.narrow (-1L, 9L * v, 6L * v)) // [B, L, 2V, 3]
-
-        let r_BL133 = frames.R.unsqueeze -3L
-        let rotated = Rotation.apply r_BL133 vecRot // [B, L, 3V, 3]
-        let placed = Rotation.apply r_BL133 vecDist + frames.T.unsqueeze -2L // [B, L, 2V, 3]
-
+        // Contiguous, so the batched [L, 3] × [3, L] products below take the fast path.
         let heads (x: torch.Tensor) k =
-            x.narrow(-2L, k * v, v).permute(0L, 2L, 1L, 3L) // [B, V, L, 3]
+            x.narrow(-2L, k * v, v).permute(0L, 2L, 1L, 3L).contiguous() // [B, V, L, 3]
 
         {
             QRot = heads rotated 0L
@@ -252,7 +250,7 @@ module GeometricAttention =
         (o_BVL3: torch.Tensor)
         =
         let o_BLV3 = o_BVL3.permute (0L, 2L, 1L, 3L)
-        let local_BLV3 = Rotation.invertApply (input.Frames.R.unsqueeze -3L) o_BLV3
+        let local_BLV3 = Rotation.invertApplyEach input.Frames.R o_BLV3
         let o_BLX = Shape.flattenLast 2 local_BLV3 // [B, L, 3V], channel = 3h + xyz
 
         let o_BLX =

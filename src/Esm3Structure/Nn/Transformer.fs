@@ -202,8 +202,8 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
 
     member _.Config = config
 
-    /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, L, d]
-    override _.forward(x: torch.Tensor, context: BlockContext) =
+    /// The attention sub-layers (plain, then geometric) added to the stream.
+    member private _.Attend(x: torch.Tensor, context: BlockContext) =
         let s = config.ResidualScale
 
         let x =
@@ -236,7 +236,21 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
                         )
                     )
 
-        x + ffn.forward x / s
+        x
+
+    /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, L, d]
+    override this.forward(x: torch.Tensor, context: BlockContext) =
+        let x = this.Attend(x, context)
+        x + ffn.forward x / config.ResidualScale
+
+    /// The block's output at one sequence position only: the attention sub-layers run on the whole sequence (every
+    /// position is a key), the feed-forward only on that position. The same values as `forward(x).select(1,
+    /// position)` without the feed-forward of the other positions: the last block of a stack read at one position
+    /// (the structure encoder's query slot).
+    /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, d]
+    member this.ForwardAt(x: torch.Tensor, context: BlockContext, position: int64) =
+        let x = this.Attend(x, context).select(1L, position)
+        x + ffn.forward x / config.ResidualScale
 
 /// ESM's `TransformerStack`: blocks, then `norm` (LayerNorm without bias).
 /// Keys: `blocks.{i}.attn.*`, `blocks.{i}.geom_attn.*` (i < GeometricLayers), `blocks.{i}.ffn.*`, `norm.weight`.
@@ -274,3 +288,27 @@ type TransformerStack(config: TransformerStackConfig) as this =
     /// Shapes: x [B, L, d] -> [B, L, d]
     override this.forward(x: torch.Tensor, context: BlockContext) =
         fst (this.ForwardWithPreNorm(x, context))
+
+    /// The normalised output at one sequence position only: the same values as `forward(x).select(1, position)`,
+    /// with the last block's feed-forward run on that position alone (`TransformerBlock.ForwardAt`).
+    /// Shapes: x [B, L, d] -> [B, d]
+    member _.ForwardAt(x: torch.Tensor, context: BlockContext, position: int64) =
+        Shape.expect "x" [| -1L; -1L; config.DModel |] x
+
+        if position < 0L || position >= x.shape.[1] then
+            raise (
+                ArgumentOutOfRangeException(
+                    "position",
+                    sprintf "position %d is outside the sequence (length %d)" position x.shape.[1]
+                )
+            )
+
+        if blocks.Count = 0 then
+            norm.forward (x.select (1L, position))
+        else
+            let mutable h = x
+
+            for i in 0 .. blocks.Count - 2 do
+                h <- blocks.[i].forward(h, context)
+
+            norm.forward (blocks.[blocks.Count - 1].ForwardAt(h, context, position))

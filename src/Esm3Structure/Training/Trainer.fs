@@ -408,12 +408,12 @@ module Trainer =
                    |> String.concat " ")
 
         sprintf
-            "step %d/%d  loss %.4f (%s)  lr %.2e  %.2f s/step  ETA %s%s"
+            "step %d/%d  loss %.4f (%s)  lr %s  %.2f s/step  ETA %s%s"
             row.Step
             config.Steps
             row.RunningLoss
             terms
-            row.LearningRate
+            (NumberFormat.scientific 2 row.LearningRate)
             secondsPerStep
             (formatSpan (secondsPerStep * float (config.Steps - row.Step)))
             validation

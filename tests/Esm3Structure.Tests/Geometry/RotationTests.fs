@@ -80,6 +80,24 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                     (Rotation.identity c.Batch dtype cpu)
 
                 Tol.close "v" (100.0 * tol) (Rotation.invertApply r (Rotation.apply r v)) v)
+
+            Props.property
+                "applyEach / invertApplyEach = apply / invertApply broadcast over N vectors"
+                (fun (c: GeoCase) ->
+                    use _ = torch.NewDisposeScope()
+                    let g = c.Generator()
+                    let r = Rotation.random c.Batch dtype cpu g
+                    let v = Draw.points g (Array.append c.Batch [| 5L |]) 10.0 dtype // [*, 5, 3]
+                    let each = Rotation.applyEach r v
+                    Tol.close "R v" (10.0 * tol) each (Rotation.apply (r.unsqueeze -3L) v)
+
+                    Tol.close
+                        "Rᵀ v"
+                        (10.0 * tol)
+                        (Rotation.invertApplyEach r v)
+                        (Rotation.invertApply (r.unsqueeze -3L) v)
+
+                    Tol.close "round trip" (100.0 * tol) (Rotation.invertApplyEach r each) v)
         ]
 
 [<Tests>]

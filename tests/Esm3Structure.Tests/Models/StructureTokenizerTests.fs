@@ -5,6 +5,7 @@ open System.IO
 open Expecto
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.App
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
@@ -349,5 +350,51 @@ let tests =
                     (StructureTokenizer.resolveWeights "/r" StructureTokenizer.DefaultDecoderPath "my.safetensors")
                     "my.safetensors"
                     "given"
+            }
+
+            test "the scripts' loaders: device first, then the weights (given or shipped), loaded on the device" {
+                let dir = TokenizerFixtures.tempDir ()
+
+                try
+                    let enc = Path.Combine(dir, "e.safetensors")
+                    let dec = Path.Combine(dir, "d.safetensors")
+                    TokenizerFixtures.writeEncoder enc 3UL
+                    TokenizerFixtures.writeDecoder dec 4UL
+                    // The repository root is found above the script folder (tests run inside the checkout).
+                    let scriptDir = AppContext.BaseDirectory
+                    use e = StructureTokenizer.loadEncoderFor scriptDir enc "cpu"
+                    Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
+                    Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
+                    use d = StructureTokenizer.loadDecoderFor scriptDir dec "CPU"
+                    Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
+
+                    let bad =
+                        raises<exn> "bad device" (fun () ->
+                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu"
+                            |> ignore)
+
+                    Expect.stringContains bad.Message "unknown device 'tpu'" "the device is checked before the file"
+
+                    let missing =
+                        raises<exn> "missing file" (fun () ->
+                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu"
+                            |> ignore)
+
+                    Expect.stringContains missing.Message "/nonexistent.safetensors" "names the file"
+
+                    let root = Cli.repositoryRoot scriptDir
+
+                    Expect.isTrue (File.Exists(Path.Combine(root, StructureTokenizer.DefaultDecoderPath))) "shipped"
+                    // no weights given: the shipped decoder (d 128, 4 heads of 32)
+                    use shipped = StructureTokenizer.loadDecoderFor scriptDir null "cpu"
+                    Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
+                    Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
+
+                    Expect.stringContains
+                        (StructureTokenizer.weightsUsage "encoder" StructureTokenizer.DefaultEncoderPath)
+                        StructureTokenizer.DefaultEncoderPath
+                        "usage names the default"
+                finally
+                    Directory.Delete(dir, true)
             }
         ]

@@ -61,7 +61,7 @@ do
     if not (String.IsNullOrEmpty(Environment.GetEnvironmentVariable "ESM3_REPORT_ERRORS")) then
         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
             for KeyValue(k, v) in observed |> Seq.sortBy _.Key do
-                eprintfn "max error  %-70s %.3e" k v)
+                eprintfn "max error  %-70s %s" k (Esm3Structure.NumberFormat.scientific 3 v))
 
 let private note (what: string) (err: float) =
     observed.AddOrUpdate(what, err, fun _ old -> max old err) |> ignore

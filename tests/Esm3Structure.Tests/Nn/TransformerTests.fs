@@ -21,6 +21,33 @@ let private tinyGeometric =
         VHeads = 4L
     }
 
+/// A float64 stack with random weights (`Init.reset`) and non-zero geometric scales, so both score terms matter.
+let private randomStack (config: TransformerStackConfig) (g: torch.Generator) =
+    let m = new TransformerStack(config)
+    m.``to`` (torch.float64) |> ignore
+    Init.reset g m
+
+    for struct (name, p) in m.named_parameters () do
+        if name.EndsWith "_per_head" then
+            use _ = torch.no_grad ()
+            p.copy_ (torch.randn (p.shape, dtype = torch.float64, generator = g)) |> ignore
+
+    m
+
+/// A block context with the frames of a backbone (one sequence, one chain).
+let private framesContext (f: Esm3Structure.Geometry.BackboneFrames) =
+    {
+        Mask = AttentionMask.None
+        Geometry =
+            Some
+                {
+                    Frames = f.Frames
+                    Framed = f.Mask
+                    SequenceId = None
+                    ChainId = None
+                }
+    }
+
 [<Tests>]
 let tests =
     testList
@@ -144,15 +171,7 @@ let tests =
                 (fun (c: GeoCase) ->
                     use _ = torch.NewDisposeScope()
                     let g = c.Generator()
-                    use m = new TransformerStack(tinyGeometric)
-                    m.``to`` (torch.float64) |> ignore
-                    Init.reset g m
-                    // Non-zero geometric scales so both score terms matter.
-                    for struct (name, p) in m.named_parameters () do
-                        if name.EndsWith "_per_head" then
-                            use _ = torch.no_grad ()
-                            p.copy_ (torch.randn (p.shape, dtype = torch.float64, generator = g)) |> ignore
-
+                    use m = randomStack tinyGeometric g
                     let l = 9L
                     let backbone = Draw.backbone g [| 2L |] l torch.float64
                     let frames = Esm3Structure.Geometry.Frame.ofBackbone backbone
@@ -162,23 +181,41 @@ let tests =
                         Esm3Structure.Geometry.Frame.ofBackbone (Esm3Structure.Geometry.Frame.apply motion backbone)
 
                     let x = torch.randn ([| 2L; l; 24L |], dtype = torch.float64, generator = g)
-
-                    let context (f: Esm3Structure.Geometry.BackboneFrames) =
-                        {
-                            Mask = AttentionMask.None
-                            Geometry =
-                                Some
-                                    {
-                                        Frames = f.Frames
-                                        Framed = f.Mask
-                                        SequenceId = None
-                                        ChainId = None
-                                    }
-                        }
-
-                    let a = m.forward (x, context frames)
-                    let b = m.forward (x, context moved)
+                    let a = m.forward (x, framesContext frames)
+                    let b = m.forward (x, framesContext moved)
                     Tol.close "output" (1e-9 * (1.0 + a.abs().max().ToDouble())) b a)
+
+            test "ForwardAt (position) = forward's output at that position, the last FFN run on it alone" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(17UL)
+
+                for config in
+                    [
+                        { tinyGeometric with
+                            GeometricLayers = 3
+                        }
+                        tiny
+                    ] do
+                    use m = randomStack config g
+                    let l = 7L
+
+                    let context =
+                        framesContext (
+                            Esm3Structure.Geometry.Frame.ofBackbone (Draw.backbone g [| 5L |] l torch.float64)
+                        )
+
+                    let x = torch.randn ([| 5L; l; 24L |], dtype = torch.float64, generator = g)
+                    let full = m.forward (x, context)
+
+                    for position in [ 0L; 4L; l - 1L ] do
+                        let at = m.ForwardAt(x, context, position)
+                        Expect.sequenceEqual at.shape [| 5L; 24L |] "shape [B, d]"
+                        Tol.close (sprintf "position %d" position) 1e-12 at (full.select (1L, position))
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> m.ForwardAt(x, context, l) |> ignore)
+                        "a position outside the sequence"
+            }
 
             test "a geometric block without frames is a clear error" {
                 use m = new TransformerStack(tinyGeometric)

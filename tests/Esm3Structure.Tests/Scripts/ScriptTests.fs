@@ -140,6 +140,36 @@ let tests =
                         Expect.isTrue (b >= 0.0f && b <= 100.0f) (sprintf "B-factor %g in [0, 100]" b)
             }
 
+            test "bench.fsx --quick, section tokenize: a real chain through a random and a given encoder" {
+                let _, enc, _ = tokenizerFiles.Value
+
+                let code, out, err =
+                    runScript
+                        "bench.fsx"
+                        [
+                            "--quick"
+                            "--sections"
+                            "tokenize"
+                            "--chain-lengths"
+                            "40"
+                            "--repeats"
+                            "1"
+                            "--weights"
+                            enc
+                        ]
+
+                Expect.equal code 0 err
+                Expect.stringContains out "| encoder | L | chains |" "table header"
+
+                Expect.isMatch
+                    out
+                    @"\| d 64, V 8 \(random init\) \| 40 \| \w+ 1–40 \| [0-9.]+ \|"
+                    "the random encoder's row"
+
+                Expect.isMatch out @"\| encoder\.safetensors \| 40 \| \w+ 1–40 \| [0-9.]+ \|" "the given encoder's row"
+                Expect.stringContains out "of the matmul ceiling" "summary"
+            }
+
             test
                 "tokenize.fsx: a missing file and an absent chain are one-line errors; no --weights means the shipped model" {
                 let _, enc, _ = tokenizerFiles.Value

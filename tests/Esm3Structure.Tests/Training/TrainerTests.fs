@@ -78,6 +78,25 @@ let tests =
     testList
         "Training/Trainer"
         [
+            test "the progress line prints the learning rate with a two-digit exponent" {
+                let row =
+                    {
+                        Step = 7
+                        LearningRate = 1.33e-5
+                        Loss = 0.5
+                        RunningLoss = 0.25
+                        Terms = [| "mse", 0.125 |]
+                        Validation = [||]
+                        Skipped = 0
+                        Seconds = 1.0
+                        LiveTensors = 0L
+                    }
+
+                let line = Trainer.progressLine config row 0.5
+                Expect.stringContains line "lr 1.33e-05 " "lr"
+                Expect.isFalse (line.Contains "e-005") "no three-digit exponent"
+            }
+
             test "a short run lowers the loss, validates, logs every step and writes config.json and checkpoints" {
                 use _ = torch.NewDisposeScope()
                 use dir = new TempDir()
