@@ -7,6 +7,7 @@ open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Models.StructureTokenizerTests
+open Esm3Structure.Training
 
 [<Tests>]
 let tests =
@@ -45,5 +46,17 @@ let tests =
                      |> Array.ofSeq)
                     t.SasaTokens
                     "JSON SASA tokens"
+            }
+
+            test "the multi-track model's data: TrackProviders.computed gives ChainTracks' tracks without BOS/EOS" {
+                use enc = TokenizerFixtures.smallEncoder 3UL
+                let c = StructureFile.read (Data.small "1lcd_A") None
+                let t = ChainTracks.ofChain enc c
+                let p = TrackProviders.computed enc
+                let body (ids: int64[]) = ids.[1 .. ids.Length - 2]
+                Expect.equal (p.Ss8.Invoke c) (body t.Ss8Tokens) "SS8 ids"
+                Expect.equal (p.Sasa.Invoke c) (body t.SasaTokens) "SASA ids"
+                Expect.equal (p.StructureTokens.Invoke c) (body t.StructureTokens) "structure tokens"
+                Expect.isTrue (p.Ss8.Invoke c |> Array.exists (fun id -> id >= 3L)) "SS8 present, not the absent id"
             }
         ]
