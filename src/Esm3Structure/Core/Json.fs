@@ -22,8 +22,9 @@ module Json =
 
     /// Indented JSON of `fields` (name, value) followed by the fields of the record `value`: records become
     /// objects, strings, booleans, ints and finite floats JSON values, enums their name, non-finite floats and
-    /// anything else (unions, options) their `%A` text. Used for every run's `config.json`.
-    let ofRecord (fields: (string * obj) list) (value: obj) : string =
+    /// anything else (unions, options) `text value` when that is Some, else their `%A` text. Used for every run's
+    /// `config.json`.
+    let ofRecordWith (text: obj -> string option) (fields: (string * obj) list) (value: obj) : string =
         let rec write (w: Utf8JsonWriter) (value: obj) =
             match value with
             | null -> w.WriteNullValue()
@@ -42,7 +43,10 @@ module Json =
                     write w (field.GetValue v)
 
                 w.WriteEndObject()
-            | v -> w.WriteStringValue(sprintf "%A" v)
+            | v ->
+                match text v with
+                | Some t -> w.WriteStringValue t
+                | None -> w.WriteStringValue(sprintf "%A" v)
 
         use buffer = new MemoryStream()
 
@@ -62,3 +66,7 @@ module Json =
             w.WriteEndObject()
 
         Encoding.UTF8.GetString(buffer.ToArray())
+
+    /// `ofRecordWith` with every union and option as its `%A` text.
+    let ofRecord (fields: (string * obj) list) (value: obj) : string =
+        ofRecordWith (fun _ -> None) fields value

@@ -103,36 +103,14 @@ module MultiTrackTrainConfig =
                 "ValidChains must be ≥ 0, ValidLength and ValidBatchSize ≥ 1"
         ]
 
-    /// The config as JSON: records as objects, unions as their `%A` text, enums by name.
+    /// The config as JSON (`Json.ofRecordWith`): noise schedules by their names (`NoiseSchedule.name`).
     let toJson (c: MultiTrackTrainConfig) =
-        let rec write (w: Utf8JsonWriter) (value: obj) =
-            match value with
-            | null -> w.WriteNullValue()
-            | :? string as s -> w.WriteStringValue s
-            | :? bool as b -> w.WriteBooleanValue b
-            | :? int as i -> w.WriteNumberValue i
-            | :? int64 as i -> w.WriteNumberValue i
-            | :? float as f when Double.IsFinite f -> w.WriteNumberValue f
-            | :? float as f -> w.WriteStringValue(string f)
-            | v when v.GetType().IsEnum -> w.WriteStringValue(v.ToString())
-            | v when Reflection.FSharpType.IsRecord(v.GetType()) ->
-                w.WriteStartObject()
-
-                for field in Reflection.FSharpType.GetRecordFields(v.GetType()) do
-                    w.WritePropertyName field.Name
-                    write w (field.GetValue v)
-
-                w.WriteEndObject()
-            | :? NoiseSchedule as s -> w.WriteStringValue(NoiseSchedule.name s)
-            | v -> w.WriteStringValue(sprintf "%A" v)
-
-        use buffer = new MemoryStream()
-
-        do
-            use w = new Utf8JsonWriter(buffer, JsonWriterOptions(Indented = true))
-            write w (box c)
-
-        Encoding.UTF8.GetString(buffer.ToArray())
+        Json.ofRecordWith
+            (function
+            | :? NoiseSchedule as s -> Some(NoiseSchedule.name s)
+            | _ -> None)
+            []
+            (box c)
 
 /// One chain's tracks for masked-LM training, per residue (no BOS/EOS: batching adds them).
 type MultiTrackExample =
