@@ -1,7 +1,8 @@
 // Ablations of the structure tokenizer (issue 7): every variant × seed is trained separately at a tiny budget;
 // each finished run is written atomically as <results>/runs/<key>.json (config, git commit, seed, metrics over
 // time, wall time, peak memory), then <results>/summary.md and summary.csv give mean ± sample standard deviation
-// over seeds per variant and metric. Run the same command again to continue an interrupted ablation: finished runs
+// over seeds per variant and metric, and <results>/charts/*.html draw training curves and final-metric bars
+// (plotly.js from its CDN). Run the same command again to continue an interrupted ablation: finished runs
 // are kept, an interrupted run continues from its last checkpoint (<results>/work/<key>/).
 //   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--chains N]
 //                                    [--data DIR] [--device cpu|cuda] [--list] [--usage]
@@ -85,7 +86,8 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
                 (Action<string>(printfn "%s"))
                 ablation
 
-        printfn "%d runs in %s" runs.Length results
+        let charts = Esm3Structure.Checks.AblationCharts.write results ablation.Name
+        printfn "%d runs in %s; %d charts in %s" runs.Length results charts.Length (Path.Combine(results, "charts"))
         printfn "%s" (File.ReadAllText(Path.Combine(results, "summary.md")))
         0)
 |> exit
