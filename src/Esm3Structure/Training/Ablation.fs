@@ -1,0 +1,612 @@
+namespace Esm3Structure.Training
+
+open System
+open System.Diagnostics
+open System.Globalization
+open System.IO
+open System.Text
+open System.Text.Json
+open Esm3Structure
+
+/// One named change of an ablation's base config.
+type AblationVariant<'Config> =
+    {
+        /// Unique within the ablation; letters, digits, '-', '_' and '.' are kept in file names, others become '-'.
+        Name: string
+        /// The change applied to the base config (`Func` so that C# can build variants).
+        Change: Func<'Config, 'Config>
+    }
+
+/// An ablation: a base config plus named variants, each trained once per seed for a fixed step budget.
+type Ablation<'Config> =
+    {
+        Name: string
+        Base: 'Config
+        Variants: AblationVariant<'Config>[]
+        Seeds: int[]
+        /// Optimiser steps of every run (the budget).
+        Steps: int
+    }
+
+/// How the ablation runner trains one kind of model (records of `Func`s, callable from C#).
+type AblationTrainer<'Config> =
+    {
+        /// The config with this seed and step budget: (config, seed, steps) -> config.
+        Configure: Func<'Config, int, int, 'Config>
+        /// The config as the JSON text the run folder's `config.json` holds.
+        ToJson: Func<'Config, string>
+        /// Trains (config, run folder, resume) and returns the trainer's report; must write `metrics.jsonl` and
+        /// `config.json` (= `ToJson config`) into the run folder, as `Trainer.run` does.
+        Train: Func<'Config, string, bool, TrainReport>
+    }
+
+/// One logged step of a run: "loss", "running_loss", "lr", "train/<term>" and "valid/<metric>" values.
+type AblationPoint =
+    {
+        Step: int
+        Values: (string * float)[]
+    }
+
+/// The record of one finished run, as stored in `<results>/runs/<key>.json`.
+type AblationRun =
+    {
+        Ablation: string
+        Variant: string
+        /// Position of the variant in its ablation (orders tables and charts).
+        VariantIndex: int
+        Seed: int
+        Key: string
+        /// The git commit of the code that trained it ("unknown" outside a checkout).
+        Commit: string
+        /// The resolved config (JSON text).
+        Config: string
+        Steps: int
+        /// Wall time of the call that finished the run (a resumed run counts only its last part).
+        WallSeconds: float
+        /// Peak resident memory of the process during that call (bytes; see `Ablation.peakMemory`).
+        PeakMemoryBytes: int64
+        /// True when the run continued from a checkpoint of an interrupted attempt.
+        Resumed: bool
+        /// The final metrics: the last logged row's values (validation included), "wall_seconds" and
+        /// "peak_memory_mb".
+        Final: (string * float)[]
+        History: AblationPoint[]
+    }
+
+/// Mean and sample standard deviation (n − 1) of one metric over the seeds of one variant.
+type AblationSummaryRow =
+    {
+        Variant: string
+        Metric: string
+        /// Runs with a finite value.
+        Runs: int
+        Mean: float
+        /// NaN when fewer than two runs.
+        StdDev: float
+    }
+
+/// Runs an ablation into a results folder and summarises it. Layout: `runs/<key>.json` (one per finished run,
+/// written atomically: its presence means done), `work/<key>/` (the trainer's run folder: config.json,
+/// metrics.jsonl, checkpoints; an interrupted run resumes from there), `summary.md`, `summary.csv`.
+module Ablation =
+
+    /// A variant from an F# function.
+    let variant (name: string) (change: 'Config -> 'Config) : AblationVariant<'Config> =
+        {
+            Name = name
+            Change = Func<'Config, 'Config>(change)
+        }
+
+    /// The variant's name made safe for a file name.
+    let safeName (name: string) =
+        name
+        |> String.map (fun ch ->
+            if Char.IsAsciiLetterOrDigit ch || ch = '-' || ch = '_' || ch = '.' then
+                ch
+            else
+                '-')
+
+    /// The run key of (variant, seed): "<safe variant name>.seed<seed>".
+    let runKey (variantName: string) (seed: int) =
+        sprintf "%s.seed%d" (safeName variantName) seed
+
+    /// Named errors; empty when valid.
+    let validate (a: Ablation<'Config>) =
+        [
+            if String.IsNullOrWhiteSpace a.Name then
+                "Name must not be empty"
+            if a.Variants.Length = 0 then
+                "at least one variant is needed"
+            if a.Seeds.Length = 0 then
+                "at least one seed is needed"
+            if a.Steps < 1 then
+                sprintf "Steps must be at least 1 (got %d)" a.Steps
+            if (a.Seeds |> Array.distinct).Length <> a.Seeds.Length then
+                "Seeds must be distinct"
+            for name, n in a.Variants |> Array.countBy (fun v -> safeName v.Name) do
+                if n > 1 then
+                    sprintf "variant names must be distinct as file names ('%s' is used %d times)" name n
+            for v in a.Variants do
+                if String.IsNullOrWhiteSpace v.Name then
+                    "a variant has an empty name"
+        ]
+
+    /// Every (variant index, variant, seed, key) of the ablation, variant-major, in the order the runner trains.
+    let plan (a: Ablation<'Config>) =
+        [|
+            for i, v in Array.indexed a.Variants do
+                for seed in a.Seeds do
+                    i, v, seed, runKey v.Name seed
+        |]
+
+    /// `<results>/runs/<key>.json`
+    let resultPath (results: string) (key: string) =
+        Path.Combine(results, "runs", key + ".json")
+
+    /// `<results>/work/<key>`
+    let workFolder (results: string) (key: string) = Path.Combine(results, "work", key)
+
+    // ---- numbers and JSON -----------------------------------------------------------------------------------
+
+    let private inv = CultureInfo.InvariantCulture
+
+    /// JSON text compacted (for comparing configs regardless of layout); the text itself if it is not JSON.
+    let normalizeJson (text: string) =
+        try
+            use doc = JsonDocument.Parse text
+            JsonSerializer.Serialize doc.RootElement
+        with :? JsonException ->
+            text
+
+    let private writeNumber (w: Utf8JsonWriter) (name: string) (v: float) =
+        if Double.IsFinite v then
+            w.WriteNumber(name, v)
+        else
+            w.WriteString(name, v.ToString inv)
+
+    let private writePairs (w: Utf8JsonWriter) (name: string) (pairs: (string * float)[]) =
+        w.WriteStartObject name
+
+        for k, v in pairs do
+            writeNumber w k v
+
+        w.WriteEndObject()
+
+    /// The run as JSON (the format of `runs/<key>.json`).
+    let toJson (r: AblationRun) =
+        use buffer = new MemoryStream()
+
+        do
+            use w = new Utf8JsonWriter(buffer, JsonWriterOptions(Indented = true))
+            w.WriteStartObject()
+            w.WriteString("ablation", r.Ablation)
+            w.WriteString("variant", r.Variant)
+            w.WriteNumber("variant_index", r.VariantIndex)
+            w.WriteNumber("seed", r.Seed)
+            w.WriteString("key", r.Key)
+            w.WriteString("commit", r.Commit)
+            w.WriteNumber("steps", r.Steps)
+            writeNumber w "wall_seconds" r.WallSeconds
+            w.WriteNumber("peak_memory_bytes", r.PeakMemoryBytes)
+            w.WriteBoolean("resumed", r.Resumed)
+            writePairs w "final" r.Final
+            w.WritePropertyName "config"
+            w.WriteRawValue(normalizeJson r.Config)
+            w.WriteStartArray "history"
+
+            for p in r.History do
+                w.WriteStartObject()
+                w.WriteNumber("step", p.Step)
+                writePairs w "values" p.Values
+                w.WriteEndObject()
+
+            w.WriteEndArray()
+            w.WriteEndObject()
+
+        Encoding.UTF8.GetString(buffer.ToArray())
+
+    let private parseRoot (file: string) (text: string) =
+        try
+            JsonDocument.Parse(text: string).RootElement
+        with :? JsonException as e ->
+            InputError.raise file InputLocation.Whole ("not valid JSON: " + e.Message)
+
+    let private number (file: string) (field: string) (e: JsonElement) =
+        match e.ValueKind with
+        | JsonValueKind.Number -> e.GetDouble()
+        | JsonValueKind.String ->
+            match Double.TryParse(e.GetString(), NumberStyles.Float, inv) with
+            | true, v -> v
+            | _ -> InputError.raise file (InputLocation.Field field) "expected a number"
+        | _ -> InputError.raise file (InputLocation.Field field) ("expected a number, got " + Json.kindName e)
+
+    let private property (file: string) (field: string) (e: JsonElement) =
+        if e.ValueKind <> JsonValueKind.Object then
+            InputError.raise file (InputLocation.Field field) ("expected an object, got " + Json.kindName e)
+
+        match e.TryGetProperty(field.Substring(field.LastIndexOf '.' + 1)) with
+        | true, v -> v
+        | _ -> InputError.raise file (InputLocation.Field field) "missing"
+
+    let private pairs (file: string) (field: string) (e: JsonElement) =
+        if e.ValueKind <> JsonValueKind.Object then
+            InputError.raise file (InputLocation.Field field) ("expected an object, got " + Json.kindName e)
+
+        [|
+            for p in e.EnumerateObject() -> p.Name, number file (field + "." + p.Name) p.Value
+        |]
+
+    let private text (file: string) (field: string) (e: JsonElement) =
+        if e.ValueKind <> JsonValueKind.String then
+            InputError.raise file (InputLocation.Field field) ("expected a string, got " + Json.kindName e)
+
+        e.GetString()
+
+    let private integer (file: string) (field: string) (e: JsonElement) =
+        let v = number file field e
+
+        if v <> Math.Round v || abs v > 9e15 then
+            InputError.raise file (InputLocation.Field field) (sprintf "expected an integer, got %g" v)
+
+        v
+
+    /// Reads a `runs/<key>.json` file; every problem is an `InputException` naming the file and the field.
+    let readRun (file: string) : AblationRun =
+        let content =
+            try
+                File.ReadAllText file
+            with e ->
+                InputError.raise file InputLocation.Whole ("cannot read the file (" + e.Message + ")")
+
+        let root = parseRoot file content
+        let get field = property file field root
+
+        let history = get "history"
+
+        if history.ValueKind <> JsonValueKind.Array then
+            InputError.raise file (InputLocation.Field "history") ("expected an array, got " + Json.kindName history)
+
+        {
+            Ablation = text file "ablation" (get "ablation")
+            Variant = text file "variant" (get "variant")
+            VariantIndex = int (integer file "variant_index" (get "variant_index"))
+            Seed = int (integer file "seed" (get "seed"))
+            Key = text file "key" (get "key")
+            Commit = text file "commit" (get "commit")
+            Config = (get "config").GetRawText() |> normalizeJson
+            Steps = int (integer file "steps" (get "steps"))
+            WallSeconds = number file "wall_seconds" (get "wall_seconds")
+            PeakMemoryBytes = int64 (integer file "peak_memory_bytes" (get "peak_memory_bytes"))
+            Resumed =
+                match (get "resumed").ValueKind with
+                | JsonValueKind.True -> true
+                | JsonValueKind.False -> false
+                | _ -> InputError.raise file (InputLocation.Field "resumed") "expected true or false"
+            Final = pairs file "final" (get "final")
+            History =
+                [|
+                    for i, p in Seq.indexed (history.EnumerateArray()) ->
+                        let field = sprintf "history[%d]" i
+
+                        {
+                            Step = int (integer file (field + ".step") (property file (field + ".step") p))
+                            Values = pairs file (field + ".values") (property file (field + ".values") p)
+                        }
+                |]
+        }
+
+    /// Every finished run of a results folder (`runs/*.json`), ordered by variant index, variant and seed.
+    let readResults (results: string) : AblationRun[] =
+        let dir = Path.Combine(results, "runs")
+
+        if Directory.Exists dir then
+            Directory.GetFiles(dir, "*.json")
+            |> Array.map readRun
+            |> Array.sortBy (fun r -> r.VariantIndex, r.Variant, r.Seed)
+        else
+            [||]
+
+    /// The points of a trainer's `metrics.jsonl`: "lr", "loss", "running_loss", "train/<term>", "valid/<metric>".
+    let readMetrics (file: string) : AblationPoint[] =
+        if not (File.Exists file) then
+            [||]
+        else
+            File.ReadAllLines file
+            |> Array.indexed
+            |> Array.filter (fun (_, line) -> line.Trim() <> "")
+            |> Array.map (fun (i, line) ->
+                let at = sprintf "%s:%d" file (i + 1)
+                let root = parseRoot at line
+                let get field = property at field root
+
+                let prefixed prefix field =
+                    pairs at field (get field) |> Array.map (fun (k, v) -> prefix + k, v)
+
+                {
+                    Step = int (integer at "step" (get "step"))
+                    Values =
+                        Array.concat
+                            [
+                                [| "lr", number at "lr" (get "lr") |]
+                                pairs at "values" (get "values")
+                                prefixed "train/" "terms"
+                                prefixed "valid/" "validation"
+                            ]
+                })
+
+    /// The final metrics of a history: the last point's values, with each "valid/…" metric taken from the last
+    /// point that has it.
+    let finalMetrics (history: AblationPoint[]) : (string * float)[] =
+        match Array.tryLast history with
+        | None -> [||]
+        | Some last ->
+            let validation =
+                history
+                |> Array.collect (fun p -> p.Values |> Array.filter (fun (k, _) -> k.StartsWith "valid/"))
+                |> Array.fold (fun (acc: (string * float) list) (k, v) -> (k, v) :: List.filter (fst >> (<>) k) acc) []
+                |> List.rev
+                |> Array.ofList
+
+            let training =
+                last.Values
+                |> Array.filter (fun (k, _) -> not (k.StartsWith "valid/") && k <> "lr")
+
+            Array.append training validation
+
+    // ---- summary ---------------------------------------------------------------------------------------------
+
+    /// Mean and sample standard deviation (n − 1) of the finite values; (n, mean, sd) with NaN mean for n = 0 and
+    /// NaN sd for n < 2.
+    let meanStd (values: float[]) =
+        let xs = values |> Array.filter Double.IsFinite
+        let n = xs.Length
+
+        if n = 0 then
+            0, nan, nan
+        else
+            let mean = Array.average xs
+
+            let sd =
+                if n < 2 then
+                    nan
+                else
+                    sqrt ((xs |> Array.sumBy (fun x -> (x - mean) * (x - mean))) / float (n - 1))
+
+            n, mean, sd
+
+    /// One row per (variant, metric) over the runs' final metrics, variants in their ablation order, metrics in
+    /// first-seen order.
+    let summarize (runs: AblationRun[]) : AblationSummaryRow[] =
+        let variants =
+            runs
+            |> Array.sortBy (fun r -> r.VariantIndex)
+            |> Array.map (fun r -> r.Variant)
+            |> Array.distinct
+
+        let metrics =
+            runs |> Array.collect (fun r -> r.Final |> Array.map fst) |> Array.distinct
+
+        [|
+            for v in variants do
+                let mine = runs |> Array.filter (fun r -> r.Variant = v)
+
+                for m in metrics do
+                    let values =
+                        mine
+                        |> Array.choose (fun r -> r.Final |> Array.tryFind (fun (k, _) -> k = m) |> Option.map snd)
+
+                    if values.Length > 0 then
+                        let n, mean, sd = meanStd values
+
+                        {
+                            Variant = v
+                            Metric = m
+                            Runs = n
+                            Mean = mean
+                            StdDev = sd
+                        }
+        |]
+
+    /// A number as the tables print it: 5 significant digits, invariant culture; "–" for NaN.
+    let formatNumber (x: float) =
+        if Double.IsNaN x then "–" else x.ToString("G5", inv)
+
+    /// The summary as a Markdown table: one row per variant, one column per metric ("mean ± sd"; the mean alone
+    /// when one run), and the number of runs.
+    let markdown (title: string) (rows: AblationSummaryRow[]) =
+        let variants = rows |> Array.map (fun r -> r.Variant) |> Array.distinct
+        let metrics = rows |> Array.map (fun r -> r.Metric) |> Array.distinct
+        let sb = StringBuilder()
+        sb.AppendLine("## " + title).AppendLine() |> ignore
+
+        sb.Append("| variant | runs |").AppendJoin("", metrics |> Array.map (fun m -> " " + m + " |")).AppendLine()
+        |> ignore
+
+        sb.Append("|---|---:|").AppendJoin("", metrics |> Array.map (fun _ -> "---:|")).AppendLine()
+        |> ignore
+
+        for v in variants do
+            let mine = rows |> Array.filter (fun r -> r.Variant = v)
+            let runs = mine |> Array.map (fun r -> r.Runs) |> Array.max
+
+            let cell m =
+                match mine |> Array.tryFind (fun r -> r.Metric = m) with
+                | None -> " |"
+                | Some r when Double.IsNaN r.StdDev -> sprintf " %s |" (formatNumber r.Mean)
+                | Some r -> sprintf " %s ± %s |" (formatNumber r.Mean) (formatNumber r.StdDev)
+
+            sb.Append(sprintf "| %s | %d |" v runs).AppendJoin("", metrics |> Array.map cell).AppendLine()
+            |> ignore
+
+        sb.ToString()
+
+    let private csvField (s: string) =
+        if s.IndexOfAny([| ','; '"'; '\n'; '\r' |]) >= 0 then
+            "\"" + s.Replace("\"", "\"\"") + "\""
+        else
+            s
+
+    /// The summary as CSV (`variant,metric,runs,mean,std`), full round-trip precision, NaN as empty.
+    let csv (rows: AblationSummaryRow[]) =
+        let num (x: float) =
+            if Double.IsNaN x then "" else x.ToString("R", inv)
+
+        let sb = StringBuilder()
+        sb.Append("variant,metric,runs,mean,std\n") |> ignore
+
+        for r in rows do
+            sb.Append(
+                sprintf "%s,%s,%d,%s,%s\n" (csvField r.Variant) (csvField r.Metric) r.Runs (num r.Mean) (num r.StdDev)
+            )
+            |> ignore
+
+        sb.ToString()
+
+    let private writeText (path: string) (content: string) =
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path))
+        |> ignore
+
+        AtomicFile.write path (fun s ->
+            let bytes = UTF8Encoding(false).GetBytes content
+            s.Write(bytes, 0, bytes.Length))
+
+    /// Reads the results folder and writes `summary.md` and `summary.csv` into it; returns the rows.
+    let writeSummary (results: string) (title: string) =
+        let rows = summarize (readResults results)
+        writeText (Path.Combine(results, "summary.md")) (markdown title rows)
+        writeText (Path.Combine(results, "summary.csv")) (csv rows)
+        rows
+
+    // ---- running ---------------------------------------------------------------------------------------------
+
+    /// The HEAD commit of the git checkout holding `folder`, or "unknown".
+    let gitCommit (folder: string) =
+        try
+            let info =
+                ProcessStartInfo(
+                    "git",
+                    "rev-parse HEAD",
+                    WorkingDirectory = folder,
+                    RedirectStandardOutput = true,
+                    RedirectStandardError = true,
+                    UseShellExecute = false
+                )
+
+            use p = Process.Start info
+            let out = p.StandardOutput.ReadToEnd().Trim()
+            p.WaitForExit()
+            if p.ExitCode = 0 && out <> "" then out else "unknown"
+        with _ ->
+            "unknown"
+
+    /// Peak-memory probe: `reset ()` starts a new measurement and returns a function that reads the peak resident
+    /// memory (bytes) since then. On Linux it resets the kernel's high-water mark (`/proc/self/clear_refs`, "5")
+    /// and reads VmHWM; where that fails the process's lifetime peak working set is reported instead.
+    let peakMemory () : unit -> int64 =
+        let reset =
+            try
+                File.WriteAllText("/proc/self/clear_refs", "5")
+                true
+            with _ ->
+                false
+
+        fun () ->
+            let hwm =
+                if reset then
+                    try
+                        File.ReadAllLines "/proc/self/status"
+                        |> Array.tryFind (fun l -> l.StartsWith "VmHWM:")
+                        |> Option.map (fun l ->
+                            int64 (l.Substring(6).Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries).[0])
+                            * 1024L)
+                    with _ ->
+                        None
+                else
+                    None
+
+            match hwm with
+            | Some v -> v
+            | None ->
+                use p = Process.GetCurrentProcess()
+                p.PeakWorkingSet64
+
+    /// True when the run's result file exists, reads, and records this config (a changed config is rerun).
+    let isDone (results: string) (key: string) (configJson: string) =
+        let path = resultPath results key
+
+        File.Exists path
+        && (try
+                (readRun path).Config = normalizeJson configJson
+            with :? InputException ->
+                false)
+
+    /// Runs every (variant, seed) that has no result yet, in `plan` order, each in its own work folder, writing
+    /// `runs/<key>.json` atomically when it finishes; a run interrupted earlier continues from its last checkpoint
+    /// (when its work folder holds the same config). Then writes the summary. `log` receives one line per run.
+    /// Returns every result of the folder.
+    let run
+        (trainer: AblationTrainer<'Config>)
+        (results: string)
+        (commit: string)
+        (log: Action<string>)
+        (ablation: Ablation<'Config>)
+        : AblationRun[] =
+        match validate ablation with
+        | [] -> ()
+        | errors -> raise (ArgumentException("ablation: " + String.Join("; ", errors)))
+
+        Directory.CreateDirectory(Path.Combine(results, "runs")) |> ignore
+        let cells = plan ablation
+
+        for i, v, seed, key in cells do
+            let config =
+                trainer.Configure.Invoke(v.Change.Invoke ablation.Base, seed, ablation.Steps)
+
+            let configJson = trainer.ToJson.Invoke config
+
+            if isDone results key configJson then
+                log.Invoke(sprintf "%s: done already" key)
+            else
+                let work = workFolder results key
+                let previous = Path.Combine(work, "config.json")
+
+                let resume =
+                    File.Exists previous
+                    && normalizeJson (File.ReadAllText previous) = normalizeJson configJson
+                    && Trainer.lastCheckpoint work |> Option.isSome
+
+                log.Invoke(sprintf "%s: %s" key (if resume then "resuming" else "training"))
+                let peak = peakMemory ()
+                let clock = Stopwatch.StartNew()
+                let report = trainer.Train.Invoke(config, work, resume)
+                let wall = clock.Elapsed.TotalSeconds
+                let memory = peak ()
+                let history = readMetrics (Path.Combine(work, "metrics.jsonl"))
+
+                let final =
+                    Array.append
+                        (finalMetrics history)
+                        [| "wall_seconds", wall; "peak_memory_mb", float memory / (1024.0 * 1024.0) |]
+
+                let result =
+                    {
+                        Ablation = ablation.Name
+                        Variant = v.Name
+                        VariantIndex = i
+                        Seed = seed
+                        Key = key
+                        Commit = commit
+                        Config = configJson
+                        Steps = report.Steps
+                        WallSeconds = wall
+                        PeakMemoryBytes = memory
+                        Resumed = resume
+                        Final = final
+                        History = history
+                    }
+
+                writeText (resultPath results key) (toJson result)
+                log.Invoke(sprintf "%s: finished in %.1f s" key wall)
+
+        writeSummary results ablation.Name |> ignore
+        readResults results

@@ -1,0 +1,134 @@
+namespace Esm3Structure.Training
+
+open System
+open TorchSharp
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+
+/// The structure tokenizer's ablations (issue 7, item 3), each at a "tiny" budget derived from the smoke preset.
+module TokenizerAblations =
+
+    /// The ablation runner's adapter for stage-1 tokenizer training on the given chains (silent progress).
+    let trainer
+        (device: torch.Device)
+        (train: ProteinChain[])
+        (valid: ProteinChain[])
+        : AblationTrainer<TokenizerTrainConfig> =
+        {
+            Configure =
+                Func<_, _, _, _>(fun (c: TokenizerTrainConfig) seed steps ->
+                    { c with
+                        Trainer =
+                            { c.Trainer with
+                                Seed = seed
+                                Steps = steps
+                                WarmupSteps = min c.Trainer.WarmupSteps (steps / 10)
+                                Progress = ProgressMode.Silent
+                            }
+                    })
+            ToJson = Func<_, _>(TokenizerTrainConfig.toJson)
+            Train =
+                Func<_, _, _, _>(fun (c: TokenizerTrainConfig) (folder: string) (resume: bool) ->
+                    TokenizerTraining.trainOn c device train valid folder resume)
+        }
+
+    /// Steps of the tiny budget (the smoke preset takes about 1–2 s a step here: ≤ 15 min for the largest variant).
+    [<Literal>]
+    let TinySteps = 200
+
+    /// The smoke preset with validation and checkpoints every 50 steps (the budget itself is `Ablation.Steps`).
+    let tiny =
+        let smoke = TokenizerTrainConfig.smoke
+
+        { smoke with
+            Trainer =
+                { smoke.Trainer with
+                    EvalEvery = 50
+                    CheckpointEvery = 50
+                    LogEvery = 10
+                    WarmupSteps = 20
+                }
+        }
+
+    let private quantizer (change: QuantizerConfig -> QuantizerConfig) (c: TokenizerTrainConfig) =
+        let q = change c.Encoder.Quantizer
+
+        { c with
+            Encoder =
+                { c.Encoder with
+                    Quantizer = q
+                    DOut = q.Dim
+                }
+        }
+
+    let private ablation name variants : Ablation<TokenizerTrainConfig> =
+        {
+            Name = name
+            Base = tiny
+            Variants = variants
+            Seeds = [| 0; 1; 2 |]
+            Steps = TinySteps
+        }
+
+    /// EMA (with restarts) / gradient-trained (seed loss) / reparameterised (AminoAseed) codebook.
+    let codebookKind =
+        ablation
+            "codebook-kind"
+            [|
+                Ablation.variant "ema" id
+                Ablation.variant
+                    "gradient"
+                    (quantizer (fun q ->
+                        { q with
+                            Kind = QuantizerKind.Gradient
+                            Restart = NoRestart
+                        }))
+                Ablation.variant
+                    "aminoaseed"
+                    (quantizer (fun q ->
+                        { q with
+                            Kind = QuantizerKind.Reparameterised
+                            Restart = NoRestart
+                        }))
+            |]
+
+    /// Codebook size × code width: 256 × 64, 1024 × 64, 4096 × 128 (the encoder's output width follows).
+    let codebookSize =
+        let size (codes: int64) (dim: int64) =
+            Ablation.variant (sprintf "%dx%d" codes dim) (quantizer (fun q -> { q with Codes = codes; Dim = dim }))
+
+        ablation "codebook-size" [| size 256L 64L; size 1024L 64L; size 4096L 128L |]
+
+    /// Neighbours per residue in the encoder: 8 / 16 / 32.
+    let knn =
+        let k (n: int) =
+            Ablation.variant (sprintf "k%d" n) (fun (c: TokenizerTrainConfig) ->
+                { c with
+                    Encoder = { c.Encoder with Knn = n }
+                })
+
+        ablation "knn" [| k 8; k 16; k 32 |]
+
+    /// Commitment weight β: 0.1 / 0.25 / 1.0.
+    let commitment =
+        let beta (b: float) =
+            Ablation.variant (sprintf "beta%g" b) (quantizer (fun q -> { q with Beta = b }))
+
+        ablation "commitment" [| beta 0.1; beta 0.25; beta 1.0 |]
+
+    /// Every built-in ablation.
+    let all = [| codebookKind; codebookSize; knn; commitment |]
+
+    /// A built-in ablation by name.
+    let byName (name: string) =
+        match all |> Array.tryFind (fun a -> a.Name = name.Trim().ToLowerInvariant()) with
+        | Some a -> a
+        | None ->
+            raise (
+                ArgumentException(
+                    sprintf
+                        "unknown ablation '%s' (expected one of: %s)"
+                        name
+                        (String.Join(", ", all |> Array.map (fun a -> a.Name)))
+                )
+            )
