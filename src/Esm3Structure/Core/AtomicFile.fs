@@ -13,7 +13,8 @@ module AtomicFile =
 
     /// Writes `path` atomically: `body` writes into `path + ".tmp-<pid>"`, which is flushed to disk and then renamed
     /// over `path` (rename(2) on Linux replaces the target atomically). If anything fails, the temporary file is
-    /// deleted, `path` is left as it was, and an `IOException` naming `path` is raised (the cause as inner exception).
+    /// deleted, `path` is left as it was, and an `IOException` naming `path` is raised (the cause as inner exception; a
+    /// missing folder is reported as such before anything is written).
     /// Two writers of the same path in one process must not run at the same time (they share the temp name).
     let write (path: string) (body: Stream -> unit) : unit =
         let target =
@@ -23,6 +24,10 @@ module AtomicFile =
                 raise (IOException(sprintf "%s: cannot write: not a valid path (%s)" path e.Message, e))
 
         let temp = tempPath target
+        let folder = Path.GetDirectoryName target
+
+        if not (isNull folder || Directory.Exists folder) then
+            raise (IOException(sprintf "%s: cannot write: no folder %s" path folder))
 
         try
             do
@@ -40,4 +45,4 @@ module AtomicFile =
             with _ ->
                 ()
 
-            raise (IOException(sprintf "%s: cannot write: %s" path e.Message, e))
+            raise (IOException(sprintf "%s: cannot write: %s" path (e.Message.Replace(temp, target)), e))

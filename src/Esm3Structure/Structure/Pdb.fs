@@ -102,6 +102,71 @@ module Pdb =
             Element = element
         }
 
+    /// The record names of the PDB format (wwPDB "Atomic Coordinate Entry Format Version 3.3", the record types of
+    /// its sections), used only to tell a PDB file without atoms from a file that is not PDB at all.
+    let private recordNames =
+        set
+            [
+                "HEADER"
+                "OBSLTE"
+                "TITLE"
+                "SPLIT"
+                "CAVEAT"
+                "COMPND"
+                "SOURCE"
+                "KEYWDS"
+                "EXPDTA"
+                "NUMMDL"
+                "MDLTYP"
+                "AUTHOR"
+                "REVDAT"
+                "SPRSDE"
+                "JRNL"
+                "REMARK"
+                "DBREF"
+                "DBREF1"
+                "DBREF2"
+                "SEQADV"
+                "SEQRES"
+                "MODRES"
+                "HET"
+                "HETNAM"
+                "HETSYN"
+                "FORMUL"
+                "HELIX"
+                "SHEET"
+                "SSBOND"
+                "LINK"
+                "CISPEP"
+                "SITE"
+                "CRYST1"
+                "ORIGX1"
+                "ORIGX2"
+                "ORIGX3"
+                "SCALE1"
+                "SCALE2"
+                "SCALE3"
+                "MTRIX1"
+                "MTRIX2"
+                "MTRIX3"
+                "MODEL"
+                "ATOM"
+                "ANISOU"
+                "TER"
+                "HETATM"
+                "ENDMDL"
+                "CONECT"
+                "MASTER"
+                "END"
+            ]
+
+    /// True when some line of `text` starts with a PDB record name (columns 1-6, blank-padded).
+    let private looksLikePdb (text: string) =
+        text.Split('\n')
+        |> Array.exists (fun line ->
+            let head = (if line.Length > 6 then line.Substring(0, 6) else line).TrimEnd()
+            recordNames.Contains head)
+
     /// The atom records of the first model of a PDB text (all ATOM and HETATM lines up to the first ENDMDL or END).
     /// Raises `InputException` (naming `file` and the line) for empty or binary text and malformed records.
     let atomSites (file: string) (text: string) : AtomSite[] =
@@ -137,7 +202,13 @@ module Pdb =
                 fin <- true
 
         if sites.Count = 0 then
-            InputError.raise file InputLocation.Whole "no ATOM or HETATM records"
+            if looksLikePdb text then
+                InputError.raise file InputLocation.Whole "no ATOM or HETATM records"
+            else
+                InputError.raise
+                    file
+                    InputLocation.Whole
+                    "not a PDB or mmCIF file (no line starts with a PDB record name, none with 'data_')"
 
         sites.ToArray()
 

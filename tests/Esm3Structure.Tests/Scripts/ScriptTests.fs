@@ -196,6 +196,123 @@ let tests =
                     Expect.isTrue (t.GetInt64() >= 0L && t.GetInt64() < 512L) "a code of the shipped 512-code codebook"
             }
 
+            test
+                "tokenize.fsx and decode.fsx: wrong format, empty chain, bad checkpoint, bad tokens and an unwritable output are one-line errors; --verbose adds the stack trace" {
+                let dir, enc, dec = tokenizerFiles.Value
+
+                let file name (text: string) =
+                    let p = Path.Combine(dir, name)
+                    File.WriteAllText(p, text)
+                    p
+
+                // wrong format: a text file that is neither PDB nor mmCIF
+                let notStructure = file "notes.txt" "hello, this is not a structure\n"
+
+                runScript "tokenize.fsx" [ "--pdb"; notStructure; "--weights"; enc ]
+                |> oneLineError
+                    "wrong format"
+                    (sprintf
+                        "tokenize.fsx: %s: not a PDB or mmCIF file (no line starts with a PDB record name, none with 'data_')"
+                        notStructure)
+
+                // empty chain: a PDB without ATOM records
+                let empty = file "empty.pdb" "HEADER    EMPTY\nEND\n"
+
+                runScript "tokenize.fsx" [ "--pdb"; empty; "--weights"; enc ]
+                |> oneLineError "empty chain" (sprintf "tokenize.fsx: %s: no ATOM or HETATM records" empty)
+
+                // checkpoint: one tensor removed, one tensor mis-shaped
+                let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
+
+                let missingName, reshapedName, reshapedSize, missing, reshaped =
+                    use _ = TorchSharp.torch.NewDisposeScope()
+                    let f = Esm3Structure.Io.Safetensors.read enc
+                    let missingName = fst f.Tensors.Head
+
+                    let reshapedName = f.Tensors |> List.find (fun (_, t) -> t.dim () >= 2L) |> fst
+
+                    let missing = Path.Combine(dir, "encoder-missing.safetensors")
+                    Esm3Structure.Io.Safetensors.write missing f.Tensors.Tail null
+                    let reshaped = Path.Combine(dir, "encoder-reshaped.safetensors")
+
+                    Esm3Structure.Io.Safetensors.write
+                        reshaped
+                        (f.Tensors
+                         |> List.map (fun (n, t) -> n, (if n = reshapedName then t.flatten () else t)))
+                        null
+
+                    let reshapedSize =
+                        f.Tensors
+                        |> List.find (fun (n, _) -> n = reshapedName)
+                        |> snd
+                        |> fun t -> t.numel ()
+
+                    missingName, reshapedName, reshapedSize, missing, reshaped
+
+                runScript "tokenize.fsx" [ "--pdb"; ubq; "--weights"; missing ]
+                |> oneLineError
+                    "missing tensor"
+                    (sprintf
+                        "tokenize.fsx: %s: not a structure encoder with the inferred sizes (d 24, 4 vector heads, 2 layers, 64 × 8 codes): '%s' is missing"
+                        missing
+                        missingName)
+
+                runScript "tokenize.fsx" [ "--pdb"; ubq; "--weights"; reshaped ]
+                |> oneLineError
+                    "mis-shaped tensor"
+                    (sprintf
+                        "tokenize.fsx: %s, field '%s': expected a non-empty 2-D tensor, got shape [%d]"
+                        reshaped
+                        reshapedName
+                        reshapedSize)
+
+                // tokens: a token out of range, sequence and token lengths that disagree
+                let tokensJson (tokens: string) (sequence: string) =
+                    sprintf
+                        "{\"file\": \"x.pdb\", \"chain\": \"A\", \"sequence\": \"%s\", \"residue_index\": [1, 2, 3], \"structure_tokens\": [%s]}"
+                        sequence
+                        tokens
+
+                let outOfRange = file "range.json" (tokensJson "1, 5000, 2" "MKV")
+                let pdb = Path.Combine(dir, "out.pdb")
+
+                let rangeLine =
+                    sprintf
+                        "decode.fsx: %s, field 'structure_tokens[1]': 5000 is not a structure token (expected a code 0 … 4095, or 4096 for a residue without backbone)"
+                        outOfRange
+
+                runScript "decode.fsx" [ "--tokens"; outOfRange; "--weights"; dec; "--out"; pdb ]
+                |> oneLineError "token out of range" rangeLine
+
+                let lengths = file "lengths.json" (tokensJson "1, 2, 3" "MKVL")
+
+                runScript "decode.fsx" [ "--tokens"; lengths; "--weights"; dec; "--out"; pdb ]
+                |> oneLineError
+                    "lengths disagree"
+                    (sprintf "decode.fsx: %s, field 'sequence': has 4 letters but structure_tokens has 3" lengths)
+
+                // an output path that cannot be written
+                let good = file "good.json" (tokensJson "1, 2, 3" "MKV")
+
+                runScript "decode.fsx" [ "--tokens"; good; "--weights"; dec; "--out"; "/nonexistent-dir/x.pdb" ]
+                |> oneLineError
+                    "unwritable output"
+                    "decode.fsx: /nonexistent-dir/x.pdb: cannot write: no folder /nonexistent-dir"
+
+                // --verbose: the same line first, then the stack trace
+                let code, _, err =
+                    runScript "decode.fsx" [ "--tokens"; outOfRange; "--weights"; dec; "--out"; pdb; "--verbose" ]
+
+                Expect.equal code 1 "--verbose: exit code"
+                let lines = err.Trim().Split('\n')
+                Expect.equal lines.[0] rangeLine "--verbose: the one line first"
+                Expect.isTrue (lines.Length > 2) "--verbose: more lines follow"
+
+                Expect.isTrue
+                    (lines |> Array.exists (fun l -> l.TrimStart().StartsWith "at "))
+                    "--verbose: a stack trace"
+            }
+
             test "roundtrip.fsx (the README's main command) prints the tokens and the round trip's RMSD and LDDT-CA" {
                 let code, out, err = runScript "roundtrip.fsx" []
                 Expect.equal code 0 ("exit code; stderr: " + err)
