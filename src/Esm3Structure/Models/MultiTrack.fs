@@ -17,19 +17,19 @@ module Tracks =
 
     /// Sequence embedding and logit width (ids 33–63 unused).
     [<Literal>]
-    let SequenceWidth = 64L
+    let SequenceWidth = SequenceTokenizer.EmbeddingWidth
 
     /// SS8 ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3…10 G H I T E B S C.
     [<Literal>]
-    let Ss8Vocabulary = 11L
+    let Ss8Vocabulary = Ss8Tokenizer.VocabularySize
 
     /// SASA ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3…18 the 16 bins.
     [<Literal>]
-    let SasaVocabulary = 19L
+    let SasaVocabulary = SasaTokenizer.VocabularySize
 
     /// Function ids per slot: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3 `<none>`, 4…259 the LSH values.
     [<Literal>]
-    let FunctionVocabulary = 260L
+    let FunctionVocabulary = FunctionTokenizer.VocabularySize
 
     /// Function tokens per residue.
     [<Literal>]
@@ -37,7 +37,7 @@ module Tracks =
 
     /// Residue (InterPro) annotation ids: 0 `<pad>`, 1 `<motif>`, 2 `<unk>`, 3 `<none>`, then labels.
     [<Literal>]
-    let ResidueVocabulary = 1478L
+    let ResidueVocabulary = ResidueAnnotationTokenizer.Esm3VocabularySize
 
     /// Residue annotation slots per residue (padded with 0).
     [<Literal>]
@@ -45,7 +45,7 @@ module Tracks =
 
     /// The one id that plays BOS, EOS, PAD, MASK and chain break on the SS8, SASA, function and residue tracks.
     [<Literal>]
-    let Absent = 0L
+    let Absent = Ss8Tokenizer.Pad
 
     /// Radial basis functions of the pLDDT conditioning.
     [<Literal>]
@@ -53,7 +53,7 @@ module Tracks =
 
     /// The first id of the SS8 and SASA tracks that is a real label (after `<pad>`, `<motif>`, `<unk>`).
     [<Literal>]
-    let FirstLabel = 3L
+    let FirstLabel = SasaTokenizer.BinOffset
 
 /// Settings of the ESM3 multi-track model (ESM3-REFERENCE.md §9).
 type MultiTrackConfig =

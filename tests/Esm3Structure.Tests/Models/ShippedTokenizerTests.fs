@@ -5,22 +5,14 @@ open System.IO
 open System.Text.Json
 open Expecto
 open TorchSharp
+open Esm3Structure.App
 open Esm3Structure.Geometry
 open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Tests
 
 /// The repository root (holding Research.sln), above the test binary.
-let private root =
-    let rec up (d: DirectoryInfo) =
-        if isNull d then
-            failwith "Research.sln not found"
-        elif File.Exists(Path.Combine(d.FullName, "Research.sln")) then
-            d.FullName
-        else
-            up d.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
+let private root = Cli.repositoryRoot AppContext.BaseDirectory
 
 let private shipped (relative: string) = Path.Combine(root, relative)
 
