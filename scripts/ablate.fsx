@@ -6,7 +6,7 @@
 // are kept, an interrupted run continues from its last checkpoint (<results>/work/<key>/).
 //   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--chains N]
 //                                    [--data DIR] [--device cpu|cuda] [--list] [--usage]
-// Built-in ablations (TokenizerAblations.all): codebook-kind, codebook-size, knn, commitment.
+// Built-in ablations (TokenizerAblations.all): geometric-terms, codebook-kind, codebook-size, knn, commitment.
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
 

@@ -74,6 +74,8 @@ type MultiTrackConfig =
         /// fewer than 36 layers ESM's formula would multiply branches by more than 1). No effect at ≥ 36 layers.
         CapResidualScale: bool
         GeometricImplementation: GeometricAttentionImpl
+        /// Score terms of the geometric attention (ESM3: both).
+        GeometricTerms: GeometricTerms
     }
 
 /// Presets, checks and the checkpoint key table of `MultiTrackConfig`.
@@ -92,6 +94,7 @@ module MultiTrackConfig =
             ScaleResidue = true
             CapResidualScale = false
             GeometricImplementation = GeometricAttentionImpl.Reference
+            GeometricTerms = GeometricTerms.Both
         }
 
     /// Our CPU model (ESM3-TRAINING.md §4.3): d 192, 6 layers, 6 heads × 32, 16 geometric heads in block 0 only,
@@ -143,6 +146,7 @@ module MultiTrackConfig =
             Layers = c.Layers
             GeometricLayers = c.GeometricLayers
             GeometricImplementation = c.GeometricImplementation
+            GeometricTerms = c.GeometricTerms
             ExpansionRatio = c.ExpansionRatio
             // The stack knows only on/off (sqrt(n/36)); the cap is "off" whenever it would bind.
             ScaleResidue = residualScale c <> 1.0

@@ -25,6 +25,8 @@ type StructureEncoderConfig =
         /// Relative positions are clamped to ±PositionBins (ESM: 32; the table has 2·bins + 2 rows).
         PositionBins: int64
         GeometricImplementation: GeometricAttentionImpl
+        /// Score terms of the geometric attention (ESM: both; rotation-only / distance-only are ablations).
+        GeometricTerms: GeometricTerms
         Quantizer: QuantizerConfig
     }
 
@@ -39,6 +41,7 @@ type StructureEncoderConfig =
             Knn = 16
             PositionBins = 32L
             GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
+            GeometricTerms = GeometricTerms.Both
             Quantizer = QuantizerConfig.esm3
         }
 
@@ -73,6 +76,7 @@ type StructureEncoderConfig =
             GeometricLayers = c.Layers
             MaskAndZeroFrameless = false
             GeometricImplementation = c.GeometricImplementation
+            GeometricTerms = c.GeometricTerms
             Bias = true
             ExpansionRatio = c.ExpansionRatio
             ScaleResidue = false

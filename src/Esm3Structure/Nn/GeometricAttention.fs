@@ -16,6 +16,16 @@ type GeometricAttentionImpl =
     /// framed residues to limit float32 cancellation; large temporaries are released as soon as consumed.
     | MemoryEfficient
 
+/// Which terms of the attention score are on: ESM uses both; the others are ablation switches that zero the disabled
+/// term's per-head weight (its scale parameter then gets a zero gradient), in both implementations.
+type GeometricTerms =
+    /// Rotation (direction agreement) and distance terms: ESM's layer.
+    | Both
+    /// The rotation term only: score = w_r · ⟨q_rot, k_rot⟩ / √3.
+    | RotationOnly
+    /// The distance term only: score = −w_d · ‖q_dist − k_dist‖ / √3.
+    | DistanceOnly
+
 /// Settings of ESM's `GeometricReasoningOriginalImpl` (with one vector message per head, as in every ESM model).
 type GeometricAttentionConfig =
     {
@@ -30,6 +40,8 @@ type GeometricAttentionConfig =
         MaskAndZeroFrameless: bool
         /// Which implementation of the same function to run.
         Implementation: GeometricAttentionImpl
+        /// Which score terms are on (ESM: `Both`).
+        Terms: GeometricTerms
     }
 
 /// Presets and checks for `GeometricAttentionConfig` (ESM3-REFERENCE.md §4.4).
@@ -43,6 +55,7 @@ module GeometricAttentionConfig =
             Bias = false
             MaskAndZeroFrameless = true
             Implementation = Reference
+            Terms = Both
         }
 
     /// The structure (VQ-VAE) encoder's blocks: d 1024, V 128, biases, unframed rows not zeroed.
@@ -53,6 +66,7 @@ module GeometricAttentionConfig =
             Bias = true
             MaskAndZeroFrameless = false
             Implementation = Reference
+            Terms = Both
         }
 
     /// Width of `proj`'s output: 4·V·3 (q, k for both terms) + V·3 (values) = 15V.
@@ -264,6 +278,17 @@ module GeometricAttention =
     let private headWeights (scale: torch.Tensor) =
         torch.nn.functional.softplus(scale, 1.0, 20.0).reshape(-1L, 1L, 1L) // [V, 1, 1]
 
+    /// The per-head weights of the rotation and distance terms, [V, 1, 1] each; a term the config switches off gets
+    /// weight 0 (multiplied, so its scale parameter stays in the graph with a zero gradient).
+    let private termWeights (c: GeometricAttentionConfig) (w: GeometricAttentionWeights) =
+        let rotation = headWeights w.RotationScale
+        let distance = headWeights w.DistanceScale
+
+        match c.Terms with
+        | Both -> rotation, distance
+        | RotationOnly -> rotation, distance * 0.0
+        | DistanceOnly -> rotation * 0.0, distance
+
     /// ESM's dense form, step by step as ESM writes it; materialises [B, V, L, L, 3].
     /// Shapes: as `forward`.
     let forwardReference (c: GeometricAttentionConfig) (w: GeometricAttentionWeights) (input: GeometricAttentionInput) =
@@ -277,9 +302,8 @@ module GeometricAttention =
         let distance_BVLL = diff_BVLL3.norm (-1, false) / sqrt3
         let rotation_BVLL = x.QRot.matmul (x.KRot.transpose (-1L, -2L)) / sqrt3
 
-        let scores =
-            rotation_BVLL * headWeights w.RotationScale
-            - distance_BVLL * headWeights w.DistanceScale
+        let rotationWeight_V11, distanceWeight_V11 = termWeights c w
+        let scores = rotation_BVLL * rotationWeight_V11 - distance_BVLL * distanceWeight_V11
 
         let attn_BVLL = (scores + bias_B1LL).softmax(-1L)
         finish c w input (attn_BVLL.matmul x.Value)
@@ -323,8 +347,9 @@ module GeometricAttention =
 
         let x = vectors c w input.S frames
         // Per-head weights folded into the small [B, V, L, 3] operands: wr/√3 into the queries.
-        let qRot = x.QRot * (headWeights w.RotationScale / sqrt3)
-        let distanceWeight_V11 = headWeights w.DistanceScale / sqrt3
+        let rotationWeight_V11, distanceWeight_V11 = termWeights c w
+        let qRot = x.QRot * (rotationWeight_V11 / sqrt3)
+        let distanceWeight_V11 = distanceWeight_V11 / sqrt3
         // The inference path clamps squared distances at the smallest normal number before the square root:
         // rounding can make a true 0 slightly negative.
         let tiny = torch.finfo(input.S.dtype).tiny.ToScalar()

@@ -67,6 +67,8 @@ type TransformerStackConfig =
         /// Zero the geometric output of unframed residues (ESM3 trunk: true).
         MaskAndZeroFrameless: bool
         GeometricImplementation: GeometricAttentionImpl
+        /// Score terms of the geometric sub-layers (ESM: both; the others are ablation switches).
+        GeometricTerms: GeometricTerms
         Bias: bool
         QkLayerNorm: bool
         Rotary: RotaryConfig option
@@ -91,6 +93,7 @@ type TransformerStackConfig =
             GeometricLayers = 1
             MaskAndZeroFrameless = true
             GeometricImplementation = GeometricAttentionImpl.Reference
+            GeometricTerms = GeometricTerms.Both
             Bias = false
             QkLayerNorm = true
             Rotary = Some RotaryConfig.Esm
@@ -126,6 +129,7 @@ type TransformerStackConfig =
                             Bias = c.Bias
                             MaskAndZeroFrameless = c.MaskAndZeroFrameless
                             Implementation = c.GeometricImplementation
+                            Terms = c.GeometricTerms
                         }
                 else
                     None

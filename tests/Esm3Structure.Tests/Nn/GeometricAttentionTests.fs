@@ -29,6 +29,8 @@ type GaCase =
         Ids: bool
         /// Probability that a residue is framed.
         FramedFraction: float
+        /// Which score terms are on (ESM: both; the others are ablation switches).
+        Terms: GeometricTerms
     }
 
 let private gaCase =
@@ -40,6 +42,14 @@ let private gaCase =
         let! ids = Gen.frequency [ 3, Gen.constant true; 1, Gen.constant false ]
         let! fraction = Gen.elements [ 1.0; 0.8; 0.5; 0.0 ]
 
+        let! terms =
+            Gen.frequency
+                [
+                    2, Gen.constant Both
+                    1, Gen.constant RotationOnly
+                    1, Gen.constant DistanceOnly
+                ]
+
         return
             {
                 Seed = seed
@@ -48,6 +58,7 @@ let private gaCase =
                 ZeroFrameless = zero
                 Ids = ids
                 FramedFraction = fraction
+                Terms = terms
             }
     }
 
@@ -92,6 +103,7 @@ let private config (c: GaCase) impl =
         Bias = c.Bias
         MaskAndZeroFrameless = c.ZeroFrameless
         Implementation = impl
+        Terms = c.Terms
     }
 
 /// Random weights of the layer's shapes; both per-head scales random and non-zero, so both terms matter.
@@ -354,6 +366,39 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
                         let attn = raw / raw.sum (-1L, true)
                         closeRel (tag "GA7") (if f64 then 1e-12 else 1e-6) (withAttention cfg w input attn) out)
 
+                property
+                    (sprintf
+                        "GA9 a switched-off term: its scale cannot change the output, which is Both's with that weight → 0 (%s)"
+                        iname)
+                    (fun c ->
+                        use _ = torch.NewDisposeScope()
+                        let cfg, w, input, g = draw c impl dtype
+
+                        let terms =
+                            if c.Terms = Both then
+                                (if c.Seed % 2UL = 0UL then RotationOnly else DistanceOnly)
+                            else
+                                c.Terms
+
+                        let cfg = { cfg with Terms = terms }
+                        let out = GeometricAttention.forward cfg w input
+                        let other = torch.randn (w.DistanceScale.shape, dtype = dtype, generator = g)
+                        // softplus(−200) ≈ 1e−87: the term is gone in float64 and float32 alike.
+                        let off = torch.full_like (w.DistanceScale, -200.0)
+
+                        let changed, vanished =
+                            match terms with
+                            | RotationOnly -> { w with DistanceScale = other }, { w with DistanceScale = off }
+                            | _ -> { w with RotationScale = other }, { w with RotationScale = off }
+
+                        identical (tag "GA9 scale ignored") out (GeometricAttention.forward cfg changed input)
+
+                        closeRel
+                            (tag "GA9 = Both at weight 0")
+                            (if f64 then 1e-12 else 1e-6)
+                            (GeometricAttention.forward { cfg with Terms = Both } vanished input)
+                            out)
+
             property "GA6 both implementations agree (masks, sequence and chain ids)" (fun c ->
                 use _ = torch.NewDisposeScope()
                 let cfg, w, input, _ = draw c Reference dtype
@@ -387,7 +432,8 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
 /// A_ii − A_ij = Δ = 2·wr·c²/√3 + wd·sqrt(9 + 4c²)/√3 + 1, so P_ii = σ(Δ), P_ij = σ(−Δ), and
 /// o₁ = (P_ii − P_ij)·(0, c, 0) = (0, m, 0) with m = c·tanh(Δ/2); o₂ = (0, −m, 0).
 /// out_proj = [[0, 1, 0], [0, 2, 0]]: out₁ = (m, 2m), out₂ = (−m, −2m).
-let private handCaseWith impl (dtype: torch.ScalarType) (withGrad: bool) =
+/// With only one term on, Δ keeps that term and the bias.
+let private handCaseWithTerms terms impl (dtype: torch.ScalarType) (withGrad: bool) =
     let cfg =
         {
             DModel = 2L
@@ -395,6 +441,7 @@ let private handCaseWith impl (dtype: torch.ScalarType) (withGrad: bool) =
             Bias = false
             MaskAndZeroFrameless = false
             Implementation = impl
+            Terms = terms
         }
 
     let proj = Array2D.zeroCreate 15 2
@@ -433,10 +480,14 @@ let private handCaseWith impl (dtype: torch.ScalarType) (withGrad: bool) =
     let wr = Math.Log 2.0
     let wd = Math.Log(1.0 + Math.E)
 
+    let rotationPart = 2.0 * wr * c * c / Math.Sqrt 3.0
+    let distancePart = wd * Math.Sqrt(9.0 + 4.0 * c * c) / Math.Sqrt 3.0
+
     let delta =
-        2.0 * wr * c * c / Math.Sqrt 3.0
-        + wd * Math.Sqrt(9.0 + 4.0 * c * c) / Math.Sqrt 3.0
-        + 1.0
+        match terms with
+        | Both -> rotationPart + distancePart + 1.0
+        | RotationOnly -> rotationPart + 1.0
+        | DistanceOnly -> distancePart + 1.0
 
     let m = c * Math.Tanh(delta / 2.0)
 
@@ -445,8 +496,11 @@ let private handCaseWith impl (dtype: torch.ScalarType) (withGrad: bool) =
 
     expected, GeometricAttention.forward cfg w input, w
 
-let private handCase impl dtype =
-    let expected, actual, _ = handCaseWith impl dtype false
+let private handCaseWith impl dtype withGrad =
+    handCaseWithTerms Both impl dtype withGrad
+
+let private handCase terms impl dtype =
+    let expected, actual, _ = handCaseWithTerms terms impl dtype false
     expected, actual
 
 /// A forward whose finite differences we can take: B = 1, L = 3, d = 5, V = 2, float64, random everything.
@@ -460,6 +514,7 @@ let private gradientCase impl (seed: uint64) =
             Bias = true
             MaskAndZeroFrameless = false
             Implementation = impl
+            Terms = Both
         }
 
     let w = drawWeights g cfg torch.float64
@@ -553,18 +608,21 @@ let tests =
             for dtype, name in Props.dtypes do
                 properties dtype name
 
-            testCase "hand-computed L = 2, V = 1 case (both implementations, float64 and float32)" (fun () ->
-                use _ = torch.NewDisposeScope()
+            testCase
+                "hand-computed L = 2, V = 1 case (both implementations, each terms switch, float64 and float32)"
+                (fun () ->
+                    use _ = torch.NewDisposeScope()
 
-                for impl, iname in impls do
-                    for dtype, dname in Props.dtypes do
-                        let expected, actual = handCase impl dtype
+                    for terms in [ Both; RotationOnly; DistanceOnly ] do
+                        for impl, iname in impls do
+                            for dtype, dname in Props.dtypes do
+                                let expected, actual = handCase terms impl dtype
 
-                        closeRel
-                            (sprintf "hand case %s %s" dname iname)
-                            (if dtype = torch.float64 then 1e-12 else 1e-6)
-                            expected
-                            actual)
+                                closeRel
+                                    (sprintf "hand case %A %s %s" terms dname iname)
+                                    (if dtype = torch.float64 then 1e-12 else 1e-6)
+                                    expected
+                                    actual)
 
             testCase "gradients stay finite where a query and a key distance point coincide (hand case)" (fun () ->
                 use _ = torch.NewDisposeScope()
@@ -643,6 +701,7 @@ let tests =
                             ZeroFrameless = true
                             Ids = false
                             FramedFraction = 0.7
+                            Terms = Both
                         }
 
                     let cfg = config c Reference
@@ -692,6 +751,7 @@ let tests =
                         ZeroFrameless = true
                         Ids = true
                         FramedFraction = 0.8
+                        Terms = Both
                     }
 
                 use m = new GeometricAttention(config c Reference)
@@ -728,6 +788,7 @@ let tests =
                         ZeroFrameless = true
                         Ids = true
                         FramedFraction = 0.8
+                        Terms = Both
                     }
 
                 let cfg, w, input, _ = draw c Reference torch.float32
@@ -775,6 +836,7 @@ let tests =
                         Bias = false
                         MaskAndZeroFrameless = true
                         Implementation = Reference
+                        Terms = Both
                     }
 
                 let reference = GeometricAttentionBenchmark.run cfg 1L 256L 1 3UL
