@@ -85,6 +85,25 @@ type AblationSummaryRow =
         StdDev: float
     }
 
+/// One variant against the ablation's first variant (the baseline) on one metric: Welch's two-sample t-test over
+/// the seeds, two-sided at 5 %.
+type AblationContrast =
+    {
+        Variant: string
+        Baseline: string
+        Metric: string
+        /// mean(variant) − mean(baseline).
+        Difference: float
+        /// sqrt(s²_v / n_v + s²_b / n_b); NaN when either side has fewer than two runs.
+        StandardError: float
+        /// Welch–Satterthwaite degrees of freedom (n_v + n_b − 2 when both spreads are 0).
+        DegreesOfFreedom: float
+        /// The 97.5 % quantile of Student's t at the degrees of freedom rounded down (conservative).
+        Critical: float
+        /// |Difference| > Critical × StandardError: the difference exceeds the seed-to-seed spread.
+        Exceeds: bool
+    }
+
 /// Runs an ablation into a results folder and summarises it. Layout: `runs/<key>.json` (one per finished run,
 /// written atomically: its presence means done), `work/<key>/` (the trainer's run folder: config.json,
 /// metrics.jsonl, checkpoints; an interrupted run resumes from there), `summary.md`, `summary.csv`.
@@ -407,6 +426,88 @@ module Ablation =
                         }
         |]
 
+    /// Student's t, 97.5 % quantiles for 1 … 30 degrees of freedom (any statistics table, e.g. NIST/SEMATECH
+    /// e-Handbook §1.3.6.7.2); 1.96 (the normal quantile) beyond.
+    let private tQuantiles975 =
+        [|
+            12.706
+            4.303
+            3.182
+            2.776
+            2.571
+            2.447
+            2.365
+            2.306
+            2.262
+            2.228
+            2.201
+            2.179
+            2.160
+            2.145
+            2.131
+            2.120
+            2.110
+            2.101
+            2.093
+            2.086
+            2.080
+            2.074
+            2.069
+            2.064
+            2.060
+            2.056
+            2.052
+            2.048
+            2.045
+            2.042
+        |]
+
+    /// The two-sided 5 % critical value of Student's t at `df` degrees of freedom, rounded down (NaN below 1).
+    let tCritical (df: float) =
+        if Double.IsNaN df || df < 1.0 then nan
+        elif df > 30.0 then 1.96
+        else tQuantiles975.[int (floor df) - 1]
+
+    /// Every variant but the first against the first (the baseline), per metric: Welch's t-test over seeds.
+    let contrasts (rows: AblationSummaryRow[]) : AblationContrast[] =
+        let variants = rows |> Array.map (fun r -> r.Variant) |> Array.distinct
+
+        if variants.Length < 2 then
+            [||]
+        else
+            let baseline = variants.[0]
+
+            [|
+                for v in variants.[1..] do
+                    for r in rows |> Array.filter (fun r -> r.Variant = v) do
+                        match rows |> Array.tryFind (fun b -> b.Variant = baseline && b.Metric = r.Metric) with
+                        | None -> ()
+                        | Some b ->
+                            let a = r.StdDev * r.StdDev / float r.Runs
+                            let c = b.StdDev * b.StdDev / float b.Runs
+                            let se = sqrt (a + c)
+
+                            let df =
+                                if a + c = 0.0 then
+                                    float (r.Runs + b.Runs - 2)
+                                else
+                                    (a + c) * (a + c) / (a * a / float (r.Runs - 1) + c * c / float (b.Runs - 1))
+
+                            let critical = tCritical df
+                            let difference = r.Mean - b.Mean
+
+                            {
+                                Variant = v
+                                Baseline = baseline
+                                Metric = r.Metric
+                                Difference = difference
+                                StandardError = se
+                                DegreesOfFreedom = df
+                                Critical = critical
+                                Exceeds = not (Double.IsNaN se) && abs difference > critical * se
+                            }
+            |]
+
     /// A number as the tables print it: 5 significant digits, invariant culture; "–" for NaN.
     let formatNumber (x: float) =
         if Double.IsNaN x then "–" else x.ToString("G5", inv)
@@ -437,6 +538,37 @@ module Ablation =
 
             sb.Append(sprintf "| %s | %d |" v runs).AppendJoin("", metrics |> Array.map cell).AppendLine()
             |> ignore
+
+        sb.ToString()
+
+    /// The contrasts as a Markdown table (appended to `summary.md`): one row per variant and metric.
+    let contrastMarkdown (contrasts: AblationContrast[]) =
+        let sb = StringBuilder()
+
+        if contrasts.Length > 0 then
+            sb
+                .AppendLine()
+                .AppendLine(
+                    sprintf "### Differences from %s (Welch's t-test over seeds, two-sided 5 %%)" contrasts.[0].Baseline
+                )
+                .AppendLine()
+                .AppendLine("| variant | metric | difference | standard error | df | t critical | exceeds spread |")
+                .AppendLine("|---|---|---:|---:|---:|---:|:---:|")
+            |> ignore
+
+            for c in contrasts do
+                sb.AppendLine(
+                    sprintf
+                        "| %s | %s | %s | %s | %s | %s | %s |"
+                        c.Variant
+                        c.Metric
+                        (formatNumber c.Difference)
+                        (formatNumber c.StandardError)
+                        (c.DegreesOfFreedom.ToString("0.#", inv))
+                        (formatNumber c.Critical)
+                        (if c.Exceeds then "yes" else "no")
+                )
+                |> ignore
 
         sb.ToString()
 
@@ -473,7 +605,7 @@ module Ablation =
     /// Reads the results folder and writes `summary.md` and `summary.csv` into it; returns the rows.
     let writeSummary (results: string) (title: string) =
         let rows = summarize (readResults results)
-        writeText (Path.Combine(results, "summary.md")) (markdown title rows)
+        writeText (Path.Combine(results, "summary.md")) (markdown title rows + contrastMarkdown (contrasts rows))
         writeText (Path.Combine(results, "summary.csv")) (csv rows)
         rows
 

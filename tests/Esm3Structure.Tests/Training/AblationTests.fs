@@ -172,6 +172,43 @@ let tests =
                 Expect.floatClose Accuracy.veryHigh r.StdDev (sqrt (2.0 * 0.125 * 0.125)) "a loss sd"
                 // b/rmsd: 0.5, 1.5 -> 1 ± sqrt(0.5); b/loss: one run -> no sd
                 Expect.floatClose Accuracy.veryHigh (find "b" "rmsd").StdDev (sqrt 0.5) "b rmsd sd"
+                // Welch b − a on rmsd: Δ = 1 − 7/3, SE = sqrt(0.5/2 + (7/3)/3), df = SE⁴ / ((0.25)²/1 + (7/9)²/2).
+                let contrast =
+                    Ablation.contrasts rows
+                    |> Array.find (fun c -> c.Variant = "b" && c.Metric = "rmsd")
+
+                let a, c = 0.25, 7.0 / 9.0
+                Expect.equal contrast.Baseline "a" "baseline is the first variant"
+                Expect.floatClose Accuracy.veryHigh contrast.Difference (1.0 - 7.0 / 3.0) "difference"
+                Expect.floatClose Accuracy.veryHigh contrast.StandardError (sqrt (a + c)) "standard error"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    contrast.DegreesOfFreedom
+                    ((a + c) * (a + c) / (a * a + c * c / 2.0))
+                    "Welch df"
+
+                Expect.isFalse contrast.Exceeds "1.33 is inside 4.3 × 1.01"
+                // b/loss has one run: no standard error, never "exceeds".
+                let loss =
+                    Ablation.contrasts rows
+                    |> Array.find (fun c -> c.Variant = "b" && c.Metric = "loss")
+
+                Expect.isTrue (Double.IsNaN loss.StandardError && not loss.Exceeds) "one run: no test"
+                Expect.equal (Ablation.tCritical 4.7) 2.776 "df rounded down"
+
+                let row v mean =
+                    {
+                        Variant = v
+                        Metric = "m"
+                        Runs = 3
+                        Mean = mean
+                        StdDev = 0.1
+                    }
+
+                let far = Ablation.contrasts [| row "x" 0.0; row "y" 1.0; row "z" 0.2 |]
+                Expect.equal (far |> Array.map (fun c -> c.Variant, c.Exceeds)) [| "y", true; "z", false |] "verdicts"
+                Expect.stringContains (File.ReadAllText(Path.Combine(dir.Path, "summary.md"))) "| b | rmsd |" "table"
                 Expect.isTrue (Double.IsNaN (find "b" "loss").StdDev) "one run: no sd"
 
                 let md = File.ReadAllText(Path.Combine(dir.Path, "summary.md"))
