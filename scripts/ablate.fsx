@@ -5,7 +5,7 @@
 // (plotly.js from its CDN). Run the same command again to continue an interrupted ablation: finished runs
 // are kept, an interrupted run continues from its last checkpoint (<results>/work/<key>/).
 //   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--chains N]
-//                                    [--data DIR] [--device cpu|cuda] [--list] [--usage]
+//                                    [--data DIR] [--device cpu|cuda] [--summary-only] [--list] [--usage]
 // Built-in ablations (TokenizerAblations.all): geometric-terms, codebook-kind, codebook-size, knn, commitment.
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
@@ -26,6 +26,7 @@ type Args =
     | Data of dir: string
     | Device of string
     | List
+    | Summary_Only
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -40,6 +41,7 @@ type Args =
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Device _ -> "cpu (default) or cuda"
             | List -> "print the built-in ablations and their variants, then exit"
+            | Summary_Only -> "rewrite summary.md, summary.csv and the charts from the finished runs, train nothing"
 
 let argv = fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun a -> a <> "--")
 
@@ -66,28 +68,42 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
                 Steps = args.GetResult(Steps, defaultValue = builtIn.Steps)
             }
 
-        let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
-        let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
-
         let results =
             args.GetResult(Results, defaultValue = Path.Combine("runs", "ablation-" + ablation.Name))
 
-        let train =
-            TokenizerData.readSplit data "train" (args.GetResult(Chains, defaultValue = 0))
+        let report () =
+            let charts = Esm3Structure.Checks.AblationCharts.write results ablation.Name
+            printfn "%d charts in %s" charts.Length (Path.Combine(results, "charts"))
+            printfn "%s" (File.ReadAllText(Path.Combine(results, "summary.md")))
 
-        let valid = TokenizerData.readSplit data "valid" ablation.Base.ValidChains
-        let commit = Ablation.gitCommit __SOURCE_DIRECTORY__
+        if args.Contains Summary_Only then
+            let rows = Ablation.writeSummary results ablation.Name
 
-        let runs =
-            Ablation.run
-                (TokenizerAblations.trainer device train valid)
-                results
-                commit
-                (Action<string>(printfn "%s"))
-                ablation
+            if rows.Length = 0 then
+                invalidArg "results" (sprintf "no finished runs in %s" (Path.Combine(results, "runs")))
 
-        let charts = Esm3Structure.Checks.AblationCharts.write results ablation.Name
-        printfn "%d runs in %s; %d charts in %s" runs.Length results charts.Length (Path.Combine(results, "charts"))
-        printfn "%s" (File.ReadAllText(Path.Combine(results, "summary.md")))
-        0)
+            report ()
+            0
+        else
+
+            let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
+            let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
+
+            let train =
+                TokenizerData.readSplit data "train" (args.GetResult(Chains, defaultValue = 0))
+
+            let valid = TokenizerData.readSplit data "valid" ablation.Base.ValidChains
+            let commit = Ablation.gitCommit __SOURCE_DIRECTORY__
+
+            let runs =
+                Ablation.run
+                    (TokenizerAblations.trainer device train valid)
+                    results
+                    commit
+                    (Action<string>(printfn "%s"))
+                    ablation
+
+            printfn "%d runs in %s" runs.Length results
+            report ()
+            0)
 |> exit
