@@ -1,11 +1,14 @@
 // Ablations of the structure tokenizer (issue 7): every variant × seed is trained separately at a tiny budget;
 // each finished run is written atomically as <results>/runs/<key>.json (config, git commit, seed, metrics over
 // time, wall time, peak memory), then <results>/summary.md and summary.csv give mean ± sample standard deviation
-// over seeds per variant and metric, and <results>/charts/*.html draw training curves and final-metric bars
-// (plotly.js from its CDN). Run the same command again to continue an interrupted ablation: finished runs
+// over seeds per variant and metric, and <results>/charts/ holds the charts (training curves and final-metric
+// bars, mean ± sd over seeds): index.html (Plotly.NET, self-contained: plotly.js inlined, no network needed) and
+// one SVG per chart (viewable on GitHub). Run the same command again to continue an interrupted ablation: finished runs
 // are kept, an interrupted run continues from its last checkpoint (<results>/work/<key>/).
-//   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--chains N]
-//                                    [--data DIR] [--device cpu|cuda] [--list] [--usage]
+//   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--minutes M]
+//                                    [--chains N] [--data DIR] [--device cpu|cuda] [--list] [--usage]
+// A time budget (--minutes M) stops each run after the step that reaches M minutes of training (counted over
+// resumes); --steps is then the learning-rate schedule's length and a cap.
 // Built-in ablations (TokenizerAblations.all): codebook-kind, codebook-size, knn, commitment.
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
@@ -22,6 +25,7 @@ type Args =
     | Results of dir: string
     | Seeds of int
     | Steps of int
+    | Minutes of float
     | Chains of int
     | Data of dir: string
     | Device of string
@@ -36,6 +40,8 @@ type Args =
             | Results _ -> "results folder (default: runs/ablation-<name>); reuse it to continue"
             | Seeds _ -> "seeds 0 … N−1 (default: the ablation's, 3)"
             | Steps _ -> sprintf "optimiser steps per run (default %d, the tiny budget)" TokenizerAblations.TinySteps
+            | Minutes _ ->
+                "time budget: minutes of training per run (counted over resumes); --steps is then the schedule's length and a cap"
             | Chains _ -> "train on the first N chains of the train split only (default: all)"
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Device _ -> "cpu (default) or cuda"
@@ -57,14 +63,39 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
 
         let builtIn = TokenizerAblations.byName name
 
+        let steps =
+            args.GetResult(
+                Steps,
+                defaultValue =
+                    match builtIn.Budget with
+                    | AblationBudget.Steps n -> n
+                    | AblationBudget.Seconds _ -> builtIn.Base.Trainer.Steps
+            )
+
         let ablation =
             { builtIn with
                 Seeds =
                     match args.TryGetResult Seeds with
                     | Some n -> Array.init n id
                     | None -> builtIn.Seeds
-                Steps = args.GetResult(Steps, defaultValue = builtIn.Steps)
+                Budget =
+                    match args.TryGetResult Minutes with
+                    | Some m -> AblationBudget.Seconds(m * 60.0)
+                    | None -> AblationBudget.Steps steps
+                Base =
+                    { builtIn.Base with
+                        Trainer =
+                            { builtIn.Base.Trainer with
+                                Steps = steps
+                            }
+                    }
             }
+
+        match Ablation.validate ablation with
+        | [] -> ()
+        | errors -> invalidArg "minutes" (String.Join("; ", errors))
+
+        printfn "%s: %s per run" ablation.Name (Ablation.describeBudget ablation.Budget)
 
         let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
         let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
