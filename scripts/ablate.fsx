@@ -80,6 +80,8 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
                     | None -> builtIn.Seeds
                 Budget =
                     match args.TryGetResult Minutes with
+                    | Some m when not (m > 0.0) ->
+                        invalidArg "minutes" (sprintf "--minutes must be positive (got %g)" m)
                     | Some m -> AblationBudget.Seconds(m * 60.0)
                     | None -> AblationBudget.Steps steps
                 Base =
@@ -93,7 +95,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
 
         match Ablation.validate ablation with
         | [] -> ()
-        | errors -> invalidArg "minutes" (String.Join("; ", errors))
+        | errors -> invalidArg "ablation" (String.Join("; ", errors))
 
         printfn "%s: %s per run" ablation.Name (Ablation.describeBudget ablation.Budget)
 

@@ -66,8 +66,7 @@ module AblationCharts =
 
         Color.fromString (sprintf "rgba(%d,%d,%d,%g)" (v 1) (v 3) (v 5) alpha)
 
-    let private sized (chart: GenericChart) =
-        chart |> Chart.withSize (900, 460) |> Chart.withMarginSize (Bottom = 110)
+    let private sized (chart: GenericChart) = chart |> Chart.withSize (900, 460)
 
     /// The training-curve chart of one metric ("running_loss", "valid/rmsd", …): per variant the mean over seeds
     /// (line with markers) and a translucent band of ± one sample sd where two or more seeds logged the step.
