@@ -1,11 +1,15 @@
 // Ablations of the structure tokenizer (issue 7): every variant × seed is trained separately at a tiny budget;
 // each finished run is written atomically as <results>/runs/<key>.json (config, git commit, seed, metrics over
 // time, wall time, peak memory), then <results>/summary.md and summary.csv give mean ± sample standard deviation
-// over seeds per variant and metric, and <results>/charts/*.html draw training curves and final-metric bars
-// (plotly.js from its CDN). Run the same command again to continue an interrupted ablation: finished runs
+// over seeds per variant and metric, and <results>/charts/ holds the charts (training curves and final-metric
+// bars, mean ± sd over seeds): index.html (Plotly.NET, self-contained: plotly.js inlined, no network needed) and
+// one SVG per chart (viewable on GitHub). Run the same command again to continue an interrupted ablation: finished runs
 // are kept, an interrupted run continues from its last checkpoint (<results>/work/<key>/).
-//   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--chains N]
-//                                    [--data DIR] [--device cpu|cuda] [--summary-only] [--list] [--usage]
+//   dotnet fsi scripts/ablate.fsx -- --ablation NAME [--results DIR] [--seeds N] [--steps N] [--minutes M]
+//                                    [--chains N] [--data DIR] [--device cpu|cuda] [--summary-only] [--list]
+// A time budget (--minutes M) stops each run after the step that reaches M minutes of training (counted over
+// resumes); --steps is then the learning-rate schedule's length and a cap. --summary-only rewrites the summary
+// and charts from the finished runs without training.
 // Built-in ablations (TokenizerAblations.all): geometric-terms, codebook-kind, codebook-size, knn, commitment.
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
@@ -22,6 +26,7 @@ type Args =
     | Results of dir: string
     | Seeds of int
     | Steps of int
+    | Minutes of float
     | Chains of int
     | Data of dir: string
     | Device of string
@@ -37,6 +42,8 @@ type Args =
             | Results _ -> "results folder (default: runs/ablation-<name>); reuse it to continue"
             | Seeds _ -> "seeds 0 … N−1 (default: the ablation's, 3)"
             | Steps _ -> sprintf "optimiser steps per run (default %d, the tiny budget)" TokenizerAblations.TinySteps
+            | Minutes _ ->
+                "time budget: minutes of training per run (counted over resumes); --steps is then the schedule's length and a cap"
             | Chains _ -> "train on the first N chains of the train split only (default: all)"
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Device _ -> "cpu (default) or cuda"
@@ -59,14 +66,39 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
 
         let builtIn = TokenizerAblations.byName name
 
+        let steps =
+            args.GetResult(
+                Steps,
+                defaultValue =
+                    match builtIn.Budget with
+                    | AblationBudget.Steps n -> n
+                    | AblationBudget.Seconds _ -> builtIn.Base.Trainer.Steps
+            )
+
         let ablation =
             { builtIn with
                 Seeds =
                     match args.TryGetResult Seeds with
                     | Some n -> Array.init n id
                     | None -> builtIn.Seeds
-                Steps = args.GetResult(Steps, defaultValue = builtIn.Steps)
+                Budget =
+                    match args.TryGetResult Minutes with
+                    | Some m when not (m > 0.0) ->
+                        invalidArg "minutes" (sprintf "--minutes must be positive (got %g)" m)
+                    | Some m -> AblationBudget.Seconds(m * 60.0)
+                    | None -> AblationBudget.Steps steps
+                Base =
+                    { builtIn.Base with
+                        Trainer =
+                            { builtIn.Base.Trainer with
+                                Steps = steps
+                            }
+                    }
             }
+
+        match Ablation.validate ablation with
+        | [] -> ()
+        | errors -> invalidArg "ablation" (String.Join("; ", errors))
 
         let results =
             args.GetResult(Results, defaultValue = Path.Combine("runs", "ablation-" + ablation.Name))
@@ -85,7 +117,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             report ()
             0
         else
-
+            printfn "%s: %s per run" ablation.Name (Ablation.describeBudget ablation.Budget)
             let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
             let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
 

@@ -17,22 +17,32 @@ type AblationVariant<'Config> =
         Change: Func<'Config, 'Config>
     }
 
-/// An ablation: a base config plus named variants, each trained once per seed for a fixed step budget.
+/// The budget of every run of an ablation.
+[<RequireQualifiedAccess>]
+type AblationBudget =
+    /// Optimiser steps (also the length of the learning-rate schedule).
+    | Steps of steps: int
+    /// Wall-clock seconds of training per run, counted over resumes (`TrainerConfig.MaxSeconds`); the config's own
+    /// step count stays the schedule's length and a cap.
+    | Seconds of seconds: float
+
+/// An ablation: a base config plus named variants, each trained once per seed for a fixed budget.
 type Ablation<'Config> =
     {
         Name: string
         Base: 'Config
         Variants: AblationVariant<'Config>[]
         Seeds: int[]
-        /// Optimiser steps of every run (the budget).
-        Steps: int
+        /// The budget of every run: steps or seconds.
+        Budget: AblationBudget
     }
 
 /// How the ablation runner trains one kind of model (records of `Func`s, callable from C#).
 type AblationTrainer<'Config> =
     {
-        /// The config with this seed and step budget: (config, seed, steps) -> config.
-        Configure: Func<'Config, int, int, 'Config>
+        /// The config with this seed and budget: (config, seed, budget) -> config (see
+        /// `Ablation.configureTrainer`).
+        Configure: Func<'Config, int, AblationBudget, 'Config>
         /// The config as the JSON text the run folder's `config.json` holds.
         ToJson: Func<'Config, string>
         /// Trains (config, run folder, resume) and returns the trainer's report; must write `metrics.jsonl` and
@@ -60,7 +70,12 @@ type AblationRun =
         Commit: string
         /// The resolved config (JSON text).
         Config: string
+        /// Steps trained (for a time budget: the step count reached).
         Steps: int
+        /// The ablation's budget (a result written before budgets existed reads as `Steps Steps`).
+        Budget: AblationBudget
+        /// True when the run stopped on its time budget before its config's step count.
+        StoppedOnTime: bool
         /// Wall time of the call that finished the run (a resumed run counts only its last part).
         WallSeconds: float
         /// Peak resident memory of the process during that call (bytes; see `Ablation.peakMemory`).
@@ -68,7 +83,7 @@ type AblationRun =
         /// True when the run continued from a checkpoint of an interrupted attempt.
         Resumed: bool
         /// The final metrics: the last logged row's values (validation included), "wall_seconds" and
-        /// "peak_memory_mb".
+        /// "peak_memory_mb" (and "steps" under a time budget).
         Final: (string * float)[]
         History: AblationPoint[]
     }
@@ -138,8 +153,11 @@ module Ablation =
                 "at least one variant is needed"
             if a.Seeds.Length = 0 then
                 "at least one seed is needed"
-            if a.Steps < 1 then
-                sprintf "Steps must be at least 1 (got %d)" a.Steps
+            match a.Budget with
+            | AblationBudget.Steps n when n < 1 -> sprintf "Budget: Steps must be at least 1 (got %d)" n
+            | AblationBudget.Seconds s when not (s > 0.0 && s < infinity) ->
+                sprintf "Budget: Seconds must be positive and finite (got %g)" s
+            | _ -> ()
             if (a.Seeds |> Array.distinct).Length <> a.Seeds.Length then
                 "Seeds must be distinct"
             for name, n in a.Variants |> Array.countBy (fun v -> safeName v.Name) do
@@ -149,6 +167,29 @@ module Ablation =
                 if String.IsNullOrWhiteSpace v.Name then
                     "a variant has an empty name"
         ]
+
+    /// A trainer config with this seed and budget: a step budget sets `Steps` (warm-up at most a tenth of it) and
+    /// no time limit; a time budget sets `MaxSeconds` and keeps `Steps` (the schedule's length and a cap).
+    let configureTrainer (trainer: TrainerConfig) (seed: int) (budget: AblationBudget) : TrainerConfig =
+        match budget with
+        | AblationBudget.Steps steps ->
+            { trainer with
+                Seed = seed
+                Steps = steps
+                MaxSeconds = 0.0
+                WarmupSteps = min trainer.WarmupSteps (steps / 10)
+            }
+        | AblationBudget.Seconds seconds ->
+            { trainer with
+                Seed = seed
+                MaxSeconds = seconds
+            }
+
+    /// The budget as text: "300 steps" or "600 s".
+    let describeBudget (budget: AblationBudget) =
+        match budget with
+        | AblationBudget.Steps n -> sprintf "%d steps" n
+        | AblationBudget.Seconds s -> sprintf "%g s" s
 
     /// Every (variant index, variant, seed, key) of the ablation, variant-major, in the order the runner trains.
     let plan (a: Ablation<'Config>) =
@@ -205,6 +246,14 @@ module Ablation =
             w.WriteString("key", r.Key)
             w.WriteString("commit", r.Commit)
             w.WriteNumber("steps", r.Steps)
+            w.WriteStartObject "budget"
+
+            match r.Budget with
+            | AblationBudget.Steps n -> w.WriteNumber("steps", n)
+            | AblationBudget.Seconds s -> writeNumber w "seconds" s
+
+            w.WriteEndObject()
+            w.WriteBoolean("stopped_on_time", r.StoppedOnTime)
             writeNumber w "wall_seconds" r.WallSeconds
             w.WriteNumber("peak_memory_bytes", r.PeakMemoryBytes)
             w.WriteBoolean("resumed", r.Resumed)
@@ -281,6 +330,12 @@ module Ablation =
         let get field = property file field root
 
         let history = get "history"
+        let steps = int (integer file "steps" (get "steps"))
+
+        let optional field =
+            match root.TryGetProperty(field: string) with
+            | true, v -> Some v
+            | _ -> None
 
         if history.ValueKind <> JsonValueKind.Array then
             InputError.raise file (InputLocation.Field "history") ("expected an array, got " + Json.kindName history)
@@ -293,7 +348,23 @@ module Ablation =
             Key = text file "key" (get "key")
             Commit = text file "commit" (get "commit")
             Config = (get "config").GetRawText() |> normalizeJson
-            Steps = int (integer file "steps" (get "steps"))
+            Steps = steps
+            Budget =
+                match optional "budget" with
+                | None -> AblationBudget.Steps steps
+                | Some b when b.ValueKind <> JsonValueKind.Object ->
+                    InputError.raise file (InputLocation.Field "budget") ("expected an object, got " + Json.kindName b)
+                | Some b ->
+                    match b.TryGetProperty "steps", b.TryGetProperty "seconds" with
+                    | (true, n), (false, _) -> AblationBudget.Steps(int (integer file "budget.steps" n))
+                    | (false, _), (true, s) -> AblationBudget.Seconds(number file "budget.seconds" s)
+                    | _ -> InputError.raise file (InputLocation.Field "budget") "expected one of steps or seconds"
+            StoppedOnTime =
+                match optional "stopped_on_time" with
+                | None -> false
+                | Some v when v.ValueKind = JsonValueKind.True -> true
+                | Some v when v.ValueKind = JsonValueKind.False -> false
+                | Some _ -> InputError.raise file (InputLocation.Field "stopped_on_time") "expected true or false"
             WallSeconds = number file "wall_seconds" (get "wall_seconds")
             PeakMemoryBytes = int64 (integer file "peak_memory_bytes" (get "peak_memory_bytes"))
             Resumed =
@@ -692,7 +763,7 @@ module Ablation =
 
         for i, v, seed, key in cells do
             let config =
-                trainer.Configure.Invoke(v.Change.Invoke ablation.Base, seed, ablation.Steps)
+                trainer.Configure.Invoke(v.Change.Invoke ablation.Base, seed, ablation.Budget)
 
             let configJson = trainer.ToJson.Invoke config
 
@@ -716,9 +787,14 @@ module Ablation =
                 let history = readMetrics (Path.Combine(work, "metrics.jsonl"))
 
                 let final =
-                    Array.append
-                        (finalMetrics history)
-                        [| "wall_seconds", wall; "peak_memory_mb", float memory / (1024.0 * 1024.0) |]
+                    Array.concat
+                        [
+                            finalMetrics history
+                            [| "wall_seconds", wall; "peak_memory_mb", float memory / (1024.0 * 1024.0) |]
+                            match ablation.Budget with
+                            | AblationBudget.Seconds _ -> [| "steps", float report.Steps |]
+                            | AblationBudget.Steps _ -> [||]
+                        ]
 
                 let result =
                     {
@@ -730,6 +806,8 @@ module Ablation =
                         Commit = commit
                         Config = configJson
                         Steps = report.Steps
+                        Budget = ablation.Budget
+                        StoppedOnTime = report.StoppedOnTime
                         WallSeconds = wall
                         PeakMemoryBytes = memory
                         Resumed = resume
@@ -738,7 +816,17 @@ module Ablation =
                     }
 
                 writeText (resultPath results key) (toJson result)
-                log.Invoke(sprintf "%s: finished in %.1f s" key wall)
+
+                log.Invoke(
+                    sprintf
+                        "%s: finished in %.1f s%s"
+                        key
+                        wall
+                        (if report.StoppedOnTime then
+                             sprintf " (time budget used up at step %d)" report.Steps
+                         else
+                             "")
+                )
 
         writeSummary results ablation.Name |> ignore
         readResults results

@@ -16,13 +16,10 @@ module TokenizerAblations =
         : AblationTrainer<TokenizerTrainConfig> =
         {
             Configure =
-                Func<_, _, _, _>(fun (c: TokenizerTrainConfig) seed steps ->
+                Func<_, _, _, _>(fun (c: TokenizerTrainConfig) seed budget ->
                     { c with
                         Trainer =
-                            { c.Trainer with
-                                Seed = seed
-                                Steps = steps
-                                WarmupSteps = min c.Trainer.WarmupSteps (steps / 10)
+                            { Ablation.configureTrainer c.Trainer seed budget with
                                 Progress = ProgressMode.Silent
                             }
                     })
@@ -37,7 +34,8 @@ module TokenizerAblations =
     [<Literal>]
     let TinySteps = 1000
 
-    /// The smoke preset with validation and checkpoints every 50 steps (the budget itself is `Ablation.Steps`).
+    /// The smoke preset with validation and checkpoints every 50 steps (the budget itself is `Ablation.Budget`; its
+    /// 300 steps are the schedule's length under a time budget).
     let tiny =
         let smoke = TokenizerTrainConfig.smoke
 
@@ -68,7 +66,7 @@ module TokenizerAblations =
             Base = tiny
             Variants = variants
             Seeds = [| 0; 1; 2 |]
-            Steps = TinySteps
+            Budget = AblationBudget.Steps TinySteps
         }
 
     /// Geometric attention's score terms: both (ESM) / rotation only / distance only, in every encoder block.

@@ -30,8 +30,11 @@ type ProgressMode =
 /// Settings of the optimisation loop, shared by every model the trainer drives.
 type TrainerConfig =
     {
-        /// Optimiser steps of the whole run.
+        /// Optimiser steps of the whole run (also the learning-rate schedule's length).
         Steps: int
+        /// Wall-clock budget of the whole run in seconds, counted over resumes (0: none). The run stops after the
+        /// step that reaches it, validating and writing a checkpoint as at its last step.
+        MaxSeconds: float
         /// Examples per step (the task reads it to build its batches).
         BatchSize: int
         /// Peak learning rate.
@@ -64,6 +67,7 @@ module TrainerConfig =
     let small =
         {
             Steps = 5000
+            MaxSeconds = 0.0
             BatchSize = 8
             LearningRate = 4e-4
             Beta1 = 0.9
@@ -85,6 +89,8 @@ module TrainerConfig =
         [
             if c.Steps < 1 then
                 sprintf "Steps must be at least 1 (got %d)" c.Steps
+            if not (c.MaxSeconds >= 0.0 && c.MaxSeconds < infinity) then
+                sprintf "MaxSeconds must be ≥ 0 and finite (0: no time limit) (got %g)" c.MaxSeconds
             if c.BatchSize < 1 then
                 sprintf "BatchSize must be at least 1 (got %d)" c.BatchSize
             if not (c.LearningRate > 0.0) then
@@ -148,6 +154,8 @@ type MetricsRow =
         Seconds: float
         /// Native tensors alive on this thread after the step (flat when nothing leaks).
         LiveTensors: int64
+        /// True on the last row of a run that stopped on its time budget (`MaxSeconds`) before `Steps`.
+        StoppedOnTime: bool
     }
 
 /// The outcome of `Trainer.run`.
@@ -155,6 +163,11 @@ type TrainReport =
     {
         /// Steps completed (including any done before a resume).
         Steps: int
+        /// True when the run stopped on its time budget (`MaxSeconds`) before `Steps`.
+        StoppedOnTime: bool
+        /// Training time of the whole run in seconds, including the time of earlier attempts up to the checkpoint
+        /// this call resumed from.
+        ElapsedSeconds: float
         /// The last step's loss.
         FinalLoss: float
         RunningLoss: float
@@ -231,6 +244,7 @@ module Trainer =
             w.WriteNumber("skipped", row.Skipped)
             w.WriteNumber("seconds", row.Seconds)
             w.WriteNumber("live_tensors", row.LiveTensors)
+            w.WriteBoolean("stopped_on_time", row.StoppedOnTime)
             w.WriteEndObject())
 
     type private State =
@@ -239,6 +253,8 @@ module Trainer =
             mutable Running: Dictionary<string, float>
             mutable LastLoss: float
             mutable Skipped: int
+            /// Training seconds of the run so far, over resumes.
+            mutable Elapsed: float
         }
 
     let private stateJson (s: State) =
@@ -247,6 +263,7 @@ module Trainer =
             w.WriteNumber("step", s.Completed)
             w.WriteNumber("last_loss", s.LastLoss)
             w.WriteNumber("skipped", s.Skipped)
+            w.WriteNumber("elapsed_seconds", s.Elapsed)
             writePairs w "running" [| for kv in s.Running -> kv.Key, kv.Value |]
             w.WriteEndObject())
 
@@ -290,6 +307,11 @@ module Trainer =
             Running = running
             LastLoss = number (get "last_loss") "last_loss"
             Skipped = int (number (get "skipped") "skipped")
+            // absent in checkpoints written before the time budget existed: no time counted
+            Elapsed =
+                match root.TryGetProperty "elapsed_seconds" with
+                | true, v -> number v "elapsed_seconds"
+                | _ -> 0.0
         }
 
     let private saveCheckpoint (out: string) (task: TrainingTask) (optimizer: Modules.AdamW) (state: State) : string =
@@ -418,9 +440,11 @@ module Trainer =
             (formatSpan (secondsPerStep * float (config.Steps - row.Step)))
             validation
 
-    /// Trains `task` for `config.Steps` steps, writing into the run folder `out`: `config.json` (the text given),
+    /// Trains `task` for `config.Steps` steps, or until the step that uses up `config.MaxSeconds` (counted over
+    /// resumes: the checkpoint stores the training time so far; time after the last checkpoint of an interrupted
+    /// attempt is not counted), writing into the run folder `out`: `config.json` (the text given),
     /// `metrics.jsonl` and checkpoints. With `resume`, continues from the last checkpoint of `out` (starting fresh
-    /// when there is none); the result then equals the uninterrupted run's for the same seed.
+    /// when there is none); under a step budget the result then equals the uninterrupted run's for the same seed.
     /// Raises `NonFiniteLossException` under `NanPolicy.Stop`.
     let run (config: TrainerConfig) (task: TrainingTask) (out: string) (resume: bool) (configJson: string) =
         match TrainerConfig.validate config with
@@ -452,6 +476,7 @@ module Trainer =
                     Running = Dictionary()
                     LastLoss = nan
                     Skipped = 0
+                    Elapsed = 0.0
                 }
 
         match previous with
@@ -464,6 +489,15 @@ module Trainer =
         let mutable checkpoint = defaultArg previous ""
         let clock = Stopwatch.StartNew()
         let startStep = state.Completed
+        // The time budget counts the training time of earlier attempts (stored in the checkpoint) too.
+        let before = state.Elapsed
+
+        let timeUp () =
+            config.MaxSeconds > 0.0 && state.Elapsed >= config.MaxSeconds
+
+        // True from the step that used up the time budget on; already true when resuming from the checkpoint that
+        // such a step wrote (non-final checkpoints store the time after their step, always under the budget).
+        let mutable stoppedOnTime = startStep < config.Steps && timeUp ()
 
         let running (name: string) (value: float) =
             let v =
@@ -487,7 +521,12 @@ module Trainer =
         let loop (report: MetricsRow -> float -> unit) =
             model.train ()
 
-            for step in startStep .. config.Steps - 1 do
+            let mutable next = startStep
+
+            while next < config.Steps && not stoppedOnTime do
+                let step = next
+                next <- step + 1
+
                 let lr =
                     Schedule.warmupCosine config.LearningRate config.WarmupSteps config.Steps config.FinalFraction step
 
@@ -551,7 +590,9 @@ module Trainer =
                     for k, v in terms do
                         running k v |> ignore
 
-                let last = state.Completed = config.Steps
+                state.Elapsed <- before + clock.Elapsed.TotalSeconds
+                stoppedOnTime <- state.Completed < config.Steps && timeUp ()
+                let last = state.Completed = config.Steps || stoppedOnTime
 
                 let validation =
                     if last || (config.EvalEvery > 0 && state.Completed % config.EvalEvery = 0) then
@@ -571,6 +612,7 @@ module Trainer =
                             Skipped = state.Skipped
                             Seconds = clock.Elapsed.TotalSeconds
                             LiveTensors = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+                            StoppedOnTime = stoppedOnTime
                         }
 
                     history.Add row
@@ -614,11 +656,21 @@ module Trainer =
                             AnsiConsole.WriteLine(progressLine config row secondsPerStep)))
         | _ -> loop (fun row secondsPerStep -> printfn "%s" (progressLine config row secondsPerStep))
 
+        if stoppedOnTime && config.Progress <> ProgressMode.Silent then
+            printfn
+                "stopped on the time budget (%g s) after step %d of %d (%.1f s of training)"
+                config.MaxSeconds
+                state.Completed
+                config.Steps
+                state.Elapsed
+
         if startStep >= config.Steps && checkpoint = "" then
             checkpoint <- saveCheckpoint out task optimizer state
 
         {
             Steps = state.Completed
+            StoppedOnTime = stoppedOnTime
+            ElapsedSeconds = state.Elapsed
             FinalLoss = state.LastLoss
             RunningLoss = state.Running.GetValueOrDefault("loss", nan)
             Skipped = state.Skipped

@@ -64,7 +64,7 @@ let private microAblation (variants: AblationVariant<TokenizerTrainConfig>[]) =
         Base = micro
         Variants = variants
         Seeds = [| 3 |]
-        Steps = 3
+        Budget = AblationBudget.Steps 3
     }
 
 let private betaVariant (b: float) =
@@ -139,10 +139,27 @@ let tests =
                     { a with
                         Variants = [| betaVariant 0.1; betaVariant 0.1 |]
                         Seeds = [| 1; 1 |]
-                        Steps = 0
+                        Budget = AblationBudget.Steps 0
                     }
 
                 Expect.equal (Ablation.validate bad).Length 3 "duplicate names, duplicate seeds, no steps"
+
+                for seconds in [ 0.0; -1.0; nan; infinity ] do
+                    match
+                        Ablation.validate
+                            { a with
+                                Budget = AblationBudget.Seconds seconds
+                            }
+                    with
+                    | [ e ] -> Expect.stringContains e "Budget: Seconds" (sprintf "%g s is named" seconds)
+                    | errors -> failtestf "expected one error for %g s, got %A" seconds errors
+
+                Expect.isEmpty
+                    (Ablation.validate
+                        { a with
+                            Budget = AblationBudget.Seconds 1.5
+                        })
+                    "1.5 s"
 
                 for builtIn in TokenizerAblations.all do
                     Expect.isEmpty (Ablation.validate builtIn) builtIn.Name
@@ -242,10 +259,71 @@ let tests =
                     Expect.equal e.Location (InputLocation.Field "seed") "field"
                 | Ok _ -> failtest "a string seed was accepted"
 
+                File.WriteAllText(
+                    path,
+                    (runJson "a" 0 0 [ "rmsd", "1" ]).Replace("\"seed\": 0,", "\"seed\": 0, \"budget\": 5,")
+                )
+
+                match InputError.catch (fun () -> Ablation.readRun path) with
+                | Error e -> Expect.equal e.Location (InputLocation.Field "budget") "a budget that is no object"
+                | Ok _ -> failtest "a numeric budget was accepted"
+
                 File.WriteAllText(path, "{ \"ablation\": ")
 
                 Expect.throwsT<InputException> (fun () -> Ablation.readRun path |> ignore) "truncated"
                 |> ignore
+            }
+
+            test "a result written before budgets existed reads as a step budget; budgets round-trip" {
+                use dir = new TempDir()
+                writeFixed dir.Path
+                let old = Ablation.readResults dir.Path
+                Expect.equal old.[0].Budget (AblationBudget.Steps 10) "absent budget: the steps"
+                Expect.isFalse old.[0].StoppedOnTime "absent: not stopped on time"
+
+                for budget in [ AblationBudget.Steps 7; AblationBudget.Seconds 90.5 ] do
+                    let r =
+                        { old.[0] with
+                            Budget = budget
+                            StoppedOnTime = true
+                        }
+
+                    let path = Path.Combine(dir.Path, "again.json")
+                    File.WriteAllText(path, Ablation.toJson r)
+                    let back = Ablation.readRun path
+                    Expect.equal back.Budget budget "budget"
+                    Expect.isTrue back.StoppedOnTime "stopped on time"
+
+                let t = TrainerConfig.small
+                let stepped = Ablation.configureTrainer t 5 (AblationBudget.Steps 50)
+                Expect.equal (stepped.Seed, stepped.Steps, stepped.MaxSeconds) (5, 50, 0.0) "step budget"
+                Expect.equal stepped.WarmupSteps 5 "warm-up at most a tenth"
+                let timed = Ablation.configureTrainer t 5 (AblationBudget.Seconds 60.0)
+                Expect.equal (timed.Steps, timed.MaxSeconds) (t.Steps, 60.0) "time budget keeps the schedule"
+            }
+
+            test "a tiny ablation with a time budget stops each run on time and records it" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                // 1 ms of training is used up by the first step, whatever the machine
+                let ablation =
+                    { microAblation [| betaVariant 0.25 |] with
+                        Budget = AblationBudget.Seconds 0.001
+                    }
+
+                let results = Ablation.run (microTrainer ()) dir.Path "test" quiet ablation
+                let r = results.[0]
+                Expect.isTrue r.StoppedOnTime "stopped on time"
+                Expect.equal r.Steps 1 "after the first step"
+                Expect.equal r.Budget (AblationBudget.Seconds 0.001) "the budget is recorded"
+                let final = dict r.Final
+                Expect.equal final.["steps"] 1.0 "the step count reached is a final metric"
+                Expect.isTrue (Double.IsFinite final.["valid/rmsd"]) "validated at the stop"
+                Expect.stringContains r.Config "\"MaxSeconds\":0.001" "the config holds the budget"
+
+                let stored = Ablation.readRun (Ablation.resultPath dir.Path r.Key)
+                Expect.equal stored.Budget r.Budget "stored budget"
+                Expect.isTrue stored.StoppedOnTime "stored stop"
             }
 
             test "the same seed and config give the same metrics to the last printed digit (a tiny run twice)" {

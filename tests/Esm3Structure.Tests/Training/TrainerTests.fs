@@ -10,8 +10,8 @@ open Esm3Structure.Tests
 
 /// A linear regression with noisy targets: each step draws its batch from (seed, step), and its noise from a
 /// generator whose state the trainer must carry over a resume. It fails (throws) at `crashAt` and returns a NaN
-/// loss at `nanAt` (1-based steps; 0 = never).
-type private Regression(seed: int, crashAt: int, nanAt: int) =
+/// loss at `nanAt` (1-based steps; 0 = never). Each step sleeps `sleepMs` ms first (for the time budget).
+type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int) =
     inherit TrainingTask()
     let model = torch.nn.Linear(5L, 1L, dtype = torch.float64)
     let generator = new torch.Generator(uint64 seed + 11UL)
@@ -33,6 +33,9 @@ type private Regression(seed: int, crashAt: int, nanAt: int) =
     override _.Step(step: int) =
         if step + 1 = crashAt then
             failwith "simulated crash"
+
+        if sleepMs > 0 then
+            Threading.Thread.Sleep sleepMs
 
         let random = Random(seed * 7919 + step)
 
@@ -90,6 +93,7 @@ let tests =
                         Skipped = 0
                         Seconds = 1.0
                         LiveTensors = 0L
+                        StoppedOnTime = false
                     }
 
                 let line = Trainer.progressLine config row 0.5
@@ -100,7 +104,7 @@ let tests =
             test "a short run lowers the loss, validates, logs every step and writes config.json and checkpoints" {
                 use _ = torch.NewDisposeScope()
                 use dir = new TempDir()
-                let report = run config (Regression(3, 0, 0)) dir.Path false
+                let report = run config (Regression(3, 0, 0, 0)) dir.Path false
                 Expect.equal report.Steps 30 "steps"
                 Expect.equal report.History.Length 30 "one row per step"
                 let first = report.History.[0].Loss
@@ -137,15 +141,15 @@ let tests =
                 use _ = torch.NewDisposeScope()
                 use a = new TempDir()
                 use b = new TempDir()
-                let whole = run config (Regression(3, 0, 0)) a.Path false
-                Expect.throws (fun () -> run config (Regression(3, 13, 0)) b.Path false |> ignore) "crash at 13"
+                let whole = run config (Regression(3, 0, 0, 0)) a.Path false
+                Expect.throws (fun () -> run config (Regression(3, 13, 0, 0)) b.Path false |> ignore) "crash at 13"
 
                 Expect.equal
                     (Trainer.lastCheckpoint b.Path)
                     (Some(Path.Combine(b.Path, "checkpoints", "step-000010")))
                     "last good"
 
-                let resumed = run config (Regression(3, 0, 0)) b.Path true
+                let resumed = run config (Regression(3, 0, 0, 0)) b.Path true
                 Expect.equal resumed.History.[0].Step 11 "resumed after step 10"
                 // Loaded tensors may sit at other memory alignments, and BLAS kernels then round differently in
                 // the last bit; the run must agree to far more digits than the progress line prints.
@@ -173,14 +177,14 @@ let tests =
 
                 let e =
                     Expect.throwsT<NonFiniteLossException>
-                        (fun () -> run config (Regression(3, 0, 8)) dir.Path false |> ignore)
+                        (fun () -> run config (Regression(3, 0, 8, 0)) dir.Path false |> ignore)
                         "stops"
 
                 ignore e
 
                 let message =
                     try
-                        run config (Regression(3, 0, 8)) dir.Path false |> ignore
+                        run config (Regression(3, 0, 8, 0)) dir.Path false |> ignore
                         ""
                     with :? NonFiniteLossException as e ->
                         e.Message
@@ -195,11 +199,101 @@ let tests =
                 use skip = new TempDir()
 
                 let report =
-                    run { config with OnNan = NanPolicy.Skip } (Regression(3, 0, 8)) skip.Path false
+                    run { config with OnNan = NanPolicy.Skip } (Regression(3, 0, 8, 0)) skip.Path false
 
                 Expect.equal report.Skipped 1 "one step skipped"
                 Expect.equal report.Steps 30 "completed"
                 Expect.isTrue (Double.IsFinite report.FinalLoss) "finite final loss"
+            }
+
+            test "a time budget stops the run after the step that reaches it, validating and checkpointing it" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                // Every step sleeps 60 ms, so the first step alone uses up a 50 ms budget.
+                let timed = { config with MaxSeconds = 0.05 }
+                let report = run timed (Regression(3, 0, 0, 60)) dir.Path false
+                Expect.isTrue report.StoppedOnTime "stopped on time"
+                Expect.equal report.Steps 1 "after the first step"
+                Expect.isGreaterThanOrEqual report.ElapsedSeconds 0.05 "the budget is used up"
+                let last = report.History.[report.History.Length - 1]
+                Expect.isTrue last.StoppedOnTime "the last row says so"
+                Expect.equal last.Validation.Length 1 "validated at the stop"
+
+                Expect.equal
+                    (Trainer.lastCheckpoint dir.Path)
+                    (Some(Path.Combine(dir.Path, "checkpoints", "step-000001")))
+                    "a final checkpoint"
+
+                let row = File.ReadAllLines(dir.File "metrics.jsonl") |> Array.last
+                Expect.stringContains row "\"stopped_on_time\":true" "metrics.jsonl says so"
+                // without a budget the same task runs every step
+                use whole = new TempDir()
+                let full = run { config with Steps = 3 } (Regression(3, 0, 0, 60)) whole.Path false
+                Expect.isFalse full.StoppedOnTime "no budget"
+                Expect.equal full.Steps 3 "all steps"
+            }
+
+            test "a resumed run counts the time spent before its checkpoint" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                // 3 steps of ≥ 50 ms each are checkpointed, then step 4 crashes: the checkpoint holds ≥ 0.15 s.
+                let first = { config with CheckpointEvery = 1 }
+
+                Expect.throws (fun () -> run first (Regression(3, 4, 0, 50)) dir.Path false |> ignore) "crash at step 4"
+
+                let stored =
+                    Text.Json.JsonDocument
+                        .Parse(File.ReadAllText(Path.Combine(dir.Path, "checkpoints", "step-000003", "trainer.json")))
+                        .RootElement.GetProperty("elapsed_seconds")
+                        .GetDouble()
+
+                Expect.isGreaterThanOrEqual stored 0.15 "the checkpoint stores the time so far"
+                // With a 0.12 s budget, a resume that counted from zero would train on; this one is already over.
+                let resumed =
+                    run { first with MaxSeconds = 0.12 } (Regression(3, 0, 0, 50)) dir.Path true
+
+                Expect.isTrue resumed.StoppedOnTime "stopped on time"
+                Expect.equal resumed.Steps 3 "no step after the resume"
+                Expect.isGreaterThanOrEqual resumed.ElapsedSeconds stored "the clock went on"
+                // a budget not yet used up: the resumed run goes on from the stored time
+                use other = new TempDir()
+
+                Expect.throws
+                    (fun () -> run first (Regression(3, 2, 0, 50)) other.Path false |> ignore)
+                    "crash at step 2"
+
+                let goesOn =
+                    run
+                        { first with
+                            Steps = 4
+                            MaxSeconds = 1000.0
+                        }
+                        (Regression(3, 0, 0, 50))
+                        other.Path
+                        true
+
+                Expect.isFalse goesOn.StoppedOnTime "within the budget"
+                Expect.equal goesOn.History.[0].Step 2 "resumed after step 1"
+                Expect.isGreaterThanOrEqual goesOn.ElapsedSeconds 0.2 "4 steps of ≥ 50 ms"
+            }
+
+            test "config validation rejects a negative or non-finite time budget by name" {
+                Expect.isEmpty (TrainerConfig.validate { config with MaxSeconds = 0.0 }) "0: no limit"
+                Expect.isEmpty (TrainerConfig.validate { config with MaxSeconds = 30.0 }) "30 s"
+
+                for bad in [ -1.0; nan; infinity ] do
+                    match TrainerConfig.validate { config with MaxSeconds = bad } with
+                    | [ e ] -> Expect.stringContains e "MaxSeconds" (sprintf "names the field (%g)" bad)
+                    | errors -> failtestf "expected one error for %g, got %A" bad errors
+
+                Expect.throwsT<ArgumentException>
+                    (fun () ->
+                        use dir = new TempDir()
+
+                        run { config with MaxSeconds = -5.0 } (Regression(3, 0, 0, 0)) dir.Path false
+                        |> ignore)
+                    "the trainer refuses it"
+                |> ignore
             }
 
             test "live native tensors stay flat over steps" {
@@ -207,7 +301,7 @@ let tests =
                 use dir = new TempDir()
 
                 let report =
-                    run { config with CheckpointEvery = 0 } (Regression(4, 0, 0)) dir.Path false
+                    run { config with CheckpointEvery = 0 } (Regression(4, 0, 0, 0)) dir.Path false
 
                 let live = report.History |> Array.map (fun r -> r.LiveTensors)
                 Expect.equal live.[29] live.[4] "no growth from step 5 to step 30"
