@@ -74,8 +74,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
         }
 
+    // The run folder; with --resume, says where the run continues from.
     let outOr (name: string) =
-        args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
+        let out =
+            args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
+
+        if resume then
+            match Trainer.lastCheckpoint out with
+            | Some checkpoint -> printfn "resuming from %s" checkpoint
+            | None -> printfn "--resume: no complete checkpoint in %s, starting at step 0" out
+
+        out
 
     let report =
         match model, args.GetResult(Stage, defaultValue = 1) with
