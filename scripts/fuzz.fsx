@@ -2,9 +2,12 @@
 // case ends as a valid result or a typed InputException within the time limit and the allocation bound. Prints cases
 // run, outcomes by kind, the slowest case and every failing case; exits 1 when any case fails.
 //   dotnet fsi scripts/fuzz.fsx [--format pdb|mmcif|safetensors|tokens|all] [--cases N] [--seed N]
-//       [--max-bytes N] [--time-limit MS] [--data DIR]
-// --max-bytes bounds the inputs that mutations grow (repeated lines, huge chains): 100000000 reaches about a million
-// residues. --data is the shared data folder (default: ../shared/data beside the checkout).
+//       [--max-bytes N] [--time-limit MS] [--data DIR] [--million]
+// --max-bytes bounds the inputs that mutations grow (repeated lines, huge chains). --million adds, per format, generated
+// inputs of a million residues (PDB CA-only with hybrid-36 numbers, and one whose numbers wrap after 9999, which must
+// be a typed error naming the line; mmCIF CA-only; safetensors [1e6, 3, 3]; a 1e6-token JSON), each under the
+// allocation bound and a time limit of --time-limit plus 1 ms per kB, with time and allocation printed per case.
+// --data is the shared data folder (default: ../shared/data beside the checkout).
 #load "_load.fsx"
 
 open System
@@ -21,6 +24,7 @@ type Args =
     | [<Unique>] Max_Bytes of bytes: int
     | [<Unique>] Time_Limit of ms: int
     | [<Unique>] Data of dir: string
+    | Million
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -31,6 +35,7 @@ type Args =
             | Max_Bytes _ -> "largest input the growing mutations make (default 262144)"
             | Time_Limit _ -> "time limit per case in milliseconds (default 2000)"
             | Data _ -> "the shared data folder with small/*.pdb and mmcif/*.cif (default ../shared/data)"
+            | Million -> "also read generated inputs of a million residues per format (time and allocation per case)"
 
 Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let formats =
@@ -86,7 +91,20 @@ Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         printf "%s" (Fuzz.summary cases)
         printfn "%d cases run" cases.Length
 
-        if cases |> Array.forall (fun c -> Fuzz.isAcceptable c.Outcome) then
+        let largeOk =
+            if args.Contains Million then
+                [
+                    for format in formats do
+                        for i, input in List.indexed (Fuzz.largeInputs format Fuzz.MillionResidues scratch) do
+                            let case = Fuzz.runLarge config scratch i input
+                            printfn "%s" (Fuzz.largeLine config input case)
+                            Fuzz.largeOk input case
+                ]
+                |> List.forall id
+            else
+                true
+
+        if largeOk && cases |> Array.forall (fun c -> Fuzz.isAcceptable c.Outcome) then
             0
         else
             1

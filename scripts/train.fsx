@@ -10,7 +10,9 @@
 //     initialised small encoder, for smoke runs only.
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
-//                                   [--seed N] [--resume] [--device cpu|cuda] [--usage]
+//                                   [--seed N] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--usage]
+// --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
+// a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
 
@@ -32,6 +34,7 @@ type Args =
     | Preset of name: string
     | Steps of int
     | Seed of int
+    | Checkpoint_Every of int
     | Resume
     | Device of string
 
@@ -49,6 +52,7 @@ type Args =
             | Preset _ -> "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3)"
             | Steps _ -> "optimiser steps (default: the preset's)"
             | Seed _ -> "random seed (default 0)"
+            | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Resume -> "continue from the last checkpoint in --out"
             | Device _ -> "cpu (default) or cuda"
 
@@ -67,10 +71,20 @@ Cli.run<Args> "train.fsx" argv (fun args ->
         { preset with
             Steps = args.GetResult(Steps, defaultValue = preset.Steps)
             Seed = args.GetResult(Seed, defaultValue = preset.Seed)
+            CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
         }
 
+    // The run folder; with --resume, says where the run continues from.
     let outOr (name: string) =
-        args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
+        let out =
+            args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
+
+        if resume then
+            match Trainer.lastCheckpoint out with
+            | Some checkpoint -> printfn "resuming from %s" checkpoint
+            | None -> printfn "--resume: no complete checkpoint in %s, starting at step 0" out
+
+        out
 
     let report =
         match model, args.GetResult(Stage, defaultValue = 1) with

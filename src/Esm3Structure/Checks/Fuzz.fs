@@ -87,6 +87,19 @@ type FuzzSeed =
         Bytes: byte[]
     }
 
+/// A generated input of a million residues (issue 8, "a million residues") and the outcome it must have.
+type FuzzLargeInput =
+    {
+        /// The format.
+        Format: FuzzFormat
+        /// What the input is, e.g. "1000000 CA atoms, hybrid-36 residue numbers".
+        Description: string
+        /// The bytes.
+        Bytes: byte[]
+        /// The outcome the reader must reach, as `Fuzz.outcomeKind` writes it ("Valid", "TypedError(Line)").
+        Expected: string
+    }
+
 /// A deterministic fuzz harness for the readers (issue 8): mutators driven by a seeded `Random` turn real inputs
 /// into broken ones (truncation at bytes, lines and tokens; bit flips; shifted columns; huge, negative, NaN and
 /// infinite numbers; values of the wrong kind; missing tokens and lines; lying safetensors header lengths; huge
@@ -802,3 +815,238 @@ module Fuzz =
                 )
 
         sb.ToString()
+
+    // ---- a million residues ----
+
+    /// Residues (or tokens) of the large inputs: a million.
+    [<Literal>]
+    let MillionResidues = 1_000_000
+
+    /// The time limit of a large case: `config.TimeLimitMs` plus 1 ms per kB of input (a floor of 1 MB/s: linear
+    /// readers stay far below it even on a loaded machine, anything quadratic in the input far above).
+    let largeTimeLimitMs (config: FuzzConfig) (inputBytes: int) : int = config.TimeLimitMs + inputBytes / 1000
+
+    let private inv = Globalization.CultureInfo.InvariantCulture
+
+    // Coordinates on a 3.8 Å grid of 100 × 100 × n/10^4 points: every value fits the PDB columns.
+    let private gridPoint (i: int) =
+        float (i % 100) * 3.8, float (i / 100 % 100) * 3.8, float (i / 10000) * 3.8
+
+    /// A CA-only PDB chain of `residues` residues (the first with N, CA and C). Residue numbers beyond 9999 are hybrid-36 ("A000" = 10000) when
+    /// `hybrid36`, else they wrap to 0 after 9999 as many MD tools write them; atom serials wrap after 99999.
+    let largePdb (residues: int) (hybrid36: bool) : byte[] =
+        let digitsUpper = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+        // The inverse of Pdb.hybrid36 for 4 characters (upper-case range).
+        let encode (n: int) =
+            if n <= 9999 then
+                n.ToString(inv).PadLeft 4
+            else
+                let mutable v = n - 10000 + 10 * 46656
+                let chars = Array.zeroCreate<char> 4
+
+                for k in 3..-1..0 do
+                    chars.[k] <- digitsUpper.[v % 36]
+                    v <- v / 36
+
+                String chars
+
+        let sb = StringBuilder(82 * residues + 64)
+        sb.Append("HEADER    FUZZ: A MILLION RESIDUES\n") |> ignore
+
+        let serial = ref 0
+
+        let atom (name: string) (number: string) (x: float) (y: float) (z: float) =
+            serial.Value <- serial.Value % 99999 + 1
+
+            sb
+                .Append("ATOM  ")
+                .Append(serial.Value.ToString(inv).PadLeft 5)
+                .Append(name)
+                .Append("ALA A")
+                .Append(number)
+                .Append("    ")
+                .Append(x.ToString("F3", inv).PadLeft 8)
+                .Append(y.ToString("F3", inv).PadLeft 8)
+                .Append(z.ToString("F3", inv).PadLeft 8)
+                .Append("  1.00 20.00           ")
+                .Append(name.[2])
+                .Append('\n')
+            |> ignore
+
+        for i in 0 .. residues - 1 do
+            let x, y, z = gridPoint i
+
+            let number =
+                if hybrid36 then
+                    encode (i + 1)
+                else
+                    ((i + 1) % 10000).ToString(inv).PadLeft 4
+
+            // The first residue has a whole backbone (a chain needs one), the others CA only.
+            if i = 0 then
+                atom "  N   " number (x - 1.2) y z
+
+            atom "  CA  " number x y z
+
+            if i = 0 then
+                atom "  C   " number x (y + 1.5) z
+
+        sb.Append("END\n") |> ignore
+        Encoding.ASCII.GetBytes(sb.ToString())
+
+    /// A CA-only mmCIF chain of `residues` residues (the first with N, CA and C; one `_atom_site` loop).
+    let largeMmcif (residues: int) : byte[] =
+        let sb = StringBuilder(80 * residues + 512)
+
+        sb
+            .Append("data_FUZZ\nloop_\n")
+            .Append("_atom_site.group_PDB\n_atom_site.id\n_atom_site.type_symbol\n_atom_site.label_atom_id\n")
+            .Append("_atom_site.label_comp_id\n_atom_site.label_asym_id\n_atom_site.label_seq_id\n")
+            .Append("_atom_site.Cartn_x\n_atom_site.Cartn_y\n_atom_site.Cartn_z\n_atom_site.occupancy\n")
+            .Append("_atom_site.B_iso_or_equiv\n_atom_site.auth_seq_id\n_atom_site.auth_asym_id\n")
+            .Append("_atom_site.pdbx_PDB_model_num\n")
+        |> ignore
+
+        let serial = ref 0
+
+        let atom (name: string) (number: string) (x: float) (y: float) (z: float) =
+            serial.Value <- serial.Value + 1
+
+            sb
+                .Append("ATOM ")
+                .Append(serial.Value.ToString inv)
+                .Append(' ')
+                .Append(name.[0])
+                .Append(' ')
+                .Append(name)
+                .Append(" ALA A ")
+                .Append(number)
+                .Append(' ')
+                .Append(x.ToString("F3", inv))
+                .Append(' ')
+                .Append(y.ToString("F3", inv))
+                .Append(' ')
+                .Append(z.ToString("F3", inv))
+                .Append(" 1.00 20.00 ")
+                .Append(number)
+                .Append(" A 1\n")
+            |> ignore
+
+        for i in 0 .. residues - 1 do
+            let x, y, z = gridPoint i
+            let number = (i + 1).ToString inv
+
+            // The first residue has a whole backbone (a chain needs one), the others CA only.
+            if i = 0 then
+                atom "N" number (x - 1.2) y z
+
+            atom "CA" number x y z
+
+            if i = 0 then
+                atom "C" number x (y + 1.5) z
+
+        Encoding.ASCII.GetBytes(sb.ToString())
+
+    /// A safetensors file (written through `scratchDir`) with backbone coordinates [residues, 3, 3] (F32) and
+    /// structure tokens [residues] (I64).
+    let largeSafetensors (residues: int) (scratchDir: string) : byte[] =
+        use _ = torch.NewDisposeScope()
+        let path = Path.Combine(scratchDir, "large.safetensors")
+        let n = int64 residues
+
+        let tensors =
+            [
+                "coords",
+                torch.arange((n * 9L).ToScalar(), dtype = torch.float32).reshape(n, 3L, 3L)
+                * 0.001f
+                "tokens", torch.arange(n.ToScalar(), dtype = torch.int64).remainder((4096L).ToScalar())
+            ]
+
+        Safetensors.write path tensors (readOnlyDict [ "format", "pt" ])
+        let bytes = File.ReadAllBytes path
+        File.Delete path
+        bytes
+
+    /// A tokens JSON of one chain of `residues` tokens (a few MASK tokens among random codes).
+    let largeTokens (residues: int) : byte[] =
+        let chain = tokenChain (Random 9) "million.pdb" "A" residues
+        Encoding.UTF8.GetBytes(StructureTokenizer.toJson [| chain |])
+
+    /// The large inputs of `format`: each must read (Valid), except a PDB whose residue numbers wrap after 9999,
+    /// which must be a typed error naming the line where a residue number comes back.
+    let largeInputs (format: FuzzFormat) (residues: int) (scratchDir: string) : FuzzLargeInput list =
+        let input description expected bytes =
+            {
+                Format = format
+                Description = description
+                Bytes = bytes
+                Expected = expected
+            }
+
+        match format with
+        | FuzzFormat.Pdb ->
+            [
+                input
+                    (sprintf "%d residues (CA only), hybrid-36 residue numbers" residues)
+                    "Valid"
+                    (largePdb residues true)
+                if residues > 10000 then
+                    input
+                        (sprintf "%d residues (CA only), residue numbers wrapping after 9999" residues)
+                        "TypedError(Line)"
+                        (largePdb residues false)
+            ]
+        | FuzzFormat.Mmcif ->
+            [
+                input (sprintf "%d residues (CA only)" residues) "Valid" (largeMmcif residues)
+            ]
+        | FuzzFormat.Safetensors ->
+            [
+                input
+                    (sprintf "coords [%d, 3, 3] F32 + tokens [%d] I64" residues residues)
+                    "Valid"
+                    (largeSafetensors residues scratchDir)
+            ]
+        | FuzzFormat.Tokens -> [ input (sprintf "%d tokens" residues) "Valid" (largeTokens residues) ]
+
+    /// Runs a large input like any case (the allocation bound of `config`), with `largeTimeLimitMs`.
+    let runLarge (config: FuzzConfig) (scratchDir: string) (index: int) (input: FuzzLargeInput) : FuzzCase =
+        let path = Path.Combine(scratchDir, "large" + extension input.Format)
+
+        let config =
+            { config with
+                TimeLimitMs = largeTimeLimitMs config input.Bytes.Length
+            }
+
+        try
+            runCase config input.Format path index input.Description "large" input.Bytes
+        finally
+            File.Delete path
+
+    /// True when a large case reached its expected outcome within its bounds.
+    let largeOk (input: FuzzLargeInput) (case: FuzzCase) : bool =
+        outcomeKind case.Outcome = input.Expected
+
+    /// One report line of a large case: format, input, outcome (and the expected one when it differs), time,
+    /// allocation and its ratio to the input, and the bounds.
+    let largeLine (config: FuzzConfig) (input: FuzzLargeInput) (case: FuzzCase) : string =
+        let mb (b: int64) = float b / 1e6
+        let limit = config.AllocationFactor * int64 case.InputBytes + config.AllocationSlack
+
+        sprintf
+            "%s%s %s (%.1f MB): %s%s in %.0f ms (limit %d), allocated %.0f MB = %.1f × input (limit %.0f MB)"
+            (if largeOk input case then "" else "FAIL ")
+            (formatName case.Format)
+            input.Description
+            (mb (int64 case.InputBytes))
+            (outcomeKind case.Outcome)
+            (match case.Outcome with
+             | _ when largeOk input case -> ""
+             | FuzzOutcome.Unhandled(_, m) -> sprintf " (expected %s: %s)" input.Expected m
+             | _ -> sprintf " (expected %s)" input.Expected)
+            case.Milliseconds
+            (largeTimeLimitMs config case.InputBytes)
+            (mb case.AllocatedBytes)
+            (float case.AllocatedBytes / float case.InputBytes)
+            (mb limit)

@@ -45,8 +45,10 @@ type AtomSite =
 /// - Other residue names read as 'X' (their atoms whose names are atom37 names are kept).
 /// - Atoms that are not atom37 atoms of their residue type (OXT is allowed for all) are ignored; of duplicate atom
 ///   names the first is kept.
-/// - A residue is a chain id + residue number + insertion code. Per residue, the blank-altloc atoms are kept plus
-///   the atoms of the one altloc label with the highest summed occupancy (ties: the first label seen).
+/// - A residue is a chain id + residue number + insertion code, and its atoms are consecutive (among the kept
+///   records of its chain): a residue that appears again after other residues is an error. Per residue, the
+///   blank-altloc atoms are kept plus the atoms of the one altloc label with the highest summed occupancy (ties: the
+///   first label seen).
 /// - Residues missing backbone atoms are kept with mask false; a chain without any residue that has N, CA and C is
 ///   an error.
 [<RequireQualifiedAccess>]
@@ -84,7 +86,7 @@ module AtomSites =
             let name =
                 site.AtomName.TrimStart([| '0'; '1'; '2'; '3'; '4'; '5'; '6'; '7'; '8'; '9' |])
 
-            name.StartsWith "H"
+            name.StartsWith("H", StringComparison.Ordinal)
 
     /// True when the record belongs to a residue that is read (ATOM, or HETATM MSE) and is not a hydrogen.
     let isKept (site: AtomSite) : bool =
@@ -156,7 +158,27 @@ module AtomSites =
 
                 let r =
                     match c.ByKey.TryGetValue key with
-                    | true, r -> r
+                    | true, r when Object.ReferenceEquals(r, c.Residues.[c.Residues.Count - 1]) -> r
+                    | true, r ->
+                        // Merging would silently mix two residues (e.g. PDB numbers that wrap after 9999).
+                        let struct (num, ins) = key
+
+                        let hint =
+                            if c.ByKey.ContainsKey(struct (9999, "")) then
+                                "; residue numbers that wrap after 9999 cannot be read (use hybrid-36 numbers or mmCIF)"
+                            else
+                                ""
+
+                        InputError.raise
+                            file
+                            (InputLocation.Line s.Line)
+                            (sprintf
+                                "residue %d%s of chain %s appears again after other residues (first on line %d); a residue's atoms must be consecutive%s"
+                                num
+                                ins
+                                (show s.ChainId)
+                                r.Atoms.[0].Line
+                                hint)
                     | _ ->
                         let r = { Key = key; Atoms = ResizeArray() }
                         c.ByKey.[key] <- r
@@ -226,32 +248,33 @@ module AtomSites =
             let struct (seqNum, ins) = res.Key
 
             // Altloc choice: the label with the highest summed occupancy, first seen on ties.
-            let labels = ResizeArray<string>()
-            let sums = Dictionary<string, float>()
-
-            for a in res.Atoms do
-                if a.AltLoc <> "" then
-                    match sums.TryGetValue a.AltLoc with
-                    | true, v -> sums.[a.AltLoc] <- v + float a.Occupancy
-                    | _ ->
-                        labels.Add a.AltLoc
-                        sums.[a.AltLoc] <- float a.Occupancy
-
-            let chosen =
-                let mutable best = ""
-                let mutable bestSum = Double.NegativeInfinity
-
-                for l in labels do
-                    if sums.[l] > bestSum then
-                        best <- l
-                        bestSum <- sums.[l]
-
-                best
-
             let kept =
-                res.Atoms
-                |> Seq.filter (fun a -> a.AltLoc = "" || a.AltLoc = chosen)
-                |> Array.ofSeq
+                if res.Atoms.TrueForAll(fun a -> a.AltLoc = "") then
+                    res.Atoms
+                else
+                    let labels = ResizeArray<string>()
+                    let sums = Dictionary<string, float>()
+
+                    for a in res.Atoms do
+                        if a.AltLoc <> "" then
+                            match sums.TryGetValue a.AltLoc with
+                            | true, v -> sums.[a.AltLoc] <- v + float a.Occupancy
+                            | _ ->
+                                labels.Add a.AltLoc
+                                sums.[a.AltLoc] <- float a.Occupancy
+
+                    let chosen =
+                        let mutable best = ""
+                        let mutable bestSum = Double.NegativeInfinity
+
+                        for l in labels do
+                            if sums.[l] > bestSum then
+                                best <- l
+                                bestSum <- sums.[l]
+
+                        best
+
+                    res.Atoms.FindAll(fun a -> a.AltLoc = "" || a.AltLoc = chosen)
 
             let readName = kept.[0].ResName
             let canonical = canonicalResName readName

@@ -60,6 +60,36 @@ module Pdb =
         else
             ""
 
+    /// The value of a 4-character hybrid-36 residue number, the convention for numbers beyond 9999 (after
+    /// R. W. Grosse-Kunstleve's hybrid-36 scheme, cctbx iotbx/pdb/hybrid_36.py): "A000".."ZZZZ" are 10000 onwards
+    /// (base 36, digits 0-9A-Z), then "a000".."zzzz". None when `field` is not one.
+    let hybrid36 (field: string) : int option =
+        let width = 4
+        let span = 46656 // 36^3
+
+        let digits (isLetter: char -> bool) (letterBase: char) =
+            if field.Length <> width || not (isLetter field.[0]) then
+                None
+            else
+                let mutable v = 0
+                let mutable ok = true
+
+                for c in field do
+                    if c >= '0' && c <= '9' then
+                        v <- v * 36 + int c - int '0'
+                    elif isLetter c then
+                        v <- v * 36 + 10 + int c - int letterBase
+                    else
+                        ok <- false
+
+                if ok then Some v else None
+
+        match digits Char.IsAsciiLetterUpper 'A' with
+        | Some v -> Some(v - 10 * span + 10000)
+        | None ->
+            digits Char.IsAsciiLetterLower 'a'
+            |> Option.map (fun v -> v + 16 * span + 10000)
+
     /// Parses one ATOM/HETATM line (PDB v3.3 columns).
     let private parseAtomLine (file: string) (lineNo: int) (record: string) (line: string) : AtomSite =
         if line.Length < 54 then
@@ -72,10 +102,15 @@ module Pdb =
         let mutable resSeq = 0
 
         if not (Int32.TryParse(seqText, NumberStyles.AllowLeadingSign, inv, &resSeq)) then
-            InputError.raise
-                file
-                (InputLocation.Line lineNo)
-                (sprintf "residue number '%s' (columns 23-26) is not an integer" (seqText.ToString()))
+            match hybrid36 (line.Substring(22, 4)) with
+            | Some n -> resSeq <- n
+            | None ->
+                InputError.raise
+                    file
+                    (InputLocation.Line lineNo)
+                    (sprintf
+                        "residue number '%s' (columns 23-26) is not an integer (nor a hybrid-36 number)"
+                        (seqText.ToString()))
 
         let element =
             if line.Length >= 78 then
@@ -87,7 +122,7 @@ module Pdb =
 
         {
             Line = lineNo
-            Hetero = line.StartsWith "HETATM"
+            Hetero = line.StartsWith("HETATM", StringComparison.Ordinal)
             AtomName = line.Substring(12, 4).Trim()
             AltLoc = column line 16
             ResName = line.Substring(17, 3).Trim()
@@ -184,10 +219,10 @@ module Pdb =
             lineNo <- lineNo + 1
 
             let record =
-                if line.StartsWith "HETATM" then
+                if line.StartsWith("HETATM", StringComparison.Ordinal) then
                     "HETATM"
                 elif
-                    line.StartsWith "ATOM"
+                    line.StartsWith("ATOM", StringComparison.Ordinal)
                     && (line.Length = 4 || line.[4] = ' ' || Char.IsDigit line.[4])
                 then
                     "ATOM"
@@ -196,9 +231,12 @@ module Pdb =
 
             if record <> "" then
                 sites.Add(parseAtomLine file lineNo record line)
-            elif line.StartsWith "ENDMDL" then
+            elif line.StartsWith("ENDMDL", StringComparison.Ordinal) then
                 fin <- sites.Count > 0
-            elif line.StartsWith "END" && line.Substring(3).Trim() = "" then
+            elif
+                line.StartsWith("END", StringComparison.Ordinal)
+                && line.Substring(3).Trim() = ""
+            then
                 fin <- true
 
         if sites.Count = 0 then

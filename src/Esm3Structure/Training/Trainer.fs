@@ -197,13 +197,30 @@ module Trainer =
     /// `<out>/checkpoints`
     let checkpointsFolder (out: string) = Path.Combine(out, "checkpoints")
 
-    /// The newest complete checkpoint of a run folder, if any.
+    /// The file a checkpoint folder gets last, just before the folder is renamed into place.
+    [<Literal>]
+    let private StateFile = "trainer.json"
+
+    /// The newest complete checkpoint of a run folder, if any: the folder `<out>/checkpoints/last` names, when it
+    /// holds `trainer.json`. A checkpoint is written into `step-NNNNNN.tmp-<pid>` and renamed to `step-NNNNNN` only
+    /// when complete, then `last` is replaced atomically; a process killed at any moment leaves `last` naming the
+    /// previous complete checkpoint (the half-written `.tmp-` folder is never taken, and the next checkpoint
+    /// removes it).
     let lastCheckpoint (out: string) : string option =
         let pointer = Path.Combine(checkpointsFolder out, "last")
 
         if File.Exists pointer then
-            let dir = Path.Combine(checkpointsFolder out, File.ReadAllText(pointer).Trim())
-            if Directory.Exists dir then Some dir else None
+            let name = File.ReadAllText(pointer).Trim()
+            let dir = Path.Combine(checkpointsFolder out, name)
+
+            if
+                name <> ""
+                && not (name.Contains ".tmp-")
+                && File.Exists(Path.Combine(dir, StateFile))
+            then
+                Some dir
+            else
+                None
         else
             None
 
@@ -321,32 +338,49 @@ module Trainer =
         let final = Path.Combine(root, name)
         let temp = final + ".tmp-" + string Environment.ProcessId
 
-        if Directory.Exists temp then
-            Directory.Delete(temp, true)
+        // Leftovers of checkpoint writes that were killed or failed (`*.tmp-<pid>` folders and files).
+        for leftover in Directory.GetDirectories(root, "*.tmp-*") do
+            Directory.Delete(leftover, true)
+
+        for leftover in Directory.GetFiles(root, "*.tmp-*") do
+            File.Delete leftover
 
         Directory.CreateDirectory temp |> ignore
-        Checkpoint.save (Path.Combine(temp, "model.safetensors")) task.Model null
 
-        do
-            use file = File.Create(Path.Combine(temp, "optimizer.bin"))
-            use writer = new BinaryWriter(file)
-            optimizer.save_state_dict writer
-            writer.Flush()
-            file.Flush true
+        try
+            Checkpoint.save (Path.Combine(temp, "model.safetensors")) task.Model null
 
-        do
-            use _ = torch.NewDisposeScope()
+            do
+                use file = File.Create(Path.Combine(temp, "optimizer.bin"))
+                use writer = new BinaryWriter(file)
+                optimizer.save_state_dict writer
+                writer.Flush()
+                file.Flush true
 
-            let states =
-                task.Generators
-                |> Array.mapi (fun i g -> sprintf "generator.%d" i, g.get_state ())
-                |> List.ofArray
+            do
+                use _ = torch.NewDisposeScope()
 
-            Safetensors.write (Path.Combine(temp, "rng.safetensors")) states null
+                let states =
+                    task.Generators
+                    |> Array.mapi (fun i g -> sprintf "generator.%d" i, g.get_state ())
+                    |> List.ofArray
 
-        task.Export temp
-        writeText (Path.Combine(temp, "trainer.json")) (stateJson state)
+                Safetensors.write (Path.Combine(temp, "rng.safetensors")) states null
 
+            task.Export temp
+            // Written last: `lastCheckpoint` takes a folder only when it holds this file.
+            writeText (Path.Combine(temp, StateFile)) (stateJson state)
+        with _ ->
+            (try
+                Directory.Delete(temp, true)
+             with _ ->
+                 ())
+
+            reraise ()
+
+        // The switch: every file above is complete and flushed to disk (fsync); one rename makes the folder visible
+        // under its final name, then `last` is replaced atomically. Killed before the rename, `last` still names the
+        // previous checkpoint; killed between the two, `last` does too and the next save replaces `final`.
         if Directory.Exists final then
             Directory.Delete(final, true)
 
@@ -391,7 +425,7 @@ module Trainer =
                 | true, t -> g.set_state t
                 | _ -> InputError.raise path (InputLocation.Field key) "missing generator state")
 
-        readState (Path.Combine(dir, "trainer.json"))
+        readState (Path.Combine(dir, StateFile))
 
     /// Metrics rows of `metrics.jsonl` up to step `upTo` (the rest belongs to an interrupted tail).
     let private truncateMetrics (path: string) (upTo: int) =

@@ -106,6 +106,24 @@ let tests =
                 | o -> failtestf "expected ExcessAllocation, got %A" o
             }
 
+            test "a million-token JSON reads, within the large-input time limit and the allocation bound" {
+                use dir = new TempDir()
+
+                match Fuzz.largeInputs FuzzFormat.Tokens Fuzz.MillionResidues dir.Path with
+                | [ input ] ->
+                    let case = Fuzz.runLarge Fuzz.defaultConfig dir.Path 0 input
+                    let line = Fuzz.largeLine Fuzz.defaultConfig input case
+                    Expect.isTrue (Fuzz.largeOk input case) line
+                    Expect.equal case.Outcome FuzzOutcome.Valid line
+                    Expect.isGreaterThan case.AllocatedBytes (int64 input.Bytes.Length) "allocation is measured"
+
+                    let chains =
+                        Models.StructureTokenizer.ofJson "million.json" (Encoding.UTF8.GetString input.Bytes)
+
+                    Expect.equal chains.[0].Tokens.Length Fuzz.MillionResidues "a million tokens"
+                | inputs -> failtestf "expected one tokens input, got %d" inputs.Length
+            }
+
             test "a typed error carries the location kind" {
                 let text =
                     Encoding.ASCII.GetBytes "ATOM      1  N   MET A   1      27.340  24.430\n"

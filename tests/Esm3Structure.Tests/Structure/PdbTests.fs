@@ -666,6 +666,60 @@ let private badInputTests =
                 Expect.equal chain.Sequence "X" "X"
             }
 
+            test "hybrid-36 residue numbers read past 9999" {
+                for field, expected in
+                    [
+                        "A000", Some 10000
+                        "A001", Some 10001
+                        "A00Z", Some 10035
+                        "ZZZZ", Some 1223055
+                        "a000", Some 1223056
+                        "zzzz", Some 2436111
+                        "A0a0", None
+                        "a0A0", None
+                        "9999", None
+                        "A00", None
+                        "A0-0", None
+                    ] do
+                    Expect.equal (Pdb.hybrid36 field) expected field
+
+                let text = Encoding.ASCII.GetString(Checks.Fuzz.largePdb 10050 true)
+                Expect.stringContains text "ALA AA000" "the generator writes hybrid-36 numbers"
+                let chain = Pdb.parse "h36" text None
+                Expect.equal (ProteinChain.length chain) 10050 "every residue"
+                Expect.equal chain.ResidueIndex.[9998] 9999 "residue 9999"
+                Expect.equal chain.ResidueIndex.[9999] 10000 "then A000 = 10000"
+                Expect.equal chain.ResidueIndex.[10049] 10050 "the last"
+            }
+
+            test "residue numbers that wrap after 9999 are an error naming the line where a number comes back" {
+                // Line 1 HEADER, lines 2-4 residue 1 (N, CA, C), residues 2…9999 and 0 on lines 5…10003.
+                let text = Encoding.ASCII.GetString(Checks.Fuzz.largePdb 10050 false)
+                let e = expectInput "wrapped" (fun () -> Pdb.parse "wrapped" text None)
+                expectNames "wrapped" "wrapped" (InputLocation.Line 10004) e
+                Expect.stringContains e.Message "residue 1 of chain 'A' appears again" "names the residue"
+                Expect.stringContains e.Message "first on line 2" "names its first line"
+                Expect.stringContains e.Message "wrap after 9999" "explains the wrap"
+            }
+
+            test "a residue that appears again after other residues is an error, not a merge" {
+                let text =
+                    pdbText (
+                        backboneLines 1 "GLY" 'A' 1 0.0
+                        @ backboneLines 5 "GLY" 'A' 2 3.8
+                        @ [ atom 9 "CB" "ALA" 'A' 1 0.5 0.5 0.5 ]
+                    )
+
+                let e = expectInput "split residue" (fun () -> Pdb.parse "split" text None)
+                expectNames "split residue" "split" (InputLocation.Line 9) e
+                Expect.isFalse (e.Message.Contains "wrap") "no wrap hint below 9999"
+                // The same residue number in another chain is another residue.
+                let other =
+                    pdbText (backboneLines 1 "GLY" 'A' 1 0.0 @ backboneLines 5 "GLY" 'B' 1 3.8)
+
+                Expect.equal (ProteinChain.length (Pdb.parse "two" other (Some "B"))) 1 "chain B"
+            }
+
             test "a missing file is an InputException" {
                 let p =
                     Path.Combine(Path.GetTempPath(), "esm3-no-such-file-" + Guid.NewGuid().ToString("N") + ".pdb")

@@ -10,9 +10,11 @@ open Esm3Structure.Tests
 
 /// A linear regression with noisy targets: each step draws its batch from (seed, step), and its noise from a
 /// generator whose state the trainer must carry over a resume. It fails (throws) at `crashAt` and returns a NaN
-/// loss at `nanAt` (1-based steps; 0 = never). Each step sleeps `sleepMs` ms first (for the time budget).
-type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int) =
+/// loss at `nanAt` (1-based steps; 0 = never). Each step sleeps `sleepMs` ms first (for the time budget). Its
+/// `failExportAt`-th export (0 = never) writes half a file and then fails like a full disk.
+type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int, failExportAt: int) =
     inherit TrainingTask()
+    let mutable exports = 0
     let model = torch.nn.Linear(5L, 1L, dtype = torch.float64)
     let generator = new torch.Generator(uint64 seed + 11UL)
     let truth = torch.tensor ([| 1.0; -2.0; 0.5; 3.0; -1.0 |], dtype = torch.float64)
@@ -58,7 +60,16 @@ type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int) =
         [| "weight_error", (model.weight.squeeze (0L) - truth).abs().max().ToDouble() |]
 
     override _.Export(folder: string) =
+        exports <- exports + 1
         Checkpoint.save (Path.Combine(folder, "linear.safetensors")) model null
+
+        if exports = failExportAt then
+            use file = File.Create(Path.Combine(folder, "extra.bin"))
+            file.Write(Array.zeroCreate 4096, 0, 4096)
+            raise (IOException "No space left on device (simulated)")
+
+    new(seed, crashAt, nanAt, sleepMs) = Regression(seed, crashAt, nanAt, sleepMs, 0)
+    new(seed, crashAt, nanAt) = Regression(seed, crashAt, nanAt, 0, 0)
 
 let private config =
     { TrainerConfig.small with
@@ -294,6 +305,73 @@ let tests =
                         |> ignore)
                     "the trainer refuses it"
                 |> ignore
+            }
+
+            test "a checkpoint that fails half way leaves the previous one as the last, and no half-written folder" {
+                use _ = torch.NewDisposeScope()
+                use whole = new TempDir()
+                use dir = new TempDir()
+                let reference = run config (Regression(3, 0, 0)) whole.Path false
+
+                Expect.throwsT<IOException>
+                    (fun () -> run config (Regression(3, 0, 0, 0, 2)) dir.Path false |> ignore)
+                    "the second checkpoint (step 10) fails while its files are written"
+
+                let checkpoints = Path.Combine(dir.Path, "checkpoints")
+
+                Expect.equal
+                    (Trainer.lastCheckpoint dir.Path)
+                    (Some(Path.Combine(checkpoints, "step-000005")))
+                    "the last checkpoint is still step 5"
+
+                Expect.sequenceEqual
+                    (Directory.GetFileSystemEntries checkpoints
+                     |> Array.map Path.GetFileName
+                     |> Array.sort)
+                    [| "last"; "step-000005" |]
+                    "no step-000010 folder, no temporary folder or file"
+
+                let resumed = run config (Regression(3, 0, 0)) dir.Path true
+                Expect.equal resumed.History.[0].Step 6 "resumed after step 5"
+
+                Expect.floatClose
+                    { absolute = 1e-12; relative = 1e-9 }
+                    resumed.FinalLoss
+                    reference.FinalLoss
+                    "the final loss of the uninterrupted run"
+            }
+
+            test "the half-written folder of a killed checkpoint write is never taken as the last, and is removed" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                run { config with Steps = 10 } (Regression(3, 0, 0)) dir.Path false |> ignore
+
+                let checkpoints = Path.Combine(dir.Path, "checkpoints")
+                let ten = Path.Combine(checkpoints, "step-000010")
+                // What a process killed while writing checkpoint 15 leaves: its folder under the temporary name
+                // (some files complete, one cut short) and the temporary file of the `last` pointer.
+                let killed = Path.Combine(checkpoints, "step-000015.tmp-424242")
+                Directory.CreateDirectory killed |> ignore
+                File.Copy(Path.Combine(ten, "model.safetensors"), Path.Combine(killed, "model.safetensors"))
+                File.WriteAllBytes(Path.Combine(killed, "optimizer.bin"), Array.zeroCreate 17)
+                File.WriteAllText(Path.Combine(checkpoints, "last.tmp-424242"), "step-000015.tmp-424242")
+                Expect.equal (Trainer.lastCheckpoint dir.Path) (Some ten) "the killed write is not taken"
+
+                // A pointer that names an incomplete folder (no trainer.json) is not taken either.
+                let incomplete = Path.Combine(checkpoints, "step-000099")
+                Directory.CreateDirectory incomplete |> ignore
+                File.WriteAllText(Path.Combine(checkpoints, "last"), "step-000099")
+                Expect.equal (Trainer.lastCheckpoint dir.Path) None "an incomplete folder is not a checkpoint"
+                Directory.Delete incomplete
+                File.WriteAllText(Path.Combine(checkpoints, "last"), "step-000010")
+
+                let resumed = run config (Regression(3, 0, 0)) dir.Path true
+                Expect.equal resumed.History.[0].Step 11 "resumed after step 10"
+
+                Expect.isEmpty
+                    (Directory.GetFileSystemEntries(checkpoints, "*.tmp-*"))
+                    "the next checkpoint removed the leftovers"
             }
 
             test "live native tensors stay flat over steps" {
