@@ -13,16 +13,7 @@ open Esm3Structure.Training
 open Esm3Structure.Tests
 
 /// The repository root (holding Research.sln), above the test binary.
-let private root =
-    let rec up (d: DirectoryInfo) =
-        if isNull d then
-            failwith "Research.sln not found"
-        elif File.Exists(Path.Combine(d.FullName, "Research.sln")) then
-            d.FullName
-        else
-            up d.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
+let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory
 
 /// A child `dotnet fsi script args` whose stdout and stderr are collected as it runs.
 type private Child(script: string, args: string list) =

@@ -6,16 +6,7 @@ open System.IO
 open Expecto
 
 /// The repository root (holding Research.sln), above the test binary.
-let private root =
-    let rec up (d: DirectoryInfo) =
-        if isNull d then
-            failwith "Research.sln not found"
-        elif File.Exists(Path.Combine(d.FullName, "Research.sln")) then
-            d.FullName
-        else
-            up d.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
+let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory
 
 /// Runs `dotnet fsi scripts/<script> args`; returns exit code, stdout, stderr.
 let runScript (script: string) (args: string list) =
