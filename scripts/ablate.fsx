@@ -40,7 +40,7 @@ type Args =
                 "the ablation: "
                 + String.Join(", ", TokenizerAblations.all |> Array.map (fun a -> a.Name))
             | Results _ -> "results folder (default: runs/ablation-<name>); reuse it to continue"
-            | Seeds _ -> "seeds 0 … N−1 (default: the ablation's, 3)"
+            | Seeds _ -> "seeds 0 … N−1 (default: the ablation's, 2)"
             | Steps _ -> sprintf "optimiser steps per run (default %d, the tiny budget)" TokenizerAblations.TinySteps
             | Minutes _ ->
                 "time budget: minutes of training per run (counted over resumes); --steps is then the schedule's length and a cap"
