@@ -71,22 +71,12 @@ module MultiTrackTrainConfig =
             CropLength = 64
             ValidChains = 16
             ValidLength = 128
-            Trainer =
-                { small.Trainer with
-                    Steps = 300
-                    BatchSize = 4
-                    WarmupSteps = 30
-                    EvalEvery = 100
-                    CheckpointEvery = 100
-                }
+            Trainer = TrainerConfig.smokeOf small.Trainer
         }
 
     /// A preset by name ("small" or "smoke").
     let preset (name: string) =
-        match name.Trim().ToLowerInvariant() with
-        | "small" -> small
-        | "smoke" -> smoke
-        | _ -> raise (ArgumentException(sprintf "unknown preset '%s' (expected small or smoke)" name))
+        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
 
     /// Named errors; empty when valid.
     let validate (c: MultiTrackTrainConfig) =
@@ -97,10 +87,9 @@ module MultiTrackTrainConfig =
                 MaskingConfig.validate c.ValidMasking
                 |> List.map (fun e -> "ValidMasking: " + e)
             yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
-            if c.CropLength < 1 then
-                sprintf "CropLength must be at least 1 (got %d)" c.CropLength
-            if c.ValidChains < 0 || c.ValidLength < 1 || c.ValidBatchSize < 1 then
-                "ValidChains must be ≥ 0, ValidLength and ValidBatchSize ≥ 1"
+            yield! TrainerConfig.validateData 1 c.CropLength c.ValidChains c.ValidLength
+            if c.ValidBatchSize < 1 then
+                sprintf "ValidBatchSize must be at least 1 (got %d)" c.ValidBatchSize
         ]
 
     /// The config as JSON (`Json.ofRecordWith`): noise schedules by their names (`NoiseSchedule.name`).

@@ -114,22 +114,12 @@ module Stage2TrainConfig =
             CropLength = 64
             ValidChains = 16
             ValidLength = 128
-            Trainer =
-                { small.Trainer with
-                    Steps = 300
-                    BatchSize = 4
-                    WarmupSteps = 30
-                    EvalEvery = 100
-                    CheckpointEvery = 100
-                }
+            Trainer = TrainerConfig.smokeOf small.Trainer
         }
 
     /// A preset by name ("small" or "smoke").
     let preset (name: string) =
-        match name.Trim().ToLowerInvariant() with
-        | "small" -> small
-        | "smoke" -> smoke
-        | _ -> raise (ArgumentException(sprintf "unknown preset '%s' (expected small or smoke)" name))
+        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
 
     /// Named errors; empty when valid.
     let validate (c: Stage2TrainConfig) =
@@ -142,10 +132,7 @@ module Stage2TrainConfig =
             yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
             if c.MaxDirectionVectors < 1 then
                 sprintf "MaxDirectionVectors must be at least 1 (got %d)" c.MaxDirectionVectors
-            if c.CropLength < 2 then
-                sprintf "CropLength must be at least 2 (got %d)" c.CropLength
-            if c.ValidChains < 0 || c.ValidLength < 2 then
-                "ValidChains must be ≥ 0 and ValidLength ≥ 2"
+            yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
         ]
 
     /// The config as JSON (`Json.ofRecord`), led by "Stage": 2.

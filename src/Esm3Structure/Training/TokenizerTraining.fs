@@ -105,22 +105,12 @@ module TokenizerTrainConfig =
             CropLength = 64
             ValidChains = 16
             ValidLength = 128
-            Trainer =
-                { TrainerConfig.small with
-                    Steps = 300
-                    BatchSize = 4
-                    WarmupSteps = 30
-                    EvalEvery = 100
-                    CheckpointEvery = 100
-                }
+            Trainer = TrainerConfig.smokeOf TrainerConfig.small
         }
 
     /// A preset by name ("small" or "smoke").
     let preset (name: string) =
-        match name.Trim().ToLowerInvariant() with
-        | "small" -> small
-        | "smoke" -> smoke
-        | _ -> raise (ArgumentException(sprintf "unknown preset '%s' (expected small or smoke)" name))
+        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
 
     /// Named errors; empty when valid.
     let validate (c: TokenizerTrainConfig) =
@@ -130,10 +120,7 @@ module TokenizerTrainConfig =
             | Error errors -> yield! errors |> List.map (fun e -> "Decoder: " + e)
             | Ok _ -> ()
             yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
-            if c.CropLength < 2 then
-                sprintf "CropLength must be at least 2 (got %d)" c.CropLength
-            if c.ValidChains < 0 || c.ValidLength < 2 then
-                "ValidChains must be ≥ 0 and ValidLength ≥ 2"
+            yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
             if c.Encoder.Quantizer.Codes > StructureTokens.CodebookSize then
                 sprintf
                     "the codebook (%d codes) must fit the decoder's %d code rows"

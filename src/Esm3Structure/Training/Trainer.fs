@@ -84,6 +84,41 @@ module TrainerConfig =
             Progress = ProgressMode.Auto
         }
 
+    /// `t` cut down for a "smoke" preset (minutes here): 300 steps of batch 4 (warm-up 30), validating and
+    /// checkpointing every 100. Every training config's smoke preset uses it.
+    let smokeOf (t: TrainerConfig) =
+        { t with
+            Steps = 300
+            BatchSize = 4
+            WarmupSteps = 30
+            EvalEvery = 100
+            CheckpointEvery = 100
+        }
+
+    /// The preset called `name` (case and surrounding spaces ignored) among `presets`; an `ArgumentException` naming
+    /// the choices otherwise. The one lookup behind every training config's `preset`.
+    let pickPreset (presets: (string * 'Config) list) (name: string) : 'Config =
+        match presets |> List.tryFind (fun (n, _) -> n = name.Trim().ToLowerInvariant()) with
+        | Some(_, c) -> c
+        | None ->
+            raise (
+                ArgumentException(
+                    sprintf "unknown preset '%s' (expected %s)" name (String.Join(" or ", presets |> List.map fst))
+                )
+            )
+
+    /// Errors of the data fields every training config has: crops of at least `minLength` residues, a number of
+    /// validation chains ≥ 0 and a validation length of at least `minLength`.
+    let validateData (minLength: int) (cropLength: int) (validChains: int) (validLength: int) =
+        [
+            if cropLength < minLength then
+                sprintf "CropLength must be at least %d (got %d)" minLength cropLength
+            if validChains < 0 then
+                sprintf "ValidChains must be ≥ 0 (got %d)" validChains
+            if validLength < minLength then
+                sprintf "ValidLength must be at least %d (got %d)" minLength validLength
+        ]
+
     /// Named errors; empty when valid.
     let validate (c: TrainerConfig) =
         [

@@ -374,6 +374,52 @@ let tests =
                     "the next checkpoint removed the leftovers"
             }
 
+            test "presets by name, the smoke trainer and the shared data checks" {
+                let presets = [ "small", 1; "smoke", 2 ]
+                Expect.equal (TrainerConfig.pickPreset presets " Smoke ") 2 "case and spaces ignored"
+
+                let message =
+                    try
+                        TrainerConfig.pickPreset presets "big" |> ignore
+                        ""
+                    with :? ArgumentException as e ->
+                        e.Message
+
+                Expect.equal message "unknown preset 'big' (expected small or smoke)" "names the choices"
+
+                let smoke = TrainerConfig.smokeOf TrainerConfig.small
+                Expect.equal (smoke.Steps, smoke.BatchSize, smoke.WarmupSteps) (300, 4, 30) "smoke run"
+
+                Expect.equal
+                    { smoke with
+                        Steps = 5000
+                        BatchSize = 8
+                        WarmupSteps = 300
+                        EvalEvery = 500
+                        CheckpointEvery = 500
+                    }
+                    TrainerConfig.small
+                    "nothing else changes"
+
+                Expect.equal (TokenizerTrainConfig.preset "smoke").Trainer smoke "tokenizer smoke preset"
+
+                Expect.equal
+                    (Stage2TrainConfig.preset "smoke").Trainer
+                    (TrainerConfig.smokeOf Stage2TrainConfig.small.Trainer)
+                    "stage-2 smoke preset"
+
+                Expect.isEmpty (TrainerConfig.validateData 2 64 0 2) "valid"
+
+                Expect.equal
+                    (TrainerConfig.validateData 2 1 -1 1)
+                    [
+                        "CropLength must be at least 2 (got 1)"
+                        "ValidChains must be ≥ 0 (got -1)"
+                        "ValidLength must be at least 2 (got 1)"
+                    ]
+                    "each field named"
+            }
+
             test "live native tensors stay flat over steps" {
                 use _ = torch.NewDisposeScope()
                 use dir = new TempDir()
