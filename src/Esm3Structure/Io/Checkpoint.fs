@@ -30,6 +30,35 @@ type CheckpointMismatch =
         Duplicated: string list
     }
 
+/// A checkpoint's tensor shapes by name, for inferring a model's sizes from a file (`model` names the model in
+/// messages: "decoder", "encoder", …). Every failed lookup raises an `InputException` naming the file and the tensor.
+type KeyShapes(file: string, model: string, shapes: seq<string * int64[]>) =
+    let table = Dictionary<string, int64[]>()
+
+    do
+        for name, shape in shapes do
+            table.[name] <- shape
+
+    /// The tensor names.
+    member _.Names: seq<string> = table.Keys
+
+    /// How many tensors the file holds.
+    member _.Count = table.Count
+
+    /// Whether the file holds a tensor called `name`.
+    member _.Contains(name: string) = table.ContainsKey name
+
+    /// Raises an `InputException` naming the file and the tensor `name`.
+    member _.Fail<'T>(name: string, message: string) : 'T =
+        InputError.raise file (InputLocation.Field name) message
+
+    /// The shape of `name`, which must be a tensor of rank `rank` without an empty dimension.
+    member this.Require(name: string, rank: int) : int64[] =
+        match table.TryGetValue name with
+        | true, s when s.Length = rank && Array.forall (fun n -> n > 0L) s -> s
+        | true, s -> this.Fail(name, sprintf "expected a non-empty %d-D tensor, got shape %s" rank (Shape.show s))
+        | _ -> this.Fail(name, sprintf "missing (needed to infer the %s's sizes)" model)
+
 /// Module checkpoints: the state_dict as safetensors, under exactly the names `state_dict()` gives (ESM's names,
 /// no prefix), loaded strictly with every problem named at once.
 module Checkpoint =

@@ -567,39 +567,29 @@ module MultiTrackCheckpoint =
         (metadata: IReadOnlyDictionary<string, string>)
         (shapes: seq<string * int64[]>)
         : MultiTrackConfig =
-        let table = Dictionary<string, int64[]>()
-
-        for name, shape in shapes do
-            table.[name] <- shape
-
-        let fail (name: string) message =
-            InputError.raise file (InputLocation.Field name) message
-
-        let shapeOf (name: string) (rank: int) =
-            match table.TryGetValue name with
-            | true, s when s.Length = rank && Array.forall (fun n -> n > 0L) s -> s
-            | true, s -> fail name (sprintf "expected a non-empty %d-D tensor, got shape %s" rank (Shape.show s))
-            | _ -> fail name "missing (needed to infer the model's sizes)"
+        let keys = KeyShapes(file, "model", shapes)
+        let fail (name: string) message = keys.Fail(name, message)
+        let shapeOf (name: string) (rank: int) = keys.Require(name, rank)
 
         let embedKey = "encoder.sequence_embed.weight"
 
-        if not (table.ContainsKey embedKey) then
+        if not (keys.Contains embedKey) then
             InputError.raise
                 file
                 InputLocation.Whole
-                (sprintf "not an ESM3 multi-track checkpoint: no '%s' among its %d tensors" embedKey table.Count)
+                (sprintf "not an ESM3 multi-track checkpoint: no '%s' among its %d tensors" embedKey keys.Count)
 
         let d = (shapeOf embedKey 2).[1]
 
         let layers =
-            match Checkpoint.blockCount "transformer.blocks" table.Keys with
+            match Checkpoint.blockCount "transformer.blocks" keys.Names with
             | Ok n when n > 0 -> n
             | Ok _ -> fail "transformer.blocks.0.attn.layernorm_qkv.1.weight" "missing: the file holds no block"
             | Error key -> fail key "block index out of range"
 
         let geometric =
             Seq.initInfinite id
-            |> Seq.takeWhile (fun i -> table.ContainsKey(sprintf "transformer.blocks.%d.geom_attn.s_norm.weight" i))
+            |> Seq.takeWhile (fun i -> keys.Contains(sprintf "transformer.blocks.%d.geom_attn.s_norm.weight" i))
             |> Seq.length
 
         let vHeads =
@@ -683,7 +673,7 @@ module MultiTrackCheckpoint =
                 ("the tensors' shapes give an invalid model: " + String.Join("; ", errors))
 
         let mismatch =
-            Checkpoint.mismatchesOfShapes (MultiTrackConfig.keyShapes config) (table |> Seq.map (|KeyValue|))
+            Checkpoint.mismatchesOfShapes (MultiTrackConfig.keyShapes config) shapes
 
         if not (Checkpoint.isEmpty mismatch) then
             InputError.raise

@@ -173,19 +173,9 @@ module StructureDecoderConfig =
     /// `headWidth`, raises an `InputException` naming `file` and the tensor. Shapes are not checked beyond what
     /// the inference reads (a strict load does that).
     let ofKeyShapesWith (headWidth: int64) (file: string) (shapes: seq<string * int64[]>) : StructureDecoderConfig =
-        let table = Dictionary<string, int64[]>()
-
-        for name, shape in shapes do
-            table.[name] <- shape
-
-        let fail (name: string) message =
-            InputError.raise file (InputLocation.Field name) message
-
-        let shapeOf (name: string) (rank: int) =
-            match table.TryGetValue name with
-            | true, s when s.Length = rank -> s
-            | true, s -> fail name (sprintf "expected a %d-D tensor, got shape %s" rank (Shape.show s))
-            | _ -> fail name "missing (needed to infer the decoder's sizes)"
+        let keys = KeyShapes(file, "decoder", shapes)
+        let fail (name: string) message = keys.Fail(name, message)
+        let shapeOf (name: string) (rank: int) = keys.Require(name, rank)
 
         let embed = shapeOf "embed.weight" 2
 
@@ -203,7 +193,7 @@ module StructureDecoderConfig =
             fail "embed.weight" (sprintf "d = %d is not a multiple of the head width %d" d headWidth)
 
         let layers =
-            match Checkpoint.blockCount "decoder_stack.blocks" table.Keys with
+            match Checkpoint.blockCount "decoder_stack.blocks" keys.Names with
             | Ok n -> n
             | Error key -> fail key "block index does not fit an int"
 

@@ -300,33 +300,21 @@ module StructureEncoder =
     /// defaults (`StructureEncoderConfig.Esm3`). A missing or mis-shaped tensor raises an `InputException` naming
     /// `file` and the tensor; a file with none of the encoder's tensors is reported as not an encoder.
     let configOfKeyShapes (file: string) (shapes: seq<string * int64[]>) : StructureEncoderConfig =
-        let table = Collections.Generic.Dictionary<string, int64[]>()
-
-        for name, shape in shapes do
-            table.[name] <- shape
-
-        let fail (name: string) message =
-            InputError.raise file (InputLocation.Field name) message
+        let keys = KeyShapes(file, "encoder", shapes)
+        let fail (name: string) message = keys.Fail(name, message)
 
         let embeddingKey = "relative_positional_embedding.embedding.weight"
 
-        if
-            not (table.ContainsKey embeddingKey)
-            && not (table.ContainsKey "codebook.embeddings")
-        then
+        if not (keys.Contains embeddingKey) && not (keys.Contains "codebook.embeddings") then
             InputError.raise
                 file
                 InputLocation.Whole
                 (sprintf
                     "not a structure encoder: it has neither '%s' nor 'codebook.embeddings' (%d tensors)"
                     embeddingKey
-                    table.Count)
+                    keys.Count)
 
-        let shapeOf (name: string) (rank: int) =
-            match table.TryGetValue name with
-            | true, s when s.Length = rank && Array.forall (fun n -> n > 0L) s -> s
-            | true, s -> fail name (sprintf "expected a non-empty %d-D tensor, got shape %s" rank (Shape.show s))
-            | _ -> fail name "missing (needed to infer the encoder's sizes)"
+        let shapeOf (name: string) (rank: int) = keys.Require(name, rank)
 
         let embedding = shapeOf embeddingKey 2
 
@@ -337,7 +325,7 @@ module StructureEncoder =
         let bins = (embedding.[0] - 2L) / 2L
 
         let layers =
-            match Checkpoint.blockCount "transformer.blocks" table.Keys with
+            match Checkpoint.blockCount "transformer.blocks" keys.Names with
             | Ok n -> n
             | Error key -> fail key "block index out of range"
 
