@@ -10,6 +10,7 @@
 //     initialised small encoder, for smoke runs only.
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
+//                                   [--minutes M] [--fape W] [--structure-module ROUNDS] [--bypass-quantizer]
 //                                   [--seed N] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -33,6 +34,10 @@ type Args =
     | Out of dir: string
     | Preset of name: string
     | Steps of int
+    | Minutes of float
+    | Fape of weight: float
+    | Structure_Module of rounds: int
+    | Bypass_Quantizer
     | Seed of int
     | Checkpoint_Every of int
     | Resume
@@ -51,6 +56,13 @@ type Args =
             | Out _ -> "run folder (default: runs/<model>-<preset>, tokenizer stage 2: runs/tokenizer-stage2-<preset>)"
             | Preset _ -> "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3)"
             | Steps _ -> "optimiser steps (default: the preset's)"
+            | Minutes _ ->
+                "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
+            | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
+            | Structure_Module _ ->
+                "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
+            | Bypass_Quantizer ->
+                "tokenizer stage 1: decode the encoder's continuous vectors (a diagnostic ceiling; no tokens)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Resume -> "continue from the last checkpoint in --out"
@@ -70,6 +82,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     let trainer (preset: TrainerConfig) =
         { preset with
             Steps = args.GetResult(Steps, defaultValue = preset.Steps)
+            MaxSeconds =
+                match args.TryGetResult Minutes with
+                | Some m when m > 0.0 && m < infinity -> m * 60.0
+                | Some m -> invalidArg "minutes" (sprintf "--minutes must be positive (got %g)" m)
+                | None -> preset.MaxSeconds
             Seed = args.GetResult(Seed, defaultValue = preset.Seed)
             CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
         }
@@ -86,6 +103,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
         out
 
+    // The stage-1 recipe flags mean nothing to the other models: refused rather than ignored.
+    let refuseStage1Flags () =
+        for flag, given in
+            [
+                "--fape", args.Contains Fape
+                "--structure-module", args.Contains Structure_Module
+                "--bypass-quantizer", args.Contains Bypass_Quantizer
+            ] do
+            if given then
+                invalidArg flag (sprintf "%s is for --model tokenizer --stage 1" flag)
+
     let report =
         match model, args.GetResult(Stage, defaultValue = 1) with
         | "tokenizer", 1 ->
@@ -96,11 +124,41 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
             let config =
                 { preset with
+                    Weights =
+                        { preset.Weights with
+                            Fape =
+                                match args.TryGetResult Fape with
+                                | Some w when w >= 0.0 && w < infinity -> w
+                                | Some w -> invalidArg "fape" (sprintf "--fape must be ≥ 0 and finite (got %g)" w)
+                                | None -> preset.Weights.Fape
+                        }
+                    Decoder =
+                        { preset.Decoder with
+                            StructureModule =
+                                match args.TryGetResult Structure_Module with
+                                | Some n when n >= 1 ->
+                                    Some
+                                        { StructureModuleConfig.alphaFold2 preset.Decoder.DModel with
+                                            Iterations = n
+                                            Attention =
+                                                { Esm3Structure.Nn.InvariantPointAttentionConfig.alphaFold2
+                                                      preset.Decoder.DModel with
+                                                    Heads = preset.Decoder.Heads
+                                                }
+                                        }
+                                | Some n ->
+                                    invalidArg
+                                        "structure-module"
+                                        (sprintf "--structure-module needs at least 1 round (got %d)" n)
+                                | None -> preset.Decoder.StructureModule
+                        }
+                    BypassQuantizer = args.Contains Bypass_Quantizer || preset.BypassQuantizer
                     Trainer = trainer preset.Trainer
                 }
 
             TokenizerTraining.train config device data (outOr "tokenizer") resume
         | "tokenizer", 2 ->
+            refuseStage1Flags ()
             let preset = Stage2TrainConfig.preset presetName
 
             let config =
@@ -115,6 +173,8 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             Stage2Training.train config device data (outOr "tokenizer-stage2") resume
         | "tokenizer", n -> invalidArg "stage" (sprintf "--stage must be 1 or 2 (got %d)" n)
         | "multitrack", _ ->
+            refuseStage1Flags ()
+
             if args.Contains Stage then
                 invalidArg "stage" "--stage is for --model tokenizer"
 

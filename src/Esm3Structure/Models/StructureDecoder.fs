@@ -26,6 +26,11 @@ type StructureDecoderConfig =
         PairwiseDownproject: int64
         /// Hidden width of the pairwise head (ESM: 128).
         PairwiseHidden: int64
+        /// The backbone: None = ESM's affine head (each residue's frame read from its state); Some = an
+        /// AlphaFold2-style structure module (invariant point attention and iterative frame updates, keys
+        /// `structure_module.*` after ESM's) whose frames replace the affine head's (the affine head still gives the
+        /// torsion channels). Not in ESM's release.
+        StructureModule: StructureModuleConfig option
     }
 
 /// Presets, checks and the state-dict layout of `StructureDecoderConfig`.
@@ -39,6 +44,7 @@ module StructureDecoderConfig =
             Layers = 30
             PairwiseDownproject = 128L
             PairwiseHidden = 128L
+            StructureModule = None
         }
 
     /// A CPU-trainable decoder: d 256, 4 heads (d_head 64), 4 layers, ESM's pairwise head.
@@ -49,6 +55,7 @@ module StructureDecoderConfig =
             Layers = 4
             PairwiseDownproject = 128L
             PairwiseHidden = 128L
+            StructureModule = None
         }
 
     /// Distogram bins: pairwise channels 0 … 63 (the first of ESM's `pairwise_bins`).
@@ -100,9 +107,23 @@ module StructureDecoderConfig =
                     sprintf "PairwiseDownproject must be positive and even (got %d)" c.PairwiseDownproject
                 if c.PairwiseHidden <= 0L then
                     sprintf "PairwiseHidden must be positive (got %d)" c.PairwiseHidden
+                match c.StructureModule with
+                | Some m ->
+                    yield! StructureModuleConfig.validate m |> List.map (fun e -> "StructureModule: " + e)
+
+                    if m.Attention.DModel <> c.DModel then
+                        sprintf
+                            "StructureModule: Attention.DModel (%d) must equal DModel (%d)"
+                            m.Attention.DModel
+                            c.DModel
+                | None -> ()
             ]
 
         if errors.IsEmpty then Ok c else Error errors
+
+    /// Key prefix of the optional structure module.
+    [<Literal>]
+    let StructureModulePrefix = "structure_module."
 
     /// Every state-dict key with its shape, in ESM's (PyTorch's) order, computed without building the model:
     /// `embed`, `decoder_stack.blocks.{i}.attn.*`/`.ffn.*`, `decoder_stack.norm`, `affine_output_projection.*`,
@@ -144,6 +165,9 @@ module StructureDecoderConfig =
             "plddt_head.norm.bias", [| d |]
             "plddt_head.output.weight", [| Plddt.Bins; d |]
             "plddt_head.output.bias", [| Plddt.Bins |]
+            match c.StructureModule with
+            | Some m -> yield! StructureModuleConfig.expectedKeys StructureModulePrefix m
+            | None -> ()
         ]
 
     /// The number of parameters (sum over `expectedKeys`).
@@ -203,6 +227,40 @@ module StructureDecoderConfig =
         let down = shapeOf "pairwise_classification_head.downproject.weight" 2
         let linear1 = shapeOf "pairwise_classification_head.linear1.weight" 2
 
+        // The structure module's sizes from its tensors (its round count is not in any shape: AlphaFold2's 8 here;
+        // `StructureDecoder.load` reads our export's metadata).
+        let structureModule =
+            if keys.Names |> Seq.exists (fun n -> n.StartsWith StructureModulePrefix) then
+                let rows (name: string) =
+                    (shapeOf (StructureModulePrefix + name) 2).[0]
+
+                let h = (shapeOf (StructureModulePrefix + "ipa.head_weights") 1).[0]
+
+                let per (name: string) (by: int64) =
+                    let r = rows name
+
+                    if h < 1L || r % (h * by) <> 0L then
+                        fail (StructureModulePrefix + name) (sprintf "%d rows do not split into %d heads" r h)
+
+                    r / (h * by)
+
+                Some
+                    {
+                        Iterations = 8
+                        Attention =
+                            {
+                                DModel = d
+                                Heads = h
+                                ScalarQk = per "ipa.q.weight" 1L
+                                ScalarV = per "ipa.v.weight" 1L
+                                PointQk = per "ipa.q_points.weight" 3L
+                                PointV = per "ipa.v_points.weight" 3L
+                                MaxOffset = (rows "ipa.relative_position.weight" - 1L) / 2L
+                            }
+                    }
+            else
+                None
+
         let config =
             {
                 DModel = d
@@ -210,6 +268,7 @@ module StructureDecoderConfig =
                 Layers = layers
                 PairwiseDownproject = down.[0]
                 PairwiseHidden = linear1.[0]
+                StructureModule = structureModule
             }
 
         match validate config with
@@ -254,9 +313,9 @@ type StructureDecoderOutput =
         DirectionLogits: torch.Tensor
         /// pAE logits (pairwise channels 160–223). [B, L, L, 64]
         PaeLogits: torch.Tensor
-        /// Predicted aligned error in Å; entries involving a special token hold the uniform 16 Å. [B, L, L]
+        /// Predicted aligned error in Å; entries involving a special token hold the uniform 16 Å; no gradient. [B, L, L]
         Pae: torch.Tensor
-        /// pTM over the real (code) tokens. [B]
+        /// pTM over the real (code) tokens; no gradient. [B]
         Ptm: torch.Tensor
     }
 
@@ -293,7 +352,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
 
     let plddt_head = new RegressionHead(config.DModel, Plddt.Bins)
 
-    // Not a Module-typed field, so RegisterComponents skips it; registered by name below when present.
+    // Optional parts are not Module-typed fields, so RegisterComponents skips them; registered by name below.
+    let structureModule =
+        config.StructureModule |> Option.map (fun c -> new StructureModule(c))
+
     let sequenceEmbed =
         if sequenceInput then
             Some(torch.nn.Embedding(StructureDecoderConfig.SequenceRows, config.DModel))
@@ -302,6 +364,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
 
     do
         this.RegisterComponents()
+
+        match structureModule with
+        | Some m -> this.register_module ("structure_module", m)
+        | None -> ()
 
         match sequenceEmbed with
         | Some m -> this.register_module ("sequence_embed", m)
@@ -325,6 +391,18 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
     member _.Heads(x: torch.Tensor, real: torch.Tensor) =
         let backbone = BackboneHead.ofProjection (affine_output_projection.forward x)
+
+        let backbone =
+            match structureModule with
+            | None -> backbone
+            | Some m ->
+                let frames = List.last (m.Rounds(x, real))
+
+                { backbone with
+                    Frames = frames
+                    Backbone = BackboneHead.place frames
+                }
+
         let pairwise = pairwise_classification_head.forward x
         let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
 
@@ -340,6 +418,13 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
 
         let plddtLogits = plddt_head.forward x
 
+        // pAE and pTM are read-outs, never trained through (the pAE loss uses the logits): computing them without
+        // autograd keeps two [B, L, L, 64] softmaxes out of every training step's graph.
+        let pae, ptm =
+            use _ = torch.no_grad ()
+            let logits = paeLogits.detach ()
+            AlignedError.pae logits real, AlignedError.ptm logits real
+
         {
             Hidden = x
             Frames = backbone.Frames
@@ -350,8 +435,8 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
             DistogramLogits = distogram
             DirectionLogits = direction
             PaeLogits = paeLogits
-            Pae = AlignedError.pae paeLogits real
-            Ptm = AlignedError.ptm paeLogits real
+            Pae = pae
+            Ptm = ptm
         }
 
     /// The training path of stage 1 (ESM3-TRAINING.md §1.3): decodes input vectors given in place of the token
@@ -595,6 +680,21 @@ module StructureDecoder =
                     (InputLocation.Field "__metadata__.head_width")
                     (sprintf "expected a positive integer, got '%s'" text)
 
+    /// The structure module's round count from a file's metadata ("structure_module_iterations", which our export
+    /// writes), else AlphaFold2's 8. A value that is not a positive integer raises an `InputException` naming `path`
+    /// and the field.
+    let structureModuleIterationsOf (path: string) (metadata: Map<string, string>) : int =
+        match metadata.TryFind "structure_module_iterations" with
+        | None -> 8
+        | Some text ->
+            match Int32.TryParse text with
+            | true, n when n > 0 -> n
+            | _ ->
+                InputError.raise
+                    path
+                    (InputLocation.Field "__metadata__.structure_module_iterations")
+                    (sprintf "expected a positive integer, got '%s'" text)
+
     /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes
     /// (`StructureDecoderConfig.ofKeyShapesWith`, heads = d / head width, the head width read from the file's
     /// "head_width" metadata when present (our exports write it), else ESM's 64), every key and shape is checked
@@ -612,7 +712,17 @@ module StructureDecoder =
             shapes
             |> List.exists (fun (n, _) -> n = StructureDecoderConfig.SequenceEmbedKey)
 
-        let config = StructureDecoderConfig.ofKeyShapesWith headWidth path shapes
+        let config =
+            match StructureDecoderConfig.ofKeyShapesWith headWidth path shapes with
+            | { StructureModule = Some m } as c ->
+                { c with
+                    StructureModule =
+                        Some
+                            { m with
+                                Iterations = structureModuleIterationsOf path header.Metadata
+                            }
+                }
+            | c -> c
 
         let mismatch =
             Checkpoint.mismatchesOfShapes (StructureDecoderConfig.expectedKeysWith sequenceInput config) shapes

@@ -84,6 +84,7 @@ module Stage2TrainConfig =
                     Layers = 6
                     PairwiseDownproject = 32L
                     PairwiseHidden = 64L
+                    StructureModule = None
                 }
             SequenceInput = true
             Weights = unitWeights
@@ -110,6 +111,7 @@ module Stage2TrainConfig =
                     Layers = 2
                     PairwiseDownproject = 16L
                     PairwiseHidden = 32L
+                    StructureModule = None
                 }
             CropLength = 64
             ValidChains = 16

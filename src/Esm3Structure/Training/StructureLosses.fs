@@ -1,6 +1,7 @@
 namespace Esm3Structure.Training
 
 open TorchSharp
+open Esm3Structure.Geometry
 open Esm3Structure.Tensors
 
 /// The structure tokenizer's training losses (ESM3-TRAINING.md §1.3–1.4) as pure functions. Every loss takes a
@@ -103,6 +104,60 @@ module StructureLosses =
     /// `backboneDistanceWith false`: plain distances. Shapes: predicted, target [B, L, 3, 3], mask [B, L] -> scalar
     let backboneDistance (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
         backboneDistanceWith false predicted target mask
+
+    /// FAPE's clamp (Å) and length scale Z (AlphaFold2 supplement §1.9.2: d_clamp = Z = 10 Å).
+    [<Literal>]
+    let FapeClamp = 10.0
+
+    /// The fraction of each batch's FAPE left unclamped (AlphaFold2 supplement §1.11.5: 10 % of batches unclamped;
+    /// here the same expectation as a fixed 0.9 · clamped + 0.1 · unclamped mixture, so every step sees it).
+    [<Literal>]
+    let FapeUnclampedFraction = 0.1
+
+    /// ε (Å²) inside FAPE's square root (AlphaFold2 Alg. 28).
+    [<Literal>]
+    let FapeEps = 1e-4
+
+    /// Backbone frame-aligned point error (AlphaFold2 Alg. 28) over the N, CA, C atoms: every allowed residue's
+    /// frame (origin CA, built from N, CA, C by `Frame.ofBackbone`) expresses every allowed atom in local
+    /// coordinates in both structures; the error is sqrt(‖x̂ − x‖² + ε), averaged with each pair's error clamped at
+    /// `clamp` (weight 1 − `unclampedFraction`) and unclamped (weight `unclampedFraction`), divided by Z = 10 Å.
+    /// Invariant to a rigid motion of either structure; unlike the clamped pairwise losses it keeps a gradient for
+    /// large errors through its unclamped part. Shapes: predicted, target [B, L, 3, 3], mask [B, L] bool -> scalar
+    let backboneFapeWith
+        (clamp: float)
+        (unclampedFraction: float)
+        (predicted: torch.Tensor)
+        (target: torch.Tensor)
+        (mask: torch.Tensor)
+        =
+        checkBackbone "predicted" predicted
+        Shape.expect "target" predicted.shape target
+        checkMask predicted mask
+        let b = predicted.shape.[0]
+
+        let local (x: torch.Tensor) =
+            let x = clean x
+            let frames = (Frame.ofBackbone x).Frames
+            let points = x.reshape (b, -1L, 3L) // [B, 3L, 3]
+            // Frame i's view of atom j: R_iᵀ (x_j − t_i). [B, L, 3L, 3]
+            Rotation.invertApplyEach frames.R (points.unsqueeze 1L - frames.T.unsqueeze 2L)
+
+        let error =
+            ((local predicted - local (target.detach ())).square().sum(-1L) + FapeEps).sqrt() // [B, L, 3L]
+
+        let points = mask.unsqueeze(-1L).expand(-1L, -1L, 3L).reshape(b, -1L)
+        let allowed = mask.unsqueeze(-1L).logical_and(points.unsqueeze 1L)
+
+        let clamped = maskedMean (error.clamp_max clamp) allowed
+        let unclamped = maskedMean error allowed
+
+        (clamped * (1.0 - unclampedFraction) + unclamped * unclampedFraction)
+        / FapeClamp
+
+    /// `backboneFapeWith FapeClamp FapeUnclampedFraction`. Shapes: predicted, target [B, L, 3, 3], mask [B, L] -> scalar
+    let backboneFape (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+        backboneFapeWith FapeClamp FapeUnclampedFraction predicted target mask
 
     /// Links i → i+1 that are real peptide bonds: both residues allowed and the target's C_i–N_{i+1} distance at
     /// most `PeptideBondMax`. The last residue has no link. Shapes: target [B, L, 3, 3], mask [B, L] -> [B, L] bool

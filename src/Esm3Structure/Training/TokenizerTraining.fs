@@ -18,6 +18,9 @@ type TokenizerLossWeights =
         Direction: float
         BinnedDirection: float
         Distogram: float
+        /// Backbone FAPE (`StructureLosses.backboneFape`: clamped at 10 Å with 10 % unclamped), a global term that
+        /// does not vanish for large errors; not one of ESM's terms (ESM: 0).
+        Fape: float
         /// Distance loss on squared distances, as Algorithm 10 prints (§1.7 #1); default false.
         SquaredDistance: bool
     }
@@ -33,6 +36,9 @@ type TokenizerTrainConfig =
         /// Validation chains (the first of the valid split), each cut to `ValidLength` residues.
         ValidChains: int
         ValidLength: int
+        /// Decode the encoder's continuous vectors instead of their codes (a diagnostic ceiling: no tokens, no
+        /// information bottleneck; the codebook still trains and reports usage). Default false.
+        BypassQuantizer: bool
         Trainer: TrainerConfig
     }
 
@@ -46,6 +52,7 @@ module TokenizerTrainConfig =
             Direction = 1.0
             BinnedDirection = 1.0
             Distogram = 1.0
+            Fape = 0.0
             SquaredDistance = false
         }
 
@@ -70,11 +77,13 @@ module TokenizerTrainConfig =
                     Layers = 4
                     PairwiseDownproject = 32L
                     PairwiseHidden = 64L
+                    StructureModule = None
                 }
             Weights = unitWeights
             CropLength = 128
             ValidChains = 32
             ValidLength = 256
+            BypassQuantizer = false
             Trainer = TrainerConfig.small
         }
 
@@ -101,6 +110,7 @@ module TokenizerTrainConfig =
                     Layers = 2
                     PairwiseDownproject = 16L
                     PairwiseHidden = 32L
+                    StructureModule = None
                 }
             CropLength = 64
             ValidChains = 16
@@ -263,7 +273,13 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         let encoding =
             encoder.Encode(batch.Backbone, batch.ResidueIndex, batch.Padding, null)
 
-        let x = post_quant_proj.forward encoding.Quantized
+        let latent =
+            if config.BypassQuantizer then
+                encoding.Z
+            else
+                encoding.Quantized
+
+        let x = post_quant_proj.forward latent
         encoding, decoder.DecodeEmbeddings(x, batch.Padding)
 
     /// Shapes: batch -> StructureDecoderOutput
@@ -307,11 +323,18 @@ module TokenizerTraining =
         let distogram = StructureLosses.distogram out.DistogramLogits target mask
         let commitment = encoding.QuantizerLoss
 
+        let fape =
+            if weights.Fape > 0.0 then
+                StructureLosses.backboneFape predicted target mask
+            else
+                torch.zeros_like distance
+
         let total =
             distance * weights.Distance
             + direction * weights.Direction
             + binned * weights.BinnedDirection
             + distogram * weights.Distogram
+            + fape * weights.Fape
             + commitment
 
         total,
@@ -320,6 +343,7 @@ module TokenizerTraining =
             "direction", direction
             "binned_direction", binned
             "distogram", distogram
+            "fape", fape
             "commitment", commitment
         |]
 
@@ -422,6 +446,9 @@ module TokenizerTraining =
                     [
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
+                        match config.Decoder.StructureModule with
+                        | Some m -> "structure_module_iterations", string m.Iterations
+                        | None -> ()
                     ])
 
         interface IDisposable with

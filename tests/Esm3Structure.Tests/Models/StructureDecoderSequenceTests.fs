@@ -17,6 +17,7 @@ let private tiny =
         Layers = 2
         PairwiseDownproject = 8L
         PairwiseHidden = 12L
+        StructureModule = None
     }
 
 let private decoder (sequenceInput: bool) (seed: uint64) =

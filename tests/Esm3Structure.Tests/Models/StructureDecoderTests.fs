@@ -22,6 +22,7 @@ let private tiny =
         Layers = 2
         PairwiseDownproject = 16L
         PairwiseHidden = 24L
+        StructureModule = None
     }
 
 /// Loadable with ESM's d_head 64 (so `StructureDecoder.load` infers it back).

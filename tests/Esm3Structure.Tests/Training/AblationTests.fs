@@ -34,6 +34,7 @@ let private micro =
                 Layers = 1
                 PairwiseDownproject = 8L
                 PairwiseHidden = 8L
+                StructureModule = None
             }
         CropLength = 24
         ValidChains = 1

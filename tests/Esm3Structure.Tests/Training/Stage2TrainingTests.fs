@@ -56,6 +56,7 @@ let private tiny (encoder: string) =
                 Layers = 1
                 PairwiseDownproject = 8L
                 PairwiseHidden = 16L
+                StructureModule = None
             }
         CropLength = 40
         ValidChains = 1

@@ -198,6 +198,84 @@ let tests =
                 Expect.isTrue (torch.isfinite(y.grad).all().ToBoolean()) "finite gradient"
             }
 
+            test "FAPE of the true backbone is sqrt(ε)/Z; shifting one residue by 3 Å gives the hand-computed value" {
+                use _ = torch.NewDisposeScope()
+                let l = 12L
+                let x = ubiquitin l
+                let m = allReal x
+                let floor = sqrt StructureLosses.FapeEps
+                Expect.floatClose Accuracy.high (scalar (StructureLosses.backboneFape x x m)) (floor / 10.0) "self"
+
+                // Residue 4 moved by d (‖d‖ = 3 Å) without rotation: its 3 atoms are 3 Å off in every other frame,
+                // and in its own frame every other residue's 3 atoms are 3 Å off; everything else is exact.
+                let shifted = x.clone ()
+
+                shifted.narrow(1L, 4L, 1L).add_(torch.tensor ([| 1.0; 2.0; 2.0 |], dtype = f64))
+                |> ignore
+
+                let off = 6.0 * float (l - 1L)
+                let all = 3.0 * float (l * l)
+                let err = sqrt (9.0 + StructureLosses.FapeEps)
+                let expected = (off * err + (all - off) * floor) / all / 10.0
+
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.backboneFape shifted x m))
+                    expected
+                    "one residue shifted"
+
+                // masking the shifted residue removes every error
+                let keep = m.clone ()
+                keep.[0L, 4L] <- torch.tensor false
+
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.backboneFape shifted x keep))
+                    (floor / 10.0)
+                    "masked"
+            }
+
+            test "FAPE is invariant to rigid motions of either structure (float64 tight, float32 at 1e-4 relative)" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 30L
+                let m = allReal x
+                let y = noisy 5UL 2.0 x
+
+                for seed in 1UL .. 5UL do
+                    let reference = scalar (StructureLosses.backboneFape y x m)
+                    let a = scalar (StructureLosses.backboneFape (moved seed y) x m)
+                    let b = scalar (StructureLosses.backboneFape y (moved (seed + 100UL) x) m)
+                    Expect.floatClose Accuracy.high a reference "prediction moved"
+                    Expect.floatClose Accuracy.high b reference "target moved"
+                    // float32: coordinates up to ~50 Å carry ~3e-6 Å of rounding; errors are ≥ 0.01 Å (the ε floor)
+                    // and the loss averages them, so 1e-4 relative holds with a wide margin.
+                    let f32 (t: torch.Tensor) = t.to_type torch.float32
+
+                    let c =
+                        scalar (StructureLosses.backboneFape (f32 (moved seed y)) (f32 (moved (seed + 7UL) x)) m)
+
+                    Expect.floatClose { absolute = 0.0; relative = 1e-4 } c reference "float32, both moved"
+            }
+
+            test "FAPE keeps a gradient for errors beyond the clamp only through its unclamped part" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 20L
+                let m = allReal x
+                // every residue 40 Å further out: every inter-residue error is far beyond 10 Å
+                let centre = (x.select(2L, 1L).mean([| 1L |], true)).unsqueeze(2L)
+                let far = centre + (x - centre) * 4.0
+
+                let gradNorm (fraction: float) =
+                    let p = (far.clone ()).requires_grad_(true)
+                    let loss = StructureLosses.backboneFapeWith 0.5 fraction p x m
+                    loss.backward ()
+                    p.grad.norm().ToDouble()
+
+                // clamp 0.5 Å: only a residue's own atoms (error ≤ sqrt(ε) after the frame fit) stay below it
+                Expect.isLessThan (gradNorm 0.0) 1e-12 "fully clamped: no gradient"
+                Expect.isGreaterThan (gradNorm StructureLosses.FapeUnclampedFraction) 1e-3 "10 % unclamped: a gradient"
+            }
+
             test "binned direction labels: an orthonormal residue pairs with itself in the middle bin" {
                 use _ = torch.NewDisposeScope()
                 // u1 = CA→C = x, u2 = CA→N = y, u3 = z: every cross dot product is 0 → bin floor(1/0.125) = 8

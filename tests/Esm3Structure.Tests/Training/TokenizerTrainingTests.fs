@@ -34,6 +34,7 @@ let private tiny =
                 Layers = 1
                 PairwiseDownproject = 8L
                 PairwiseHidden = 16L
+                StructureModule = None
             }
         CropLength = 40
         ValidChains = 1

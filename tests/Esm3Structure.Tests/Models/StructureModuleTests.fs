@@ -1,0 +1,134 @@
+module Esm3Structure.Tests.Models.StructureModuleTests
+
+open Expecto
+open TorchSharp
+open Esm3Structure.Geometry
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Tests
+
+/// Small sizes, all different: d 24, 3 heads, 8/2 query-key and 6/3 value channels, offsets ±4.
+let private attention =
+    {
+        DModel = 24L
+        Heads = 3L
+        ScalarQk = 8L
+        ScalarV = 6L
+        PointQk = 2L
+        PointV = 3L
+        MaxOffset = 4L
+    }
+
+let private ipa (dtype: torch.ScalarType) (seed: uint64) =
+    let m = new InvariantPointAttention(attention)
+    m.``to`` dtype |> ignore
+    Init.reset (new torch.Generator(seed)) m
+    m
+
+/// Every frame of `f` moved by one rigid motion g: g ∘ T_i. Shapes: Frame [B, L] -> Frame [B, L]
+let private movedBy (g: Frame) (f: Frame) = Frame.compose (Frame.unsqueeze 1L g) f
+
+let private tolerance (dtype: torch.ScalarType) =
+    // float32: frames with translations of ~10 (nm) carry ~1e-6 relative rounding, which the point terms
+    // (squared distances up to ~10³) carry into logits at ~1e-3 absolute; the softmax and the projections keep it
+    // there. float64: 1e-9.
+    if dtype = torch.float64 then 1e-9 else 2e-3
+
+[<Tests>]
+let tests =
+    testList
+        "Models/StructureModule"
+        [
+            for dtype, name in Props.dtypes do
+                test (sprintf "IPA is invariant to one rigid motion of every frame (%s)" name) {
+                    use _ = torch.NewDisposeScope()
+
+                    for seed in 1UL .. 6UL do
+                        use m = ipa dtype seed
+                        let g = new torch.Generator(seed + 50UL)
+                        let b, l = 2L, 7L + int64 seed
+                        let s = torch.randn ([| b; l; attention.DModel |], dtype = dtype, generator = g)
+                        let frames = Frame.random [| b; l |] 1.0 dtype torch.CPU g
+                        let motion = Frame.random [| b |] 3.0 dtype torch.CPU g
+                        let allowed = torch.ones ([| b; l |], dtype = torch.ScalarType.Bool)
+                        allowed.[1L, 2L] <- torch.tensor false
+                        let a = m.Attend(s, frames, allowed)
+                        let c = m.Attend(s, movedBy motion frames, allowed)
+                        Tol.close "IPA output" (tolerance dtype) c a
+                }
+
+            test "IPA: a key that is not allowed changes nothing; the point term does (it can fail)" {
+                use _ = torch.NewDisposeScope()
+                use m = ipa torch.float64 3UL
+                let g = new torch.Generator(4UL)
+
+                let s =
+                    torch.randn ([| 1L; 6L; attention.DModel |], dtype = torch.float64, generator = g)
+
+                let frames = Frame.random [| 1L; 6L |] 1.0 torch.float64 torch.CPU g
+                let allowed = torch.ones ([| 1L; 6L |], dtype = torch.ScalarType.Bool)
+                allowed.[0L, 5L] <- torch.tensor false
+                let a = m.Attend(s, frames, allowed)
+                let spoiled = s.clone ()
+
+                spoiled.narrow(1L, 5L, 1L).add_(torch.ones ([| 1L; 1L; attention.DModel |], dtype = torch.float64))
+                |> ignore
+
+                let b = m.Attend(spoiled, frames, allowed)
+                Tol.close "rows 0–4 ignore residue 5" 1e-12 (b.narrow (1L, 0L, 5L)) (a.narrow (1L, 0L, 5L))
+                // moving one frame alone (not a global motion) must change the output
+                let shift = torch.zeros ([| 1L; 6L; 3L |], dtype = torch.float64)
+                shift.[0L, 2L, 2L] <- torch.tensor 2.0
+                let moved = { frames with T = frames.T + shift }
+
+                Expect.isGreaterThan (Tol.maxAbsDiff (m.Attend(s, moved, allowed)) a) 1e-6 "one frame moved"
+            }
+
+            test "structure module: proper rotations, Å translations, every round's frames; decoder keys load back" {
+                use _ = torch.NewDisposeScope()
+
+                let config =
+                    {
+                        Iterations = 3
+                        Attention = attention
+                    }
+
+                use m = new StructureModule(config)
+                Init.reset (new torch.Generator(5UL)) m
+
+                let s =
+                    torch.randn ([| 2L; 9L; attention.DModel |], generator = new torch.Generator(6UL))
+
+                let rounds = m.Rounds(s, torch.ones ([| 2L; 9L |], dtype = torch.ScalarType.Bool))
+                Expect.equal rounds.Length 3 "one frame set per round"
+                let last = List.last rounds
+                Expect.isLessThan (Rotation.properError last.R) 1e-5 "proper rotations"
+                Tol.close "forward = last round" 0.0 (m.forward(s).T) last.T
+
+                // a decoder with the module: keys after ESM's, round count through the export metadata
+                let decoderConfig =
+                    {
+                        DModel = 24L
+                        Heads = 2L
+                        Layers = 1
+                        PairwiseDownproject = 8L
+                        PairwiseHidden = 8L
+                        StructureModule = Some config
+                    }
+
+                use decoder = new StructureDecoder(decoderConfig)
+                Init.reset (new torch.Generator(7UL)) decoder
+                let keys = Checkpoint.stateDict decoder |> List.map (fun (k, t) -> k, t.shape)
+                Expect.sequenceEqual keys (StructureDecoderConfig.expectedKeys decoderConfig) "keys in order"
+                use dir = new TempDir()
+                let path = dir.File "decoder.safetensors"
+
+                Checkpoint.save path decoder (readOnlyDict [ "head_width", "12"; "structure_module_iterations", "3" ])
+
+                use loaded = StructureDecoder.load path
+                Expect.equal loaded.Config decoderConfig "inferred config"
+                let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 4097L |]).unsqueeze 0L
+                Tol.close "backbone" 0.0 (loaded.forward(tokens).Backbone) (decoder.forward(tokens).Backbone)
+            }
+        ]
