@@ -30,10 +30,10 @@ let private ipa (dtype: torch.ScalarType) (seed: uint64) =
 let private movedBy (g: Frame) (f: Frame) = Frame.compose (Frame.unsqueeze 1L g) f
 
 let private tolerance (dtype: torch.ScalarType) =
-    // float32: frames with translations of ~10 (nm) carry ~1e-6 relative rounding, which the point terms
-    // (squared distances up to ~10³) carry into logits at ~1e-3 absolute; the softmax and the projections keep it
-    // there. float64: 1e-9.
-    if dtype = torch.float64 then 1e-9 else 2e-3
+    // float32: frame translations and points up to ~10 (nm) carry ~1e-6 of rounding; the squared point distances
+    // (up to ~10²) carry ~1e-5 into the logits, and the output (|out| ≲ 2 here) moves by about as much. 1e-4 bounds
+    // it with a margin (observed ≤ 1.1e-6 on these seeds). float64: 1e-9.
+    if dtype = torch.float64 then 1e-9 else 1e-4
 
 [<Tests>]
 let tests =
