@@ -227,7 +227,7 @@ module StructureDecoderConfig =
         let down = shapeOf "pairwise_classification_head.downproject.weight" 2
         let linear1 = shapeOf "pairwise_classification_head.linear1.weight" 2
 
-        // The structure module's sizes from its tensors (its round count is not in any shape: AlphaFold2's 8 here;
+        // The structure module's sizes from its tensors (its round count is not in any shape: AlphaFold2's here;
         // `StructureDecoder.load` reads our export's metadata).
         let structureModule =
             if keys.Names |> Seq.exists (fun n -> n.StartsWith StructureModulePrefix) then
@@ -246,7 +246,7 @@ module StructureDecoderConfig =
 
                 Some
                     {
-                        Iterations = 8
+                        Iterations = StructureModuleConfig.AlphaFold2Rounds
                         Attention =
                             {
                                 DModel = d
@@ -390,17 +390,19 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over.
     /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
     member _.Heads(x: torch.Tensor, real: torch.Tensor) =
-        let backbone = BackboneHead.ofProjection (affine_output_projection.forward x)
+        let projection = affine_output_projection.forward x
 
+        // With a structure module its frames replace the affine head's, which are then never built.
         let backbone =
             match structureModule with
-            | None -> backbone
+            | None -> BackboneHead.ofProjection projection
             | Some m ->
                 let frames = List.last (m.Rounds(x, real))
 
-                { backbone with
+                {
                     Frames = frames
                     Backbone = BackboneHead.place frames
+                    TorsionLogits = BackboneHead.torsionLogits projection
                 }
 
         let pairwise = pairwise_classification_head.forward x
@@ -680,19 +682,19 @@ module StructureDecoder =
                     (InputLocation.Field "__metadata__.head_width")
                     (sprintf "expected a positive integer, got '%s'" text)
 
-    /// The structure module's round count from a file's metadata ("structure_module_iterations", which our export
-    /// writes), else AlphaFold2's 8. A value that is not a positive integer raises an `InputException` naming `path`
-    /// and the field.
+    /// The structure module's round count from a file's metadata (`StructureModuleConfig.RoundsMetadataKey`, which
+    /// our export writes), else AlphaFold2's 8. A value that is not a positive integer raises an `InputException`
+    /// naming `path` and the field.
     let structureModuleIterationsOf (path: string) (metadata: Map<string, string>) : int =
-        match metadata.TryFind "structure_module_iterations" with
-        | None -> 8
+        match metadata.TryFind StructureModuleConfig.RoundsMetadataKey with
+        | None -> StructureModuleConfig.AlphaFold2Rounds
         | Some text ->
             match Int32.TryParse text with
             | true, n when n > 0 -> n
             | _ ->
                 InputError.raise
                     path
-                    (InputLocation.Field "__metadata__.structure_module_iterations")
+                    (InputLocation.Field("__metadata__." + StructureModuleConfig.RoundsMetadataKey))
                     (sprintf "expected a positive integer, got '%s'" text)
 
     /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes

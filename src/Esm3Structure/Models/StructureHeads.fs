@@ -63,6 +63,10 @@ module BackboneHead =
         let local_33 = idealBackbone f.Dtype f.T.device
         local_33.matmul (f.R.transpose (-1L, -2L)) + f.T.unsqueeze (-2L)
 
+    /// The 14 torsion channels p[9:23] as 7 torsions × (sin, cos) logits. Shapes: projection [*, 23] -> [*, 7, 2]
+    let torsionLogits (projection: torch.Tensor) =
+        Shape.unflattenLast [| 7L; 2L |] (projection.narrow (-1L, 9L, 14L))
+
     /// The head's outputs from its projection: t = 10·p[0:3], a = p[3:6], c = p[6:9], torsions p[9:23].
     /// Shapes: projection [*, 23] -> Frames [*], Backbone [*, 3, 3], TorsionLogits [*, 7, 2]
     let ofProjection (projection: torch.Tensor) : BackboneHeadOutput =
@@ -75,7 +79,7 @@ module BackboneHead =
         {
             Frames = f
             Backbone = place f
-            TorsionLogits = Shape.unflattenLast [| 7L; 2L |] (projection.narrow (-1L, 9L, 14L))
+            TorsionLogits = torsionLogits projection
         }
 
 /// The pair features of ESM's `PairwisePredictionHead` (evolutionaryscale/esm `esm/models/vqvae.py`).

@@ -20,10 +20,18 @@ type StructureModuleConfig =
 /// Presets and checks of `StructureModuleConfig`.
 module StructureModuleConfig =
 
+    /// AlphaFold2's round count (supplement §1.8).
+    [<Literal>]
+    let AlphaFold2Rounds = 8
+
+    /// The safetensors metadata field our exports write the round count to (shapes cannot tell it).
+    [<Literal>]
+    let RoundsMetadataKey = "structure_module_iterations"
+
     /// AlphaFold2's structure module at width `d` (8 rounds, 12 heads, 16/4 query-key and 16/8 value channels).
     let alphaFold2 (d: int64) =
         {
-            Iterations = 8
+            Iterations = AlphaFold2Rounds
             Attention = InvariantPointAttentionConfig.alphaFold2 d
         }
 

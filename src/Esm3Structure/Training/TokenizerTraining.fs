@@ -447,7 +447,7 @@ module TokenizerTraining =
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
                         match config.Decoder.StructureModule with
-                        | Some m -> "structure_module_iterations", string m.Iterations
+                        | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
                         | None -> ()
                     ])
 

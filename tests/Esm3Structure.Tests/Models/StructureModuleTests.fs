@@ -124,7 +124,10 @@ let tests =
                 use dir = new TempDir()
                 let path = dir.File "decoder.safetensors"
 
-                Checkpoint.save path decoder (readOnlyDict [ "head_width", "12"; "structure_module_iterations", "3" ])
+                Checkpoint.save
+                    path
+                    decoder
+                    (readOnlyDict [ "head_width", "12"; StructureModuleConfig.RoundsMetadataKey, "3" ])
 
                 use loaded = StructureDecoder.load path
                 Expect.equal loaded.Config decoderConfig "inferred config"
