@@ -11,6 +11,7 @@
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
 //                                   [--minutes M] [--fape W] [--structure-module ROUNDS] [--bypass-quantizer]
+//                                   [--neighbour-geometry] [--chain-frames]
 //                                   [--seed N] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -38,6 +39,8 @@ type Args =
     | Fape of weight: float
     | Structure_Module of rounds: int
     | Bypass_Quantizer
+    | Neighbour_Geometry
+    | Chain_Frames
     | Seed of int
     | Checkpoint_Every of int
     | Resume
@@ -63,6 +66,10 @@ type Args =
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
             | Bypass_Quantizer ->
                 "tokenizer stage 1: decode the encoder's continuous vectors (a diagnostic ceiling; no tokens)"
+            | Neighbour_Geometry ->
+                "tokenizer stage 1: the encoder also sees each neighbour's pose and its residue's sequence steps (default: ESM's offsets only)"
+            | Chain_Frames ->
+                "tokenizer stage 1: compose the affine head's frames along the chain (default: ESM's global frames)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Resume -> "continue from the last checkpoint in --out"
@@ -110,6 +117,8 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 "--fape", args.Contains Fape
                 "--structure-module", args.Contains Structure_Module
                 "--bypass-quantizer", args.Contains Bypass_Quantizer
+                "--neighbour-geometry", args.Contains Neighbour_Geometry
+                "--chain-frames", args.Contains Chain_Frames
             ] do
             if given then
                 invalidArg flag (sprintf "%s is for --model tokenizer --stage 1" flag)
@@ -151,6 +160,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                         "structure-module"
                                         (sprintf "--structure-module needs at least 1 round (got %d)" n)
                                 | None -> preset.Decoder.StructureModule
+                            ChainFrames = args.Contains Chain_Frames || preset.Decoder.ChainFrames
+                        }
+                    Encoder =
+                        { preset.Encoder with
+                            NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
                         }
                     BypassQuantizer = args.Contains Bypass_Quantizer || preset.BypassQuantizer
                     Trainer = trainer preset.Trainer

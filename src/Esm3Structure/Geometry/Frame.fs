@@ -96,6 +96,37 @@ module Frame =
             T = -(Rotation.apply rInv f.T)
         }
 
+    /// Composition along a chain: P_i = S_0 ∘ S_1 ∘ … ∘ S_i, each step S_i the pose of residue i in residue i−1's
+    /// frame (S_0 in the global frame), as an inclusive prefix scan (Hillis–Steele: ⌈log₂ L⌉ rounds of batched
+    /// `compose`, each P_i ← P_{i−s} ∘ P_i; valid because composition is associative).
+    /// Shapes: steps [*, L] -> Frame [*, L]
+    let chain (steps: Frame) : Frame =
+        if steps.R.dim () < 3L then
+            invalidArg "steps" (sprintf "Frame.chain needs a chain axis: R [*, L, 3, 3], got %A" steps.R.shape)
+
+        let l = steps.R.shape.[int (steps.R.dim ()) - 3]
+        let mutable p = steps
+        let mutable s = 1L
+
+        while s < l do
+            let take (start: int64) (n: int64) (f: Frame) =
+                {
+                    R = f.R.narrow (-3L, start, n)
+                    T = f.T.narrow (-2L, start, n)
+                }
+
+            let updated = compose (take 0L (l - s) p) (take s (l - s) p)
+
+            p <-
+                {
+                    R = torch.cat ([| p.R.narrow (-3L, 0L, s); updated.R |], -3L)
+                    T = torch.cat ([| p.T.narrow (-2L, 0L, s); updated.T |], -2L)
+                }
+
+            s <- s * 2L
+
+        p
+
     /// Local to global: `R x + T`. Shapes: f [*], x [*, 3] -> [*, 3] (batch dims broadcast; add singleton axes
     /// to the frame, e.g. `Frame.unsqueeze -1L f`, to apply one frame to several points).
     let apply (f: Frame) (x: torch.Tensor) = Rotation.apply f.R x + f.T

@@ -31,6 +31,11 @@ type StructureDecoderConfig =
         /// `structure_module.*` after ESM's) whose frames replace the affine head's (the affine head still gives the
         /// torsion channels). Not in ESM's release.
         StructureModule: StructureModuleConfig option
+        /// With the affine head, read each residue's frame as its pose in the previous residue's frame and compose
+        /// them along the chain (`Frame.chain`), so that local geometry is right wherever the steps are, instead of
+        /// reading every frame in one global frame (ESM: false). No extra keys; our exports record it in the
+        /// metadata (`StructureDecoderConfig.ChainFramesMetadataKey`). Excludes `StructureModule`.
+        ChainFrames: bool
     }
 
 /// Presets, checks and the state-dict layout of `StructureDecoderConfig`.
@@ -45,6 +50,7 @@ module StructureDecoderConfig =
             PairwiseDownproject = 128L
             PairwiseHidden = 128L
             StructureModule = None
+            ChainFrames = false
         }
 
     /// A CPU-trainable decoder: d 256, 4 heads (d_head 64), 4 layers, ESM's pairwise head.
@@ -56,6 +62,7 @@ module StructureDecoderConfig =
             PairwiseDownproject = 128L
             PairwiseHidden = 128L
             StructureModule = None
+            ChainFrames = false
         }
 
     /// Distogram bins: pairwise channels 0 … 63 (the first of ESM's `pairwise_bins`).
@@ -116,10 +123,17 @@ module StructureDecoderConfig =
                             "StructureModule: Attention.DModel (%d) must equal DModel (%d)"
                             m.Attention.DModel
                             c.DModel
+
+                    if c.ChainFrames then
+                        "ChainFrames composes the affine head's frames; it cannot be combined with StructureModule"
                 | None -> ()
             ]
 
         if errors.IsEmpty then Ok c else Error errors
+
+    /// Metadata key of our exports recording `ChainFrames` ("true" when set; absent in ESM's files).
+    [<Literal>]
+    let ChainFramesMetadataKey = "chain_frames"
 
     /// Key prefix of the optional structure module.
     [<Literal>]
@@ -269,6 +283,7 @@ module StructureDecoderConfig =
                 PairwiseDownproject = down.[0]
                 PairwiseHidden = linear1.[0]
                 StructureModule = structureModule
+                ChainFrames = false
             }
 
         match validate config with
@@ -301,6 +316,9 @@ type StructureDecoderOutput =
         Frames: Frame
         /// N, CA, C in Å (ESM's `bb_pred`). [B, L, 3, 3]
         Backbone: torch.Tensor
+        /// With a structure module, the backbone after every round, the last equal to `Backbone` (AlphaFold2
+        /// averages its FAPE over them); empty for ESM's affine head. [B, L, 3, 3] each
+        RoundBackbones: torch.Tensor list
         /// The backbone head's 14 unused channels as 7 torsions × (sin, cos), unnormalised. [B, L, 7, 2]
         TorsionLogits: torch.Tensor
         /// pLDDT bin logits. [B, L, 50]
@@ -382,6 +400,11 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// True when the decoder owns the residue embedding `sequence_embed` (stage-2 sequence conditioning).
     member _.SequenceInput = sequenceInput
 
+    /// With a structure module, applies its AlphaFold2 "final" initialisation (`StructureModule.ZeroFinalLayers`);
+    /// nothing otherwise. Training calls it after `Init.reset`.
+    member _.ZeroFinalLayers() =
+        structureModule |> Option.iter (fun m -> m.ZeroFinalLayers())
+
     /// The trunk only: embedding then the transformer stack (no attention mask: ESM's `sequence_id` is all zeros).
     /// Tokens are not checked here. Shapes: tokens [B, L] int64 -> [B, L, d]
     member _.Trunk(tokens: torch.Tensor) =
@@ -393,17 +416,29 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
         let projection = affine_output_projection.forward x
 
         // With a structure module its frames replace the affine head's, which are then never built.
-        let backbone =
+        let backbone, rounds =
             match structureModule with
-            | None -> BackboneHead.ofProjection projection
-            | Some m ->
-                let frames = List.last (m.Rounds(x, real))
+            | None when config.ChainFrames ->
+                let steps = BackboneHead.ofProjection projection
+                let frames = Frame.chain steps.Frames
 
                 {
                     Frames = frames
                     Backbone = BackboneHead.place frames
+                    TorsionLogits = steps.TorsionLogits
+                },
+                []
+            | None -> BackboneHead.ofProjection projection, []
+            | Some m ->
+                let frames = m.Rounds(x, real)
+                let rounds = frames |> List.map BackboneHead.place
+
+                {
+                    Frames = List.last frames
+                    Backbone = List.last rounds
                     TorsionLogits = BackboneHead.torsionLogits projection
-                }
+                },
+                rounds
 
         let pairwise = pairwise_classification_head.forward x
         let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
@@ -431,6 +466,7 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
             Hidden = x
             Frames = backbone.Frames
             Backbone = backbone.Backbone
+            RoundBackbones = rounds
             TorsionLogits = backbone.TorsionLogits
             PlddtLogits = plddtLogits
             Plddt = Plddt.ofLogits plddtLogits
@@ -725,6 +761,17 @@ module StructureDecoder =
                             }
                 }
             | c -> c
+
+        let config =
+            match header.Metadata.TryFind StructureDecoderConfig.ChainFramesMetadataKey with
+            | None
+            | Some "false" -> config
+            | Some "true" -> { config with ChainFrames = true }
+            | Some text ->
+                InputError.raise
+                    path
+                    (InputLocation.Field("__metadata__." + StructureDecoderConfig.ChainFramesMetadataKey))
+                    (sprintf "expected true or false, got '%s'" text)
 
         let mismatch =
             Checkpoint.mismatchesOfShapes (StructureDecoderConfig.expectedKeysWith sequenceInput config) shapes

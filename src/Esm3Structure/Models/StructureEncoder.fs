@@ -27,6 +27,11 @@ type StructureEncoderConfig =
         GeometricImplementation: GeometricAttentionImpl
         /// Score terms of the geometric attention (ESM: both; rotation-only / distance-only are ablations).
         GeometricTerms: GeometricTerms
+        /// Adds each neighbour's pose in its query residue's frame (`NeighbourGeometry.features`, through
+        /// `neighbour_geometry_proj`) to the layer-0 input, beside ESM's relative-position embedding. Not one of
+        /// ESM's inputs (ESM: false): ESM's layer 0 sees only sequence offsets, so the geometry reaches the
+        /// residual stream only through the attention, which at small scale learns it slowly.
+        NeighbourGeometry: bool
         Quantizer: QuantizerConfig
     }
 
@@ -42,6 +47,7 @@ type StructureEncoderConfig =
             PositionBins = 32L
             GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
             GeometricTerms = GeometricTerms.Both
+            NeighbourGeometry = false
             Quantizer = QuantizerConfig.esm3
         }
 
@@ -137,6 +143,102 @@ module Knn =
         let flat = x.reshape (Array.append [| b * l |] rest)
         flat.index_select(0L, (nbr + offsets).flatten()).reshape(Array.append [| b; l; e |] rest)
 
+/// Invariant features of a neighbour's pose in its query residue's frame, the encoder's `NeighbourGeometry` input.
+module NeighbourGeometry =
+
+    /// Radial basis centres of the neighbour distance, Å: 16 centres from 0 to 20 Å (the spacing of
+    /// ProteinMPNN's 16 Gaussian RBFs over 2–22 Å, shifted to start at the query itself).
+    let RadialCentres = Array.init 16 (fun i -> float i * 20.0 / 15.0)
+
+    /// Translations are divided by this length, Å (AlphaFold2's nm scale).
+    [<Literal>]
+    let TranslationScale = 10.0
+
+    /// Features per neighbour: translation (3), rotation matrix (9), radial basis (16).
+    [<Literal>]
+    let Width = 28L
+
+    /// The pose of every slot's frame in its row's slot-0 (query) frame: translation / 10 Å, the 9 rotation
+    /// entries and Gaussian radial bases of the distance (width 20/15 Å); zero where the query or the neighbour
+    /// has no frame. Invariant to any rigid motion of the input frames.
+    /// Shapes: frames R [N, E, 3, 3], T [N, E, 3]; framed [N, E] bool -> [N, E, 28]
+    let features (frames: Frame) (framed: torch.Tensor) =
+        let query =
+            {
+                R = frames.R.narrow (1L, 0L, 1L)
+                T = frames.T.narrow (1L, 0L, 1L)
+            }
+
+        let relative = Frame.compose (Frame.invert query) frames
+        let n, e = frames.T.shape.[0], frames.T.shape.[1]
+        let distance = relative.T.norm (-1, true) // [N, E, 1]
+
+        let centres =
+            torch.tensor(RadialCentres, dtype = frames.T.dtype, device = frames.T.device).reshape(1L, 1L, -1L)
+
+        let width = 20.0 / 15.0
+        let radial = (-((distance - centres) / width).square()).exp()
+
+        let both =
+            framed.logical_and(framed.narrow (1L, 0L, 1L)).unsqueeze(-1L).to_type frames.T.dtype
+
+        torch.cat ([| relative.T / TranslationScale; relative.R.reshape (n, e, 9L); radial |], -1L)
+        * both
+
+    /// Width of `steps`: the poses of residues i − 1 and i + 1 (translation 3 + rotation 9 each).
+    [<Literal>]
+    let StepWidth = 24L
+
+    /// Each residue's sequence-neighbour steps: the poses of residues i − 1 and i + 1 in residue i's frame
+    /// (translation / 10 Å, rotation entries), each zero where that neighbour is missing, unframed, padding or not
+    /// at residue index i ± 1 (a chain break). Invariant to any rigid motion.
+    /// Shapes: frames [B, L], usable [B, L] bool, residueIndex [B, L] int64 -> [B, L, 24]
+    let steps (frames: Frame) (usable: torch.Tensor) (residueIndex: torch.Tensor) =
+        let b, l = frames.T.shape.[0], frames.T.shape.[1]
+        let inverse = Frame.invert frames
+
+        let shifted (offset: int64) =
+            // Row i holds row i + offset; rows shifted in from outside are marked unusable.
+            let take (x: torch.Tensor) (dim: int64) =
+                let n = l - abs offset
+
+                let moved =
+                    if offset > 0L then
+                        x.narrow (dim, offset, n)
+                    else
+                        x.narrow (dim, 0L, n)
+
+                let fillShape =
+                    x.shape |> Array.mapi (fun i s -> if int64 i = dim then abs offset else s)
+
+                let fill = torch.zeros (fillShape, dtype = x.dtype, device = x.device)
+
+                if offset > 0L then
+                    torch.cat ([| moved; fill |], dim)
+                else
+                    torch.cat ([| fill; moved |], dim)
+
+            let pose =
+                Frame.compose
+                    inverse
+                    {
+                        R = take frames.R 1L
+                        T = take frames.T 1L
+                    }
+
+            let present = take usable 1L
+            let adjacent = (take residueIndex 1L - residueIndex).eq(offset.ToScalar())
+
+            let ok =
+                present.logical_and(adjacent).logical_and(usable).unsqueeze(-1L).to_type frames.T.dtype
+
+            torch.cat ([| pose.T / TranslationScale; pose.R.reshape (b, l, 9L) |], -1L) * ok
+
+        if l < 2L then
+            torch.zeros ([| b; l; StepWidth |], dtype = frames.T.dtype, device = frames.T.device)
+        else
+            torch.cat ([| shifted -1L; shifted 1L |], -1L)
+
 /// ESM's `RelativePositionEmbedding`: offsets key − query clamped to ±bins, shifted by bins + 1 (row 0 unused).
 /// Key: `embedding.weight` [2·bins + 2, d], initialised N(0, 0.02).
 type RelativePositionEmbedding(bins: int64, dModel: int64) as this =
@@ -192,7 +294,23 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
     let relative_positional_embedding =
         new RelativePositionEmbedding(config.PositionBins, config.DModel)
 
-    do this.RegisterComponents()
+    let neighbourGeometry =
+        if config.NeighbourGeometry then
+            Some(
+                torch.nn.Linear(NeighbourGeometry.Width, config.DModel),
+                torch.nn.Linear(NeighbourGeometry.StepWidth, config.DModel)
+            )
+        else
+            None
+
+    do
+        this.RegisterComponents()
+
+        match neighbourGeometry with
+        | Some(neighbours, steps) ->
+            this.register_module ("neighbour_geometry_proj", neighbours)
+            this.register_module ("sequence_step_proj", steps)
+        | None -> ()
 
     member _.Config = config
     member _.Codebook = codebook
@@ -201,9 +319,21 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
     /// padded rows (default none); `sequenceId` separates packed chains (default one per row).
     /// Shapes: backbone [B, L, ≥3, 3] (N, CA, C first), residueIndex [B, L] int64 | null, padding [B, L] bool | null,
     /// sequenceId [B, L] int64 | null -> StructureEncoding
-    member _.Encode
+    member this.Encode
         (backbone: torch.Tensor, residueIndex: torch.Tensor, padding: torch.Tensor, sequenceId: torch.Tensor)
         =
+        this.EncodeTimed(backbone, residueIndex, padding, sequenceId, ignore)
+
+    /// `Encode`, calling `lap "encoder"` when the continuous vectors are ready and `lap "quantizer"` after the
+    /// codebook (for per-stage timings).
+    member _.EncodeTimed
+        (
+            backbone: torch.Tensor,
+            residueIndex: torch.Tensor,
+            padding: torch.Tensor,
+            sequenceId: torch.Tensor,
+            lap: string -> unit
+        ) =
         if backbone.dim () <> 4L || backbone.shape.[2] < 3L || backbone.shape.[3] <> 3L then
             Shape.mismatch "backbone" "[B, L, ≥3 (N, CA, C, …), 3]" backbone
 
@@ -258,6 +388,29 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         let z0 =
             relative_positional_embedding.forward (positions.select (1L, 0L), positions) // [B·L, E, d]
 
+        let z0 =
+            match neighbourGeometry with
+            | Some(neighbours, steps) ->
+                let index =
+                    if isNull residueIndex then
+                        torch.arange(l, device = coords.device).unsqueeze(0L).expand(b, l)
+                    else
+                        residueIndex
+
+                let usable = framed.logical_and (padding.logical_not ())
+                let own = NeighbourGeometry.steps bf.Frames usable index |> steps.forward // [B, L, d]
+
+                let query =
+                    torch.zeros ([| b * l; e; config.DModel |], dtype = z0.dtype, device = z0.device)
+
+                query.narrow(1L, 0L, 1L).copy_(own.reshape(b * l, 1L, config.DModel).to_type z0.dtype)
+                |> ignore
+
+                z0
+                + neighbours.forward (NeighbourGeometry.features (frames |> Frame.toType z0.dtype) framedN)
+                + query
+            | None -> z0
+
         let context =
             {
                 Mask = AttentionMask.None
@@ -275,8 +428,10 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         let query = transformer.ForwardAt(z0, context, 0L).reshape(b, l, config.DModel)
         let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
         let zPre = pre_vq_proj.forward query // [B, L, DOut]
+        lap "encoder"
         let real = framed.logical_and (padding.logical_not ())
         let q = codebook.Quantize(zPre, real)
+        lap "quantizer"
 
         {
             Z = zPre
@@ -354,6 +509,7 @@ module StructureEncoder =
                 DOut = codebook.[1]
                 ExpansionRatio = ratio
                 PositionBins = bins
+                NeighbourGeometry = keys.Contains "neighbour_geometry_proj.weight"
                 Quantizer =
                     { StructureEncoderConfig.Esm3.Quantizer with
                         Codes = codebook.[0]

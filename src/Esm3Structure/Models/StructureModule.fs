@@ -119,6 +119,19 @@ type StructureModule(config: StructureModuleConfig) as this =
 
     member _.Config = config
 
+    /// AlphaFold2's "final" initialisation (supplement 1.11.4): zero weights and biases for the attention's output
+    /// projection, the transition's last layer and the backbone update, so that every round starts as the
+    /// identity update. Call after any generic re-initialisation (`Init.reset`).
+    member _.ZeroFinalLayers() =
+        use _ = torch.no_grad ()
+
+        let final: torch.nn.Module list =
+            [ ipa.OutputProjection; transition.[4] :?> torch.nn.Module; backbone_update ]
+
+        for m in final do
+            for p in m.parameters () do
+                p.zero_ () |> ignore
+
     /// The frames after every round, in Å (the last is the prediction). `allowed` marks the residues attention may
     /// read. Shapes: s [B, L, d], allowed [B, L] bool -> Iterations × Frame [B, L]
     member _.Rounds(s: torch.Tensor, allowed: torch.Tensor) : Frame list =

@@ -90,6 +90,9 @@ type InvariantPointAttention(config: InvariantPointAttentionConfig) as this =
 
     member _.Config = config
 
+    /// The output projection (`out`), which AlphaFold2 initialises to zero.
+    member _.OutputProjection: torch.nn.Module = out
+
     /// Attention of every residue over the allowed residues of its row. `frames` are in the module's length unit
     /// (the structure module's: nm). Shapes: s [B, L, d], frames [B, L], allowed [B, L] bool (keys that may be
     /// attended to) -> [B, L, d]

@@ -432,7 +432,12 @@ module MultiTrackTraining =
             let masked = this.Batch step
             let out = model.forward masked.Inputs
             let total, terms = MaskedLm.losses config.Weights out masked
-            { Loss = total; Terms = terms }
+
+            {
+                Loss = total
+                Terms = terms
+                Stages = [||]
+            }
 
         override _.Validate() =
             validate model device config.ValidMasking config.Weights config.ValidSeed config.ValidBatchSize valid

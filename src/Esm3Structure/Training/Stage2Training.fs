@@ -85,6 +85,7 @@ module Stage2TrainConfig =
                     PairwiseDownproject = 32L
                     PairwiseHidden = 64L
                     StructureModule = None
+                    ChainFrames = false
                 }
             SequenceInput = true
             Weights = unitWeights
@@ -112,6 +113,7 @@ module Stage2TrainConfig =
                     PairwiseDownproject = 16L
                     PairwiseHidden = 32L
                     StructureModule = None
+                    ChainFrames = false
                 }
             CropLength = 64
             ValidChains = 16
@@ -334,6 +336,7 @@ module Stage2Training =
                     T = rows out.Frames.T
                 }
             Backbone = rows out.Backbone
+            RoundBackbones = out.RoundBackbones |> List.map rows
             TorsionLogits = rows out.TorsionLogits
             PlddtLogits = rows out.PlddtLogits
             Plddt = rows out.Plddt
@@ -547,7 +550,12 @@ module Stage2Training =
             let b = Stage2Data.batch examples tokens |> Stage2Data.toDevice device
             let out, atoms = run decoder b
             let total, terms = losses config generator out atoms b
-            { Loss = total; Terms = terms }
+
+            {
+                Loss = total
+                Terms = terms
+                Stages = [||]
+            }
 
         override _.Validate() = validate decoder device validSet.Value
 

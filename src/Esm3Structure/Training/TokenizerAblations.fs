@@ -2,6 +2,7 @@ namespace Esm3Structure.Training
 
 open System
 open TorchSharp
+open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 
@@ -131,8 +132,57 @@ module TokenizerAblations =
 
         ablation "commitment" [| beta 0.1; beta 0.25; beta 1.0 |]
 
+    /// The recipe options of issue 13 against ESM's recipe: backbone FAPE (weight 1); FAPE with the encoder's
+    /// explicit neighbour geometry; that with chain-composed decoder frames; FAPE with a 4-round structure module.
+    let recipe =
+        let fape (c: TokenizerTrainConfig) =
+            { c with
+                Weights = { c.Weights with Fape = 1.0 }
+            }
+
+        let geometry (c: TokenizerTrainConfig) =
+            { c with
+                Encoder =
+                    { c.Encoder with
+                        NeighbourGeometry = true
+                    }
+            }
+
+        let chain (c: TokenizerTrainConfig) =
+            { c with
+                Decoder = { c.Decoder with ChainFrames = true }
+            }
+
+        let structureModule (c: TokenizerTrainConfig) =
+            let d = c.Decoder.DModel
+
+            { c with
+                Decoder =
+                    { c.Decoder with
+                        StructureModule =
+                            Some
+                                {
+                                    Iterations = 4
+                                    Attention =
+                                        { InvariantPointAttentionConfig.alphaFold2 d with
+                                            Heads = c.Decoder.Heads
+                                        }
+                                }
+                    }
+            }
+
+        ablation
+            "recipe"
+            [|
+                Ablation.variant "esm" id
+                Ablation.variant "fape" fape
+                Ablation.variant "fape-geometry" (fape >> geometry)
+                Ablation.variant "fape-geometry-chain" (fape >> geometry >> chain)
+                Ablation.variant "fape-module" (fape >> structureModule)
+            |]
+
     /// Every built-in ablation.
-    let all = [| geometricTerms; codebookKind; codebookSize; knn; commitment |]
+    let all = [| geometricTerms; codebookKind; codebookSize; knn; commitment; recipe |]
 
     /// A built-in ablation by name.
     let byName (name: string) =

@@ -78,6 +78,7 @@ module TokenizerTrainConfig =
                     PairwiseDownproject = 32L
                     PairwiseHidden = 64L
                     StructureModule = None
+                    ChainFrames = false
                 }
             Weights = unitWeights
             CropLength = 128
@@ -111,6 +112,7 @@ module TokenizerTrainConfig =
                     PairwiseDownproject = 16L
                     PairwiseHidden = 32L
                     StructureModule = None
+                    ChainFrames = false
                 }
             CropLength = 64
             ValidChains = 16
@@ -264,14 +266,18 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     do
         this.RegisterComponents()
         Init.reset generator this
+        decoder.ZeroFinalLayers()
 
     member _.Encoder = encoder
     member _.Decoder = decoder
 
     /// Encodes, quantizes (straight-through) and decodes a batch. Shapes: batch [B, L, …] -> encoding, decoder output
-    member _.Run(batch: TokenizerBatch) =
+    member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore)
+
+    /// `Run`, calling `lap` after the encoder ("encoder"), the codebook ("quantizer") and the decoder ("decoder").
+    member _.RunTimed(batch: TokenizerBatch, lap: string -> unit) =
         let encoding =
-            encoder.Encode(batch.Backbone, batch.ResidueIndex, batch.Padding, null)
+            encoder.EncodeTimed(batch.Backbone, batch.ResidueIndex, batch.Padding, null, lap)
 
         let latent =
             if config.BypassQuantizer then
@@ -280,7 +286,9 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
                 encoding.Quantized
 
         let x = post_quant_proj.forward latent
-        encoding, decoder.DecodeEmbeddings(x, batch.Padding)
+        let decoded = decoder.DecodeEmbeddings(x, batch.Padding)
+        lap "decoder"
+        encoding, decoded
 
     /// Shapes: batch -> StructureDecoderOutput
     override this.forward(batch: TokenizerBatch) = snd (this.Run batch)
@@ -323,9 +331,16 @@ module TokenizerTraining =
         let distogram = StructureLosses.distogram out.DistogramLogits target mask
         let commitment = encoding.QuantizerLoss
 
+        // AlphaFold2 averages FAPE over the structure module's rounds; the affine head has one.
         let fape =
             if weights.Fape > 0.0 then
-                StructureLosses.backboneFape predicted target mask
+                match out.RoundBackbones with
+                | [] -> StructureLosses.backboneFape predicted target mask
+                | rounds ->
+                    rounds
+                    |> List.map (fun r -> StructureLosses.backboneFape r target mask)
+                    |> List.reduce (+)
+                    |> fun sum -> sum / float rounds.Length
             else
                 torch.zeros_like distance
 
@@ -403,6 +418,8 @@ module TokenizerTraining =
         override _.Generators = [| generator |]
 
         override _.Step(step: int) =
+            let clock = StageClock()
+
             let crops =
                 TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize config.CropLength train
 
@@ -416,9 +433,16 @@ module TokenizerTraining =
                     ResidueIndex = b.ResidueIndex.``to`` device
                 }
 
-            let encoding, out = model.Run b
+            clock.Lap "data"
+            let encoding, out = model.RunTimed(b, clock.Lap)
             let total, terms = losses config.Weights encoding out b
-            { Loss = total; Terms = terms }
+            clock.Lap "losses"
+
+            {
+                Loss = total
+                Terms = terms
+                Stages = clock.Laps
+            }
 
         override _.Validate() = validate model device valid
 
@@ -449,6 +473,8 @@ module TokenizerTraining =
                         match config.Decoder.StructureModule with
                         | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
                         | None -> ()
+                        if config.Decoder.ChainFrames then
+                            StructureDecoderConfig.ChainFramesMetadataKey, "true"
                     ])
 
         interface IDisposable with

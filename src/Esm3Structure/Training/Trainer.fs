@@ -142,6 +142,20 @@ module TrainerConfig =
                 sprintf "LogEvery must be at least 1 (got %d)" c.LogEvery
         ]
 
+/// Wall-clock laps of one training step's stages (data, encoder, …), in the order they ran. On the CPU every
+/// TorchSharp call has finished when it returns, so a lap is the stage's own time.
+type StageClock() =
+    let watch = Stopwatch.StartNew()
+    let laps = ResizeArray<string * float>()
+
+    /// Ends the current stage, naming it, and starts the next.
+    member _.Lap(stage: string) =
+        laps.Add((stage, watch.Elapsed.TotalSeconds))
+        watch.Restart()
+
+    /// The stages so far, seconds each.
+    member _.Laps = laps.ToArray()
+
 /// The loss of one training step and its named parts (for logging; the parts need not sum to the loss).
 type TrainingStep =
     {
@@ -149,6 +163,9 @@ type TrainingStep =
         Loss: torch.Tensor
         /// Named scalar terms.
         Terms: (string * torch.Tensor)[]
+        /// Seconds of the task's stages of this step (`StageClock.Laps`; may be empty). The trainer adds its own
+        /// "backward" (with gradient clipping) and "optimizer".
+        Stages: (string * float)[]
     }
 
 /// A model the trainer can drive. `Step` must be deterministic in the step index and the state the trainer
@@ -187,6 +204,9 @@ type MetricsRow =
         /// Steps skipped so far for a non-finite loss.
         Skipped: int
         Seconds: float
+        /// Mean seconds per step of each stage over the steps since the previous row (`TrainingStep.Stages`, then
+        /// "backward" and "optimizer").
+        StageSeconds: (string * float)[]
         /// Native tensors alive on this thread after the step (flat when nothing leaks).
         LiveTensors: int64
         /// True on the last row of a run that stopped on its time budget (`MaxSeconds`) before `Steps`.
@@ -295,6 +315,7 @@ module Trainer =
             writePairs w "validation" row.Validation
             w.WriteNumber("skipped", row.Skipped)
             w.WriteNumber("seconds", row.Seconds)
+            writePairs w "stage_seconds" row.StageSeconds
             w.WriteNumber("live_tensors", row.LiveTensors)
             w.WriteBoolean("stopped_on_time", row.StoppedOnTime)
             w.WriteEndObject())
@@ -498,14 +519,25 @@ module Trainer =
                    |> Array.map (fun (k, v) -> sprintf "%s %.4f" k v)
                    |> String.concat " ")
 
+        let stages =
+            if row.StageSeconds.Length = 0 then
+                ""
+            else
+                "  ["
+                + (row.StageSeconds
+                   |> Array.map (fun (k, v) -> sprintf "%s %.3f" k v)
+                   |> String.concat " ")
+                + " s]"
+
         sprintf
-            "step %d/%d  loss %.4f (%s)  lr %s  %.2f s/step  ETA %s%s"
+            "step %d/%d  loss %.4f (%s)  lr %s  %.2f s/step%s  ETA %s%s"
             row.Step
             config.Steps
             row.RunningLoss
             terms
             (NumberFormat.scientific 2 row.LearningRate)
             secondsPerStep
+            stages
             (formatSpan (secondsPerStep * float (config.Steps - row.Step)))
             validation
 
@@ -555,6 +587,18 @@ module Trainer =
                 File.Delete metricsPath
 
         let history = ResizeArray<MetricsRow>()
+        // Stage seconds summed since the last logged row, in first-seen order (not saved: timings do not resume).
+        let stageSums = ResizeArray<string * float>()
+        let mutable stageSteps = 0
+
+        let addStages (laps: (string * float)[]) =
+            for name, seconds in laps do
+                match Seq.tryFindIndex (fun (n, _) -> n = name) stageSums with
+                | Some i -> stageSums.[i] <- (name, snd stageSums.[i] + seconds)
+                | None -> stageSums.Add((name, seconds))
+
+            stageSteps <- stageSteps + 1
+
         let mutable checkpoint = defaultArg previous ""
         let clock = Stopwatch.StartNew()
         let startStep = state.Completed
@@ -608,6 +652,7 @@ module Trainer =
                     let out = task.Step step
                     let loss = out.Loss.ToDouble()
                     let terms = out.Terms |> Array.map (fun (k, t) -> k, t.ToDouble())
+                    let stageClock = StageClock()
 
                     let finite =
                         if Double.IsFinite loss then
@@ -619,12 +664,15 @@ module Trainer =
                                 else
                                     0.0
 
+                            stageClock.Lap "backward"
                             Double.IsFinite norm
                         else
                             false
 
                     if finite then
                         optimizer.step () |> ignore
+                        stageClock.Lap "optimizer"
+                        addStages (Array.append out.Stages stageClock.Laps)
                     else
                         optimizer.zero_grad ()
 
@@ -680,11 +728,14 @@ module Trainer =
                             Validation = validation
                             Skipped = state.Skipped
                             Seconds = clock.Elapsed.TotalSeconds
+                            StageSeconds = [| for name, sum in stageSums -> name, sum / float (max 1 stageSteps) |]
                             LiveTensors = DisposeScopeManager.Statistics.ThreadTotalLiveCount
                             StoppedOnTime = stoppedOnTime
                         }
 
                     history.Add row
+                    stageSums.Clear()
+                    stageSteps <- 0
                     File.AppendAllText(metricsPath, rowJson row + "\n")
                     let done_ = state.Completed - startStep
                     report row (clock.Elapsed.TotalSeconds / float (max 1 done_))

@@ -201,6 +201,39 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let withPad = Frame.ofBackbone padded
                 Tol.close "R" 0.0 (withPad.Frames.R.narrow (0L, 0L, c.Length)) alone.Frames.R
                 Expect.isFalse (withPad.Mask.narrow(0L, c.Length, 3L).any().ToBoolean()) "padding unframed")
+
+            Props.property "chain (a prefix scan) equals composing the steps one by one" (fun (c: BackboneCase) ->
+                use _ = torch.NewDisposeScope()
+
+                let steps =
+                    Frame.random (Array.append c.Batch [| c.Length |]) 4.0 dtype cpu (c.Generator())
+
+                let axisR, axisT = int64 c.Batch.Length, int64 c.Batch.Length
+
+                let at (i: int64) =
+                    {
+                        R = steps.R.select (axisR, i)
+                        T = steps.T.select (axisT, i)
+                    }
+
+                let mutable p = at 0L
+                let sequential = ResizeArray [ p ]
+
+                for i in 1L .. c.Length - 1L do
+                    p <- Frame.compose p (at i)
+                    sequential.Add p
+
+                let expected =
+                    {
+                        R = torch.stack (sequential |> Seq.map (fun f -> f.R), axisR)
+                        T = torch.stack (sequential |> Seq.map (fun f -> f.T), axisT)
+                    }
+
+                let scanned = Frame.chain steps
+                // Both orders are at most L − 1 compositions deep: each adds about one rotation tolerance to the
+                // rotations, and that rotation error times the largest position to the translations.
+                let depth = float c.Length
+                closeFrames "chain" (10.0 * rotTol * depth) (10.0 * rotTol * depth * scale expected.T) scanned expected)
         ]
 
 [<Tests>]

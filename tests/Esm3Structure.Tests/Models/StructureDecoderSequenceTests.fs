@@ -18,6 +18,7 @@ let private tiny =
         PairwiseDownproject = 8L
         PairwiseHidden = 12L
         StructureModule = None
+        ChainFrames = false
     }
 
 let private decoder (sequenceInput: bool) (seed: uint64) =

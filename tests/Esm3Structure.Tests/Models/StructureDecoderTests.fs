@@ -23,6 +23,7 @@ let private tiny =
         PairwiseDownproject = 16L
         PairwiseHidden = 24L
         StructureModule = None
+        ChainFrames = false
     }
 
 /// Loadable with ESM's d_head 64 (so `StructureDecoder.load` infers it back).

@@ -16,9 +16,10 @@ let private chain name =
 /// A small encoder (d 24, 4 vector heads, 2 blocks, 64 × 8 codes, k 6) with deterministic random weights, its
 /// codebook initialised from the encoder outputs of a real chain (ESM's data-dependent init, one training step on
 /// 1mvo_A), in `dtype`.
-let private small (dtype: torch.ScalarType) (seed: uint64) =
+let private smallWith (neighbourGeometry: bool) (dtype: torch.ScalarType) (seed: uint64) =
     let config =
         { StructureEncoderConfig.Esm3 with
+            NeighbourGeometry = neighbourGeometry
             DModel = 24L
             VHeads = 4L
             DOut = 8L
@@ -53,6 +54,8 @@ let private small (dtype: torch.ScalarType) (seed: uint64) =
 
     m.eval ()
     m
+
+let private small = smallWith false
 
 [<Tests>]
 let tests =
@@ -154,20 +157,21 @@ let tests =
             }
 
             test "pre-quantization vectors are invariant (E2) and do not depend on residue numbering offsets (E5)" {
-                use _ = torch.NewDisposeScope()
-                use m = small torch.float64 5UL
-                let c = chain "1ubq_A"
-                let bb = (ProteinChain.backbone torch.float64 c).unsqueeze 0L
-                let l = bb.shape.[1]
-                let a = m.Encode(bb, null, null, null).Z
+                for neighbourGeometry in [ false; true ] do
+                    use _ = torch.NewDisposeScope()
+                    use m = smallWith neighbourGeometry torch.float64 5UL
+                    let c = chain "1ubq_A"
+                    let bb = (ProteinChain.backbone torch.float64 c).unsqueeze 0L
+                    let l = bb.shape.[1]
+                    let a = m.Encode(bb, null, null, null).Z
 
-                let motion =
-                    Frame.random [||] 80.0 torch.float64 torch.CPU (new torch.Generator(2UL))
+                    let motion =
+                        Frame.random [||] 80.0 torch.float64 torch.CPU (new torch.Generator(2UL))
 
-                let b = m.Encode(Frame.apply motion bb, null, null, null).Z
-                Tol.close "E2" (1e-10 * (1.0 + a.abs().max().ToDouble())) b a
-                let shifted = m.Encode(bb, (torch.arange (l) + 1000L).unsqueeze 0L, null, null).Z
-                Tol.close "E5" 0.0 shifted a
+                    let b = m.Encode(Frame.apply motion bb, null, null, null).Z
+                    Tol.close "E2" (1e-10 * (1.0 + a.abs().max().ToDouble())) b a
+                    let shifted = m.Encode(bb, (torch.arange (l) + 1000L).unsqueeze 0L, null, null).Z
+                    Tol.close "E5" 0.0 shifted a
             }
 
             test "unframed residues all receive the same token (E6) and tokens ignore the amino acids (E7)" {
@@ -211,5 +215,82 @@ let tests =
                 let again = dir.File "again.safetensors"
                 Checkpoint.save again fresh null
                 Expect.equal (IO.File.ReadAllBytes again) (IO.File.ReadAllBytes path) "bytes"
+            }
+
+            test
+                "NeighbourGeometry: the sequence steps of a real chain compose back to its frames; a chain break zeroes them" {
+                use _ = torch.NewDisposeScope()
+                let bb = (ProteinChain.backbone torch.float64 (chain "1ubq_A")).unsqueeze 0L
+                let frames = (Frame.ofBackbone bb).Frames
+                let l = bb.shape.[1]
+                let usable = torch.ones ([| 1L; l |], dtype = torch.ScalarType.Bool)
+                let index = torch.arange(l).unsqueeze 0L
+                let steps = NeighbourGeometry.steps frames usable index // [1, L, 24]
+                // Channels 0–11: residue i − 1 in residue i's frame (translation / 10 Å, rotation); its inverse is
+                // residue i in residue i − 1's frame, the step that Frame.chain composes.
+                let previous = steps.narrow (-1L, 0L, 12L)
+
+                let pose =
+                    {
+                        R = previous.narrow(-1L, 3L, 9L).reshape(1L, l, 3L, 3L)
+                        T = previous.narrow (-1L, 0L, 3L) * NeighbourGeometry.TranslationScale
+                    }
+
+                let forward = Frame.invert pose
+
+                let chainSteps =
+                    {
+                        R = torch.cat ([| frames.R.narrow (1L, 0L, 1L); forward.R.narrow (1L, 1L, l - 1L) |], 1L)
+                        T = torch.cat ([| frames.T.narrow (1L, 0L, 1L); forward.T.narrow (1L, 1L, l - 1L) |], 1L)
+                    }
+
+                let rebuilt = Frame.chain chainSteps
+                // The frames are orthonormal only to their construction's rounding, so each of the L − 1 inverse
+                // poses carries that error into the composition; positions carry it times their size.
+                let perStep = 10.0 * (Rotation.properError frames.R + 1e-15)
+                let depth = float (l - 1L)
+                Tol.close "rotations" (perStep * depth) rebuilt.R frames.R
+                Tol.close "positions" (perStep * depth * (1.0 + frames.T.abs().max().ToDouble())) rebuilt.T frames.T
+
+                Tol.close
+                    "no residue before the first"
+                    0.0
+                    (previous.select (1L, 0L))
+                    (torch.zeros (1L, 12L, dtype = torch.float64))
+
+                // A gap in the numbering between residues 29 and 30: residue 30 has no i − 1 step, 29 no i + 1.
+                let broken = torch.where (index.ge ((30L).ToScalar()), index + 5L, index)
+                let cut = NeighbourGeometry.steps frames usable broken
+                Expect.equal (cut.[0L, 30L].narrow(0L, 0L, 12L).abs().max().ToDouble()) 0.0 "30: no previous"
+                Expect.equal (cut.[0L, 29L].narrow(0L, 12L, 12L).abs().max().ToDouble()) 0.0 "29: no next"
+                Expect.isGreaterThan (cut.[0L, 31L].abs().max().ToDouble()) 0.1 "31 keeps both"
+            }
+
+            test "an encoder with NeighbourGeometry saves its two projections and loads back with the option" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                use m = smallWith true torch.float32 4UL
+                let path = dir.File "encoder.safetensors"
+                Checkpoint.save path m null
+                let names = Checkpoint.keyShapes m |> List.map fst
+
+                for key in [ "neighbour_geometry_proj.weight"; "sequence_step_proj.weight" ] do
+                    Expect.contains names key key
+
+                use loaded = StructureEncoder.load path
+                // Knn is not in the file (the loader gives ESM's 16), and the SwiGLU ratio is read back as hidden / d
+                // (the same hidden width after ESM's rounding to 256).
+                let expected =
+                    { m.Config with
+                        Knn = StructureEncoderConfig.Esm3.Knn
+                        ExpansionRatio = loaded.Config.ExpansionRatio
+                    }
+
+                Expect.equal loaded.Config expected "NeighbourGeometry inferred from the keys"
+                use same = new StructureEncoder(expected, new torch.Generator(1UL))
+                Checkpoint.load path same
+                same.eval ()
+                let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
+                Tol.close "Z" 0.0 (loaded.forward bb).Z (same.forward bb).Z
             }
         ]

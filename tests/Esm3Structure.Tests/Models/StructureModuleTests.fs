@@ -2,6 +2,7 @@ module Esm3Structure.Tests.Models.StructureModuleTests
 
 open Expecto
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Io
 open Esm3Structure.Models
@@ -115,6 +116,7 @@ let tests =
                         PairwiseDownproject = 8L
                         PairwiseHidden = 8L
                         StructureModule = Some config
+                        ChainFrames = false
                     }
 
                 use decoder = new StructureDecoder(decoderConfig)
@@ -133,5 +135,80 @@ let tests =
                 Expect.equal loaded.Config decoderConfig "inferred config"
                 let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 4097L |]).unsqueeze 0L
                 Tol.close "backbone" 0.0 (loaded.forward(tokens).Backbone) (decoder.forward(tokens).Backbone)
+            }
+
+            test "AlphaFold2's final initialisation: zero updates keep every round's frames at the identity" {
+                use _ = torch.NewDisposeScope()
+                let attention = InvariantPointAttentionConfig.alphaFold2 24L
+
+                use m =
+                    new StructureModule(
+                        {
+                            Iterations = 3
+                            Attention = attention
+                        }
+                    )
+
+                Init.reset (new torch.Generator(2UL)) m
+                m.ZeroFinalLayers()
+                let s = torch.randn ([| 2L; 7L; 24L |], generator = new torch.Generator(3UL))
+                let rounds = m.Rounds(s, torch.ones ([| 2L; 7L |], dtype = torch.ScalarType.Bool))
+                let identity = Frame.identity [| 2L; 7L |] torch.float32 torch.CPU
+
+                for f in rounds do
+                    Tol.close "R" 0.0 f.R identity.R
+                    Tol.close "T" 0.0 f.T identity.T
+            }
+
+            test "a decoder with ChainFrames composes the affine head's frames; its flag travels in the metadata" {
+                use _ = torch.NewDisposeScope()
+
+                let config =
+                    {
+                        DModel = 64L
+                        Heads = 1L
+                        Layers = 1
+                        PairwiseDownproject = 8L
+                        PairwiseHidden = 8L
+                        StructureModule = None
+                        ChainFrames = true
+                    }
+
+                use chained = new StructureDecoder(config)
+                Init.reset (new torch.Generator(5UL)) chained
+                use absolute = new StructureDecoder({ config with ChainFrames = false })
+                use dir = new TempDir()
+                let path = dir.File "decoder.safetensors"
+                Checkpoint.save path chained (readOnlyDict [ StructureDecoderConfig.ChainFramesMetadataKey, "true" ])
+                Checkpoint.load path absolute
+                let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 4097L |]).unsqueeze 0L
+                let steps = absolute.forward(tokens).Frames
+                let frames = chained.forward(tokens).Frames
+                let expected = Frame.chain steps
+                Tol.close "R" 0.0 frames.R expected.R
+                Tol.close "T" 0.0 frames.T expected.T
+
+                use loaded = StructureDecoder.load path
+                Expect.equal loaded.Config config "ChainFrames read from the metadata"
+
+                let bad = dir.File "bad.safetensors"
+                Checkpoint.save bad chained (readOnlyDict [ StructureDecoderConfig.ChainFramesMetadataKey, "yes" ])
+
+                match InputError.catch (fun () -> StructureDecoder.load bad |> ignore) with
+                | Ok() -> failtest "expected an InputException"
+                | Error e ->
+                    Expect.equal
+                        e.Location
+                        (InputLocation.Field("__metadata__." + StructureDecoderConfig.ChainFramesMetadataKey))
+                        e.Message
+
+                let both =
+                    { config with
+                        StructureModule = Some(StructureModuleConfig.alphaFold2 64L)
+                    }
+
+                match StructureDecoderConfig.validate both with
+                | Ok _ -> failtest "ChainFrames with a structure module must be refused"
+                | Error errors -> Expect.exists errors (fun e -> e.Contains "ChainFrames") "named"
             }
         ]

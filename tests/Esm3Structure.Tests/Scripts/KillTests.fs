@@ -92,7 +92,7 @@ type KillTask(out: string, blockAt: int) =
     override _.Step(_: int) =
         let x = torch.randn ([| 8L; 4L |], dtype = torch.float64, generator = generator)
         let y = x.sum (1L, true) * 0.5
-        { Loss = (model.forward x - y).square().mean(); Terms = [||] }
+        { Loss = (model.forward x - y).square().mean(); Terms = [||]; Stages = [||] }
 
     override _.Validate() = [| "bias", model.bias.ToDouble() |]
 
@@ -147,6 +147,7 @@ type private KillTask(out: string, blockAt: int) =
         {
             Loss = (model.forward x - y).square().mean()
             Terms = [||]
+            Stages = [||]
         }
 
     override _.Validate() = [| "bias", model.bias.ToDouble() |]

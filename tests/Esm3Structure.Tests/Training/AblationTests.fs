@@ -35,6 +35,7 @@ let private micro =
                 PairwiseDownproject = 8L
                 PairwiseHidden = 8L
                 StructureModule = None
+                ChainFrames = false
             }
         CropLength = 24
         ValidChains = 1

@@ -57,6 +57,7 @@ let private tiny (encoder: string) =
                 PairwiseDownproject = 8L
                 PairwiseHidden = 16L
                 StructureModule = None
+                ChainFrames = false
             }
         CropLength = 40
         ValidChains = 1

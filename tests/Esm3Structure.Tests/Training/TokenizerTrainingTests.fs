@@ -35,6 +35,7 @@ let private tiny =
                 PairwiseDownproject = 8L
                 PairwiseHidden = 16L
                 StructureModule = None
+                ChainFrames = false
             }
         CropLength = 40
         ValidChains = 1

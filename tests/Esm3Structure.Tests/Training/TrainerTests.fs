@@ -39,6 +39,7 @@ type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int, failE
         if sleepMs > 0 then
             Threading.Thread.Sleep sleepMs
 
+        let clock = StageClock()
         let random = Random(seed * 7919 + step)
 
         let x =
@@ -48,12 +49,16 @@ type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int, failE
             torch.randn ([| 8L |], dtype = torch.float64, generator = generator) * 0.01
 
         let y = x.matmul truth + noise
+        clock.Lap "data"
         let mse = (model.forward(x).squeeze(-1L) - y).square().mean()
         let loss = if step + 1 = nanAt then mse * Double.NaN else mse
 
         {
             Loss = loss
             Terms = [| "mse", mse |]
+            Stages =
+                (clock.Lap "forward"
+                 clock.Laps)
         }
 
     override _.Validate() =
@@ -103,6 +108,7 @@ let tests =
                         Validation = [||]
                         Skipped = 0
                         Seconds = 1.0
+                        StageSeconds = [||]
                         LiveTensors = 0L
                         StoppedOnTime = false
                     }
@@ -124,6 +130,19 @@ let tests =
                 Expect.isEmpty report.History.[10].Validation "not at step 11"
                 Expect.equal (File.ReadAllLines(dir.File "metrics.jsonl").Length) 30 "metrics.jsonl rows"
                 Expect.equal (File.ReadAllText(dir.File "config.json")) "{}" "config.json"
+
+                for row in report.History do
+                    Expect.sequenceEqual
+                        (row.StageSeconds |> Array.map fst)
+                        [| "data"; "forward"; "backward"; "optimizer" |]
+                        "the task's stages, then the trainer's"
+
+                    Expect.all (row.StageSeconds |> Array.map snd) (fun t -> t >= 0.0 && t < 60.0) "seconds"
+
+                Expect.stringContains
+                    (File.ReadAllLines(dir.File "metrics.jsonl").[0])
+                    "\"stage_seconds\":{\"data\":"
+                    "metrics.jsonl has the stage timings"
 
                 Expect.equal
                     (Trainer.lastCheckpoint dir.Path)
