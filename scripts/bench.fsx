@@ -1,6 +1,6 @@
 // Benchmarks: figures printed as Markdown tables (time, throughput, peak memory, share of the machine's dense
 // matmul rate measured in the same run). Never asserted by tests.
-//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer,tokenize] [--lengths 128,256,512,1024]
+//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer,tokenize,train] [--lengths 128,256,512,1024]
 //       [--chain-lengths 100,300,1000] [--weights ENCODER.safetensors] [--repeats N] [--quick]
 #load "_load.fsx"
 
@@ -11,6 +11,7 @@ open Esm3Structure.App
 open Esm3Structure.Checks
 open Esm3Structure.Models
 open Esm3Structure.Nn
+open Esm3Structure.Training
 
 [<HelpFlags("--usage", "--help")>]
 type Args =
@@ -37,7 +38,7 @@ type Args =
                 "small sizes only (d 256, 32 vector heads; lengths 64,128; 8192 vectors to quantize; a d 64 encoder on chains of 100 and 600), for a smoke run"
             | Device _ -> "cpu (default); the benchmark runs on the CPU build"
             | Sections _ ->
-                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search), tokenize (structure tokens of real chains); default all"
+                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search), tokenize (structure tokens of real chains), train (the tokenizer presets' training steps); default all"
 
 Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     Cli.device (args.GetResult(Device, defaultValue = "cpu")) |> ignore
@@ -51,14 +52,16 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let repeats = args.GetResult(Repeats, defaultValue = 3)
 
     let sections =
-        args.GetResult(Sections, defaultValue = "geometric,quantizer,tokenize").Split(',')
+        args.GetResult(Sections, defaultValue = "geometric,quantizer,tokenize,train").Split(',')
         |> Array.map (fun s -> s.Trim().ToLowerInvariant())
         |> Set.ofArray
 
     for s in sections do
-        if s <> "geometric" && s <> "quantizer" && s <> "tokenize" then
+        if s <> "geometric" && s <> "quantizer" && s <> "tokenize" && s <> "train" then
             raise (
-                ArgumentException(sprintf "--sections: unknown section '%s' (known: geometric, quantizer, tokenize)" s)
+                ArgumentException(
+                    sprintf "--sections: unknown section '%s' (known: geometric, quantizer, tokenize, train)" s
+                )
             )
 
     let chainLengths =
@@ -207,6 +210,32 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                     r.Encoder
                     r.Length
                     (100.0 * r.GFlops / r.CeilingGFlops)
+
+
+    if sections.Contains "train" then
+        let presets =
+            if quick then
+                [ "smoke", TokenizerTrainConfig.smoke ]
+            else
+                [
+                    "smoke", TokenizerTrainConfig.smoke
+                    "small", TokenizerTrainConfig.small
+                    "small-decoder", TokenizerTrainConfig.smallDecoder
+                ]
+
+        let chains =
+            TokenizerData.readSplit (Cli.sharedData __SOURCE_DIRECTORY__) "train" 64
+            |> Array.map TokenizerData.ofChain
+
+        printfn ""
+
+        printfn
+            "stage-1 training step (forward, losses, backward with clipping, AdamW), float32, crops of the first %d train chains, 1 warm-up + %d steps (median):"
+            chains.Length
+            repeats
+
+        let rows = Bench.trainSteps presets chains 1 repeats (eprintfn "  %s")
+        printfn "%s" (Bench.formatTrain ceiling rows)
 
     0)
 |> exit

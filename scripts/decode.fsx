@@ -46,15 +46,21 @@ Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let decoded = StructureTokenizer.decode decoder tokenized
     StructureTokenizer.writePdb out decoded
 
-    printfn
-        "%s: %d residues, pTM %.4f, mean pLDDT %.3f"
-        out
-        decoded.Plddt.Length
-        decoded.Ptm
-        (if decoded.Plddt.Length = 0 then
-             nanf
-         else
-             Array.average decoded.Plddt)
+    if decoder.ConfidenceTrained then
+        printfn
+            "%s: %d residues, pTM %.4f, mean pLDDT %.3f"
+            out
+            decoded.Plddt.Length
+            decoded.Ptm
+            (if decoded.Plddt.Length = 0 then
+                 nanf
+             else
+                 Array.average decoded.Plddt)
+    else
+        printfn
+            "%s: %d residues (pTM and pLDDT not shown: this decoder's confidence heads were never trained)"
+            out
+            decoded.Plddt.Length
 
     0)
 |> exit

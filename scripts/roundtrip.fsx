@@ -81,16 +81,24 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         |> Array.map (fun c ->
             let t = RoundTrip.ofChain encoder decoder c
 
+            let confidence =
+                if decoder.ConfidenceTrained then
+                    sprintf "  pTM %.3f  mean pLDDT %.3f" t.Decoded.Ptm (Array.average t.Decoded.Plddt)
+                else
+                    ""
+
             printfn
-                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  pTM %.3f  mean pLDDT %.3f"
+                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f%s"
                 c.Name
                 t.Residues
                 t.BackboneRmsd
                 t.LddtCa
-                t.Decoded.Ptm
-                (Array.average t.Decoded.Plddt)
+                confidence
 
             t)
+
+    if not decoder.ConfidenceTrained then
+        printfn "(pTM and pLDDT not shown: this decoder's confidence heads were never trained)"
 
     if trips.Length = 1 then
         let t = trips.[0]
@@ -118,7 +126,9 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     args.TryGetResult Out
     |> Option.iter (fun path ->
         Esm3Structure.AtomicFile.write path (fun s ->
-            let bytes = System.Text.Encoding.UTF8.GetBytes(RoundTrip.toJson summary trips)
+            let bytes =
+                System.Text.Encoding.UTF8.GetBytes(RoundTrip.toJson decoder.ConfidenceTrained summary trips)
+
             s.Write(bytes, 0, bytes.Length))
 
         printfn "wrote %s" path)

@@ -11,7 +11,8 @@
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
 //                                   [--minutes M] [--fape W] [--structure-module ROUNDS] [--bypass-quantizer]
-//                                   [--neighbour-geometry] [--chain-frames]
+//                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
+//                                   [--pair-residues N] [--fsq LEVELS] [--init DIR]
 //                                   [--seed N] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -23,6 +24,7 @@ open Argu
 open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Models
+open Esm3Structure.Nn
 open Esm3Structure.Training
 
 [<HelpFlags("--usage", "--help")>]
@@ -41,6 +43,10 @@ type Args =
     | Bypass_Quantizer
     | Neighbour_Geometry
     | Chain_Frames
+    | Crop_Curriculum of stages: string
+    | Pair_Residues of int
+    | Fsq of levels: string
+    | Init of dir: string
     | Seed of int
     | Checkpoint_Every of int
     | Resume
@@ -57,7 +63,8 @@ type Args =
             | Chains _ -> "multitrack: train on the first N chains of the train split only (default: all)"
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "run folder (default: runs/<model>-<preset>, tokenizer stage 2: runs/tokenizer-stage2-<preset>)"
-            | Preset _ -> "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3)"
+            | Preset _ ->
+                "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3); the tokenizer also has small-decoder (compute moved to the decoder)"
             | Steps _ -> "optimiser steps (default: the preset's)"
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
@@ -70,6 +77,14 @@ type Args =
                 "tokenizer stage 1: the encoder also sees each neighbour's pose and its residue's sequence steps (default: ESM's offsets only)"
             | Chain_Frames ->
                 "tokenizer stage 1: compose the affine head's frames along the chain (default: ESM's global frames)"
+            | Crop_Curriculum _ ->
+                "tokenizer stage 1: crop lengths from given steps, e.g. 1000:128,3000:256 (default: the preset's crop throughout)"
+            | Pair_Residues _ ->
+                "tokenizer stage 1: the pairwise losses read N random residues per batch (default 0: all)"
+            | Fsq _ ->
+                "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
+            | Init _ ->
+                "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Resume -> "continue from the last checkpoint in --out"
@@ -119,6 +134,10 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 "--bypass-quantizer", args.Contains Bypass_Quantizer
                 "--neighbour-geometry", args.Contains Neighbour_Geometry
                 "--chain-frames", args.Contains Chain_Frames
+                "--crop-curriculum", args.Contains Crop_Curriculum
+                "--pair-residues", args.Contains Pair_Residues
+                "--fsq", args.Contains Fsq
+                "--init", args.Contains Init
             ] do
             if given then
                 invalidArg flag (sprintf "%s is for --model tokenizer --stage 1" flag)
@@ -163,10 +182,54 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                             ChainFrames = args.Contains Chain_Frames || preset.Decoder.ChainFrames
                         }
                     Encoder =
+                        let quantizer =
+                            match args.TryGetResult Fsq with
+                            | None -> preset.Encoder.Quantizer
+                            | Some text ->
+                                let levels =
+                                    [
+                                        for part in text.Split(',', StringSplitOptions.RemoveEmptyEntries) do
+                                            match Int32.TryParse(part.Trim()) with
+                                            | true, l -> l
+                                            | _ ->
+                                                invalidArg
+                                                    "fsq"
+                                                    (sprintf "--fsq: '%s' is not a list of integers like 8,5,5,5" text)
+                                    ]
+
+                                let q = QuantizerConfig.finite levels
+
+                                match QuantizerConfig.validate q with
+                                | Ok q -> q
+                                | Error errors -> invalidArg "fsq" ("--fsq: " + String.Join("; ", errors))
+
                         { preset.Encoder with
                             NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
+                            Quantizer = quantizer
+                            DOut = quantizer.Dim
                         }
                     BypassQuantizer = args.Contains Bypass_Quantizer || preset.BypassQuantizer
+                    CropCurriculum =
+                        match args.TryGetResult Crop_Curriculum with
+                        | None -> preset.CropCurriculum
+                        | Some text ->
+                            [
+                                for stage in text.Split(',', StringSplitOptions.RemoveEmptyEntries) do
+                                    match stage.Split ':' with
+                                    | [| step; length |] ->
+                                        match Int32.TryParse(step.Trim()), Int32.TryParse(length.Trim()) with
+                                        | (true, s), (true, l) -> s, l
+                                        | _ ->
+                                            invalidArg
+                                                "crop-curriculum"
+                                                (sprintf "--crop-curriculum: '%s' is not STEP:LENGTH (integers)" stage)
+                                    | _ ->
+                                        invalidArg
+                                            "crop-curriculum"
+                                            (sprintf "--crop-curriculum: '%s' is not STEP:LENGTH" stage)
+                            ]
+                    PairResidues = args.GetResult(Pair_Residues, defaultValue = preset.PairResidues)
+                    InitFrom = args.GetResult(Init, defaultValue = preset.InitFrom)
                     Trainer = trainer preset.Trainer
                 }
 

@@ -124,8 +124,9 @@ module RoundTrip =
         }
 
     /// The summary and the per-chain figures as a JSON object (`chains`: name, residues, backbone_rmsd, lddt_ca,
-    /// ptm, mean_plddt).
-    let toJson (summary: RoundTripSummary) (trips: RoundTrip[]) : string =
+    /// ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never trained,
+    /// `StructureDecoder.ConfidenceTrained`), ptm and mean_plddt are null and `confidence_heads_trained` says why.
+    let toJson (confidenceTrained: bool) (summary: RoundTripSummary) (trips: RoundTrip[]) : string =
         use stream = new IO.MemoryStream()
 
         (use w =
@@ -142,6 +143,7 @@ module RoundTrip =
          w.WriteNumber("live_codes", summary.Usage.LiveCodes)
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
          w.WriteNumber("perplexity", summary.Usage.Perplexity)
+         w.WriteBoolean("confidence_heads_trained", confidenceTrained)
          w.WriteStartArray "per_chain"
 
          for t in trips do
@@ -150,8 +152,14 @@ module RoundTrip =
              w.WriteNumber("residues", t.Residues)
              w.WriteNumber("backbone_rmsd", t.BackboneRmsd)
              w.WriteNumber("lddt_ca", t.LddtCa)
-             w.WriteNumber("ptm", t.Decoded.Ptm)
-             w.WriteNumber("mean_plddt", float (Array.average t.Decoded.Plddt))
+
+             if confidenceTrained then
+                 w.WriteNumber("ptm", t.Decoded.Ptm)
+                 w.WriteNumber("mean_plddt", float (Array.average t.Decoded.Plddt))
+             else
+                 w.WriteNull "ptm"
+                 w.WriteNull "mean_plddt"
+
              w.WriteEndObject()
 
          w.WriteEndArray()

@@ -131,6 +131,19 @@ module StructureDecoderConfig =
 
         if errors.IsEmpty then Ok c else Error errors
 
+    /// Metadata key of our exports saying whether the pLDDT and pAE heads were trained ("trained" after stage 2,
+    /// "untrained" after stage 1).
+    [<Literal>]
+    let ConfidenceMetadataKey = "confidence_heads"
+
+    /// Whether a decoder file's pLDDT and pAE heads carry information, from its metadata: `ConfidenceMetadataKey`
+    /// when present; else our older exports tell by their keys (stage 2 wrote "sequence_input" and trained the
+    /// heads, stage 1 wrote only "head_width" and did not); a file without metadata (ESM's) was trained.
+    let confidenceTrainedOf (metadata: Map<string, string>) =
+        match metadata.TryFind ConfidenceMetadataKey with
+        | Some value -> value = "trained"
+        | None -> metadata.ContainsKey "sequence_input" || not (metadata.ContainsKey "head_width")
+
     /// Metadata key of our exports recording `ChainFrames` ("true" when set; absent in ESM's files).
     [<Literal>]
     let ChainFramesMetadataKey = "chain_frames"
@@ -396,6 +409,11 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
 
     /// The sizes.
     member _.Config = config
+
+    /// False when the pLDDT and pAE heads were never trained (a stage-1 export), so that pLDDT, pAE and pTM carry
+    /// no information: `StructureDecoder.load` sets it from the file (`StructureDecoderConfig.confidenceTrainedOf`);
+    /// true for a decoder built in code.
+    member val ConfidenceTrained = true with get, set
 
     /// True when the decoder owns the residue embedding `sequence_embed` (stage-2 sequence conditioning).
     member _.SequenceInput = sequenceInput
@@ -793,6 +811,7 @@ module StructureDecoder =
 
         try
             Checkpoint.load path model
+            model.ConfidenceTrained <- StructureDecoderConfig.confidenceTrainedOf header.Metadata
             model.eval ()
             model
         with _ ->

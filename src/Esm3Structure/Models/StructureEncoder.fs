@@ -447,6 +447,10 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
 /// Loading of `StructureEncoder`s from ESM-format safetensors files.
 module StructureEncoder =
 
+    /// Metadata key of our exports giving a finite scalar quantizer's levels ("8,5,5,5"; absent for codebooks).
+    [<Literal>]
+    let FiniteLevelsMetadataKey = "fsq_levels"
+
     /// Infers an encoder's sizes from the (name, shape) list of an ESM-format state dict: d from
     /// `relative_positional_embedding.embedding.weight` [2·bins + 2, d] (which gives the bins too), Layers from the
     /// highest `transformer.blocks.{i}` + 1, VHeads from `transformer.blocks.0.geom_attn.distance_scale_per_head`
@@ -533,6 +537,40 @@ module StructureEncoder =
         let header = Safetensors.readHeader path
         let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
         let config = configOfKeyShapes path shapes
+
+        // A finite scalar quantizer's grid is stored as `codebook.embeddings`; its levels come from our metadata.
+        let config =
+            match header.Metadata.TryFind FiniteLevelsMetadataKey with
+            | None -> config
+            | Some text ->
+                let field = InputLocation.Field("__metadata__." + FiniteLevelsMetadataKey)
+
+                let levels =
+                    [
+                        for part in text.Split(',') do
+                            match Int32.TryParse(part.Trim()) with
+                            | true, l -> l
+                            | _ -> InputError.raise path field (sprintf "expected levels like 8,5,5,5, got '%s'" text)
+                    ]
+
+                let quantizer = QuantizerConfig.finite levels
+
+                if quantizer.Codes <> config.Quantizer.Codes || quantizer.Dim <> config.DOut then
+                    InputError.raise
+                        path
+                        field
+                        (sprintf
+                            "levels %s give %d × %d codes, but 'codebook.embeddings' is %d × %d"
+                            text
+                            quantizer.Codes
+                            quantizer.Dim
+                            config.Quantizer.Codes
+                            config.DOut)
+
+                match QuantizerConfig.validate quantizer with
+                | Error errors -> InputError.raise path field (String.Join("; ", errors))
+                | Ok q -> { config with Quantizer = q }
+
         let model = new StructureEncoder(config, new torch.Generator(0UL))
 
         try

@@ -13,6 +13,9 @@ type QuantizerKind =
     | Gradient = 1
     /// AminoAseed (StructTokenBench): a frozen base C [K, D] and a learned linear map, codes Q = C Wᵀ + b.
     | Reparameterised = 2
+    /// Finite scalar quantization (Mentzer et al. 2023, arXiv 2309.15505): each of the D channels is bounded and
+    /// rounded to one of `Levels.[j]` values; the codes are the fixed grid (K = ∏ levels), nothing is learned.
+    | Finite = 3
 
 /// Dead-code re-initialisation.
 type RestartPolicy =
@@ -52,6 +55,9 @@ type QuantizerConfig =
         FreezeCodebook: bool
         /// Largest nearest-code distance block, in bytes (see `Codebook.nearestCodes`).
         DistanceBudgetBytes: int64
+        /// Levels per channel of a `Finite` quantizer (D = their count, K = their product; the FSQ paper's 4,375
+        /// codes are [7; 5; 5; 5; 5], its 1,000 [8; 5; 5; 5]). Empty for the other kinds.
+        Levels: int list
     }
 
 /// Presets and checks for `QuantizerConfig`.
@@ -72,6 +78,7 @@ module QuantizerConfig =
             DataInit = true
             FreezeCodebook = false
             DistanceBudgetBytes = 64L * 1024L * 1024L
+            Levels = []
         }
 
     /// Our small CPU tokenizer's codebook (ESM3-TRAINING.md §4.2): EMA 512 × 64 with VideoGPT's restart below N 1.
@@ -90,6 +97,17 @@ module QuantizerConfig =
             Restart = NoRestart
         }
 
+    /// A finite scalar quantizer with the given levels per channel (K = their product, D = their count), otherwise
+    /// `esm3`'s settings (no restart).
+    let finite (levels: int list) =
+        { esm3 with
+            Kind = QuantizerKind.Finite
+            Levels = levels
+            Codes = levels |> List.fold (fun k l -> k * int64 l) 1L
+            Dim = int64 levels.Length
+            Restart = NoRestart
+        }
+
     /// The config, or the list of what is wrong with it (each message names the field).
     let validate (c: QuantizerConfig) : Result<QuantizerConfig, string list> =
         let finite (x: float) =
@@ -97,6 +115,26 @@ module QuantizerConfig =
 
         let errors =
             [
+                if c.Kind = QuantizerKind.Finite then
+                    if c.Levels.IsEmpty then
+                        "Levels: a Finite quantizer needs at least one level per channel (an empty list has no codes)"
+                    else
+                        for l in c.Levels do
+                            if l < 2 then
+                                sprintf "Levels: every channel needs at least 2 levels (got %d)" l
+
+                        let product = c.Levels |> List.fold (fun k l -> k * (max 1L (int64 l))) 1L
+
+                        if product <> c.Codes then
+                            sprintf "Levels: their product (%d) must equal Codes (%d)" product c.Codes
+
+                        if int64 c.Levels.Length <> c.Dim then
+                            sprintf "Levels: their count (%d) must equal Dim (%d)" c.Levels.Length c.Dim
+
+                    if c.Restart <> NoRestart then
+                        "Restart: a Finite quantizer has a fixed grid of codes, nothing to restart"
+                elif not c.Levels.IsEmpty then
+                    sprintf "Levels are for a Finite quantizer (Kind is %O)" c.Kind
                 if c.Codes <= 0L then
                     sprintf "Codes must be positive, got %d" c.Codes
                 if c.Dim <= 0L then
@@ -607,6 +645,78 @@ type ReparameterisedCodebook(config: QuantizerConfig, generator: torch.Generator
         }
 
 /// Builds the quantizer a config asks for.
+/// Finite scalar quantization (Mentzer et al. 2023, arXiv 2309.15505, their appendix A code): channel j of z is
+/// bounded to (−(Lⱼ − 1)/2, (Lⱼ − 1)/2) by tanh (with a half-step shift for even Lⱼ), rounded straight-through,
+/// and divided by ⌊Lⱼ/2⌋, so each channel takes Lⱼ values in [−1, 1]. The index is the mixed-radix number of the
+/// rounded values (first channel least significant). There is no loss and nothing to learn; the grid of all K codes
+/// is the persistent buffer `embeddings` [K, D], so `DictionaryLookup` works as for the other codebooks.
+type FiniteScalarQuantizer(config: QuantizerConfig) as this =
+    inherit VectorQuantizer("FiniteScalarQuantizer")
+
+    do QuantizerConfig.check config |> ignore
+
+    do
+        if config.Kind <> QuantizerKind.Finite then
+            raise (ArgumentException(sprintf "FiniteScalarQuantizer needs Kind = Finite, got %O" config.Kind, "config"))
+
+    let levels = config.Levels |> List.map int64 |> Array.ofList
+
+    // Mixed-radix place values: 1, L₀, L₀L₁, …
+    let basis = Array.scan (*) 1L levels |> Array.truncate levels.Length
+
+    // Per channel: ⌊L/2⌋, the half-step offset of even L, and (L − 1)(1 − ε)/2.
+    let halfWidths = levels |> Array.map (fun l -> float (l / 2L))
+    let offsets = levels |> Array.map (fun l -> if l % 2L = 0L then 0.5 else 0.0)
+
+    let grid =
+        Array.init (int config.Codes * levels.Length) (fun i ->
+            let k, j = int64 (i / levels.Length), i % levels.Length
+            let digit = (k / basis.[j]) % levels.[j]
+            float32 ((float digit - halfWidths.[j]) / halfWidths.[j]))
+
+    let embeddings = torch.tensor(grid).reshape(config.Codes, int64 levels.Length)
+
+    do this.RegisterComponents()
+
+    /// Values the tanh bound keeps away from the rounding edge (the paper's eps).
+    static member BoundEpsilon = 1e-3
+
+    override _.Config = config
+    override _.Codes = embeddings
+    override _.RestartCount = 0L
+
+    override _.Quantize(z: torch.Tensor, mask: torch.Tensor) =
+        let z_ND, _, lead = QuantizerParts.flatten config z mask
+        let dev = z.device
+
+        let channel (values: float[]) =
+            torch.tensor (values, dtype = z.dtype, device = dev)
+
+        let halfL =
+            channel (
+                levels
+                |> Array.map (fun l -> float (l - 1L) * (1.0 - FiniteScalarQuantizer.BoundEpsilon) / 2.0)
+            )
+
+        let offset = channel offsets
+        let shift = (offset / halfL).atanh()
+        let bounded = (z_ND + shift).tanh() * halfL - offset
+        let rounded = bounded.round ()
+        let straight = bounded + (rounded - bounded).detach()
+        let halfWidth = channel halfWidths
+        let quantized = straight / halfWidth
+
+        let indices =
+            ((rounded.detach () + halfWidth).to_type torch.int64
+             * torch.tensor (basis, device = dev))
+                .sum(-1L)
+
+        {
+            Quantized = quantized.reshape (Array.append lead [| config.Dim |])
+            Indices = indices.reshape lead
+            Loss = torch.zeros ([||], dtype = z.dtype, device = dev)
+        }
+
 module Quantizer =
 
     /// A new quantizer of `config.Kind`, its random draws from `generator` (which it keeps for init and restarts).
@@ -614,6 +724,7 @@ module Quantizer =
         match config.Kind with
         | QuantizerKind.Gradient -> new GradientCodebook(config, generator)
         | QuantizerKind.Reparameterised -> new ReparameterisedCodebook(config, generator)
+        | QuantizerKind.Finite -> new FiniteScalarQuantizer(config)
         | _ -> new EmaCodebook(config, generator)
 
     /// Quantizes z and measures the batch (usage over the rows where `mask` is true, and quantisation error).

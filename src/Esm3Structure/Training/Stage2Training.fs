@@ -582,6 +582,7 @@ module Stage2Training =
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
                         "sequence_input", (if config.SequenceInput then "true" else "false")
+                        StructureDecoderConfig.ConfidenceMetadataKey, "trained"
                     ])
 
         interface IDisposable with

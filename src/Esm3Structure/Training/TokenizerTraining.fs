@@ -39,6 +39,18 @@ type TokenizerTrainConfig =
         /// Decode the encoder's continuous vectors instead of their codes (a diagnostic ceiling: no tokens, no
         /// information bottleneck; the codebook still trains and reports usage). Default false.
         BypassQuantizer: bool
+        /// Crop lengths that take over from `CropLength` at given steps, ascending: `[(1000, 128); (3000, 256)]`
+        /// trains on `CropLength` until step 1000, then on 128, then from step 3000 on 256. Empty (the default):
+        /// `CropLength` throughout.
+        CropCurriculum: (int * int) list
+        /// The pairwise losses (distance, direction, binned direction, distogram) read only this many residues of
+        /// each batch, drawn at random per step (the same for every row); 0 (the default, ESM's) reads all. Their
+        /// cost falls with the square of the fraction kept.
+        PairResidues: int
+        /// A tokenizer folder (`encoder.safetensors`, `decoder.safetensors`, e.g. `models/structure-tokenizer`) whose
+        /// weights a fresh run starts from instead of random ones (`TokenizerModel.InitialiseFrom`); "" (the
+        /// default): random. A resumed run continues from its checkpoint either way.
+        InitFrom: string
         Trainer: TrainerConfig
     }
 
@@ -85,6 +97,9 @@ module TokenizerTrainConfig =
             ValidChains = 32
             ValidLength = 256
             BypassQuantizer = false
+            CropCurriculum = []
+            PairResidues = 0
+            InitFrom = ""
             Trainer = TrainerConfig.small
         }
 
@@ -120,9 +135,28 @@ module TokenizerTrainConfig =
             Trainer = TrainerConfig.smokeOf TrainerConfig.small
         }
 
-    /// A preset by name ("small" or "smoke").
+    /// "small-decoder": `small` with its compute moved from the encoder to the decoder: encoder 1 × 64 (8
+    /// geometric heads; the encoder's B·L·k tokens made it about 60 % of `small`'s step), decoder 6 × 192 (3
+    /// heads of ESM's width 64); the codebook, losses and schedule of `small`.
+    let smallDecoder =
+        { small with
+            Encoder =
+                { small.Encoder with
+                    DModel = 64L
+                    VHeads = 8L
+                    Layers = 1
+                }
+            Decoder =
+                { small.Decoder with
+                    DModel = 192L
+                    Heads = 3L
+                    Layers = 6
+                }
+        }
+
+    /// A preset by name ("small", "small-decoder" or "smoke").
     let preset (name: string) =
-        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
+        TrainerConfig.pickPreset [ "small", small; "small-decoder", smallDecoder; "smoke", smoke ] name
 
     /// Named errors; empty when valid.
     let validate (c: TokenizerTrainConfig) =
@@ -133,6 +167,27 @@ module TokenizerTrainConfig =
             | Ok _ -> ()
             yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
             yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
+
+            let mutable previous = 0
+
+            for step, length in c.CropCurriculum do
+                if step <= previous then
+                    sprintf "CropCurriculum: the steps must be positive and ascending (got %d after %d)" step previous
+
+                if step >= c.Trainer.Steps then
+                    sprintf
+                        "CropCurriculum: the stage at step %d never starts (the run has %d steps)"
+                        step
+                        c.Trainer.Steps
+
+                if length < 2 then
+                    sprintf "CropCurriculum: crop length %d at step %d is below 2" length step
+
+                previous <- max previous step
+
+            if c.PairResidues < 0 || c.PairResidues = 1 then
+                sprintf "PairResidues must be 0 (all) or at least 2 (got %d)" c.PairResidues
+
             if c.Encoder.Quantizer.Codes > StructureTokens.CodebookSize then
                 sprintf
                     "the codebook (%d codes) must fit the decoder's %d code rows"
@@ -241,6 +296,28 @@ module TokenizerData =
             else
                 crop (random.Next(e.Length - cropLength + 1)) cropLength e)
 
+    /// The crop length at step `step` (0-based) under `curriculum` (see `TokenizerTrainConfig.CropCurriculum`).
+    let cropLengthAt (cropLength: int) (curriculum: (int * int) list) (step: int) =
+        curriculum
+        |> List.fold (fun length (from, l) -> if step >= from then l else length) cropLength
+
+    /// The residue positions the pairwise losses read at step `step`: `count` distinct positions of `length`,
+    /// ascending, drawn from (seed, step) apart from the batch draw; all positions when count is 0 or ≥ length.
+    let pairPositions (seed: int) (step: int) (count: int) (length: int) : int64[] =
+        if count <= 0 || count >= length then
+            Array.init length int64
+        else
+            let random = stepRandom (seed + 7919) step
+            let order = Array.init length id
+            // Partial Fisher–Yates: the first `count` slots are a uniform sample without replacement.
+            for i in 0 .. count - 1 do
+                let j = i + random.Next(length - i)
+                let t = order.[i]
+                order.[i] <- order.[j]
+                order.[j] <- t
+
+            order |> Array.truncate count |> Array.sort |> Array.map int64
+
     /// Chains of one split of the corpus (`index.tsv` under `dataDir`, files under `structures/`), at most `limit`
     /// (≤ 0: all), in index order.
     let readSplit (dataDir: string) (split: string) (limit: int) : ProteinChain[] =
@@ -293,6 +370,60 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     /// Shapes: batch -> StructureDecoderOutput
     override this.forward(batch: TokenizerBatch) = snd (this.Run batch)
 
+    /// Loads an exported tokenizer (`folder`/encoder.safetensors and decoder.safetensors, strictly: every key and
+    /// shape must fit this model's config) and recovers `post_quant_proj`, which the export folded into the
+    /// decoder's code embeddings, by least squares from the codes to those rows (exact up to rounding: the rows
+    /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. A
+    /// missing file or a model of other sizes raises an `InputException` naming the file and "--init".
+    member _.InitialiseFrom(folder: string) =
+        let encoderFile = Path.Combine(folder, "encoder.safetensors")
+        let decoderFile = Path.Combine(folder, "decoder.safetensors")
+
+        for file in [ encoderFile; decoderFile ] do
+            if not (File.Exists file) then
+                InputError.raise
+                    file
+                    InputLocation.Whole
+                    "--init: no such file (a tokenizer folder holds encoder.safetensors and decoder.safetensors)"
+
+        let load (file: string) (m: torch.nn.Module) =
+            try
+                Checkpoint.load file m
+            with :? InputException as e ->
+                InputError.raise
+                    e.Error.File
+                    e.Error.Location
+                    ("--init: the model does not fit this run's config (a different preset or option?): "
+                     + e.Error.Message)
+
+        load encoderFile encoder
+        load decoderFile decoder
+
+        use _ = torch.no_grad ()
+        use _scope = torch.NewDisposeScope()
+        let codes = encoder.Codebook.Codes.detach ()
+        let k, dOut = codes.shape.[0], codes.shape.[1]
+
+        let rows =
+            Checkpoint.stateDict decoder
+            |> List.find (fun (name, _) -> name = "embed.weight")
+            |> snd
+            |> fun embed -> embed.narrow(0L, 0L, k).to_type torch.float64
+
+        let x =
+            torch.cat (
+                [|
+                    codes.to_type torch.float64
+                    torch.ones ([| k; 1L |], dtype = torch.float64, device = codes.device)
+                |],
+                1L
+            )
+
+        let struct (solution, _, _, _) = torch.linalg.lstsq (x, rows) // [DOut + 1, d]
+
+        post_quant_proj.weight.copy_ (solution.narrow(0L, 0L, dOut).t()) |> ignore
+        post_quant_proj.bias.copy_ (solution.select (0L, dOut)) |> ignore
+
     /// The decoder's state_dict with the code rows of `embed.weight` replaced by post_quant_proj(codes), so that
     /// decoding token ids reproduces the training path; ESM's key set.
     member _.ExportDecoderState() =
@@ -312,23 +443,44 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
 /// Stage-1 training of the structure tokenizer (ESM3-TRAINING.md §1.3) on `Trainer`.
 module TokenizerTraining =
 
-    /// The loss terms of a batch: distance, direction, binned direction, distogram, commitment; and their weighted sum.
-    let losses
+    /// The loss terms of a batch: distance, direction, binned direction, distogram, FAPE, commitment; and their
+    /// weighted sum. The four pairwise terms read only the residues at `pairPositions` (ascending, int64; null:
+    /// all, ESM's); FAPE and the commitment read every residue.
+    let lossesOn
         (weights: TokenizerLossWeights)
         (encoding: StructureEncoding)
         (out: StructureDecoderOutput)
         (batch: TokenizerBatch)
+        (pairPositions: torch.Tensor)
         =
         let target = batch.Backbone
         let mask = batch.Mask
         let predicted = out.Backbone
 
-        let distance =
-            StructureLosses.backboneDistanceWith weights.SquaredDistance predicted target mask
+        let rows (x: torch.Tensor) =
+            if isNull pairPositions then
+                x
+            else
+                x.index_select (1L, pairPositions)
 
-        let direction = StructureLosses.backboneDirection predicted target mask
-        let binned = StructureLosses.binnedDirection out.DirectionLogits target mask
-        let distogram = StructureLosses.distogram out.DistogramLogits target mask
+        let pairs (x: torch.Tensor) =
+            if isNull pairPositions then
+                x
+            else
+                x.index_select(1L, pairPositions).index_select(2L, pairPositions)
+
+        let distance =
+            StructureLosses.backboneDistanceWith weights.SquaredDistance (rows predicted) (rows target) (rows mask)
+
+        let direction =
+            StructureLosses.backboneDirection (rows predicted) (rows target) (rows mask)
+
+        let binned =
+            StructureLosses.binnedDirection (pairs out.DirectionLogits) (rows target) (rows mask)
+
+        let distogram =
+            StructureLosses.distogram (pairs out.DistogramLogits) (rows target) (rows mask)
+
         let commitment = encoding.QuantizerLoss
 
         // AlphaFold2 averages FAPE over the structure module's rounds; the affine head has one.
@@ -361,6 +513,10 @@ module TokenizerTraining =
             "fape", fape
             "commitment", commitment
         |]
+
+    /// `lossesOn` every residue. Shapes: batch [B, L, …] -> scalar, named terms
+    let losses weights encoding out batch =
+        lossesOn weights encoding out batch null
 
     /// Validation of `model` on examples one at a time: mean backbone RMSD after Kabsch, mean LDDT-CA (pooled per
     /// chain), and code usage over all residues (live fraction, perplexity).
@@ -409,7 +565,12 @@ module TokenizerTraining =
         inherit TrainingTask()
         let generator = new torch.Generator(uint64 config.Trainer.Seed)
         let model = new TokenizerModel(config, generator)
-        do model.``to`` device |> ignore
+
+        do
+            if config.InitFrom <> "" then
+                model.InitialiseFrom config.InitFrom
+
+            model.``to`` device |> ignore
 
         /// The model being trained.
         member _.Tokenizer = model
@@ -420,8 +581,11 @@ module TokenizerTraining =
         override _.Step(step: int) =
             let clock = StageClock()
 
+            let cropLength =
+                TokenizerData.cropLengthAt config.CropLength config.CropCurriculum step
+
             let crops =
-                TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize config.CropLength train
+                TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize cropLength train
 
             let b = TokenizerData.batch crops
 
@@ -435,7 +599,16 @@ module TokenizerTraining =
 
             clock.Lap "data"
             let encoding, out = model.RunTimed(b, clock.Lap)
-            let total, terms = losses config.Weights encoding out b
+            let l = int b.Mask.shape.[1]
+
+            let positions =
+                if config.PairResidues > 0 && config.PairResidues < l then
+                    torch.tensor(TokenizerData.pairPositions config.Trainer.Seed step config.PairResidues l).``to``
+                        device
+                else
+                    null
+
+            let total, terms = lossesOn config.Weights encoding out b positions
             clock.Lap "losses"
 
             {
@@ -459,6 +632,8 @@ module TokenizerTraining =
                     [
                         "v_heads", string config.Encoder.VHeads
                         "layers", string config.Encoder.Layers
+                        if config.Encoder.Quantizer.Kind = QuantizerKind.Finite then
+                            StructureEncoder.FiniteLevelsMetadataKey, String.Join(",", config.Encoder.Quantizer.Levels)
                     ])
 
             use _ = torch.NewDisposeScope()
@@ -470,6 +645,7 @@ module TokenizerTraining =
                     [
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
+                        StructureDecoderConfig.ConfidenceMetadataKey, "untrained"
                         match config.Decoder.StructureModule with
                         | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
                         | None -> ()

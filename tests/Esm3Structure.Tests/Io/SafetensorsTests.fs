@@ -140,10 +140,7 @@ let metadataGen: Gen<Map<string, string>> =
 
 let caseGen = Gen.zip3 specsGen metadataGen (Gen.choose (0, 1_000_000))
 
-let config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 60
-    }
+let config = { Props.baseConfig with maxTest = 60 }
 
 /// Writes tensors built from specs, reads them back, checks names, dtypes, shapes, bytes and metadata.
 let roundTrip (specs, metadata: Map<string, string>, seed) =

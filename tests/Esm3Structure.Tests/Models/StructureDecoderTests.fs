@@ -476,4 +476,23 @@ let tests =
             }
 
             oxygenTests
+
+            test "confidence heads: trained unless the file says otherwise or is one of our stage-1 exports" {
+                let trained (pairs: (string * string) list) =
+                    StructureDecoderConfig.confidenceTrainedOf (Map.ofList pairs)
+
+                Expect.isTrue (trained []) "ESM's files carry no metadata"
+                Expect.isFalse (trained [ "heads", "4"; "head_width", "32" ]) "an older stage-1 export"
+                Expect.isTrue (trained [ "head_width", "32"; "sequence_input", "true" ]) "an older stage-2 export"
+
+                Expect.isFalse
+                    (trained
+                        [
+                            StructureDecoderConfig.ConfidenceMetadataKey, "untrained"
+                            "sequence_input", "true"
+                        ])
+                    "the key decides"
+
+                Expect.isTrue (trained [ StructureDecoderConfig.ConfidenceMetadataKey, "trained" ]) "trained"
+            }
         ]

@@ -2,6 +2,7 @@ module Esm3Structure.Tests.Models.StructureEncoderTests
 
 open System
 open Expecto
+open Esm3Structure
 open TorchSharp
 open Esm3Structure.Geometry
 open Esm3Structure.Io
@@ -292,5 +293,48 @@ let tests =
                 same.eval ()
                 let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
                 Tol.close "Z" 0.0 (loaded.forward bb).Z (same.forward bb).Z
+            }
+
+            test "an encoder with finite scalar quantization loads back from its levels metadata; bad levels are named" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                let quantizer = QuantizerConfig.finite [ 8; 5; 5; 5 ]
+
+                let config =
+                    { StructureEncoderConfig.Esm3 with
+                        DModel = 24L
+                        VHeads = 4L
+                        DOut = quantizer.Dim
+                        Quantizer = quantizer
+                    }
+
+                let g = new torch.Generator(3UL)
+                use m = new StructureEncoder(config, g)
+                Init.reset g m
+                m.eval ()
+                let path = dir.File "encoder.safetensors"
+                Checkpoint.save path m (readOnlyDict [ StructureEncoder.FiniteLevelsMetadataKey, "8,5,5,5" ])
+                use loaded = StructureEncoder.load path
+                Expect.equal loaded.Config.Quantizer quantizer "levels read back"
+                let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
+                let tokens = (m.forward bb).Tokens
+
+                Expect.isGreaterThan
+                    (tokens.data<int64>().ToArray() |> Array.distinct |> Array.length)
+                    3
+                    "varied tokens"
+
+                Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
+
+                let bad = dir.File "bad.safetensors"
+                Checkpoint.save bad m (readOnlyDict [ StructureEncoder.FiniteLevelsMetadataKey, "8,5" ])
+
+                match InputError.catch (fun () -> StructureEncoder.load bad |> ignore) with
+                | Ok() -> failtest "expected an InputException"
+                | Error e ->
+                    Expect.equal
+                        e.Location
+                        (InputLocation.Field("__metadata__." + StructureEncoder.FiniteLevelsMetadataKey))
+                        e.Message
             }
         ]

@@ -72,7 +72,7 @@ let private pairCases =
 
 let private pairProperty name body =
     testPropertyWithConfig
-        { FsCheckConfig.defaultConfig with
+        { Props.baseConfig with
             maxTest = Props.cases
         }
         name

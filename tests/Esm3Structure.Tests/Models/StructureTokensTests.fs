@@ -42,9 +42,7 @@ let tests =
             }
 
             testPropertyWithConfig
-                { FsCheckConfig.defaultConfig with
-                    maxTest = 100
-                }
+                { Props.baseConfig with maxTest = 100 }
                 "wrap puts BOS first and EOS last; unwrap inverts it"
             <| Prop.forAll codes (fun tokens ->
                 let wrapped = StructureTokens.wrap "test" tokens

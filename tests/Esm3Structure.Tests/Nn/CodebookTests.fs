@@ -45,7 +45,7 @@ let private searchCase =
     |> Arb.fromGen
 
 let private config =
-    { FsCheckConfig.defaultConfig with
+    { Props.baseConfig with
         maxTest = Props.cases
     }
 

@@ -8,7 +8,7 @@ open Esm3Structure.Nn
 open Esm3Structure.Tests
 
 let private config =
-    { FsCheckConfig.defaultConfig with
+    { Props.baseConfig with
         maxTest = Props.cases
     }
 

@@ -672,4 +672,87 @@ let tests =
                 Expect.isGreaterThan (Tol.maxAbsDiff a.Embeddings c.Embeddings) 0.0 "another seed differs"
                 data.Dispose()
             }
+
+            test "FSQ: the grid holds every code once in [−1, 1], lookups give the quantized vectors, z = 0 is code 500" {
+                use _ = torch.NewDisposeScope()
+                let config = QuantizerConfig.finite [ 8; 5; 5; 5 ]
+                Expect.equal config.Codes 1000L "8·5·5·5 codes"
+                use m = new FiniteScalarQuantizer(config)
+                m.``to`` f64 |> ignore
+                let grid = m.Codes
+                Expect.sequenceEqual grid.shape [| 1000L; 4L |] "grid shape"
+
+                let distinct =
+                    (grid * 4.0).round().to_type(torch.int64).data<int64>().ToArray()
+                    |> Array.chunkBySize 4
+                    |> Array.map (fun row -> String.Join(",", row))
+                    |> Array.distinct
+
+                Expect.equal distinct.Length 1000 "distinct codes"
+                Expect.isLessThanOrEqual (grid.abs().max().ToDouble()) 1.0 "in [−1, 1]"
+
+                let z =
+                    torch.randn ([| 6L; 7L; 4L |], dtype = f64, generator = new torch.Generator(3UL))
+                    * 3.0
+
+                let out = m.Quantize(z, null)
+                // The straight-through sum b + (round(b) − b) can miss round(b) by one rounding of a value below
+                // 4 in float64, and the division by ⌊L/2⌋ ≥ 1 keeps it below 2·2⁻⁵¹.
+                Tol.close "lookup = quantized" 1e-15 (m.DictionaryLookup out.Indices) out.Quantized
+                Expect.isGreaterThanOrEqual (out.Indices.min().ToInt64()) 0L "index ≥ 0"
+                Expect.isLessThan (out.Indices.max().ToInt64()) 1000L "index < K"
+                Expect.equal (out.Loss.ToDouble()) 0.0 "no loss"
+                // z = 0: every channel rounds to its middle level (digits 4, 2, 2, 2): 4 + 2·8 + 2·40 + 2·200.
+                let zero = m.Quantize(torch.zeros ([| 1L; 4L |], dtype = f64), null)
+                Expect.equal (zero.Indices.[0L].ToInt64()) 500L "mixed-radix index of the centre"
+                Tol.close "centre code" 0.0 zero.Quantized (torch.zeros ([| 1L; 4L |], dtype = f64))
+            }
+
+            test "FSQ: the gradient passes straight through the rounding (the bound's derivative)" {
+                use _ = torch.NewDisposeScope()
+                let levels = [ 7; 6 ]
+                use m = new FiniteScalarQuantizer(QuantizerConfig.finite levels)
+                m.``to`` f64 |> ignore
+
+                let z =
+                    (torch.randn ([| 5L; 2L |], dtype = f64, generator = new torch.Generator(8UL))).requires_grad_(true)
+
+                m.Quantize(z, null).Quantized.sum().backward()
+                // d/dz [tanh(z + shift)·h − offset] / ⌊L/2⌋ with h = (L − 1)(1 − ε)/2 and shift = atanh(offset/h).
+                let l = torch.tensor ([| 7.0; 6.0 |], dtype = f64)
+                let h = (l - 1.0) * (1.0 - FiniteScalarQuantizer.BoundEpsilon) / 2.0
+                let offset = torch.tensor ([| 0.0; 0.5 |], dtype = f64)
+                let shift = (offset / h).atanh()
+                let t = (z.detach () + shift).tanh()
+                let expected = (1.0 - t * t) * h / torch.tensor ([| 3.0; 3.0 |], dtype = f64)
+                Tol.close "dQ/dz" 1e-12 z.grad expected
+            }
+
+            test "FSQ configs: an empty level list, a level below 2 and a wrong product are named errors" {
+                let errors (c: QuantizerConfig) =
+                    match QuantizerConfig.validate c with
+                    | Ok _ -> ""
+                    | Error e -> String.Join("; ", e)
+
+                Expect.stringContains (errors (QuantizerConfig.finite [])) "Levels" "no codes"
+                Expect.stringContains (errors (QuantizerConfig.finite [ 8; 1 ])) "at least 2 levels" "level 1"
+
+                Expect.stringContains
+                    (errors
+                        { QuantizerConfig.finite [ 8; 5 ] with
+                            Codes = 41L
+                        })
+                    "product (40)"
+                    "product"
+
+                Expect.stringContains
+                    (errors
+                        { QuantizerConfig.esm3 with
+                            Levels = [ 4 ]
+                        })
+                    "Levels are for a Finite quantizer"
+                    "levels on a codebook"
+
+                Expect.equal (errors (QuantizerConfig.finite [ 8; 5; 5; 5 ])) "" "valid"
+            }
         ]

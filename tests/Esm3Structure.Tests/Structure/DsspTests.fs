@@ -229,11 +229,7 @@ let tests =
                 Expect.notEqual (Dssp.ss8String noO) (Dssp.ss8String chain) "the missing O changes the helix"
             }
 
-            testPropertyWithConfig
-                { FsCheckConfig.defaultConfig with
-                    maxTest = 20
-                }
-                "invariant under random rigid motions"
+            testPropertyWithConfig { Props.baseConfig with maxTest = 20 } "invariant under random rigid motions"
             <| fun (seed: int) ->
                 let names = Data.smallNames.Value
                 let chain = StructureFile.read (Data.small names.[abs (seed % names.Length)]) None
@@ -354,9 +350,7 @@ let tests =
             }
 
             testPropertyWithConfig
-                { FsCheckConfig.defaultConfig with
-                    maxTest = 100
-                }
+                { Props.baseConfig with maxTest = 100 }
                 "the H-bond energy is Kabsch & Sander's formula, rounded to 0.001 and clamped at -9.9"
             <| fun (seed: int) ->
                 let rng = Random seed

@@ -8,15 +8,9 @@ open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Structure.StructureTestKit
 
-let private config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 30
-    }
+let private config = { Props.baseConfig with maxTest = 30 }
 
-let private tmConfig =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 8
-    }
+let private tmConfig = { Props.baseConfig with maxTest = 8 }
 
 let private t64 (rows: float[][]) =
     torch.tensor(Array.concat rows, dtype = f64).reshape(-1L, 3L)

@@ -132,10 +132,7 @@ let private moved (r: float[,]) (t: float[]) (chain: ProteinChain) =
         atom37
         chain.BFactors
 
-let private invarianceConfig =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 6
-    }
+let private invarianceConfig = { Props.baseConfig with maxTest = 6 }
 
 [<Tests>]
 let tests =

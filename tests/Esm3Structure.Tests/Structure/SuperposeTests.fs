@@ -8,10 +8,7 @@ open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Structure.StructureTestKit
 
-let private config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 40
-    }
+let private config = { Props.baseConfig with maxTest = 40 }
 
 let private t64 (rows: float[][]) =
     torch.tensor(Array.concat rows, dtype = f64).reshape(-1L, 3L)

@@ -9,10 +9,7 @@ open Esm3Structure
 open Esm3Structure.Tokenizers
 open Esm3Structure.Tests
 
-let private config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 100
-    }
+let private config = { Props.baseConfig with maxTest = 100 }
 
 // ESM3-REFERENCE.md §8.4, written out here (not read from the code).
 let private boundaries =

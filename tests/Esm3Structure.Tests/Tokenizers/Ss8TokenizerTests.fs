@@ -1,15 +1,13 @@
 module Esm3Structure.Tests.Tokenizers.Ss8TokenizerTests
 
 open Expecto
+open Esm3Structure.Tests
 open FsCheck
 open FsCheck.FSharp
 open Esm3Structure
 open Esm3Structure.Tokenizers
 
-let private config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 100
-    }
+let private config = { Props.baseConfig with maxTest = 100 }
 
 /// Strings over the eight classes and the mask `_`.
 let private ss8Strings =

@@ -1,16 +1,14 @@
 module Esm3Structure.Tests.Tokenizers.StructureTrackTests
 
 open Expecto
+open Esm3Structure.Tests
 open FsCheck
 open FsCheck.FSharp
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Tokenizers
 
-let private config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 100
-    }
+let private config = { Props.baseConfig with maxTest = 100 }
 
 /// Chains of codes with the odd MASK or PAD.
 let private chains =

@@ -78,12 +78,7 @@ let private windows =
     |> Arb.fromGen
 
 let private windowProperty name body =
-    testPropertyWithConfig
-        { FsCheckConfig.defaultConfig with
-            maxTest = 30
-        }
-        name
-        (Prop.forAll windows body)
+    testPropertyWithConfig { Props.baseConfig with maxTest = 30 } name (Prop.forAll windows body)
 
 let private invariance (dtype: torch.ScalarType) (tol: float) (c: WindowCase) =
     use _ = torch.NewDisposeScope()

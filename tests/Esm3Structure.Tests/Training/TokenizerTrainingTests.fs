@@ -4,6 +4,7 @@ open System
 open System.IO
 open System.Text.Json
 open Expecto
+open Esm3Structure
 open TorchSharp
 open Esm3Structure.Io
 open Esm3Structure.Models
@@ -180,6 +181,34 @@ let tests =
 
                 Expect.equal (tokens.data<int64>().ToArray()) (encoding.Tokens.data<int64>().ToArray()) "same tokens"
                 Tol.close "decoder hidden states" 1e-4 (decoder.Trunk tokens) trained.Hidden
+
+                // --init: a new run from the exported files recovers post_quant_proj and the training path
+                use restarted =
+                    new TokenizerTraining.Task({ tiny with InitFrom = ckpt }, torch.CPU, [||], [||])
+
+                restarted.Tokenizer.eval ()
+                let again, continued = restarted.Tokenizer.Run batch
+
+                Expect.equal
+                    (again.Tokens.data<int64>().ToArray())
+                    (encoding.Tokens.data<int64>().ToArray())
+                    "--init tokens"
+
+                Tol.close "--init: the training path's hidden states" 1e-4 continued.Hidden trained.Hidden
+
+                let wider =
+                    { tiny with
+                        InitFrom = ckpt
+                        Decoder = { tiny.Decoder with DModel = 64L }
+                    }
+
+                match
+                    InputError.catch (fun () -> new TokenizerTraining.Task(wider, torch.CPU, [||], [||]) |> ignore)
+                with
+                | Ok() -> failtest "an incompatible --init must be refused"
+                | Error e ->
+                    Expect.stringContains e.Message "--init" "names the option"
+                    Expect.stringContains e.File "decoder.safetensors" "names the file"
             }
 
             test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
@@ -221,5 +250,79 @@ let tests =
 
                 for (k, v), (_, w) in Array.zip resumed.History.[5].Validation whole.History.[9].Validation do
                     Expect.floatClose agree v w ("final validation " + k)
+            }
+
+            test "crop curriculum: the length at each step, and stages that never start or go backwards are refused" {
+                let curriculum = [ 100, 128; 300, 256 ]
+                let at = TokenizerData.cropLengthAt 64 curriculum
+
+                Expect.sequenceEqual
+                    ([ 0; 99; 100; 299; 300; 4999 ] |> List.map at)
+                    [ 64; 64; 128; 128; 256; 256 ]
+                    "lengths"
+
+                let small = TokenizerTrainConfig.small
+
+                Expect.isEmpty
+                    (TokenizerTrainConfig.validate
+                        { small with
+                            CropCurriculum = curriculum
+                        })
+                    "valid"
+
+                let late =
+                    TokenizerTrainConfig.validate
+                        { small with
+                            CropCurriculum = [ 5000, 256 ]
+                        }
+
+                Expect.exists
+                    late
+                    (fun e -> e.Contains "CropCurriculum" && e.Contains "never starts")
+                    "after the budget"
+
+                let backwards =
+                    TokenizerTrainConfig.validate
+                        { small with
+                            CropCurriculum = [ 300, 256; 100, 128 ]
+                        }
+
+                Expect.exists backwards (fun e -> e.Contains "ascending") "not ascending"
+                let one = TokenizerTrainConfig.validate { small with PairResidues = 1 }
+                Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
+            }
+
+            test "pair subsampling: distinct ascending positions from (seed, step); all positions give the full losses" {
+                let a = TokenizerData.pairPositions 0 7 16 100
+                Expect.equal a.Length 16 "count"
+                Expect.equal (Array.distinct a).Length 16 "distinct"
+                Expect.sequenceEqual a (Array.sort a) "ascending"
+                Expect.isTrue (a |> Array.forall (fun i -> i >= 0L && i < 100L)) "in range"
+                Expect.sequenceEqual (TokenizerData.pairPositions 0 7 16 100) a "same (seed, step), same draw"
+                Expect.notEqual (TokenizerData.pairPositions 0 8 16 100) a "another step, another draw"
+                Expect.sequenceEqual (TokenizerData.pairPositions 0 7 0 5) [| 0L .. 4L |] "0 = all"
+
+                use _ = torch.NewDisposeScope()
+                let train, _ = examples ()
+                use model = new TokenizerModel(tiny, new torch.Generator(1UL))
+                let b = TokenizerData.batch (Array.truncate 2 train)
+                let encoding, out = model.Run b
+                let l = b.Mask.shape.[1]
+                let _, full = TokenizerTraining.losses tiny.Weights encoding out b
+
+                let _, all =
+                    TokenizerTraining.lossesOn tiny.Weights encoding out b (torch.arange (l))
+
+                for (name, x), (_, y) in Array.zip full all do
+                    Tol.close name 0.0 y x
+
+                let some = torch.tensor (TokenizerData.pairPositions 0 0 10 (int l))
+                let _, part = TokenizerTraining.lossesOn tiny.Weights encoding out b some
+
+                let term name (terms: (string * torch.Tensor)[]) =
+                    terms |> Array.find (fst >> (=) name) |> snd
+
+                Expect.notEqual ((term "distogram" part).ToDouble()) ((term "distogram" full).ToDouble()) "a subset"
+                Tol.close "commitment unchanged" 0.0 (term "commitment" part) (term "commitment" full)
             }
         ]
