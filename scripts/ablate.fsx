@@ -10,7 +10,7 @@
 // A time budget (--minutes M) stops each run after the step that reaches M minutes of training (counted over
 // resumes); --steps is then the learning-rate schedule's length and a cap. --summary-only rewrites the summary
 // and charts from the finished runs without training.
-// Built-in ablations (TokenizerAblations.all): geometric-terms, codebook-kind, codebook-size, knn, commitment.
+// Built-in ablations (TokenizerAblations.all): geometric-terms, codebook-kind, codebook-size, knn, commitment, recipe.
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
 #load "_load.fsx"
 

@@ -505,29 +505,27 @@ module Trainer =
 
     /// One progress line: step, running loss and terms, learning rate, speed and ETA.
     let progressLine (config: TrainerConfig) (row: MetricsRow) (secondsPerStep: float) =
-        let terms =
-            row.Terms
-            |> Array.map (fun (k, v) -> sprintf "%s %.4f" k v)
+        let joined (digits: int) (pairs: (string * float)[]) =
+            pairs
+            |> Array.map (fun (k, v) ->
+                k
+                + " "
+                + v.ToString("F" + string digits, Globalization.CultureInfo.InvariantCulture))
             |> String.concat " "
+
+        let terms = joined 4 row.Terms
 
         let validation =
             if row.Validation.Length = 0 then
                 ""
             else
-                "  valid: "
-                + (row.Validation
-                   |> Array.map (fun (k, v) -> sprintf "%s %.4f" k v)
-                   |> String.concat " ")
+                "  valid: " + joined 4 row.Validation
 
         let stages =
             if row.StageSeconds.Length = 0 then
                 ""
             else
-                "  ["
-                + (row.StageSeconds
-                   |> Array.map (fun (k, v) -> sprintf "%s %.3f" k v)
-                   |> String.concat " ")
-                + " s]"
+                "  [" + joined 3 row.StageSeconds + " s]"
 
         sprintf
             "step %d/%d  loss %.4f (%s)  lr %s  %.2f s/step%s  ETA %s%s"

@@ -50,6 +50,9 @@ let tests =
                     (v.GetProperty("codes").GetInt64())
                     encoder.Value.Config.Quantizer.Codes
                     "validation is of this model's codebook"
+
+                // A stage-1 model: its pLDDT and pAE heads were never trained, and the scripts must know it.
+                Expect.isFalse decoder.Value.ConfidenceTrained "confidence heads flagged untrained"
             }
 
             test "tokens of real chains are identical after random rigid motions (float32)" {
