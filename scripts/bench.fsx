@@ -215,7 +215,7 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     if sections.Contains "train" then
         let presets =
             if quick then
-                [ "smoke", TokenizerTrainConfig.smoke ]
+                [ ("smoke", TokenizerTrainConfig.smoke) ]
             else
                 [
                     "smoke", TokenizerTrainConfig.smoke

@@ -298,6 +298,87 @@ let tests =
                 Expect.sequenceEqual (l01.flatten().data<int64>().ToArray()) [| 0L; 8L; 15L; 8L; 8L; 8L |] "pair 0,1"
             }
 
+            test "binned direction labels and the logits' channel order agree with a hand computation on 1UBQ" {
+                use _ = torch.NewDisposeScope()
+                let l = 24
+                let x = ubiquitin (int64 l)
+                let atoms = x.squeeze(0L).data<float>().ToArray() // [l, 3 atoms (N, CA, C), 3]
+
+                let atom i a =
+                    Array.init 3 (fun m -> atoms.[(i * 3 + a) * 3 + m])
+
+                let sub (p: float[]) (q: float[]) = Array.map2 (-) p q
+
+                let dot (p: float[]) (q: float[]) =
+                    Array.fold2 (fun s a b -> s + a * b) 0.0 p q
+
+                let unit (p: float[]) =
+                    p |> Array.map (fun v -> v / sqrt (dot p p))
+
+                let cross (p: float[]) (q: float[]) =
+                    [|
+                        p.[1] * q.[2] - p.[2] * q.[1]
+                        p.[2] * q.[0] - p.[0] * q.[2]
+                        p.[0] * q.[1] - p.[1] * q.[0]
+                    |]
+
+                // ESM3-TRAINING.md §1.3 #3: u1 = CA→C, u2 = CA→N, u3 = u1 × u2 normalised; the six ordered cross
+                // pairs (a ≠ b) in the order (1,2) (1,3) (2,1) (2,3) (3,1) (3,2); 16 bins of width 0.125 on [−1, 1]
+                let frames =
+                    Array.init l (fun i ->
+                        let u1 = unit (sub (atom i 2) (atom i 1))
+                        let u2 = unit (sub (atom i 0) (atom i 1))
+                        [| u1; u2; unit (cross u1 u2) |])
+
+                let order = [| 0, 1; 0, 2; 1, 0; 1, 2; 2, 0; 2, 1 |]
+
+                // (d + 1) / 0.125 for every entry; its floor is the label
+                let scaled =
+                    Array.init (l * l * 6) (fun e ->
+                        let i, j, c = e / (l * 6), e / 6 % l, e % 6
+                        let a, b = order.[c]
+                        (dot frames.[i].[a] frames.[j].[b] + 1.0) / 0.125)
+
+                let hand = scaled |> Array.map (fun v -> int64 (max 0.0 (min 15.0 (floor v))))
+
+                let labels = (StructureLosses.directionLabels x).flatten().data<int64>().ToArray() // [1, l, l, 6]
+                // A dot product on a bin edge (u3 ⊥ u1, u2 of the same residue: exactly 0) may round to either side.
+                let onEdge = scaled |> Array.map (fun v -> abs (v - round v) < 1e-9)
+
+                let agree =
+                    Array.map3 (fun h g edge -> h = g || (edge && abs (h - g) = 1L)) hand labels onEdge
+
+                Expect.allEqual agree true "every label, by hand"
+
+                Expect.isLessThanOrEqual
+                    (onEdge |> Array.filter id |> Array.length)
+                    (4 * l)
+                    "only the same-residue edges"
+
+                // Logits laid out as the decoder's 96 direction channels are read: channel c's 16 bins contiguous
+                // (index 16c + k). The labels in that layout give a near-zero loss; read bin-major
+                // (index 6k + c) the same numbers are wrong for almost every entry.
+                let logits (index: int -> int -> int) =
+                    let v = Array.zeroCreate (l * l * 96)
+
+                    // the labels just checked against the hand computation (they differ from it only on edges)
+                    labels
+                    |> Array.iteri (fun e k -> v.[e / 6 * 96 + index (e % 6) (int k)] <- 50.0)
+
+                    torch.tensor(v, dtype = f64).reshape(1L, int64 l, int64 l, 96L)
+
+                let m = allReal x
+
+                let channelMajor =
+                    scalar (StructureLosses.binnedDirection (logits (fun c k -> 16 * c + k)) x m)
+
+                let binMajor =
+                    scalar (StructureLosses.binnedDirection (logits (fun c k -> 6 * k + c)) x m)
+
+                Expect.isLessThan channelMajor 1e-12 "channel-major layout: labels found"
+                Expect.isGreaterThan binMajor 10.0 "bin-major layout: labels missed (margin 50)"
+            }
+
             test "distogram labels count squared edges: 3 Å → class 3, 30 Å → 63, self → 0" {
                 use _ = torch.NewDisposeScope()
                 let one = ubiquitin 1L
