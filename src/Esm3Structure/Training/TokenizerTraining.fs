@@ -155,6 +155,30 @@ module TokenizerTrainConfig =
         }
 
     /// A preset by name ("small", "small-decoder" or "smoke").
+    /// "overfit": the `small` model memorising a few chains (the diagnosis of issue 13: can the losses, labels, heads
+    /// and frames learn a structure at all?): crops of 64 (short chains whole), batch 4, Adam 4e-4 constant from
+    /// step 1 (no warm-up, no decay, β₂ 0.999, no weight decay), 1,000 steps, validation every 100 steps on up to 8
+    /// chains cut to 64 (the training chains themselves, `scripts/overfit.fsx`), a checkpoint at the end only.
+    let overfit =
+        { small with
+            CropLength = 64
+            ValidChains = 8
+            ValidLength = 64
+            Trainer =
+                { small.Trainer with
+                    Steps = 1000
+                    BatchSize = 4
+                    LearningRate = 4e-4
+                    Beta2 = 0.999
+                    WeightDecay = 0.0
+                    WarmupSteps = 0
+                    FinalFraction = 1.0
+                    EvalEvery = 100
+                    LogEvery = 100
+                    CheckpointEvery = 1000
+                }
+        }
+
     let preset (name: string) =
         TrainerConfig.pickPreset [ "small", small; "small-decoder", smallDecoder; "smoke", smoke ] name
 

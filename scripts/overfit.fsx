@@ -1,0 +1,112 @@
+// Can the tokenizer memorise a few chains? Trains the `small` model on named chains of the corpus (the `overfit`
+// preset: crops of 64, batch 4, constant Adam 4e-4, 1,000 steps) and validates on the same chains every 100 steps:
+// the diagnosis of issue 13 that the losses, labels, heads and frame composition can learn a structure at all.
+// With --bypass-quantizer, the ceiling without the codebook.
+//   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--steps N] [--fape W]
+//       [--bypass-quantizer] [--data DIR] [--out DIR] [--device cpu|cuda]
+#load "_load.fsx"
+
+open System
+open System.IO
+open Argu
+open Esm3Structure.App
+open Esm3Structure.Io
+open Esm3Structure.Structure
+open Esm3Structure.Training
+
+[<HelpFlags("--usage", "--help")>]
+type Args =
+    | Chains of names: string
+    | Steps of int
+    | Fape of weight: float
+    | Bypass_Quantizer
+    | Data of dir: string
+    | Out of dir: string
+    | Device of string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Chains _ ->
+                "comma-separated corpus chains, name_chain as in index.tsv (default: 1smx_B,1ii7_A,1hyk_A,1j34_C, 42–46 residues)"
+            | Steps _ -> "training steps (default 1000)"
+            | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
+            | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
+            | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
+            | Out _ -> "run folder (default: runs/overfit); replaced if it exists"
+            | Device _ -> "cpu (default) or cuda"
+
+Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
+    let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
+    let out = args.GetResult(Out, defaultValue = "runs/overfit")
+    let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
+    let index = Corpus.readIndex (Path.Combine(data, "index.tsv"))
+
+    let chains =
+        args.GetResult(Chains, defaultValue = "1smx_B,1ii7_A,1hyk_A,1j34_C").Split(',')
+        |> Array.map (fun name ->
+            let name = name.Trim()
+
+            match
+                index
+                |> Array.tryFind (fun e -> Path.GetFileName(e.File).StartsWith(name + "."))
+            with
+            | Some e -> StructureFile.read (Path.Combine(data, "structures", e.File)) (Some e.Chain)
+            | None ->
+                raise (
+                    ArgumentException(sprintf "--chains: no chain '%s' in %s" name (Path.Combine(data, "index.tsv")))
+                ))
+
+    let preset = TokenizerTrainConfig.overfit
+
+    match args.TryGetResult Steps with
+    | Some steps when steps < 1 -> raise (ArgumentException(sprintf "--steps must be ≥ 1 (got %d)" steps))
+    | _ -> ()
+
+    let config =
+        { preset with
+            Weights =
+                { preset.Weights with
+                    Fape = args.GetResult(Fape, defaultValue = 0.0)
+                }
+            BypassQuantizer = args.Contains Bypass_Quantizer
+            ValidChains = chains.Length
+            Trainer =
+                { preset.Trainer with
+                    Steps = args.GetResult(Steps, defaultValue = preset.Trainer.Steps)
+                }
+        }
+
+    if Directory.Exists out then
+        Directory.Delete(out, true)
+
+    let report = TokenizerTraining.trainOn config device chains chains out false
+
+    printfn ""
+
+    printfn
+        "%d chains (%s), %d residues; validation on the same chains:"
+        chains.Length
+        (String.Join(", ", chains |> Array.map (fun c -> c.Name)))
+        (chains |> Array.sumBy ProteinChain.length)
+
+    printfn "%6s %10s %9s %16s" "step" "RMSD (Å)" "LDDT-CA" "binned direction"
+
+    for row in report.History do
+        let get name =
+            row.Validation |> Array.tryFind (fun (n, _) -> n = name) |> Option.map snd
+
+        match get "rmsd", get "lddt_ca" with
+        | Some rmsd, Some lddt ->
+            let binned =
+                row.Terms
+                |> Array.tryFind (fun (n, _) -> n = "binned_direction")
+                |> Option.map snd
+                |> Option.defaultValue nan
+
+            printfn "%6d %10.2f %9.3f %16.3f" row.Step rmsd lddt binned
+        | _ -> ()
+
+    printfn "%.0f s of training" report.ElapsedSeconds
+    0)
+|> exit
