@@ -70,3 +70,20 @@ module Json =
     /// `ofRecordWith` with every union and option as its `%A` text.
     let ofRecord (fields: (string * obj) list) (value: obj) : string =
         ofRecordWith (fun _ -> None) fields value
+
+    /// Writes the property `name`: a JSON number when `v` is finite, else its text ("NaN", "Infinity", "-Infinity"),
+    /// which JSON numbers cannot hold.
+    let writeNumber (w: Utf8JsonWriter) (name: string) (v: float) =
+        if Double.IsFinite v then
+            w.WriteNumber(name, v)
+        else
+            w.WriteString(name, v.ToString Globalization.CultureInfo.InvariantCulture)
+
+    /// Writes the property `name` as an object of numbers (`writeNumber` for each pair, in order).
+    let writeNumberObject (w: Utf8JsonWriter) (name: string) (pairs: (string * float)[]) =
+        w.WriteStartObject name
+
+        for k, v in pairs do
+            writeNumber w k v
+
+        w.WriteEndObject()

@@ -75,6 +75,13 @@ module Checkpoint =
                 yield! pytorchOrder (prefix + n + ".") child
         ]
 
+    /// The device of a module's first parameter (CPU for a module without parameters).
+    let deviceOf (m: torch.nn.Module) =
+        match m.parameters () |> Seq.tryHead with
+        | Some p -> p.device
+        | None -> torch.CPU
+
+
     /// The module's state_dict (parameters and persistent buffers) as (name, tensor) pairs, in PyTorch's order:
     /// each module's own parameters, then its own buffers, then its children. TorchSharp's own `state_dict()` holds
     /// the same entries but lists all parameters of the tree before all buffers; keys it holds that the walk does

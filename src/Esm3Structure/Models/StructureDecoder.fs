@@ -622,10 +622,6 @@ module StructureDecoder =
 
         Frame.apply frames local
 
-    let private deviceOf (model: StructureDecoder) =
-        let p = model.parameters () |> Seq.head
-        p.device
-
     /// All-atom coordinates of a decoder output (ESM3 Alg. 8; ESM3-REFERENCE.md §7.8): `AllAtom.decodeAllAtom` of
     /// the predicted backbone frames and the 7 torsion (sin, cos) pairs in the backbone head's channels 9–22.
     /// Shapes: out.Frames [B, L], out.TorsionLogits [B, L, 7, 2], restypes [B, L] (0 … 20)
@@ -668,7 +664,7 @@ module StructureDecoder =
         use _noGrad = torch.no_grad ()
 
         let input =
-            torch.tensor(tokens, ReadOnlySpan<int64> [| 1L; int64 tokens.Length |]).``to``(deviceOf model)
+            torch.tensor(tokens, ReadOnlySpan<int64> [| 1L; int64 tokens.Length |]).``to``(Checkpoint.deviceOf model)
 
         let out =
             if model.SequenceInput then
@@ -681,7 +677,9 @@ module StructureDecoder =
                         ]
 
                 let r =
-                    torch.tensor(restypes, ReadOnlySpan<int64> [| 1L; int64 restypes.Length |]).``to``(deviceOf model)
+                    torch
+                        .tensor(restypes, ReadOnlySpan<int64> [| 1L; int64 restypes.Length |])
+                        .``to``(Checkpoint.deviceOf model)
 
                 model.DecodeTokens(input, r, null)
             else

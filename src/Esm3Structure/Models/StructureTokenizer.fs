@@ -7,6 +7,7 @@ open System.Text.Json
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.App
+open Esm3Structure.Io
 open Esm3Structure.Structure
 
 /// One chain as structure tokens: the record behind the JSON of `scripts/tokenize.fsx` (README, "Tokenize and
@@ -91,11 +92,6 @@ module StructureTokenizer =
     let loadDecoderFor (scriptDir: string) (weights: string) (device: string) : StructureDecoder =
         loadFor StructureDecoder.load DefaultDecoderPath scriptDir weights device
 
-    let private deviceOf (m: torch.nn.Module) =
-        match m.parameters () |> Seq.tryHead with
-        | Some p -> p.device
-        | None -> torch.CPU
-
     /// Tokenizes a chain with `encoder` (in eval mode, no gradients): backbone N, CA, C in float32, the author
     /// residue numbers as positions (as ESM's `ProteinChain.to_structure_encoder_inputs`), one chain. Residues
     /// without a complete backbone get `StructureTokens.Mask` and are listed in `MissingBackbone` (ESM would give
@@ -109,7 +105,7 @@ module StructureTokenizer =
             else
                 use _scope = torch.NewDisposeScope()
                 use _noGrad = torch.no_grad ()
-                let device = deviceOf encoder
+                let device = Checkpoint.deviceOf encoder
 
                 let backbone =
                     (ProteinChain.backbone torch.float32 chain).unsqueeze(0L).``to`` device

@@ -569,19 +569,14 @@ module FunctionTokenizer =
             for _, t in file.Tensors do
                 t.Dispose()
 
-    let private writeText (path: string) (lines: string seq) =
-        AtomicFile.write path (fun stream ->
-            use w = new StreamWriter(stream, UTF8Encoding(false), leaveOpen = true)
-
-            for l in lines do
-                w.Write(l)
-                w.Write('\n'))
+    let private writeLines (path: string) (lines: string seq) =
+        AtomicFile.writeText path (lines |> Seq.map (fun l -> l + "\n") |> String.concat "")
 
     /// Writes the files `load` reads (each atomically); `interProPath` may be null or empty to skip the InterPro file.
     /// A keyword of an InterPro entry containing a comma, tab or line break raises an `ArgumentException`.
     let save (keywordsPath: string) (tensorsPath: string) (interProPath: string) (data: FunctionTokenizerData) : unit =
         let vocab = data.Vocabulary
-        writeText keywordsPath vocab.Terms
+        writeLines keywordsPath vocab.Terms
         use idf = torch.tensor (vocab.Idf, dtype = torch.float64)
         use h = data.Tables.Hyperplanes.to_type torch.float64
         Safetensors.write tensorsPath [ "idf", idf; "hyperplanes", h ] null
@@ -598,7 +593,7 @@ module FunctionTokenizer =
                     kv.Key + "\t" + String.Join(",", kv.Value))
                 |> Array.ofSeq
 
-            writeText interProPath lines
+            writeLines interProPath lines
 
     /// A small deterministic tokenizer for tests and demos: terms `kw0`, `kw1`, … with IDF in [1, 5); `interProCount`
     /// entries `IPR000001`, … each mapped to 1–4 terms (plus, for every third entry, a term outside the vocabulary);

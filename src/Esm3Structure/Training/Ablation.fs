@@ -218,20 +218,6 @@ module Ablation =
         with :? JsonException ->
             text
 
-    let private writeNumber (w: Utf8JsonWriter) (name: string) (v: float) =
-        if Double.IsFinite v then
-            w.WriteNumber(name, v)
-        else
-            w.WriteString(name, v.ToString inv)
-
-    let private writePairs (w: Utf8JsonWriter) (name: string) (pairs: (string * float)[]) =
-        w.WriteStartObject name
-
-        for k, v in pairs do
-            writeNumber w k v
-
-        w.WriteEndObject()
-
     /// The run as JSON (the format of `runs/<key>.json`).
     let toJson (r: AblationRun) =
         use buffer = new MemoryStream()
@@ -250,14 +236,14 @@ module Ablation =
 
             match r.Budget with
             | AblationBudget.Steps n -> w.WriteNumber("steps", n)
-            | AblationBudget.Seconds s -> writeNumber w "seconds" s
+            | AblationBudget.Seconds s -> Json.writeNumber w "seconds" s
 
             w.WriteEndObject()
             w.WriteBoolean("stopped_on_time", r.StoppedOnTime)
-            writeNumber w "wall_seconds" r.WallSeconds
+            Json.writeNumber w "wall_seconds" r.WallSeconds
             w.WriteNumber("peak_memory_bytes", r.PeakMemoryBytes)
             w.WriteBoolean("resumed", r.Resumed)
-            writePairs w "final" r.Final
+            Json.writeNumberObject w "final" r.Final
             w.WritePropertyName "config"
             w.WriteRawValue(normalizeJson r.Config)
             w.WriteStartArray "history"
@@ -265,7 +251,7 @@ module Ablation =
             for p in r.History do
                 w.WriteStartObject()
                 w.WriteNumber("step", p.Step)
-                writePairs w "values" p.Values
+                Json.writeNumberObject w "values" p.Values
                 w.WriteEndObject()
 
             w.WriteEndArray()
@@ -665,19 +651,15 @@ module Ablation =
 
         sb.ToString()
 
-    let private writeText (path: string) (content: string) =
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path))
-        |> ignore
-
-        AtomicFile.write path (fun s ->
-            let bytes = UTF8Encoding(false).GetBytes content
-            s.Write(bytes, 0, bytes.Length))
-
     /// Reads the results folder and writes `summary.md` and `summary.csv` into it; returns the rows.
     let writeSummary (results: string) (title: string) =
         let rows = summarize (readResults results)
-        writeText (Path.Combine(results, "summary.md")) (markdown title rows + contrastMarkdown (contrasts rows))
-        writeText (Path.Combine(results, "summary.csv")) (csv rows)
+
+        AtomicFile.writeText
+            (Path.Combine(results, "summary.md"))
+            (markdown title rows + contrastMarkdown (contrasts rows))
+
+        AtomicFile.writeText (Path.Combine(results, "summary.csv")) (csv rows)
         rows
 
     // ---- running ---------------------------------------------------------------------------------------------
@@ -815,7 +797,7 @@ module Ablation =
                         History = history
                     }
 
-                writeText (resultPath results key) (toJson result)
+                AtomicFile.writeText (resultPath results key) (toJson result)
 
                 log.Invoke(
                     sprintf

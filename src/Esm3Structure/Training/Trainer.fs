@@ -279,11 +279,6 @@ module Trainer =
         else
             None
 
-    let private writeText (path: string) (text: string) =
-        AtomicFile.write path (fun s ->
-            let bytes = UTF8Encoding(false).GetBytes(text: string)
-            s.Write(bytes, 0, bytes.Length))
-
     let private jsonLine (write: Utf8JsonWriter -> unit) =
         use buffer = new MemoryStream()
 
@@ -293,29 +288,18 @@ module Trainer =
 
         Encoding.UTF8.GetString(buffer.ToArray())
 
-    let private writePairs (w: Utf8JsonWriter) (name: string) (pairs: (string * float)[]) =
-        w.WriteStartObject name
-
-        for k, v in pairs do
-            if Double.IsFinite v then
-                w.WriteNumber(k, v)
-            else
-                w.WriteString(k, string v)
-
-        w.WriteEndObject()
-
     /// A metrics row as one JSON line.
     let rowJson (row: MetricsRow) =
         jsonLine (fun w ->
             w.WriteStartObject()
             w.WriteNumber("step", row.Step)
             w.WriteNumber("lr", row.LearningRate)
-            writePairs w "values" [| "loss", row.Loss; "running_loss", row.RunningLoss |]
-            writePairs w "terms" row.Terms
-            writePairs w "validation" row.Validation
+            Json.writeNumberObject w "values" [| "loss", row.Loss; "running_loss", row.RunningLoss |]
+            Json.writeNumberObject w "terms" row.Terms
+            Json.writeNumberObject w "validation" row.Validation
             w.WriteNumber("skipped", row.Skipped)
             w.WriteNumber("seconds", row.Seconds)
-            writePairs w "stage_seconds" row.StageSeconds
+            Json.writeNumberObject w "stage_seconds" row.StageSeconds
             w.WriteNumber("live_tensors", row.LiveTensors)
             w.WriteBoolean("stopped_on_time", row.StoppedOnTime)
             w.WriteEndObject())
@@ -337,7 +321,7 @@ module Trainer =
             w.WriteNumber("last_loss", s.LastLoss)
             w.WriteNumber("skipped", s.Skipped)
             w.WriteNumber("elapsed_seconds", s.Elapsed)
-            writePairs w "running" [| for kv in s.Running -> kv.Key, kv.Value |]
+            Json.writeNumberObject w "running" [| for kv in s.Running -> kv.Key, kv.Value |]
             w.WriteEndObject())
 
     let private readState (file: string) : State =
@@ -425,7 +409,7 @@ module Trainer =
 
             task.Export temp
             // Written last: `lastCheckpoint` takes a folder only when it holds this file.
-            writeText (Path.Combine(temp, StateFile)) (stateJson state)
+            AtomicFile.writeText (Path.Combine(temp, StateFile)) (stateJson state)
         with _ ->
             (try
                 Directory.Delete(temp, true)
@@ -441,7 +425,7 @@ module Trainer =
             Directory.Delete(final, true)
 
         Directory.Move(temp, final)
-        writeText (Path.Combine(root, "last")) name
+        AtomicFile.writeText (Path.Combine(root, "last")) name
 
         // Prune older complete checkpoints.
         let older =
@@ -495,7 +479,7 @@ module Trainer =
                         with _ ->
                             false))
 
-            writeText path (String.Join("", keep |> Array.map (fun l -> l + "\n")))
+            AtomicFile.writeText path (String.Join("", keep |> Array.map (fun l -> l + "\n")))
 
     let private formatSpan (seconds: float) =
         if Double.IsFinite seconds && seconds >= 0.0 then
@@ -551,7 +535,7 @@ module Trainer =
         | errors -> raise (ArgumentException("trainer config: " + String.Join("; ", errors)))
 
         Directory.CreateDirectory out |> ignore
-        writeText (Path.Combine(out, "config.json")) configJson
+        AtomicFile.writeText (Path.Combine(out, "config.json")) configJson
         let metricsPath = Path.Combine(out, "metrics.jsonl")
         let model = task.Model
 
