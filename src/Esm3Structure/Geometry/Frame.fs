@@ -137,9 +137,6 @@ module Frame =
     /// Rotation only: `R v` (for directions, not points). Shapes: f [*], v [*, 3] -> [*, 3]
     let rotate (f: Frame) (v: torch.Tensor) = Rotation.apply f.R v
 
-    /// Inverse rotation only: `Rᵀ v`. Shapes: f [*], v [*, 3] -> [*, 3]
-    let invertRotate (f: Frame) (v: torch.Tensor) = Rotation.invertApply f.R v
-
     /// Frames where `valid` is false become the identity. (ESM's `Affine3D.mask(m)` takes the opposite boolean:
     /// True there means "replace".) Shapes: valid [*] bool, f [*] -> Frame [*]
     let mask (valid: torch.Tensor) (f: Frame) =
@@ -220,13 +217,6 @@ module Frame =
     /// Detaches both tensors from the autograd graph.
     let detach (f: Frame) =
         { R = f.R.detach (); T = f.T.detach () }
-
-    /// Hands the frame's tensors to the enclosing dispose scope (for callers that opened their own scope).
-    let moveToOuterScope (f: Frame) =
-        {
-            R = f.R.MoveToOuterDisposeScope()
-            T = f.T.MoveToOuterDisposeScope()
-        }
 
     /// ESM's canonical flat layout: R row-major (9) then T (3). Shapes: Frame [*] -> [*, 12]
     let toTensor12 (f: Frame) =

@@ -47,12 +47,6 @@ module Rotation =
         Shape.expectTrailing "r" [| 3L; 3L |] r
         r.transpose(-1L, -2L).contiguous()
 
-    /// The matrix of a (not necessarily unit) quaternion (w, x, y, z). Shapes: [*, 4] -> [*, 3, 3]
-    let ofQuaternion (q: torch.Tensor) = Quaternion.toMatrix q
-
-    /// The unit quaternion with w >= 0. Shapes: [*, 3, 3] -> [*, 4]
-    let toQuaternion (r: torch.Tensor) = Quaternion.ofMatrix r
-
     /// The cross-product (skew-symmetric) matrix `[v]×`, with `[v]× u = v × u`. Shapes: [*, 3] -> [*, 3, 3]
     let skew (v: torch.Tensor) =
         Shape.expectTrailing "v" [| 3L |] v

@@ -280,20 +280,6 @@ module Dssp =
         else
             energyOf bb.N.[donor] bb.H.[donor] bb.C.[acceptor] bb.O.[acceptor]
 
-    /// DSSP's energies for every pair of used residues with CAs closer than 9 Å: E[donor, acceptor] in kcal/mol (0 for
-    /// proline donors, for unused residues, on the diagonal and beyond the cut-off). Unlike mkdssp, which never
-    /// evaluates N-H(i+1) → O(i), this fills both directions of neighbours. Shapes: -> [L, L]
-    let energyMatrix (chain: ProteinChain) : float[,] =
-        let bb = backbone chain
-        let l = ProteinChain.length chain
-        let e = Array2D.zeroCreate l l
-
-        for struct (i, j) in nearPairs bb do
-            e.[bb.Orig.[i], bb.Orig.[j]] <- energyAt bb i j
-            e.[bb.Orig.[j], bb.Orig.[i]] <- energyAt bb j i
-
-        e
-
     type private Ladder =
         {
             Kind: BridgeKind

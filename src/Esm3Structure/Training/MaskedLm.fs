@@ -257,9 +257,6 @@ type TrackStatistics =
 /// annotations, and per-track perplexity and accuracy.
 module MaskedLm =
 
-    /// The track names, in loss-term order.
-    let trackNames = [| "sequence"; "structure"; "ss8"; "sasa"; "function"; "residue" |]
-
     let private rand (generator: torch.Generator) (shape: int64[]) (device: torch.Device) =
         torch.rand(shape, dtype = torch.float64, generator = generator).``to`` device
 
