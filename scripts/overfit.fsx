@@ -33,7 +33,7 @@ type Args =
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
-            | Out _ -> "run folder (default: runs/overfit); replaced if it exists"
+            | Out _ -> "run folder (default: runs/overfit); an earlier run there is replaced"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
@@ -77,8 +77,15 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 }
         }
 
-    if Directory.Exists out then
-        Directory.Delete(out, true)
+    // Only an earlier run (a folder with config.json) is replaced; any other non-empty folder is refused.
+    if
+        Directory.Exists out
+        && Directory.EnumerateFileSystemEntries out |> Seq.isEmpty |> not
+    then
+        if File.Exists(Path.Combine(out, "config.json")) then
+            Directory.Delete(out, true)
+        else
+            raise (ArgumentException(sprintf "--out: %s is not empty and holds no earlier run (no config.json)" out))
 
     let report = TokenizerTraining.trainOn config device chains chains out false
 

@@ -47,13 +47,8 @@ module AtomicFile =
 
             raise (IOException(sprintf "%s: cannot write: %s" path (e.Message.Replace(temp, target)), e))
 
-    /// Writes `text` to `path` atomically as UTF-8 without a byte-order mark (see `write`), creating the folder first.
+    /// Writes `text` to `path` atomically as UTF-8 without a byte-order mark (see `write`; the folder must exist).
     let writeText (path: string) (text: string) : unit =
-        let folder = Path.GetDirectoryName(Path.GetFullPath path)
-
-        if not (isNull folder) then
-            Directory.CreateDirectory folder |> ignore
-
         write path (fun s ->
             let bytes = Text.UTF8Encoding(false).GetBytes text
             s.Write(bytes, 0, bytes.Length))

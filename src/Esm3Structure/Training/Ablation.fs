@@ -654,6 +654,7 @@ module Ablation =
     /// Reads the results folder and writes `summary.md` and `summary.csv` into it; returns the rows.
     let writeSummary (results: string) (title: string) =
         let rows = summarize (readResults results)
+        Directory.CreateDirectory results |> ignore
 
         AtomicFile.writeText
             (Path.Combine(results, "summary.md"))
@@ -797,7 +798,9 @@ module Ablation =
                         History = history
                     }
 
-                AtomicFile.writeText (resultPath results key) (toJson result)
+                let path = resultPath results key
+                Directory.CreateDirectory(Path.GetDirectoryName path) |> ignore
+                AtomicFile.writeText path (toJson result)
 
                 log.Invoke(
                     sprintf

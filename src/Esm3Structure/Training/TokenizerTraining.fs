@@ -154,7 +154,6 @@ module TokenizerTrainConfig =
                 }
         }
 
-    /// A preset by name ("small", "small-decoder" or "smoke").
     /// "overfit": the `small` model memorising a few chains (the diagnosis of issue 13: can the losses, labels, heads
     /// and frames learn a structure at all?): crops of 64 (short chains whole), batch 4, Adam 4e-4 constant from
     /// step 1 (no warm-up, no decay, β₂ 0.999, no weight decay), 1,000 steps, validation every 100 steps on up to 8
@@ -179,6 +178,7 @@ module TokenizerTrainConfig =
                 }
         }
 
+    /// A preset by name ("small", "small-decoder" or "smoke"; `overfit` is for `scripts/overfit.fsx` only).
     let preset (name: string) =
         TrainerConfig.pickPreset [ "small", small; "small-decoder", smallDecoder; "smoke", smoke ] name
 
