@@ -334,19 +334,20 @@ type StructureDecoderOutput =
         RoundBackbones: torch.Tensor list
         /// The backbone head's 14 unused channels as 7 torsions × (sin, cos), unnormalised. [B, L, 7, 2]
         TorsionLogits: torch.Tensor
-        /// pLDDT bin logits. [B, L, 50]
+        /// pLDDT bin logits; null when decoded without confidence (`DecodeEmbeddings`, stage-1 training). [B, L, 50]
         PlddtLogits: torch.Tensor
-        /// pLDDT in [0.01, 0.99] (float32, or float64 for a float64 model). [B, L]
+        /// pLDDT in [0.01, 0.99] (float32, or float64 for a float64 model); null without confidence. [B, L]
         Plddt: torch.Tensor
         /// Distogram logits (pairwise channels 0–63). [B, L, L, 64]
         DistogramLogits: torch.Tensor
         /// Direction logits, 6 × 16 bins (pairwise channels 64–159). [B, L, L, 96]
         DirectionLogits: torch.Tensor
-        /// pAE logits (pairwise channels 160–223). [B, L, L, 64]
+        /// pAE logits (pairwise channels 160–223); null without confidence. [B, L, L, 64]
         PaeLogits: torch.Tensor
-        /// Predicted aligned error in Å; entries involving a special token hold the uniform 16 Å; no gradient. [B, L, L]
+        /// Predicted aligned error in Å; entries involving a special token hold the uniform 16 Å; no gradient; null
+        /// without confidence. [B, L, L]
         Pae: torch.Tensor
-        /// pTM over the real (code) tokens; no gradient. [B]
+        /// pTM over the real (code) tokens; no gradient; null without confidence. [B]
         Ptm: torch.Tensor
     }
 
@@ -428,9 +429,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     member _.Trunk(tokens: torch.Tensor) =
         decoder_stack.forward (embed.forward tokens, BlockContext.Plain AttentionMask.None)
 
-    /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over.
+    /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over. Without `confidence`
+    /// the pLDDT, pAE and pTM outputs are not computed (null), nor the pairwise head's pAE channels.
     /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
-    member _.Heads(x: torch.Tensor, real: torch.Tensor) =
+    member _.HeadsWith(x: torch.Tensor, real: torch.Tensor, confidence: bool) =
         let projection = affine_output_projection.forward x
 
         // With a structure module its frames replace the affine head's, which are then never built.
@@ -458,27 +460,32 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
                 },
                 rounds
 
-        let pairwise = pairwise_classification_head.forward x
-        let distogram = pairwise.narrow (-1L, 0L, StructureDecoderConfig.DistogramBins)
+        let pairGroups =
+            [|
+                StructureDecoderConfig.DistogramBins
+                StructureDecoderConfig.DirectionBins
+                if confidence then
+                    AlignedError.Bins
+            |]
 
-        let direction =
-            pairwise.narrow (-1L, StructureDecoderConfig.DistogramBins, StructureDecoderConfig.DirectionBins)
+        let pairwise = pairwise_classification_head.ForwardGroups(x, pairGroups)
+        let distogram, direction = pairwise.[0], pairwise.[1]
 
-        let paeLogits =
-            pairwise.narrow (
-                -1L,
-                StructureDecoderConfig.DistogramBins + StructureDecoderConfig.DirectionBins,
-                AlignedError.Bins
-            )
+        let plddtLogits, plddt, paeLogits, pae, ptm =
+            if confidence then
+                let paeLogits = pairwise.[2]
+                let plddtLogits = plddt_head.forward x
 
-        let plddtLogits = plddt_head.forward x
+                // pAE and pTM are read-outs, never trained through (the pAE loss uses the logits): computing them
+                // without autograd keeps two [B, L, L, 64] softmaxes out of every training step's graph.
+                let pae, ptm =
+                    use _ = torch.no_grad ()
+                    let logits = paeLogits.detach ()
+                    AlignedError.pae logits real, AlignedError.ptm logits real
 
-        // pAE and pTM are read-outs, never trained through (the pAE loss uses the logits): computing them without
-        // autograd keeps two [B, L, L, 64] softmaxes out of every training step's graph.
-        let pae, ptm =
-            use _ = torch.no_grad ()
-            let logits = paeLogits.detach ()
-            AlignedError.pae logits real, AlignedError.ptm logits real
+                plddtLogits, Plddt.ofLogits plddtLogits, paeLogits, pae, ptm
+            else
+                null, null, null, null, null
 
         {
             Hidden = x
@@ -487,7 +494,7 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
             RoundBackbones = rounds
             TorsionLogits = backbone.TorsionLogits
             PlddtLogits = plddtLogits
-            Plddt = Plddt.ofLogits plddtLogits
+            Plddt = plddt
             DistogramLogits = distogram
             DirectionLogits = direction
             PaeLogits = paeLogits
@@ -495,11 +502,21 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
             Ptm = ptm
         }
 
+    /// `HeadsWith` with every output. Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
+    member this.Heads(x: torch.Tensor, real: torch.Tensor) = this.HeadsWith(x, real, true)
+
     /// The training path of stage 1 (ESM3-TRAINING.md §1.3): decodes input vectors given in place of the token
     /// embeddings (e.g. the encoder's straight-through quantized vectors mapped to width d), so gradients reach the
     /// encoder. Padded rows are not attended to and count as not real. Uses no extra parameters (the key set stays
-    /// ESM's). Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput
-    member this.DecodeEmbeddings(embeddings: torch.Tensor, padding: torch.Tensor) =
+    /// ESM's). `confidence` false (stage-1 training, whose losses read none of them) leaves out pLDDT, pAE and pTM
+    /// (null) and the pairwise head's pAE channels: a quarter of that head's work and two [B, L, L, 64] softmaxes.
+    /// Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput
+    member this.DecodeEmbeddings
+        (
+            embeddings: torch.Tensor,
+            padding: torch.Tensor,
+            [<Runtime.InteropServices.Optional; Runtime.InteropServices.DefaultParameterValue(true)>] confidence: bool
+        ) =
         Shape.expect "embeddings" [| -1L; -1L; config.DModel |] embeddings
 
         let real =
@@ -520,7 +537,7 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
                 AttentionMask.Allowed(AttentionMask.keyPadding real)
 
         let x = decoder_stack.forward (embeddings, BlockContext.Plain mask)
-        this.Heads(x, real)
+        this.HeadsWith(x, real, confidence)
 
     /// Decodes token ids with an optional sequence and padding (the stage-2 training path, ESM3-TRAINING.md §1.4):
     /// x = embed(tokens) + sequence_embed(restypes) where restypes ≥ 0 (rows with −1, e.g. BOS/EOS/PAD, add

@@ -216,10 +216,56 @@ type PairwisePredictionHead(inputDim: int64, downprojectDim: int64, hiddenDim: i
 
     do this.RegisterComponents()
 
+    /// The hidden pair states LN(GELU(linear1(pairFeatures(downproject x)))), with linear1 applied to the two
+    /// halves of the features separately: W₁ = [Wₐ | W_b] gives W₁ f_ij = Wₐ (q_j ⊙ k_i) + W_b q_j − W_b k_i, so
+    /// the difference half costs one product per residue instead of one per pair and the [*, L, L, P] features are
+    /// never built (the same function, rounded differently). Shapes: x [*, L, d] -> [*, L, L, hidden]
+    member _.Hidden(x: torch.Tensor) =
+        let y = downproject.forward x
+        let half = downprojectDim / 2L
+        let q = y.narrow (-1L, 0L, half) // column j
+        let k = y.narrow (-1L, half, half) // row i
+        let wProduct = linear1.weight.narrow (1L, 0L, half)
+        let wDifference = linear1.weight.narrow (1L, half, half)
+        let product = q.unsqueeze -3L * k.unsqueeze -2L // [*, L, L, P/2]
+        let columns = torch.nn.functional.linear (q, wDifference) // [*, L, H]
+        let rows = torch.nn.functional.linear (k, wDifference) // [*, L, H]
+        let h = torch.nn.functional.linear (product, wProduct, linear1.bias)
+        let h = h + (columns.unsqueeze -3L - rows.unsqueeze -2L)
+        norm.forward (torch.nn.functional.gelu h)
+
     /// linear2(LN(GELU(linear1(pairFeatures(downproject x))))). Shapes: x [*, L, d] -> [*, L, L, bins]
-    override _.forward(x: torch.Tensor) =
-        let f = PairwiseHead.pairFeatures (downproject.forward x)
-        linear2.forward (norm.forward (torch.nn.functional.gelu (linear1.forward f)))
+    override this.forward(x: torch.Tensor) = linear2.forward (this.Hidden x)
+
+    /// The output channels in consecutive groups of the given widths, each its own contiguous tensor (the same
+    /// values as narrowing `forward`): linear2 runs on those rows of its weight only, so channels past the groups
+    /// cost nothing (stage-1 training reads the distogram and direction groups, not pAE's), and no loss's backward
+    /// fills a full-width zero gradient for its slice. Shapes: x [*, L, d] -> [*, L, L, width] per group
+    member this.ForwardGroups(x: torch.Tensor, widths: int64[]) =
+        if
+            widths.Length = 0
+            || Array.exists (fun w -> w <= 0L) widths
+            || Array.sum widths > bins
+        then
+            raise (
+                ArgumentOutOfRangeException(
+                    "widths",
+                    sprintf "widths must be positive and add up to at most %d, got %A" bins widths
+                )
+            )
+
+        let h = this.Hidden x
+        let starts = Array.scan (+) 0L widths
+
+        widths
+        |> Array.mapi (fun g width ->
+            let bias =
+                if isNull linear2.bias then
+                    null
+                else
+                    linear2.bias.narrow (0L, starts.[g], width)
+
+            torch.nn.functional.linear (h, linear2.weight.narrow (0L, starts.[g], width), bias))
 
 /// ESM's named regression head (`RegressionHead` in `esm/models/vqvae.py`): `dense` [d, d] (+bias), `norm`
 /// (LayerNorm with bias), `output` [out, d] (+bias).

@@ -257,19 +257,21 @@ module GeometricAttention =
         }
 
     /// From the attended values [B, V, L, 3]: rotation back into each query's frame, flatten, zeroing, out_proj.
+    /// `rotations` [B, L, 3, 3] and `framed` [B, L] are the query residues' (all of them, or the queried ones).
     let private finish
         (c: GeometricAttentionConfig)
         (w: GeometricAttentionWeights)
-        (input: GeometricAttentionInput)
+        (rotations: torch.Tensor)
+        (framed: torch.Tensor)
         (o_BVL3: torch.Tensor)
         =
         let o_BLV3 = o_BVL3.permute (0L, 2L, 1L, 3L)
-        let local_BLV3 = Rotation.invertApplyEach input.Frames.R o_BLV3
+        let local_BLV3 = Rotation.invertApplyEach rotations o_BLV3
         let o_BLX = Shape.flattenLast 2 local_BLV3 // [B, L, 3V], channel = 3h + xyz
 
         let o_BLX =
             if c.MaskAndZeroFrameless then
-                o_BLX.masked_fill (input.Framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
+                o_BLX.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
             else
                 o_BLX
 
@@ -306,7 +308,7 @@ module GeometricAttention =
         let scores = rotation_BVLL * rotationWeight_V11 - distance_BVLL * distanceWeight_V11
 
         let attn_BVLL = (scores + bias_B1LL).softmax(-1L)
-        finish c w input (attn_BVLL.matmul x.Value)
+        finish c w input.Frames.R input.Framed (attn_BVLL.matmul x.Value)
 
     /// Per residue, the centroid of the framed residues of its own chain (zero when the chain has none).
     /// Only same-chain distances are ever used (other pairs are masked), so subtracting it changes nothing
@@ -326,17 +328,22 @@ module GeometricAttention =
             let count = weights_BLL.sum(-1L, true).clamp_min(1.0.ToScalar()) // [B, L, 1]
             weights_BLL.matmul t / count
 
-    /// The memory-light form: the same function without [B, V, L, L, 3] (see `GeometricAttentionImpl`).
-    /// Shapes: as `forward`.
-    let forwardMemoryEfficient
+    /// The memory-light form for the queries at `queries` (start, count) of the L positions; every position is a
+    /// key. Shapes: as `forward` -> [B, count, d]
+    let private attendMemoryEfficient
         (c: GeometricAttentionConfig)
         (w: GeometricAttentionWeights)
         (input: GeometricAttentionInput)
+        (queryStart: int64, queryCount: int64)
         =
-        checkInput c w input
+        let queries (t: torch.Tensor) (dim: int64) =
+            if queryStart = 0L && queryCount = t.shape.[int dim] then
+                t
+            else
+                t.narrow (dim, queryStart, queryCount)
 
         let bias_B1LL =
-            attentionBias input.S.dtype input.Framed input.SequenceId input.ChainId
+            queries (attentionBias input.S.dtype input.Framed input.SequenceId input.ChainId) 2L
 
         let centre_BL3 = chainCentroids input.Frames.T input.Framed input.ChainId
 
@@ -346,9 +353,10 @@ module GeometricAttention =
             }
 
         let x = vectors c w input.S frames
+        let qDist = queries x.QDist 2L
         // Per-head weights folded into the small [B, V, L, 3] operands: wr/√3 into the queries.
         let rotationWeight_V11, distanceWeight_V11 = termWeights c w
-        let qRot = x.QRot * (rotationWeight_V11 / sqrt3)
+        let qRot = queries x.QRot 2L * (rotationWeight_V11 / sqrt3)
         let distanceWeight_V11 = distanceWeight_V11 / sqrt3
         // The inference path clamps squared distances at the smallest normal number before the square root:
         // rounding can make a true 0 slightly negative.
@@ -368,11 +376,11 @@ module GeometricAttention =
 
         let o_BVL3 =
             if needsGrad then
-                // Out-of-place, so autograd keeps what the backward needs; torch.cdist (matmul form on the centred
-                // points) keeps only its output for the backward, where the expanded form would also keep the
-                // squared distances: one [B, V, L, L] tensor less per layer.
+                // Out-of-place, so autograd keeps what the backward needs; the distances (torch.cdist's values with a
+                // multi-threaded backward, `PairDistance`) keep only their output and inputs for the backward, where
+                // the expanded form would also keep the squared distances: one [B, V, L, L] tensor less per layer.
                 use rotation_BVLL = qRot.matmul (x.KRot.transpose (-1L, -2L))
-                use distance_BVLL = torch.cdist (x.QDist, x.KDist)
+                use distance_BVLL = PairDistance.euclidean qDist x.KDist
 
                 use scores_BVLL =
                     torch.addcmul (rotation_BVLL, distance_BVLL, distanceWeight_V11, (-1.0).ToScalar())
@@ -384,15 +392,15 @@ module GeometricAttention =
                 // Inference: a few heads at a time with in-place updates, so every [B, h, L, L] block stays small
                 // (≤ 4M elements) and is reused instead of allocating eight full [B, V, L, L] tensors.
                 // ‖a − b‖² = [−2a, ‖a‖², 1] · [b, 1, ‖b‖²]: one matmul over an augmented width of 5.
-                let qSq = (x.QDist * x.QDist).sum(-1L, true)
+                let qSq = (qDist * qDist).sum(-1L, true)
                 let kSq = (x.KDist * x.KDist).sum(-1L, true)
-                let qAug = torch.cat ([| x.QDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, L, 5]
+                let qAug = torch.cat ([| qDist * -2.0; qSq; torch.ones_like qSq |], -1L) // [B, V, Lq, 5]
 
                 let kAugT =
                     torch.cat([| x.KDist; torch.ones_like kSq; kSq |], -1L).transpose(-1L, -2L) // [B, V, 5, L]
 
-                let b, v, l = qRot.shape.[0], qRot.shape.[1], qRot.shape.[2]
-                let chunk = max 1L (min v ((4L <<< 20) / max 1L (b * l * l)))
+                let b, v, l = qRot.shape.[0], qRot.shape.[1], x.KRot.shape.[2]
+                let chunk = max 1L (min v ((4L <<< 20) / max 1L (b * queryCount * l)))
 
                 let parts =
                     [|
@@ -417,7 +425,17 @@ module GeometricAttention =
 
                 o
 
-        finish c w input o_BVL3
+        finish c w (queries input.Frames.R 1L) (queries input.Framed 1L) o_BVL3
+
+    /// The memory-light form: the same function without [B, V, L, L, 3] (see `GeometricAttentionImpl`).
+    /// Shapes: as `forward`.
+    let forwardMemoryEfficient
+        (c: GeometricAttentionConfig)
+        (w: GeometricAttentionWeights)
+        (input: GeometricAttentionInput)
+        =
+        checkInput c w input
+        attendMemoryEfficient c w input (0L, input.S.shape.[1])
 
     /// Geometric attention, by the implementation the config names.
     /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], SequenceId/ChainId [B, L] -> [B, L, d]
@@ -425,6 +443,30 @@ module GeometricAttention =
         match c.Implementation with
         | Reference -> forwardReference c w input
         | MemoryEfficient -> forwardMemoryEfficient c w input
+
+    /// The output at one query position only: `forward(input).select(1, position)`, with every position a key. The
+    /// memory-light form computes the scores of that query alone (the structure encoder's last block reads slot 0
+    /// only); the reference form computes everything and selects.
+    /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], SequenceId/ChainId [B, L] -> [B, d]
+    let forwardAt
+        (c: GeometricAttentionConfig)
+        (w: GeometricAttentionWeights)
+        (input: GeometricAttentionInput)
+        (position: int64)
+        =
+        checkInput c w input
+
+        if position < 0L || position >= input.S.shape.[1] then
+            raise (
+                ArgumentOutOfRangeException(
+                    "position",
+                    sprintf "position %d is outside the sequence (length %d)" position input.S.shape.[1]
+                )
+            )
+
+        match c.Implementation with
+        | Reference -> (forwardReference c w input).select(1L, position)
+        | MemoryEfficient -> (attendMemoryEfficient c w input (position, 1L)).select(1L, 0L)
 
 /// ESM's `GeometricReasoningOriginalImpl` with its parameters. State-dict keys and shapes are ESM's
 /// (ESM3-REFERENCE.md §4.4), in PyTorch's order (own parameters first, then submodules):
@@ -471,6 +513,11 @@ type GeometricAttention(config: GeometricAttentionConfig) as this =
     /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], ids [B, L] -> [B, L, d]
     override this.forward(input: GeometricAttentionInput) =
         GeometricAttention.forward config this.Weights input
+
+    /// The output at one query position (`GeometricAttention.forwardAt`).
+    /// Shapes: S [B, L, d], Frames [B, L], Framed [B, L], ids [B, L] -> [B, d]
+    member this.ForwardAt(input: GeometricAttentionInput, position: int64) =
+        GeometricAttention.forwardAt config this.Weights input position
 
     /// ESM's `forward(s, affine, affine_mask, sequence_id, chain_id)`; null ids take ESM's defaults
     /// (sequence ids all 0, chain ids all 1). Shapes: s [B, L, d], frames [B, L], framed [B, L] bool,

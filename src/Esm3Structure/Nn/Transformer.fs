@@ -206,54 +206,61 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
 
     member _.Config = config
 
+    /// The geometric sub-layer's input.
+    member private _.GeometricInput(x: torch.Tensor, context: BlockContext) =
+        match context.Geometry with
+        | Some g ->
+            {
+                S = x
+                Frames = g.Frames
+                Framed = g.Framed
+                SequenceId = g.SequenceId
+                ChainId = g.ChainId
+            }
+        | None ->
+            raise (
+                ArgumentException("this block has geometric attention: its context needs Geometry (frames)", "context")
+            )
+
+    /// The plain attention sub-layer added to the stream (x itself without one).
+    member private _.AttendPlain(x: torch.Tensor, context: BlockContext) =
+        if isNull attn then
+            x
+        else
+            x + attn.forward (x, context.Mask) / config.ResidualScale
+
     /// The attention sub-layers (plain, then geometric) added to the stream.
-    member private _.Attend(x: torch.Tensor, context: BlockContext) =
-        let s = config.ResidualScale
+    member private this.Attend(x: torch.Tensor, context: BlockContext) =
+        let x = this.AttendPlain(x, context)
 
-        let x =
-            if isNull attn then
-                x
-            else
-                x + attn.forward (x, context.Mask) / s
-
-        let x =
-            if isNull geom_attn then
-                x
-            else
-                match context.Geometry with
-                | Some g ->
-                    let input =
-                        {
-                            S = x
-                            Frames = g.Frames
-                            Framed = g.Framed
-                            SequenceId = g.SequenceId
-                            ChainId = g.ChainId
-                        }
-
-                    x + geom_attn.forward input / s
-                | None ->
-                    raise (
-                        ArgumentException(
-                            "this block has geometric attention: its context needs Geometry (frames)",
-                            "context"
-                        )
-                    )
-
-        x
+        if isNull geom_attn then
+            x
+        else
+            x + geom_attn.forward (this.GeometricInput(x, context)) / config.ResidualScale
 
     /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, L, d]
     override this.forward(x: torch.Tensor, context: BlockContext) =
         let x = this.Attend(x, context)
         x + ffn.forward x / config.ResidualScale
 
-    /// The block's output at one sequence position only: the attention sub-layers run on the whole sequence (every
-    /// position is a key), the feed-forward only on that position. The same values as `forward(x).select(1,
-    /// position)` without the feed-forward of the other positions: the last block of a stack read at one position
-    /// (the structure encoder's query slot).
+    /// The block's output at one sequence position only: every position is a key, the plain attention runs on the
+    /// whole sequence, the geometric attention (the last sub-layer before the feed-forward) computes that query's
+    /// scores alone, and the feed-forward runs on that position. The same values as `forward(x).select(1,
+    /// position)` without the work of the other queries: the last block of a stack read at one position (the
+    /// structure encoder's query slot).
     /// Shapes: x [B, L, d], frames [B, L] (when geometric) -> [B, d]
     member this.ForwardAt(x: torch.Tensor, context: BlockContext, position: int64) =
-        let x = this.Attend(x, context).select(1L, position)
+        let x =
+            if isNull geom_attn then
+                this.Attend(x, context).select(1L, position)
+            else
+                // The geometric sub-layer comes last: only its query at `position` is needed.
+                let x = this.AttendPlain(x, context)
+
+                x.select (1L, position)
+                + (geom_attn :?> GeometricAttention).ForwardAt(this.GeometricInput(x, context), position)
+                  / config.ResidualScale
+
         x + ffn.forward x / config.ResidualScale
 
 /// ESM's `TransformerStack`: blocks, then `norm` (LayerNorm without bias).

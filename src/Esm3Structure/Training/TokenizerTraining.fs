@@ -373,10 +373,11 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     member _.Decoder = decoder
 
     /// Encodes, quantizes (straight-through) and decodes a batch. Shapes: batch [B, L, …] -> encoding, decoder output
-    member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore)
+    member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore, true)
 
-    /// `Run`, calling `lap` after the encoder ("encoder"), the codebook ("quantizer") and the decoder ("decoder").
-    member _.RunTimed(batch: TokenizerBatch, lap: string -> unit) =
+    /// `Run`, calling `lap` after the encoder ("encoder"), the codebook ("quantizer") and the decoder ("decoder");
+    /// without `confidence` the decoder leaves out pLDDT, pAE and pTM (null; `StructureDecoder.DecodeEmbeddings`).
+    member _.RunTimed(batch: TokenizerBatch, lap: string -> unit, confidence: bool) =
         let encoding =
             encoder.EncodeTimed(batch.Backbone, batch.ResidueIndex, batch.Padding, null, lap)
 
@@ -387,7 +388,7 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
                 encoding.Quantized
 
         let x = post_quant_proj.forward latent
-        let decoded = decoder.DecodeEmbeddings(x, batch.Padding)
+        let decoded = decoder.DecodeEmbeddings(x, batch.Padding, confidence)
         lap "decoder"
         encoding, decoded
 
@@ -562,7 +563,7 @@ module TokenizerTraining =
                     ResidueIndex = b.ResidueIndex.``to`` device
                 }
 
-            let encoding, out = model.Run b
+            let encoding, out = model.RunTimed(b, ignore, false)
             let target = b.Backbone.nan_to_num (0.0, 0.0, 0.0)
             rmsd <- rmsd + (Metrics.backboneRmsd out.Backbone target b.Mask).ToDouble()
 
@@ -622,7 +623,8 @@ module TokenizerTraining =
                 }
 
             clock.Lap "data"
-            let encoding, out = model.RunTimed(b, clock.Lap)
+            // Stage 1's losses read no confidence output.
+            let encoding, out = model.RunTimed(b, clock.Lap, false)
             let l = int b.Mask.shape.[1]
 
             let positions =

@@ -314,6 +314,37 @@ let tests =
                 Tol.close "pTM" 0.0 out.Ptm (AlignedError.ptm out.PaeLogits real)
             }
 
+            test "DecodeEmbeddings without confidence: the same structure and pair logits, no pLDDT, pAE or pTM" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float64 4UL
+                let g = new torch.Generator(5UL)
+                let x = torch.randn ([| 2L; 6L; 48L |], dtype = torch.float64, generator = g)
+
+                let padding =
+                    torch.tensor([| false; false; false; false; true; true |]).expand(2L, 6L).contiguous()
+
+                let full = m.DecodeEmbeddings(x, padding)
+                let lean = m.DecodeEmbeddings(x, padding, false)
+
+                for name, a, b in
+                    [
+                        "Backbone", full.Backbone, lean.Backbone
+                        "DistogramLogits", full.DistogramLogits, lean.DistogramLogits
+                        "DirectionLogits", full.DirectionLogits, lean.DirectionLogits
+                    ] do
+                    Tol.close name 1e-12 a b
+
+                for name, t in
+                    [
+                        "PlddtLogits", lean.PlddtLogits
+                        "Plddt", lean.Plddt
+                        "PaeLogits", lean.PaeLogits
+                        "Pae", lean.Pae
+                        "Ptm", lean.Ptm
+                    ] do
+                    Expect.isNull t (name + " is not computed")
+            }
+
             test "forward rejects a batch without EOS, naming the row and position" {
                 use _ = torch.NewDisposeScope()
                 use m = decoder tiny torch.float32 2UL

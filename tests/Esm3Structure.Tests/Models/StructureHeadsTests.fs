@@ -277,6 +277,48 @@ let tests =
                         Tol.close (sprintf "[%d, %d]" i j) 0.0 entry (torch.cat ([| q * k; q - k |], -1L))
             }
 
+            test
+                "the pair head is linear2(LN(GELU(linear1(pairFeatures(downproject x))))); groups are its channel slices" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(23UL)
+
+                for bias in [ false; true ] do
+                    let head = new PairwisePredictionHead(12L, 10L, 14L, 9L, bias)
+                    head.``to`` torch.float64 |> ignore
+                    Init.reset g head
+                    let sd = head.state_dict ()
+
+                    let p (name: string) =
+                        if sd.ContainsKey name then sd.[name] else null
+
+                    let x = torch.randn ([| 2L; 5L; 12L |], dtype = torch.float64, generator = g)
+                    let y = torch.nn.functional.linear (x, p "downproject.weight", p "downproject.bias")
+
+                    let h =
+                        torch.nn.functional.linear (PairwiseHead.pairFeatures y, p "linear1.weight", p "linear1.bias")
+
+                    let h =
+                        torch.nn.functional.layer_norm (
+                            torch.nn.functional.gelu h,
+                            [| 14L |],
+                            p "norm.weight",
+                            p "norm.bias",
+                            1e-5
+                        )
+
+                    let expected = torch.nn.functional.linear (h, p "linear2.weight", p "linear2.bias")
+                    let full = head.forward x
+                    Tol.close (sprintf "forward (bias %b)" bias) 1e-12 full expected
+                    let groups = head.ForwardGroups(x, [| 4L; 3L |])
+                    Tol.close "group 0" 1e-12 groups.[0] (expected.narrow (-1L, 0L, 4L))
+                    Tol.close "group 1" 1e-12 groups.[1] (expected.narrow (-1L, 4L, 3L))
+                    Expect.isTrue (groups.[1].is_contiguous()) "each group is its own contiguous tensor"
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> head.ForwardGroups(x, [| 5L; 5L |]) |> ignore)
+                        "widths past the head's channels"
+            }
+
             test "D7: swapping the q and k roles transposes the pair logits (random weights)" {
                 use _ = torch.NewDisposeScope()
 

@@ -239,6 +239,26 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
                         reference
                         (GeometricAttention.forward cfg w moved))
 
+                property
+                    (sprintf "GA9 forwardAt = forward's row at that position, values and gradients (%s)" iname)
+                    (fun c ->
+                        use _ = torch.NewDisposeScope()
+                        let cfg, w, input, g = draw c impl dtype
+                        let position = int64 (c.Seed % uint64 c.Length)
+                        // S requires a gradient, so the memory-light form takes its training path (PairDistance).
+                        let s = input.S.detach().requires_grad_ true
+                        let input = { input with S = s }
+                        let full = (GeometricAttention.forward cfg w input).select(1L, position)
+                        let at = GeometricAttention.forwardAt cfg w input position
+                        // The same operations on a subset of the queries: only the rounding of the products differs.
+                        closeRel (tag "GA9 value") (if f64 then 1e-12 else 1e-5) full at
+                        let upstream = torch.randn (full.shape, dtype = dtype, generator = g)
+
+                        let gradient (y: torch.Tensor) =
+                            torch.autograd.grad([| (y * upstream).sum() |], [| s |]).[0]
+                        // The full form also back-propagates zeros through the other queries' softmax rows.
+                        closeRel (tag "GA9 gradient") (if f64 then 1e-10 else 1e-4) (gradient full) (gradient at))
+
                 property (sprintf "GA2 permuting residues permutes the output (%s)" iname) (fun c ->
                     use _ = torch.NewDisposeScope()
                     let cfg, w, input, g = draw c impl dtype
