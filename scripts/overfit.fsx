@@ -1,9 +1,10 @@
 // Can the tokenizer memorise a few chains? Trains the `small` model on named chains of the corpus (the `overfit`
 // preset: crops of 64, batch 4, constant Adam 4e-4, 1,000 steps) and validates on the same chains every 100 steps:
 // the diagnosis of issue 13 that the losses, labels, heads and frame composition can learn a structure at all.
-// With --bypass-quantizer, the ceiling without the codebook.
-//   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--steps N] [--fape W]
-//       [--bypass-quantizer] [--data DIR] [--out DIR] [--device cpu|cuda]
+// With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
+// 2,400 steps instead (`overfitSmoke`, the suite's overfit test).
+//   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
+//       [--fape W] [--bypass-quantizer] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -17,6 +18,7 @@ open Esm3Structure.Training
 [<HelpFlags("--usage", "--help")>]
 type Args =
     | Chains of names: string
+    | Model of name: string
     | Steps of int
     | Fape of weight: float
     | Bypass_Quantizer
@@ -29,7 +31,8 @@ type Args =
             match a with
             | Chains _ ->
                 "comma-separated corpus chains, name_chain as in index.tsv (default: 1smx_B,1ii7_A,1hyk_A,1j34_C, 42–46 residues)"
-            | Steps _ -> "training steps (default 1000)"
+            | Model _ -> "small (default: Adam 4e-4, 1,000 steps) or smoke (Adam 1e-3, 2,400 steps: the suite's test)"
+            | Steps _ -> "training steps (default: the model's)"
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
@@ -40,24 +43,15 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
     let out = args.GetResult(Out, defaultValue = "runs/overfit")
     let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
-    let index = Corpus.readIndex (Path.Combine(data, "index.tsv"))
 
     let chains =
-        args.GetResult(Chains, defaultValue = "1smx_B,1ii7_A,1hyk_A,1j34_C").Split(',')
-        |> Array.map (fun name ->
-            let name = name.Trim()
+        Corpus.readNamed data (args.GetResult(Chains, defaultValue = "1smx_B,1ii7_A,1hyk_A,1j34_C").Split(','))
 
-            match
-                index
-                |> Array.tryFind (fun e -> Path.GetFileName(e.File).StartsWith(name + "."))
-            with
-            | Some e -> StructureFile.read (Path.Combine(data, "structures", e.File)) (Some e.Chain)
-            | None ->
-                raise (
-                    ArgumentException(sprintf "--chains: no chain '%s' in %s" name (Path.Combine(data, "index.tsv")))
-                ))
-
-    let preset = TokenizerTrainConfig.overfit
+    let preset =
+        match args.GetResult(Model, defaultValue = "small") with
+        | "small" -> TokenizerTrainConfig.overfit
+        | "smoke" -> TokenizerTrainConfig.overfitSmoke
+        | other -> raise (ArgumentException(sprintf "--model: expected small or smoke, got '%s'" other))
 
     match args.TryGetResult Steps with
     | Some steps when steps < 1 -> raise (ArgumentException(sprintf "--steps must be ≥ 1 (got %d)" steps))

@@ -129,3 +129,15 @@ module Corpus =
                             (InputLocation.Field e.Name)
                             "no sequence for this index entry"
         |]
+
+    /// The named entries of a shared data folder ("1smx_B": index names), each read with its index chain. A name
+    /// the index lacks raises an InputException naming `index.tsv` and the name.
+    let readNamed (dataDir: string) (names: string[]) : ProteinChain[] =
+        let indexPath = Path.Combine(dataDir, "index.tsv")
+        let index = readIndex indexPath
+
+        names
+        |> Array.map (fun name ->
+            match index |> Array.tryFind (fun e -> e.Name = name.Trim()) with
+            | Some e -> StructureFile.read (Path.Combine(dataDir, "structures", e.File)) (Some e.Chain)
+            | None -> InputError.raise indexPath (InputLocation.Field(name.Trim())) "no such entry in the index")
