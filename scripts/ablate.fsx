@@ -18,6 +18,7 @@ open System
 open System.IO
 open Argu
 open Esm3Structure.App
+open Esm3Structure.Io
 open Esm3Structure.Training
 
 [<HelpFlags("--usage", "--help")>]
@@ -121,10 +122,9 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
             let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
 
-            let train =
-                TokenizerData.readSplit data "train" (args.GetResult(Chains, defaultValue = 0))
+            let train = Corpus.readSplit data "train" (args.GetResult(Chains, defaultValue = 0))
 
-            let valid = TokenizerData.readSplit data "valid" ablation.Base.ValidChains
+            let valid = Corpus.readSplit data "valid" ablation.Base.ValidChains
             let commit = Ablation.gitCommit __SOURCE_DIRECTORY__
 
             let runs =

@@ -7,6 +7,7 @@
 open System
 open Argu
 open TorchSharp
+open Esm3Structure.Io
 open Esm3Structure.App
 open Esm3Structure.Checks
 open Esm3Structure.Models
@@ -224,7 +225,7 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 ]
 
         let chains =
-            TokenizerData.readSplit (Cli.sharedData __SOURCE_DIRECTORY__) "train" 64
+            Corpus.readSplit (Cli.sharedData __SOURCE_DIRECTORY__) "train" 64
             |> Array.map TokenizerData.ofChain
 
         printfn ""

@@ -6,6 +6,7 @@
 
 open Argu
 open Esm3Structure.App
+open Esm3Structure.Io
 open Esm3Structure.Training
 
 [<HelpFlags("--usage", "--help")>]
@@ -38,7 +39,7 @@ Cli.run<Args> "pair-head-probe.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun a
 
     let examples =
         // the first 4N train chains suffice: nearly every corpus chain has ≥ 64 residues
-        TokenizerData.readSplit data "train" (4 * chains)
+        Corpus.readSplit data "train" (4 * chains)
         |> Seq.map TokenizerData.ofChain
         |> Seq.filter (fun e -> e.Length >= crop)
         |> Seq.truncate chains

@@ -60,15 +60,13 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let chains =
         match args.TryGetResult Split with
         | Some split ->
-            let entries =
-                Corpus.readIndex (Path.Combine(data, "index.tsv"))
-                |> Array.filter (fun e -> e.Split = split)
+            // Each entry's own chain (the index's chain column), as training and validation read them.
+            let entries = Corpus.entriesOf data split 0
 
             if entries.Length = 0 then
                 raise (System.ArgumentException(sprintf "no chain of split '%s' in %s" split data))
 
-            entries
-            |> Array.map (fun e -> StructureFile.read (Path.Combine(data, "structures", e.File)) None)
+            entries |> Array.map (Corpus.readEntry data)
         | None ->
             let file =
                 args.GetResult(Pdb, defaultValue = Path.Combine(data, "small", "1ubq_A.pdb"))

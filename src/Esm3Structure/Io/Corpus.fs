@@ -130,6 +130,24 @@ module Corpus =
                             "no sequence for this index entry"
         |]
 
+    /// The index entries of one split ("train", "valid", "test") of a shared data folder, at most `limit` (≤ 0: all),
+    /// in index order.
+    let entriesOf (dataDir: string) (split: string) (limit: int) : CorpusEntry[] =
+        let entries =
+            readIndex (Path.Combine(dataDir, "index.tsv"))
+            |> Array.filter (fun e -> e.Split = split)
+
+        if limit > 0 then Array.truncate limit entries else entries
+
+    /// The chain an index entry names, read from `structures/` of the shared data folder (the index's chain, not the
+    /// file's first one).
+    let readEntry (dataDir: string) (entry: CorpusEntry) : ProteinChain =
+        StructureFile.read (Path.Combine(dataDir, "structures", entry.File)) (Some entry.Chain)
+
+    /// The chains of one split, at most `limit` (≤ 0: all), in index order (`entriesOf`, `readEntry`).
+    let readSplit (dataDir: string) (split: string) (limit: int) : ProteinChain[] =
+        entriesOf dataDir split limit |> Array.map (readEntry dataDir)
+
     /// The named entries of a shared data folder ("1smx_B": index names), each read with its index chain. A name
     /// the index lacks raises an InputException naming `index.tsv` and the name.
     let readNamed (dataDir: string) (names: string[]) : ProteinChain[] =
@@ -139,5 +157,5 @@ module Corpus =
         names
         |> Array.map (fun name ->
             match index |> Array.tryFind (fun e -> e.Name = name.Trim()) with
-            | Some e -> StructureFile.read (Path.Combine(dataDir, "structures", e.File)) (Some e.Chain)
+            | Some e -> readEntry dataDir e
             | None -> InputError.raise indexPath (InputLocation.Field(name.Trim())) "no such entry in the index")

@@ -539,6 +539,53 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
         let x = decoder_stack.forward (embeddings, BlockContext.Plain mask)
         this.HeadsWith(x, real, confidence)
 
+    /// The stage-1 training path in the layout ESM's decoder reads at inference: each row BOS, the residues'
+    /// embeddings (e.g. the encoder's straight-through quantized vectors mapped to width d, so gradients reach the
+    /// encoder), EOS, then its padding; BOS and EOS are the `embed` rows of those tokens, so they train with the rest
+    /// and a decoder exported from training meets at inference (`StructureTokens.wrap`) what it was trained on.
+    /// Padding must follow each row's residues (true from its first padded position on); padded positions are not
+    /// attended to. The outputs cover the residue positions only (BOS and EOS dropped before the heads, which work
+    /// per residue and per pair); `real` for pAE/pTM is the unpadded residues. `confidence` as `DecodeEmbeddings`.
+    /// Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput over the L residues
+    member this.DecodeResidues(embeddings: torch.Tensor, padding: torch.Tensor, confidence: bool) =
+        Shape.expect "embeddings" [| -1L; -1L; config.DModel |] embeddings
+        let b, l = embeddings.shape.[0], embeddings.shape.[1]
+
+        let real =
+            if isNull padding then
+                torch.ones ([| b; l |], dtype = torch.ScalarType.Bool, device = embeddings.device)
+            else
+                Shape.expect "padding" [| b; l |] padding
+                padding.logical_not ()
+
+        let row (token: int64) =
+            embed.weight.select(0L, token).to_type(embeddings.dtype).expand(b, 1L, config.DModel)
+
+        let lengths = real.to_type(torch.int64).sum(1L, true) // [B, 1]
+
+        let positions =
+            torch.arange((l + 2L).ToScalar(), device = embeddings.device).unsqueeze 0L // [1, L + 2]
+
+        let eos = positions.eq (lengths + 1L) // [B, L + 2]
+        let kept = positions.le (lengths + 1L) // BOS, residues, EOS
+
+        let x =
+            torch.cat (
+                [|
+                    row StructureTokens.Bos
+                    embeddings
+                    torch.zeros_like (row StructureTokens.Eos)
+                |],
+                1L
+            )
+
+        let x = torch.where (eos.unsqueeze -1L, row(StructureTokens.Eos).expand_as x, x)
+
+        let h =
+            decoder_stack.forward (x, BlockContext.Plain(AttentionMask.Allowed(AttentionMask.keyPadding kept)))
+
+        this.HeadsWith(h.narrow (1L, 1L, l), real, confidence)
+
     /// Decodes token ids with an optional sequence and padding (the stage-2 training path, ESM3-TRAINING.md §1.4):
     /// x = embed(tokens) + sequence_embed(restypes) where restypes ≥ 0 (rows with −1, e.g. BOS/EOS/PAD, add
     /// nothing; `restypes` is ignored by a decoder without sequence input and may be null). Padded rows are not

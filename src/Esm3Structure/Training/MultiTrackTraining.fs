@@ -5,6 +5,7 @@ open System.IO
 open System.Text
 open System.Text.Json
 open TorchSharp
+open Esm3Structure.Io
 open Esm3Structure
 open Esm3Structure.Models
 open Esm3Structure.Nn
@@ -491,6 +492,6 @@ module MultiTrackTraining =
         let examples (chains: ProteinChain[]) =
             chains |> Array.map (MultiTrackData.ofChain providers)
 
-        let train = TokenizerData.readSplit dataDir "train" trainLimit |> examples
-        let valid = TokenizerData.readSplit dataDir "valid" config.ValidChains |> examples
+        let train = Corpus.readSplit dataDir "train" trainLimit |> examples
+        let valid = Corpus.readSplit dataDir "valid" config.ValidChains |> examples
         trainOn config device train valid out resume

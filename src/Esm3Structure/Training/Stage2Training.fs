@@ -288,15 +288,8 @@ module Stage2Data =
     /// Chains of one split of the corpus with their `atoms` column read as "full" (true) or not, at most `limit`
     /// (≤ 0: all), in index order.
     let readSplit (dataDir: string) (split: string) (limit: int) : (ProteinChain * bool)[] =
-        let entries =
-            Corpus.readIndex (Path.Combine(dataDir, "index.tsv"))
-            |> Array.filter (fun e -> e.Split = split)
-
-        let entries = if limit > 0 then Array.truncate limit entries else entries
-
-        entries
-        |> Array.map (fun e ->
-            StructureFile.read (Path.Combine(dataDir, "structures", e.File)) (Some e.Chain), e.Atoms = "full")
+        Corpus.entriesOf dataDir split limit
+        |> Array.map (fun e -> Corpus.readEntry dataDir e, e.Atoms = "full")
 
 /// Stage-2 training of the structure tokenizer (ESM3-TRAINING.md §1.4) on `Trainer`: the frozen stage-1 encoder
 /// turns whole chains into tokens; a new decoder (token + residue embeddings) predicts frames, torsions and

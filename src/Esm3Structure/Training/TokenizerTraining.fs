@@ -358,18 +358,6 @@ module TokenizerData =
 
             order |> Array.truncate count |> Array.sort |> Array.map int64
 
-    /// Chains of one split of the corpus (`index.tsv` under `dataDir`, files under `structures/`), at most `limit`
-    /// (≤ 0: all), in index order.
-    let readSplit (dataDir: string) (split: string) (limit: int) : ProteinChain[] =
-        let entries =
-            Corpus.readIndex (Path.Combine(dataDir, "index.tsv"))
-            |> Array.filter (fun e -> e.Split = split)
-
-        let entries = if limit > 0 then Array.truncate limit entries else entries
-
-        entries
-        |> Array.map (fun e -> StructureFile.read (Path.Combine(dataDir, "structures", e.File)) (Some e.Chain))
-
 /// Encoder, straight-through codes mapped to the decoder's width, and decoder: the stage-1 model. Keys: `encoder.*`
 /// (ESM's `StructureTokenEncoder`), `decoder.*` (ESM's `StructureTokenDecoder`) and the training-only
 /// `post_quant_proj.{weight,bias}` [d, DOut] (folded into the decoder's code embeddings on export).
@@ -404,7 +392,7 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
                 encoding.Quantized
 
         let x = post_quant_proj.forward latent
-        let decoded = decoder.DecodeEmbeddings(x, batch.Padding, confidence)
+        let decoded = decoder.DecodeResidues(x, batch.Padding, confidence)
         lap "decoder"
         encoding, decoded
 
@@ -734,6 +722,6 @@ module TokenizerTraining =
 
     /// Reads the train and valid splits of the corpus under `dataDir` and trains (see `trainOn`).
     let train (config: TokenizerTrainConfig) (device: torch.Device) (dataDir: string) (out: string) (resume: bool) =
-        let train = TokenizerData.readSplit dataDir "train" 0
-        let valid = TokenizerData.readSplit dataDir "valid" config.ValidChains
+        let train = Corpus.readSplit dataDir "train" 0
+        let valid = Corpus.readSplit dataDir "valid" config.ValidChains
         trainOn config device train valid out resume

@@ -345,6 +345,53 @@ let tests =
                     Expect.isNull t (name + " is not computed")
             }
 
+            test "DecodeResidues = forward on BOS, the codes, EOS (residue positions); a padded row = that row alone" {
+                use _ = torch.NewDisposeScope()
+                use m = decoder tiny torch.float64 6UL
+                let g = new torch.Generator(7UL)
+                let codes = torch.randint (4096L, [| 2L; 7L |], dtype = torch.int64, generator = g)
+                let embeddings = m.state_dict().["embed.weight"].index_select(0L, codes.reshape -1L)
+                let embeddings = embeddings.reshape (2L, 7L, 48L)
+                let residues = m.DecodeResidues(embeddings, null, true)
+
+                let wrapped =
+                    torch.cat (
+                        [|
+                            torch.full ([| 2L; 1L |], StructureTokens.Bos.ToScalar(), dtype = torch.int64)
+                            codes
+                            torch.full ([| 2L; 1L |], StructureTokens.Eos.ToScalar(), dtype = torch.int64)
+                        |],
+                        1L
+                    )
+
+                let full = m.forward wrapped
+                let inner (t: torch.Tensor) = t.narrow (1L, 1L, 7L)
+                let pairs (t: torch.Tensor) = t.narrow(1L, 1L, 7L).narrow(2L, 1L, 7L)
+
+                for name, a, b in
+                    [
+                        "Backbone", inner full.Backbone, residues.Backbone
+                        "DistogramLogits", pairs full.DistogramLogits, residues.DistogramLogits
+                        "DirectionLogits", pairs full.DirectionLogits, residues.DirectionLogits
+                        "Plddt", inner full.Plddt, residues.Plddt
+                        "Pae", pairs full.Pae, residues.Pae
+                        "Ptm", full.Ptm, residues.Ptm
+                    ] do
+                    Tol.close name 1e-12 a b
+
+                // Row 1 cut to 4 residues and padded to 7: EOS goes right after its 4th residue.
+                let padding =
+                    torch.tensor([| false; false; false; false; true; true; true |]).unsqueeze 0L
+
+                let padded = m.DecodeResidues(embeddings.narrow (0L, 1L, 1L), padding, true)
+
+                let alone =
+                    m.DecodeResidues(embeddings.narrow(0L, 1L, 1L).narrow(1L, 0L, 4L), null, true)
+
+                Tol.close "padded row, backbone" 1e-12 (padded.Backbone.narrow (1L, 0L, 4L)) alone.Backbone
+                Tol.close "padded row, pTM" 1e-12 padded.Ptm alone.Ptm
+            }
+
             test "forward rejects a batch without EOS, naming the row and position" {
                 use _ = torch.NewDisposeScope()
                 use m = decoder tiny torch.float32 2UL
