@@ -81,6 +81,16 @@ module StructureTokens =
         checkInterior source 0 tokens
         Array.concat [ [| Bos |]; tokens; [| Eos |] ]
 
+    /// `wrap` for a batch of unpadded rows, as a tensor (rows are not checked: `checkBatch` does that).
+    /// Shapes: tokens [B, L] int64 -> [B, L + 2]
+    let wrapRows (tokens: torch.Tensor) : torch.Tensor =
+        let b = tokens.shape.[0]
+
+        let column (id: int64) =
+            torch.full ([| b; 1L |], id.ToScalar(), dtype = torch.int64, device = tokens.device)
+
+        torch.cat ([| column Bos; tokens; column Eos |], 1L)
+
     /// Checks a wrapped sequence (BOS, tokens, EOS) as `wrap` produces it; an `InputException` names `source` and
     /// the 0-based position in `wrapped`.
     let checkWrapped (source: string) (wrapped: int64[]) : unit =

@@ -354,17 +354,7 @@ let tests =
                 let embeddings = embeddings.reshape (2L, 7L, 48L)
                 let residues = m.DecodeResidues(embeddings, null, true)
 
-                let wrapped =
-                    torch.cat (
-                        [|
-                            torch.full ([| 2L; 1L |], StructureTokens.Bos.ToScalar(), dtype = torch.int64)
-                            codes
-                            torch.full ([| 2L; 1L |], StructureTokens.Eos.ToScalar(), dtype = torch.int64)
-                        |],
-                        1L
-                    )
-
-                let full = m.forward wrapped
+                let full = m.forward (StructureTokens.wrapRows codes)
                 let inner (t: torch.Tensor) = t.narrow (1L, 1L, 7L)
                 let pairs (t: torch.Tensor) = t.narrow(1L, 1L, 7L).narrow(2L, 1L, 7L)
 

@@ -41,6 +41,22 @@ let tests =
                 Expect.equal (StructureTokens.name 4098L) "BOS" "name"
             }
 
+            test "wrapRows is wrap for every row of a tensor" {
+                use _ = torch.NewDisposeScope()
+                let rows = [| [| 5L; 4096L; 17L |]; [| 0L; 1L; 4095L |] |]
+
+                let wrapped =
+                    StructureTokens.wrapRows (torch.tensor(Array.concat rows).reshape(2L, 3L))
+
+                Expect.sequenceEqual wrapped.shape [| 2L; 5L |] "shape [B, L + 2]"
+
+                for r in 0..1 do
+                    Expect.sequenceEqual
+                        (wrapped.[int64 r].data<int64>().ToArray())
+                        (StructureTokens.wrap "test" rows.[r])
+                        (sprintf "row %d" r)
+            }
+
             testPropertyWithConfig
                 { Props.baseConfig with maxTest = 100 }
                 "wrap puts BOS first and EOS last; unwrap inverts it"

@@ -181,17 +181,9 @@ let tests =
 
                 Expect.equal (tokens.data<int64>().ToArray()) (encoding.Tokens.data<int64>().ToArray()) "same tokens"
                 // Inference wraps the codes in BOS and EOS, as the training path does (`DecodeResidues`).
-                let wrapped =
-                    torch.cat (
-                        [|
-                            torch.full ([| 1L; 1L |], StructureTokens.Bos.ToScalar(), dtype = torch.int64)
-                            tokens
-                            torch.full ([| 1L; 1L |], StructureTokens.Eos.ToScalar(), dtype = torch.int64)
-                        |],
-                        1L
-                    )
+                let inference =
+                    (decoder.Trunk(StructureTokens.wrapRows tokens)).narrow(1L, 1L, tokens.shape.[1])
 
-                let inference = (decoder.Trunk wrapped).narrow(1L, 1L, tokens.shape.[1])
                 Tol.close "decoder hidden states" 1e-4 inference trained.Hidden
 
                 // --init: a new run from the exported files recovers post_quant_proj and the training path
