@@ -505,9 +505,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// `HeadsWith` with every output. Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
     member this.Heads(x: torch.Tensor, real: torch.Tensor) = this.HeadsWith(x, real, true)
 
-    /// The training path of stage 1 (ESM3-TRAINING.md §1.3): decodes input vectors given in place of the token
-    /// embeddings (e.g. the encoder's straight-through quantized vectors mapped to width d), so gradients reach the
-    /// encoder. Padded rows are not attended to and count as not real. Uses no extra parameters (the key set stays
+    /// Decodes input vectors given in place of the token embeddings (e.g. the encoder's straight-through quantized
+    /// vectors mapped to width d, so gradients reach the encoder), with no BOS or EOS around them: the trunk on the
+    /// residues alone (stage-1 training uses `DecodeResidues`, the layout inference reads). Padded rows are not
+    /// attended to and count as not real. Uses no extra parameters (the key set stays
     /// ESM's). `confidence` false (stage-1 training, whose losses read none of them) leaves out pLDDT, pAE and pTM
     /// (null) and the pairwise head's pAE channels: a quarter of that head's work and two [B, L, L, 64] softmaxes.
     /// Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput

@@ -380,7 +380,7 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore, true)
 
     /// `Run`, calling `lap` after the encoder ("encoder"), the codebook ("quantizer") and the decoder ("decoder");
-    /// without `confidence` the decoder leaves out pLDDT, pAE and pTM (null; `StructureDecoder.DecodeEmbeddings`).
+    /// without `confidence` the decoder leaves out pLDDT, pAE and pTM (null; `StructureDecoder.DecodeResidues`).
     member _.RunTimed(batch: TokenizerBatch, lap: string -> unit, confidence: bool) =
         let encoding =
             encoder.EncodeTimed(batch.Backbone, batch.ResidueIndex, batch.Padding, null, lap)
