@@ -1,6 +1,6 @@
 // Decodes structure tokens (the JSON of tokenize.fsx) into a PDB file: backbone N, CA, C from the decoder, O
 // inferred, B-factor = 100 × pLDDT, and a line `REMARK 250 PTM: 0.8123` (README, "Tokenize and decode").
-//   dotnet fsi scripts/decode.fsx --tokens TOKENS.json [--weights DECODER.safetensors] --out OUT.pdb
+//   dotnet fsi scripts/decode.fsx --tokens TOKENS.json [--weights DECODER.safetensors|.pth] [--heads N] --out OUT.pdb
 //       [--device cpu|cuda]
 #load "_load.fsx"
 
@@ -13,6 +13,7 @@ type Args =
     | [<Mandatory; Unique>] Tokens of json: string
     | [<Unique>] Weights of decoder: string
     | [<Mandatory; Unique>] Out of pdb: string
+    | [<Unique>] Heads of int
     | [<Unique>] Device of string
 
     interface IArgParserTemplate with
@@ -21,6 +22,8 @@ type Args =
             | Tokens _ -> "tokens JSON written by tokenize.fsx (one object; the sequence is optional)"
             | Weights _ -> StructureTokenizer.weightsUsage "decoder" StructureTokenizer.DefaultDecoderPath
             | Out _ -> "output PDB file, written atomically (.gz: gzipped)"
+            | Heads _ ->
+                "the decoder's attention head count, which no state dict records (default: our file's metadata, else ESM's 64-wide heads)"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
@@ -28,6 +31,7 @@ Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         StructureTokenizer.loadDecoderFor
             __SOURCE_DIRECTORY__
             (args.GetResult(Weights, defaultValue = ""))
+            (args.GetResult(Heads, defaultValue = 0))
             (args.GetResult(Device, defaultValue = "cpu"))
 
     let tokensFile = args.GetResult Tokens

@@ -4,7 +4,7 @@
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
 // 2,400 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
-//       [--fape W] [--bypass-quantizer] [--data DIR] [--out DIR] [--device cpu|cuda]
+//       [--fape W] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -22,6 +22,7 @@ type Args =
     | Steps of int
     | Fape of weight: float
     | Bypass_Quantizer
+    | Learning_Rate of float
     | Data of dir: string
     | Out of dir: string
     | Device of string
@@ -35,6 +36,7 @@ type Args =
             | Steps _ -> "training steps (default: the model's)"
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
+            | Learning_Rate _ -> "Adam's learning rate (default: the model's)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "run folder (default: runs/overfit); an earlier run there is replaced"
             | Device _ -> "cpu (default) or cuda"
@@ -68,6 +70,7 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             Trainer =
                 { preset.Trainer with
                     Steps = args.GetResult(Steps, defaultValue = preset.Trainer.Steps)
+                    LearningRate = args.GetResult(Learning_Rate, defaultValue = preset.Trainer.LearningRate)
                 }
         }
 

@@ -1,6 +1,7 @@
 // Structure → tokens → structure with the shipped tokenizer (or given weights): prints the tokens of a real chain
 // and the round trip's backbone RMSD and LDDT-CA; with --split, the summary over a split of the corpus.
-//   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--device cpu|cuda]
+//   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--heads N]
+//       [--device cpu|cuda]
 //   dotnet fsi scripts/roundtrip.fsx --split valid [--data DIR] [--out SUMMARY.json]
 #load "_load.fsx"
 
@@ -20,6 +21,7 @@ type Args =
     | [<Unique>] Data of dir: string
     | [<Unique>] Encoder of file: string
     | [<Unique>] Decoder of file: string
+    | [<Unique>] Heads of int
     | [<Unique>] Out of json: string
     | [<Unique>] Device of string
 
@@ -30,8 +32,16 @@ type Args =
             | Chain _ -> "chain id (default: the first protein chain)"
             | Split _ -> "evaluate every chain of this split of the corpus (train, valid or test) instead of one file"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
-            | Encoder _ -> sprintf "encoder safetensors file (default: %s)" StructureTokenizer.DefaultEncoderPath
-            | Decoder _ -> sprintf "decoder safetensors file (default: %s)" StructureTokenizer.DefaultDecoderPath
+            | Encoder _ ->
+                sprintf
+                    "encoder file, safetensors or a PyTorch .pth such as ESM's (default: %s)"
+                    StructureTokenizer.DefaultEncoderPath
+            | Decoder _ ->
+                sprintf
+                    "decoder file, safetensors or a PyTorch .pth such as ESM's (default: %s)"
+                    StructureTokenizer.DefaultDecoderPath
+            | Heads _ ->
+                "the decoder's attention head count, which no state dict records (default: our file's metadata, else ESM's 64-wide heads)"
             | Out _ -> "write the summary and per-chain figures as JSON, atomically"
             | Device _ -> "cpu (default) or cuda"
 
@@ -50,9 +60,9 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         )
 
     use decoder =
-        StructureDecoder.load (
-            resolve StructureTokenizer.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = ""))
-        )
+        StructureDecoder.loadWith
+            (args.TryGetResult Heads |> Option.map int64)
+            (resolve StructureTokenizer.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = "")))
 
     encoder.``to`` device |> ignore
     decoder.``to`` device |> ignore
@@ -120,6 +130,12 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             summary.Usage.Codes
             (100.0 * summary.Usage.LiveFraction)
             summary.Usage.Perplexity
+
+        if decoder.ConfidenceTrained then
+            printfn
+                "pLDDT against LDDT-CA per residue: Pearson r %.3f (%d residues)"
+                summary.PlddtPearson
+                summary.Residues
 
     args.TryGetResult Out
     |> Option.iter (fun path ->

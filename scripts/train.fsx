@@ -1,5 +1,5 @@
 // Training on the train split of the corpus, validating on the valid split; writes config.json, metrics.jsonl and
-// checkpoints/step-NNNNNN/ into --out. Two models, one trainer:
+// checkpoints/step-NNNNNN/ into --out. Three models, one trainer:
 //   --model tokenizer (default): the structure tokenizer. Stage 1 (default): encoder + codebook + small decoder
 //     (ESM3-TRAINING.md §1.3, §4.2). Stage 2 (--stage 2 --encoder PATH): the stage-1 encoder and codebook frozen, a
 //     new decoder with sequence input, all-atom, pLDDT and pAE losses (§1.4). Checkpoints hold
@@ -8,12 +8,16 @@
 //     (sequence, structure tokens from --encoder, SS8 from our DSSP, SASA from our Shrake–Rupley); checkpoints hold
 //     multitrack.safetensors (ESM3's keys). --encoder defaults to the shipped tokenizer; `random` = a freshly
 //     initialised small encoder, for smoke runs only.
-//   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack] [--stage 1|2] [--encoder FILE|random]
+//   --model confidence --init DIR: the pLDDT head and the pairwise head (pAE beside the distogram and direction) of
+//     the stage-1 tokenizer in DIR, on its own reconstructions of train crops (256 residues); everything else frozen.
+//     Checkpoints hold the encoder unchanged and the decoder marked as having trained confidence heads.
+//   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
-//                                   [--minutes M] [--fape W] [--structure-module ROUNDS] [--bypass-quantizer]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--structure-module ROUNDS]
+//                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
 //                                   [--pair-residues N] [--fsq LEVELS] [--init DIR]
-//                                   [--seed N] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--usage]
+//                                   [--seed N] [--checkpoint-every N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
@@ -41,6 +45,8 @@ type Args =
     | Fape of weight: float
     | Structure_Module of rounds: int
     | Bypass_Quantizer
+    | Learning_Rate of float
+    | Warmup of steps: int
     | Neighbour_Geometry
     | Chain_Frames
     | Crop_Curriculum of stages: string
@@ -49,13 +55,15 @@ type Args =
     | Init of dir: string
     | Seed of int
     | Checkpoint_Every of int
+    | Pth
     | Resume
     | Device of string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Model _ -> "tokenizer (default) or multitrack"
+            | Model _ ->
+                "tokenizer (default), multitrack, or confidence (the pLDDT and pairwise heads of the tokenizer in --init, all else frozen)"
             | Stage _ ->
                 "tokenizer: 1 (default: encoder, codebook, small decoder) or 2 (frozen encoder, new all-atom decoder)"
             | Encoder _ ->
@@ -73,6 +81,8 @@ type Args =
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
             | Bypass_Quantizer ->
                 "tokenizer stage 1: decode the encoder's continuous vectors (a diagnostic ceiling; no tokens)"
+            | Learning_Rate _ -> "peak learning rate (default: the preset's)"
+            | Warmup _ -> "steps of linear warm-up to the peak learning rate (default: the preset's)"
             | Neighbour_Geometry ->
                 "tokenizer stage 1: the encoder also sees each neighbour's pose and its residue's sequence steps (default: ESM's offsets only)"
             | Chain_Frames ->
@@ -84,9 +94,11 @@ type Args =
             | Fsq _ ->
                 "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
             | Init _ ->
-                "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes)"
+                "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); confidence: the tokenizer whose heads are trained"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
+            | Pth ->
+                "also write the final checkpoint's release files as PyTorch .pth (torch.load(weights_only=True) reads them; ESM's classes load them strictly)"
             | Resume -> "continue from the last checkpoint in --out"
             | Device _ -> "cpu (default) or cuda"
 
@@ -110,6 +122,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | Some m -> invalidArg "minutes" (sprintf "--minutes must be positive (got %g)" m)
                 | None -> preset.MaxSeconds
             Seed = args.GetResult(Seed, defaultValue = preset.Seed)
+            LearningRate =
+                match args.TryGetResult Learning_Rate with
+                | Some lr when lr > 0.0 && lr < infinity -> lr
+                | Some lr ->
+                    invalidArg "learning-rate" (sprintf "--learning-rate must be positive and finite (got %g)" lr)
+                | None -> preset.LearningRate
+            WarmupSteps =
+                match args.TryGetResult Warmup with
+                | Some w when w >= 0 -> w
+                | Some w -> invalidArg "warmup" (sprintf "--warmup must be ≥ 0 (got %d)" w)
+                | None -> preset.WarmupSteps
             CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
         }
 
@@ -286,9 +309,59 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 (args.GetResult(Chains, defaultValue = 0))
                 (outOr "multitrack")
                 resume
+        | "confidence", _ ->
+            let init = args.TryGetResult Init
+
+            for flag, given in
+                [
+                    "--fape", args.Contains Fape
+                    "--structure-module", args.Contains Structure_Module
+                    "--bypass-quantizer", args.Contains Bypass_Quantizer
+                    "--neighbour-geometry", args.Contains Neighbour_Geometry
+                    "--chain-frames", args.Contains Chain_Frames
+                    "--crop-curriculum", args.Contains Crop_Curriculum
+                    "--pair-residues", args.Contains Pair_Residues
+                    "--fsq", args.Contains Fsq
+                    "--stage", args.Contains Stage
+                    "--encoder", args.Contains Encoder
+                ] do
+                if given then
+                    invalidArg flag (sprintf "%s is not an option of --model confidence" flag)
+
+            let preset = ConfidenceTrainConfig.preset presetName
+
+            let config =
+                { preset with
+                    Tokenizer =
+                        match init with
+                        | Some dir -> dir
+                        | None ->
+                            invalidArg
+                                "init"
+                                "--model confidence needs --init DIR, the tokenizer whose heads it trains (e.g. runs/…/checkpoints/step-…)"
+                    Trainer = trainer preset.Trainer
+                }
+
+            ConfidenceTraining.train config device data (outOr "confidence") resume
         | other, _ ->
-            raise (ArgumentException(sprintf "unknown --model '%s' (expected tokenizer or multitrack)" other))
+            raise (
+                ArgumentException(sprintf "unknown --model '%s' (expected tokenizer, multitrack or confidence)" other)
+            )
 
     printfn "done: %d steps, final loss %.4f, checkpoint %s" report.Steps report.FinalLoss report.Checkpoint
+
+    // The release files (ESM's key format) also as PyTorch checkpoints; model.safetensors and rng.safetensors are
+    // the resume state, not release files.
+    if args.Contains Pth then
+        for file in IO.Directory.GetFiles(report.Checkpoint, "*.safetensors") |> Array.sort do
+            match IO.Path.GetFileName file with
+            | "model.safetensors"
+            | "rng.safetensors" -> ()
+            | _ ->
+                use _ = torch.NewDisposeScope()
+                let out = IO.Path.ChangeExtension(file, ".pth")
+                Esm3Structure.Io.PyTorchCheckpoint.write out (Esm3Structure.Io.TensorFile.read file).Tensors
+                printfn "wrote %s" out
+
     0)
 |> exit

@@ -237,8 +237,9 @@ module Checkpoint =
     let save (path: string) (m: torch.nn.Module) (metadata: IReadOnlyDictionary<string, string>) : unit =
         Safetensors.write path (stateDict m) metadata
 
-    /// Loads a safetensors file strictly into the module (see `loadInto`); the file's tensors are freed afterwards.
+    /// Loads a safetensors file or a PyTorch checkpoint (`TensorFile`, told apart by content) strictly into the
+    /// module (see `loadInto`); the file's tensors are freed afterwards.
     let load (path: string) (m: torch.nn.Module) : unit =
         use _scope = torch.NewDisposeScope()
-        let file = Safetensors.read path
+        let file = TensorFile.read path
         loadInto path file.Tensors m

@@ -333,11 +333,12 @@ type MultiTrackOutput =
         FunctionLogits: torch.Tensor
         /// Multi-label logits. Shapes: [B, L, 1478]
         ResidueLogits: torch.Tensor
-        /// The trunk's output after its final LayerNorm, as ESM returns it (ESM's `embeddings = x.clone()` of the
-        /// post-norm stream; ESM3-REFERENCE.md §9.3 says pre-norm, the code says post-norm). Shapes: [B, L, d]
+        /// ESM's `embeddings`: the trunk's stream before its final LayerNorm (`TransformerStack.forward` returns
+        /// `(self.norm(x), x, hiddens)` and `ESM3.forward` keeps the second; checked against ESM's own forward pass
+        /// by the parity test). Shapes: [B, L, d]
         Embeddings: torch.Tensor
-        /// The stream before the final LayerNorm. Shapes: [B, L, d]
-        PreNorm: torch.Tensor
+        /// The stream after the final LayerNorm, which the heads read. Shapes: [B, L, d]
+        PostNorm: torch.Tensor
     }
 
 /// Pure pieces of ESM3's forward pass.
@@ -472,8 +473,8 @@ type MultiTrackOutputHeads(dModel: int64) as this =
             FunctionLogits =
                 Shape.unflattenLast [| Tracks.FunctionSlots; Tracks.FunctionVocabulary |] (function_head.forward x)
             ResidueLogits = residue_head.forward x
-            Embeddings = x
-            PreNorm = preNorm
+            Embeddings = preNorm
+            PostNorm = x
         }
 
 /// ESM3's multi-track model (`esm/models/esm3.py`; ESM3-REFERENCE.md §9): structure-token overrides, backbone
@@ -692,8 +693,8 @@ module MultiTrackCheckpoint =
     /// Loads an ESM-format multi-track checkpoint: sizes from `configOfKeyShapes` (every key and shape checked
     /// against ESM3's table first), then a strict load. float32, CPU, eval mode.
     let load (path: string) : MultiTrackModel =
-        let header = Safetensors.readHeader path
-        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+        let header = TensorFile.readHeader path
+        let shapes = header.Shapes
 
         let config =
             configOfKeyShapes path (header.Metadata :> IReadOnlyDictionary<string, string>) shapes

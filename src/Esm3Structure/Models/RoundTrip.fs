@@ -18,6 +18,8 @@ type RoundTrip =
         BackboneRmsd: float
         /// LDDT-CA of the decoding against the chain (ESM's cut-off 15 Å and thresholds), over the decoded residues.
         LddtCa: float
+        /// Each decoded residue's LDDT-CA (NaN for a residue with no scored pair), in the order of `Decoded`.
+        LddtCaPerResidue: float[]
     }
 
 /// Quality of a tokenizer over many chains: the figures the README quotes for the shipped model.
@@ -31,6 +33,9 @@ type RoundTripSummary =
         MeanLddtCa: float
         /// Codebook usage of all the chains' tokens together (live codes, perplexity).
         Usage: QuantizerMetrics
+        /// Pearson's correlation of per-residue pLDDT with per-residue LDDT-CA over all decoded residues of all chains
+        /// (`Metrics.pearson`). Meaningful only for a decoder whose confidence heads were trained.
+        PlddtPearson: float
     }
 
 /// Structure → tokens → structure, and its summary over a set of chains.
@@ -84,14 +89,15 @@ module RoundTrip =
         let rmsd = (Metrics.backboneRmsd model reference mask).ToDouble()
 
         let lddt =
-            (Metrics.lddtCa (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)).Protein.ToDouble()
+            Metrics.lddtCa (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)
 
         {
             Tokenized = tokenized
             Decoded = decoded
             Residues = keep.Length
             BackboneRmsd = rmsd
-            LddtCa = lddt
+            LddtCa = lddt.Protein.ToDouble()
+            LddtCaPerResidue = lddt.PerResidue.data<float>().ToArray()
         }
 
     /// Medians, means and the codebook usage over round trips; `codes` is the codebook size.
@@ -121,11 +127,16 @@ module RoundTrip =
             MedianLddtCa = median lddt
             MeanLddtCa = (if lddt.Length = 0 then nan else Array.average lddt)
             Usage = CodebookUsage.metrics usage
+            PlddtPearson =
+                Metrics.pearson
+                    (trips |> Array.collect (fun t -> t.Decoded.Plddt |> Array.map float))
+                    (trips |> Array.collect (fun t -> t.LddtCaPerResidue))
         }
 
-    /// The summary and the per-chain figures as a JSON object (`chains`: name, residues, backbone_rmsd, lddt_ca,
+    /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd, lddt_ca,
     /// ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never trained,
-    /// `StructureDecoder.ConfidenceTrained`), ptm and mean_plddt are null and `confidence_heads_trained` says why.
+    /// `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm and mean_plddt are null and
+    /// `confidence_heads_trained` says why.
     let toJson (confidenceTrained: bool) (summary: RoundTripSummary) (trips: RoundTrip[]) : string =
         use stream = new IO.MemoryStream()
 
@@ -144,6 +155,12 @@ module RoundTrip =
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
          w.WriteNumber("perplexity", summary.Usage.Perplexity)
          w.WriteBoolean("confidence_heads_trained", confidenceTrained)
+
+         if confidenceTrained && Double.IsFinite summary.PlddtPearson then
+             w.WriteNumber("plddt_pearson", summary.PlddtPearson)
+         else
+             w.WriteNull "plddt_pearson"
+
          w.WriteStartArray "per_chain"
 
          for t in trips do

@@ -424,6 +424,9 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     member _.ZeroFinalLayers() =
         structureModule |> Option.iter (fun m -> m.ZeroFinalLayers())
 
+    /// The token embeddings (`embed`). Shapes: tokens [B, L] int64 -> [B, L, d]
+    member _.Embed(tokens: torch.Tensor) = embed.forward tokens
+
     /// The trunk only: embedding then the transformer stack (no attention mask: ESM's `sequence_id` is all zeros).
     /// Tokens are not checked here. Shapes: tokens [B, L] int64 -> [B, L, d]
     member _.Trunk(tokens: torch.Tensor) =
@@ -546,9 +549,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// and a decoder exported from training meets at inference (`StructureTokens.wrap`) what it was trained on.
     /// Padding must follow each row's residues (true from its first padded position on); padded positions are not
     /// attended to. The outputs cover the residue positions only (BOS and EOS dropped before the heads, which work
-    /// per residue and per pair); `real` for pAE/pTM is the unpadded residues. `confidence` as `DecodeEmbeddings`.
-    /// Shapes: embeddings [B, L, d], padding [B, L] bool | null -> StructureDecoderOutput over the L residues
-    member this.DecodeResidues(embeddings: torch.Tensor, padding: torch.Tensor, confidence: bool) =
+    /// per residue and per pair); `real` for pAE/pTM is the unpadded residues. This is the trunk of that path: its
+    /// states at the residue positions and `real`, for `HeadsWith` (`DecodeResidues`) or for heads trained alone.
+    /// Shapes: embeddings [B, L, d], padding [B, L] bool | null -> states [B, L, d], real [B, L] bool
+    member _.ResidueTrunk(embeddings: torch.Tensor, padding: torch.Tensor) =
         Shape.expect "embeddings" [| -1L; -1L; config.DModel |] embeddings
         let b, l = embeddings.shape.[0], embeddings.shape.[1]
 
@@ -585,7 +589,13 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
         let h =
             decoder_stack.forward (x, BlockContext.Plain(AttentionMask.Allowed(AttentionMask.keyPadding kept)))
 
-        this.HeadsWith(h.narrow (1L, 1L, l), real, confidence)
+        h.narrow (1L, 1L, l), real
+
+    /// `ResidueTrunk` then the heads. Shapes: embeddings [B, L, d], padding [B, L] bool | null
+    /// -> StructureDecoderOutput over the L residues
+    member this.DecodeResidues(embeddings: torch.Tensor, padding: torch.Tensor, confidence: bool) =
+        let h, real = this.ResidueTrunk(embeddings, padding)
+        this.HeadsWith(h, real, confidence)
 
     /// Decodes token ids with an optional sequence and padding (the stage-2 training path, ESM3-TRAINING.md §1.4):
     /// x = embed(tokens) + sequence_embed(restypes) where restypes ≥ 0 (rows with −1, e.g. BOS/EOS/PAD, add
@@ -814,18 +824,44 @@ module StructureDecoder =
                     (InputLocation.Field("__metadata__." + StructureModuleConfig.RoundsMetadataKey))
                     (sprintf "expected a positive integer, got '%s'" text)
 
-    /// Loads an ESM-format decoder from a safetensors file: the sizes are inferred from the tensors' shapes
+    /// Loads an ESM-format decoder from a safetensors file or a PyTorch checkpoint such as ESM's
+    /// `esm3_structure_decoder_v0.pth` (`TensorFile`, told apart by content): the sizes are inferred from the tensors' shapes
     /// (`StructureDecoderConfig.ofKeyShapesWith`, heads = d / head width, the head width read from the file's
     /// "head_width" metadata when present (our exports write it), else ESM's 64), every key and shape is checked
     /// against `StructureDecoderConfig.expectedKeysWith` before the model is built, then the tensors are loaded
     /// strictly. A file holding `sequence_embed.weight` gives a decoder with sequence input; ESM's files give
     /// ESM's decoder. Any problem raises an `InputException` naming `path` and the tensors concerned. The model is
-    /// float32 on the CPU, in eval mode.
-    let load (path: string) : StructureDecoder =
-        let header = Safetensors.readHeader path
-        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+    /// float32 on the CPU, in eval mode. `heads` (a script's `--heads`) states the attention head count, which no
+    /// state dict records: Some n overrides the metadata (n must divide d); None reads "head_width" from our metadata,
+    /// else takes ESM's 64-wide heads, and a file without that metadata whose d is not a multiple of 64 (no ESM
+    /// decoder) is refused with an error that names --heads rather than guessed.
+    let loadWith (heads: int64 option) (path: string) : StructureDecoder =
+        let header = TensorFile.readHeader path
+        let shapes = header.Shapes
 
-        let headWidth = headWidthOf path header.Metadata
+        let width =
+            shapes
+            |> List.tryFind (fun (n, _) -> n = "embed.weight")
+            |> Option.bind (fun (_, s) -> if s.Length = 2 then Some s.[1] else None)
+
+        let headWidth =
+            match heads, width with
+            | Some h, Some d when h > 0L && d % h = 0L -> d / h
+            | Some h, Some d ->
+                InputError.raise
+                    path
+                    (InputLocation.Field "embed.weight")
+                    (sprintf "--heads %d does not divide the decoder's width d = %d" h d)
+            | Some h, None when h <= 0L ->
+                InputError.raise path InputLocation.Whole (sprintf "--heads must be positive (got %d)" h)
+            | None, Some d when not (header.Metadata.ContainsKey "head_width") && d % 64L <> 0L ->
+                InputError.raise
+                    path
+                    (InputLocation.Field "embed.weight")
+                    (sprintf
+                        "the file does not say how many attention heads its decoder has, and d = %d is not a multiple of ESM's 64-wide heads: pass --heads N"
+                        d)
+            | _ -> headWidthOf path header.Metadata
 
         let sequenceInput =
             shapes
@@ -880,3 +916,6 @@ module StructureDecoder =
         with _ ->
             model.Dispose()
             reraise ()
+
+    /// `loadWith None`: the head count from our metadata, else ESM's 64-wide heads.
+    let load (path: string) : StructureDecoder = loadWith None path

@@ -529,13 +529,14 @@ module StructureEncoder =
                 InputLocation.Whole
                 ("the tensors' shapes give an invalid encoder: " + String.Join("; ", errors))
 
-    /// Loads an ESM-format encoder (`StructureTokenEncoder`'s keys, no prefix) from a safetensors file: sizes from
+    /// Loads an ESM-format encoder (`StructureTokenEncoder`'s keys, no prefix) from a safetensors file or a PyTorch
+    /// checkpoint such as ESM's `esm3_structure_encoder_v0.pth` (`TensorFile`, told apart by content): sizes from
     /// `configOfKeyShapes`, every key and shape checked against the built module, then a strict load. Any problem
     /// raises an `InputException` naming `path` and the tensors concerned. The model is float32 on the CPU, in eval
     /// mode.
     let load (path: string) : StructureEncoder =
-        let header = Safetensors.readHeader path
-        let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+        let header = TensorFile.readHeader path
+        let shapes = header.Shapes
         let config = configOfKeyShapes path shapes
 
         // A finite scalar quantizer's grid is stored as `codebook.embeddings`; its levels come from our metadata.

@@ -63,7 +63,7 @@ module StructureTokenizer =
     /// Usage text of a script's `--weights` flag for a model kind ("encoder", "decoder") whose shipped file is
     /// `defaultRelative`.
     let weightsUsage (kind: string) (defaultRelative: string) =
-        sprintf "%s safetensors file (default: the shipped %s)" kind defaultRelative
+        sprintf "%s file, safetensors or a PyTorch .pth such as ESM's (default: the shipped %s)" kind defaultRelative
 
     let private loadFor
         (load: string -> 'M)
@@ -88,9 +88,11 @@ module StructureTokenizer =
     let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
         loadFor StructureEncoder.load DefaultEncoderPath scriptDir weights device
 
-    /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoder.load`): `scripts/decode.fsx`.
-    let loadDecoderFor (scriptDir: string) (weights: string) (device: string) : StructureDecoder =
-        loadFor StructureDecoder.load DefaultDecoderPath scriptDir weights device
+    /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoder.loadWith heads`, `heads` 0: not
+    /// given): `scripts/decode.fsx`.
+    let loadDecoderFor (scriptDir: string) (weights: string) (heads: int) (device: string) : StructureDecoder =
+        let heads = if heads = 0 then None else Some(int64 heads)
+        loadFor (StructureDecoder.loadWith heads) DefaultDecoderPath scriptDir weights device
 
     /// Tokenizes a chain with `encoder` (in eval mode, no gradients): backbone N, CA, C in float32, the author
     /// residue numbers as positions (as ESM's `ProteinChain.to_structure_encoder_inputs`), one chain. Residues

@@ -301,3 +301,28 @@ module Metrics =
                     it <- it + 1
 
             best
+
+    /// Pearson's correlation of paired values, over the pairs where both are finite (e.g. per-residue pLDDT against
+    /// per-residue LDDT-CA, whose unscored residues are NaN); NaN with fewer than 2 such pairs or no spread. Sums in
+    /// float64 after centring. A length mismatch raises an `ArgumentException`.
+    let pearson (xs: float[]) (ys: float[]) =
+        if xs.Length <> ys.Length then
+            raise (ArgumentException(sprintf "pearson: %d values against %d" xs.Length ys.Length, "ys"))
+
+        let pairs =
+            Array.zip xs ys
+            |> Array.filter (fun (x, y) -> Double.IsFinite x && Double.IsFinite y)
+
+        if pairs.Length < 2 then
+            nan
+        else
+            let mx = pairs |> Array.averageBy fst
+            let my = pairs |> Array.averageBy snd
+            let sxy = pairs |> Array.sumBy (fun (x, y) -> (x - mx) * (y - my))
+            let sxx = pairs |> Array.sumBy (fun (x, _) -> (x - mx) * (x - mx))
+            let syy = pairs |> Array.sumBy (fun (_, y) -> (y - my) * (y - my))
+
+            if sxx = 0.0 || syy = 0.0 then
+                nan
+            else
+                sxy / sqrt (sxx * syy)

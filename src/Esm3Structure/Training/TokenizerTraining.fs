@@ -336,6 +336,15 @@ module TokenizerData =
             else
                 crop (random.Next(e.Length - cropLength + 1)) cropLength e)
 
+    /// The batch's tensors on `device`. Shapes: as `batch`
+    let toDevice (device: torch.Device) (b: TokenizerBatch) =
+        {
+            Backbone = b.Backbone.``to`` device
+            Padding = b.Padding.``to`` device
+            Mask = b.Mask.``to`` device
+            ResidueIndex = b.ResidueIndex.``to`` device
+        }
+
     /// The crop length at step `step` (0-based) under `curriculum` (see `TokenizerTrainConfig.CropCurriculum`).
     let cropLengthAt (cropLength: int) (curriculum: (int * int) list) (step: int) =
         curriculum
@@ -557,15 +566,7 @@ module TokenizerTraining =
 
         for e in examples do
             use _ = torch.NewDisposeScope()
-            let b = TokenizerData.batch [| e |]
-
-            let b =
-                { b with
-                    Backbone = b.Backbone.``to`` device
-                    Padding = b.Padding.``to`` device
-                    Mask = b.Mask.``to`` device
-                    ResidueIndex = b.ResidueIndex.``to`` device
-                }
+            let b = TokenizerData.toDevice device (TokenizerData.batch [| e |])
 
             let encoding, out = model.RunTimed(b, ignore, false)
             let target = b.Backbone.nan_to_num (0.0, 0.0, 0.0)
@@ -616,15 +617,7 @@ module TokenizerTraining =
             let crops =
                 TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize cropLength train
 
-            let b = TokenizerData.batch crops
-
-            let b =
-                { b with
-                    Backbone = b.Backbone.``to`` device
-                    Padding = b.Padding.``to`` device
-                    Mask = b.Mask.``to`` device
-                    ResidueIndex = b.ResidueIndex.``to`` device
-                }
+            let b = TokenizerData.toDevice device (TokenizerData.batch crops)
 
             clock.Lap "data"
             // Stage 1's losses read no confidence output.

@@ -172,7 +172,8 @@ type TrainingStep =
 /// saves (the module's state_dict and the generators' states), so that a resumed run repeats the uninterrupted one.
 [<AbstractClass>]
 type TrainingTask() =
-    /// Every parameter and buffer that training changes; saved whole in `model.safetensors` for resume.
+    /// Every parameter and buffer that training changes; saved whole in `model.safetensors` for resume. Parameters
+    /// with `requires_grad` false are saved but not optimised (frozen).
     abstract Model: torch.nn.Module
     /// Random generators whose state must survive a resume (e.g. a codebook's restart draws).
     abstract Generators: torch.Generator[]
@@ -538,10 +539,13 @@ module Trainer =
         AtomicFile.writeText (Path.Combine(out, "config.json")) configJson
         let metricsPath = Path.Combine(out, "metrics.jsonl")
         let model = task.Model
+        // Frozen parameters (requires_grad false, e.g. the trunk under a confidence-head run) are not optimised.
+        let trained =
+            model.parameters () |> Seq.filter (fun p -> p.requires_grad) |> Array.ofSeq
 
         use optimizer =
             torch.optim.AdamW(
-                model.parameters (),
+                trained,
                 lr = config.LearningRate,
                 beta1 = config.Beta1,
                 beta2 = config.Beta2,
@@ -642,7 +646,7 @@ module Trainer =
 
                             let norm =
                                 if config.ClipNorm > 0.0 then
-                                    torch.nn.utils.clip_grad_norm_ (model.parameters (), config.ClipNorm)
+                                    torch.nn.utils.clip_grad_norm_ (trained, config.ClipNorm)
                                 else
                                     0.0
 

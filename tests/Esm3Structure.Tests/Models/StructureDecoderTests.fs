@@ -484,6 +484,28 @@ let tests =
                 Tol.close "pTM" 0.0 b.Ptm a.Ptm
             }
 
+            test "a PyTorch .pth decoder (no metadata): --heads gives its head count; without it d 48 is refused" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                use source = decoder tiny torch.float32 11UL // d 48, 3 heads of 16
+                let pth = dir.File "decoder.pth"
+                PyTorchCheckpoint.write pth (Checkpoint.stateDict source)
+                use loaded = StructureDecoder.loadWith (Some 3L) pth
+                Expect.equal loaded.Config tiny "sizes from the shapes, heads from --heads"
+                let tokens = batch (new torch.Generator(12UL))
+                let a, b = source.forward tokens, loaded.forward tokens
+                Tol.close "backbone" 0.0 b.Backbone a.Backbone
+                Tol.close "pLDDT" 0.0 b.Plddt a.Plddt
+                let e = expectInputError (fun () -> StructureDecoder.load pth |> ignore)
+                Expect.stringContains e.Message "--heads" "the error names the option"
+                Expect.equal e.File pth "and the file"
+
+                let e =
+                    expectInputError (fun () -> StructureDecoder.loadWith (Some 5L) pth |> ignore)
+
+                Expect.stringContains e.Message "--heads 5 does not divide" e.Message
+            }
+
             test "ofStateDict infers d, layers and the pairwise widths; heads from the head width" {
                 use _ = torch.NewDisposeScope()
                 use m = decoder tiny torch.float32 10UL

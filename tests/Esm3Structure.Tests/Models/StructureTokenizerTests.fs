@@ -365,7 +365,7 @@ let tests =
                     use e = StructureTokenizer.loadEncoderFor scriptDir enc "cpu"
                     Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
                     Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
-                    use d = StructureTokenizer.loadDecoderFor scriptDir dec "CPU"
+                    use d = StructureTokenizer.loadDecoderFor scriptDir dec 0 "CPU"
                     Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
 
                     let bad =
@@ -386,7 +386,7 @@ let tests =
 
                     Expect.isTrue (File.Exists(Path.Combine(root, StructureTokenizer.DefaultDecoderPath))) "shipped"
                     // no weights given: the shipped decoder (d 128, 4 heads of 32)
-                    use shipped = StructureTokenizer.loadDecoderFor scriptDir null "cpu"
+                    use shipped = StructureTokenizer.loadDecoderFor scriptDir null 0 "cpu"
                     Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
                     Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
 

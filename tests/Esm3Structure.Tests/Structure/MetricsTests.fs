@@ -592,4 +592,37 @@ let tests =
                     (Metrics.lddtCa (Superpose.superpose noisy ca None) ca None).Protein
                     (torch.tensor a)
             }
+
+            test "Pearson's r: a hand case, NaN pairs left out, too few pairs or no spread give NaN, lengths checked" {
+                // x̄ = ȳ = 2.5; Σ dx·dy = 2.25 − 0.25 − 0.25 + 2.25 = 4, Σ dx² = Σ dy² = 5: r = 0.8
+                Expect.floatClose Accuracy.veryHigh (Metrics.pearson [| 1.; 2.; 3.; 4. |] [| 1.; 3.; 2.; 4. |]) 0.8 "r"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    (Metrics.pearson [| 1.; 2.; nan; 3.; 4.; 9. |] [| 1.; 3.; 7.; 2.; 4.; infinity |])
+                    0.8
+                    "pairs with a NaN or infinity left out"
+
+                Expect.isTrue (Double.IsNaN(Metrics.pearson [| 1.; 2. |] [| 3.; nan |])) "one pair"
+                Expect.isTrue (Double.IsNaN(Metrics.pearson [| 1.; 2.; 3. |] [| 5.; 5.; 5. |])) "no spread"
+                Expect.throwsT<ArgumentException> (fun () -> Metrics.pearson [| 1. |] [||] |> ignore) "lengths"
+            }
+
+            testPropertyWithConfig config "Pearson's r: ±1 on a line, symmetric, unchanged by positive affine maps"
+            <| Prop.forAll (seedAndSize 3 60) (fun (seed, n) ->
+                let random = Random seed
+                let xs = Array.init n (fun _ -> random.NextDouble() * 4.0 - 2.0)
+                let ys = Array.init n (fun _ -> random.NextDouble() * 4.0 - 2.0)
+                let a = 0.5 + random.NextDouble()
+                let b = random.NextDouble() - 0.5
+                // values of order 1 summed over at most 60 terms: rounding ~ 60 · 2e-16 relative
+                let close what (x: float) (y: float) =
+                    Expect.floatClose Accuracy.high x y what
+
+                close "r(x, a x + b) = 1" (Metrics.pearson xs (xs |> Array.map (fun x -> a * x + b))) 1.0
+                close "r(x, −a x + b) = −1" (Metrics.pearson xs (xs |> Array.map (fun x -> -a * x + b))) -1.0
+                let r = Metrics.pearson xs ys
+                close "symmetric" (Metrics.pearson ys xs) r
+                close "affine invariance" (Metrics.pearson (xs |> Array.map (fun x -> a * x + b)) ys) r
+                Expect.isTrue (abs r <= 1.0 + 1e-12) "|r| ≤ 1")
         ]

@@ -58,7 +58,7 @@ let private randomOutput (g: torch.Generator) (b: int64) (l: int64) =
         FunctionLogits = r [| b; l; 8L; 260L |]
         ResidueLogits = r [| b; l; 1478L |]
         Embeddings = r [| b; l; 4L |]
-        PreNorm = r [| b; l; 4L |]
+        PostNorm = r [| b; l; 4L |]
     }
 
 [<Tests>]

@@ -215,6 +215,71 @@ let tests =
                     Expect.stringContains e.File "decoder.safetensors" "names the file"
             }
 
+            test "the confidence stage trains the pLDDT and pairwise heads only and marks the exported decoder" {
+                use _ = torch.NewDisposeScope()
+                use stage1 = new TempDir()
+                use dir = new TempDir()
+                let train, valid = examples ()
+
+                let tokenizer =
+                    (TokenizerTraining.trainOn tiny torch.CPU chains.Value.[1..] chains.Value.[..0] stage1.Path false)
+                        .Checkpoint
+
+                let c =
+                    { ConfidenceTrainConfig.smoke with
+                        Tokenizer = tokenizer
+                        CropLength = 40
+                        ValidChains = 1
+                        ValidLength = 50
+                        Trainer =
+                            { tiny.Trainer with
+                                Steps = 16
+                                LearningRate = 1e-2
+                            }
+                    }
+
+                let report =
+                    use task = new ConfidenceTraining.Task(c, torch.CPU, train, valid)
+                    Trainer.run c.Trainer task dir.Path false (ConfidenceTrainConfig.toJson c)
+
+                let plddt =
+                    report.History
+                    |> Array.map (fun r -> r.Terms |> Array.find (fst >> (=) "plddt") |> snd)
+                // ln 50 = 3.91 at the start (a uniform head); the head learns the crops' LDDT distribution
+                Expect.isLessThan (Array.average plddt.[12..15]) (Array.average plddt.[0..3]) "pLDDT loss falls"
+                let validation = dict report.History.[15].Validation
+                Expect.isTrue (Double.IsFinite validation.["plddt_pearson"]) "Pearson's r is reported"
+
+                let tensors (file: string) =
+                    (Safetensors.read file).Tensors |> Map.ofList
+
+                let before = tensors (Path.Combine(tokenizer, "decoder.safetensors"))
+                let after = tensors (Path.Combine(report.Checkpoint, "decoder.safetensors"))
+                Expect.sequenceEqual (Map.keys after) (Map.keys before) "ESM's key set"
+
+                for KeyValue(name, t) in before do
+                    let same = t.eq(after.[name]).all().ToBoolean()
+
+                    if ConfidenceTraining.trainedPrefixes |> Array.exists (fun p -> name.StartsWith p) then
+                        if name.EndsWith ".weight" then
+                            Expect.isFalse same (sprintf "%s trained" name)
+                    else
+                        Expect.isTrue same (sprintf "%s frozen, bit for bit" name)
+
+                Expect.equal
+                    (File.ReadAllBytes(Path.Combine(report.Checkpoint, "encoder.safetensors")))
+                    (File.ReadAllBytes(Path.Combine(tokenizer, "encoder.safetensors")))
+                    "the encoder file unchanged"
+
+                use old = StructureDecoder.load (Path.Combine(tokenizer, "decoder.safetensors"))
+
+                use trained =
+                    StructureDecoder.load (Path.Combine(report.Checkpoint, "decoder.safetensors"))
+
+                Expect.isFalse old.ConfidenceTrained "stage 1: confidence untrained"
+                Expect.isTrue trained.ConfidenceTrained "after the confidence stage: trained"
+            }
+
             test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
                 use _ = torch.NewDisposeScope()
                 use a = new TempDir()

@@ -1,0 +1,48 @@
+namespace Esm3Structure.Io
+
+open TorchSharp
+
+/// The names, shapes and metadata of a tensor file.
+type TensorFileHeader =
+    {
+        /// (name, shape) in the file's order.
+        Shapes: (string * int64[]) list
+        /// Safetensors' `__metadata__`; empty for a PyTorch checkpoint, which has none.
+        Metadata: Map<string, string>
+    }
+
+/// Tensor files in either format every loader accepts, told apart by content, not by extension: a zip file is a
+/// PyTorch checkpoint (`PyTorchCheckpoint`, e.g. ESM's `.pth`), anything else is read as safetensors (`Safetensors`,
+/// with its own validation and errors).
+module TensorFile =
+
+    /// True when `path` holds a PyTorch checkpoint (a zip file) rather than safetensors.
+    let isPyTorch (path: string) = PyTorchCheckpoint.isZip path
+
+    /// The tensors and metadata. The tensors belong to the caller's dispose scope, if one is open.
+    let read (path: string) : SafetensorsFile =
+        if isPyTorch path then
+            {
+                Tensors = PyTorchCheckpoint.read path
+                Metadata = Map.empty
+            }
+        else
+            Safetensors.read path
+
+    /// Names, shapes and metadata. Safetensors: from the header alone; a PyTorch checkpoint: its tensors are read
+    /// and freed (its pickle holds the shapes, but the reader builds tensors as it goes).
+    let readHeader (path: string) : TensorFileHeader =
+        if isPyTorch path then
+            use _ = torch.NewDisposeScope()
+
+            {
+                Shapes = PyTorchCheckpoint.read path |> List.map (fun (n, t) -> n, t.shape)
+                Metadata = Map.empty
+            }
+        else
+            let header = Safetensors.readHeader path
+
+            {
+                Shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
+                Metadata = header.Metadata
+            }
