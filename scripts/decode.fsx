@@ -50,12 +50,21 @@ Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let decoded = StructureTokenizer.decode decoder tokenized
     StructureTokenizer.writePdb out decoded
 
-    if decoder.ConfidenceTrained then
+    if decoder.ConfidenceTrained && decoder.PtmInformative then
         printfn
             "%s: %d residues, pTM %.4f, mean pLDDT %.3f"
             out
             decoded.Plddt.Length
             decoded.Ptm
+            (if decoded.Plddt.Length = 0 then
+                 nanf
+             else
+                 Array.average decoded.Plddt)
+    elif decoder.ConfidenceTrained then
+        printfn
+            "%s: %d residues, mean pLDDT %.3f (pTM not shown: its validation found no correlation with quality)"
+            out
+            decoded.Plddt.Length
             (if decoded.Plddt.Length = 0 then
                  nanf
              else

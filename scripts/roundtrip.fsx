@@ -90,8 +90,10 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             let t = RoundTrip.ofChain encoder decoder c
 
             let confidence =
-                if decoder.ConfidenceTrained then
+                if decoder.ConfidenceTrained && decoder.PtmInformative then
                     sprintf "  pTM %.3f  mean pLDDT %.3f" t.Decoded.Ptm (Array.average t.Decoded.Plddt)
+                elif decoder.ConfidenceTrained then
+                    sprintf "  mean pLDDT %.3f" (Array.average t.Decoded.Plddt)
                 else
                     ""
 
@@ -107,6 +109,8 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
 
     if not decoder.ConfidenceTrained then
         printfn "(pTM and pLDDT not shown: this decoder's confidence heads were never trained)"
+    elif not decoder.PtmInformative then
+        printfn "(pTM not shown: its validation found no correlation with the reconstructions' quality)"
 
     if trips.Length = 1 then
         let t = trips.[0]
@@ -141,7 +145,9 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     |> Option.iter (fun path ->
         Esm3Structure.AtomicFile.write path (fun s ->
             let bytes =
-                System.Text.Encoding.UTF8.GetBytes(RoundTrip.toJson decoder.ConfidenceTrained summary trips)
+                System.Text.Encoding.UTF8.GetBytes(
+                    RoundTrip.toJson decoder.ConfidenceTrained decoder.PtmInformative summary trips
+                )
 
             s.Write(bytes, 0, bytes.Length))
 

@@ -13,7 +13,8 @@
 //     Checkpoints hold the encoder unchanged and the decoder marked as having trained confidence heads.
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--structure-module ROUNDS]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--heads N]
+//                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
 //                                   [--pair-residues N] [--fsq LEVELS] [--init DIR]
@@ -44,6 +45,7 @@ type Args =
     | Minutes of float
     | Fape of weight: float
     | Structure_Module of rounds: int
+    | Heads of int
     | Bypass_Quantizer
     | Learning_Rate of float
     | Warmup of steps: int
@@ -79,6 +81,8 @@ type Args =
             | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
             | Structure_Module _ ->
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
+            | Heads _ ->
+                "tokenizer stage 1: the decoder's attention heads (default: the preset's); with --init, the head count of the files, which state dicts do not record"
             | Bypass_Quantizer ->
                 "tokenizer stage 1: decode the encoder's continuous vectors (a diagnostic ceiling; no tokens)"
             | Learning_Rate _ -> "peak learning rate (default: the preset's)"
@@ -148,22 +152,27 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
         out
 
-    // The stage-1 recipe flags mean nothing to the other models: refused rather than ignored.
-    let refuseStage1Flags () =
-        for flag, given in
-            [
-                "--fape", args.Contains Fape
-                "--structure-module", args.Contains Structure_Module
-                "--bypass-quantizer", args.Contains Bypass_Quantizer
-                "--neighbour-geometry", args.Contains Neighbour_Geometry
-                "--chain-frames", args.Contains Chain_Frames
-                "--crop-curriculum", args.Contains Crop_Curriculum
-                "--pair-residues", args.Contains Pair_Residues
-                "--fsq", args.Contains Fsq
-                "--init", args.Contains Init
-            ] do
+    // The stage-1 recipe flags mean nothing to the other models: refused rather than ignored, with what they are for.
+    let stage1Flags =
+        [
+            "--fape", args.Contains Fape
+            "--structure-module", args.Contains Structure_Module
+            "--heads", args.Contains Heads
+            "--bypass-quantizer", args.Contains Bypass_Quantizer
+            "--neighbour-geometry", args.Contains Neighbour_Geometry
+            "--chain-frames", args.Contains Chain_Frames
+            "--crop-curriculum", args.Contains Crop_Curriculum
+            "--pair-residues", args.Contains Pair_Residues
+            "--fsq", args.Contains Fsq
+        ]
+
+    let refuse (flags: (string * bool) list) (reason: string -> string) =
+        for flag, given in flags do
             if given then
-                invalidArg flag (sprintf "%s is for --model tokenizer --stage 1" flag)
+                invalidArg flag (reason flag)
+
+    let refuseStage1Flags () =
+        refuse (stage1Flags @ [ "--init", args.Contains Init ]) (sprintf "%s is for --model tokenizer --stage 1")
 
     let report =
         match model, args.GetResult(Stage, defaultValue = 1) with
@@ -203,6 +212,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                         (sprintf "--structure-module needs at least 1 round (got %d)" n)
                                 | None -> preset.Decoder.StructureModule
                             ChainFrames = args.Contains Chain_Frames || preset.Decoder.ChainFrames
+                            Heads =
+                                match args.TryGetResult Heads with
+                                | Some h when h > 0 && preset.Decoder.DModel % int64 h = 0L -> int64 h
+                                | Some h ->
+                                    invalidArg
+                                        "heads"
+                                        (sprintf
+                                            "--heads %d must be positive and divide the decoder's width d = %d"
+                                            h
+                                            preset.Decoder.DModel)
+                                | None -> preset.Decoder.Heads
                         }
                     Encoder =
                         let quantizer =
@@ -312,21 +332,10 @@ Cli.run<Args> "train.fsx" argv (fun args ->
         | "confidence", _ ->
             let init = args.TryGetResult Init
 
-            for flag, given in
-                [
-                    "--fape", args.Contains Fape
-                    "--structure-module", args.Contains Structure_Module
-                    "--bypass-quantizer", args.Contains Bypass_Quantizer
-                    "--neighbour-geometry", args.Contains Neighbour_Geometry
-                    "--chain-frames", args.Contains Chain_Frames
-                    "--crop-curriculum", args.Contains Crop_Curriculum
-                    "--pair-residues", args.Contains Pair_Residues
-                    "--fsq", args.Contains Fsq
-                    "--stage", args.Contains Stage
-                    "--encoder", args.Contains Encoder
-                ] do
-                if given then
-                    invalidArg flag (sprintf "%s is not an option of --model confidence" flag)
+            refuse
+                (stage1Flags
+                 @ [ "--stage", args.Contains Stage; "--encoder", args.Contains Encoder ])
+                (sprintf "%s is not an option of --model confidence")
 
             let preset = ConfidenceTrainConfig.preset presetName
 

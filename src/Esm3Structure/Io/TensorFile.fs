@@ -16,6 +16,13 @@ type TensorFileHeader =
 /// with its own validation and errors).
 module TensorFile =
 
+    /// The file `stem` of `folder` in either format: `stem.safetensors` if present, else `stem.pth`, else `stem.pt`;
+    /// None when there is none (e.g. `inFolder "runs/x" "encoder"`).
+    let inFolder (folder: string) (stem: string) =
+        [ ".safetensors"; ".pth"; ".pt" ]
+        |> List.map (fun ext -> System.IO.Path.Combine(folder, stem + ext))
+        |> List.tryFind System.IO.File.Exists
+
     /// True when `path` holds a PyTorch checkpoint (a zip file) rather than safetensors.
     let isPyTorch (path: string) = PyTorchCheckpoint.isZip path
 

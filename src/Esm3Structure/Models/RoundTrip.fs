@@ -136,8 +136,14 @@ module RoundTrip =
     /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd, lddt_ca,
     /// ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never trained,
     /// `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm and mean_plddt are null and
-    /// `confidence_heads_trained` says why.
-    let toJson (confidenceTrained: bool) (summary: RoundTripSummary) (trips: RoundTrip[]) : string =
+    /// `confidence_heads_trained` says why; with `ptmInformative` false (`StructureDecoder.PtmInformative`) ptm is
+    /// null and `ptm_informative` false.
+    let toJson
+        (confidenceTrained: bool)
+        (ptmInformative: bool)
+        (summary: RoundTripSummary)
+        (trips: RoundTrip[])
+        : string =
         use stream = new IO.MemoryStream()
 
         (use w =
@@ -155,6 +161,7 @@ module RoundTrip =
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
          w.WriteNumber("perplexity", summary.Usage.Perplexity)
          w.WriteBoolean("confidence_heads_trained", confidenceTrained)
+         w.WriteBoolean("ptm_informative", confidenceTrained && ptmInformative)
 
          if confidenceTrained && Double.IsFinite summary.PlddtPearson then
              w.WriteNumber("plddt_pearson", summary.PlddtPearson)
@@ -170,11 +177,14 @@ module RoundTrip =
              w.WriteNumber("backbone_rmsd", t.BackboneRmsd)
              w.WriteNumber("lddt_ca", t.LddtCa)
 
-             if confidenceTrained then
+             if confidenceTrained && ptmInformative then
                  w.WriteNumber("ptm", t.Decoded.Ptm)
-                 w.WriteNumber("mean_plddt", float (Array.average t.Decoded.Plddt))
              else
                  w.WriteNull "ptm"
+
+             if confidenceTrained then
+                 w.WriteNumber("mean_plddt", float (Array.average t.Decoded.Plddt))
+             else
                  w.WriteNull "mean_plddt"
 
              w.WriteEndObject()

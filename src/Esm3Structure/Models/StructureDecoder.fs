@@ -144,6 +144,17 @@ module StructureDecoderConfig =
         | Some value -> value = "trained"
         | None -> metadata.ContainsKey "sequence_input" || not (metadata.ContainsKey "head_width")
 
+    /// Metadata key of our confidence-stage exports: "uninformative" when the validated pTM did not track the
+    /// reconstructions' quality (`ConfidenceTraining`), so scripts do not print it.
+    [<Literal>]
+    let PtmMetadataKey = "ptm"
+
+    /// Whether a decoder file's pTM carries information: its confidence heads were trained
+    /// (`confidenceTrainedOf`) and `PtmMetadataKey` does not say "uninformative".
+    let ptmInformativeOf (metadata: Map<string, string>) =
+        confidenceTrainedOf metadata
+        && metadata.TryFind PtmMetadataKey <> Some "uninformative"
+
     /// Metadata key of our exports recording `ChainFrames` ("true" when set; absent in ESM's files).
     [<Literal>]
     let ChainFramesMetadataKey = "chain_frames"
@@ -415,6 +426,10 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// no information: `StructureDecoder.load` sets it from the file (`StructureDecoderConfig.confidenceTrainedOf`);
     /// true for a decoder built in code.
     member val ConfidenceTrained = true with get, set
+
+    /// False when pTM carries no information (untrained heads, or a confidence stage whose validated pTM did not
+    /// track quality): `StructureDecoder.load` sets it (`StructureDecoderConfig.ptmInformativeOf`); true in code.
+    member val PtmInformative = true with get, set
 
     /// True when the decoder owns the residue embedding `sequence_embed` (stage-2 sequence conditioning).
     member _.SequenceInput = sequenceInput
@@ -911,6 +926,7 @@ module StructureDecoder =
         try
             Checkpoint.load path model
             model.ConfidenceTrained <- StructureDecoderConfig.confidenceTrainedOf header.Metadata
+            model.PtmInformative <- StructureDecoderConfig.ptmInformativeOf header.Metadata
             model.eval ()
             model
         with _ ->

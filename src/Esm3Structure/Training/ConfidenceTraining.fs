@@ -124,8 +124,9 @@ module ConfidenceTraining =
         decoder.HeadsWith(states, real, true)
 
     /// Validation on whole examples one at a time: Pearson's r of per-residue pLDDT with per-residue LDDT-CA over
-    /// all residues (`plddt_pearson`), mean |pLDDT − LDDT-CA| (`plddt_error`), and the frozen model's mean backbone
-    /// RMSD and LDDT-CA (unchanged by this stage).
+    /// all residues (`plddt_pearson`), mean |pLDDT − LDDT-CA| (`plddt_error`), Pearson's r of each chain's pTM with
+    /// its LDDT-CA (`ptm_pearson`), and the frozen model's mean backbone RMSD and LDDT-CA (unchanged by this
+    /// stage).
     let validate
         (encoder: StructureEncoder)
         (decoder: StructureDecoder)
@@ -135,6 +136,8 @@ module ConfidenceTraining =
         let predicted = Collections.Generic.List<float>()
         let observed = Collections.Generic.List<float>()
         let mutable rmsd, lddtSum = 0.0, 0.0
+        let ptms = Collections.Generic.List<float>()
+        let chainLddts = Collections.Generic.List<float>()
 
         for e in examples do
             use _ = torch.NewDisposeScope()
@@ -147,6 +150,8 @@ module ConfidenceTraining =
                 Metrics.lddtCa (out.Backbone.select (2L, 1L)) (target.select (2L, 1L)) (Some b.Mask)
 
             lddtSum <- lddtSum + l.Protein.ToDouble()
+            ptms.Add(out.Ptm.select(0L, 0L).ToDouble())
+            chainLddts.Add(l.Protein.select(0L, 0L).ToDouble())
 
             let per =
                 l.PerResidue.select(0L, 0L).to_type(torch.float64).cpu().data<float>().ToArray()
@@ -176,6 +181,7 @@ module ConfidenceTraining =
         [|
             "plddt_pearson", Metrics.pearson p o
             "plddt_error", error
+            "ptm_pearson", Metrics.pearson (ptms.ToArray()) (chainLddts.ToArray())
             "rmsd", rmsd / n
             "lddt_ca", lddtSum / n
         |]
@@ -186,20 +192,24 @@ module ConfidenceTraining =
     type Task(config: ConfidenceTrainConfig, device: torch.Device, train: TokenizerExample[], valid: TokenizerExample[])
         =
         inherit TrainingTask()
-        let encoderFile = Path.Combine(config.Tokenizer, "encoder.safetensors")
-        let decoderFile = Path.Combine(config.Tokenizer, "decoder.safetensors")
 
-        do
-            for file in [ encoderFile; decoderFile ] do
-                if not (File.Exists file) then
-                    InputError.raise
-                        file
-                        InputLocation.Whole
-                        "--init: no such file (a tokenizer folder holds encoder.safetensors and decoder.safetensors)"
+        let fileOf (stem: string) =
+            match TensorFile.inFolder config.Tokenizer stem with
+            | Some file -> file
+            | None ->
+                InputError.raise
+                    (Path.Combine(config.Tokenizer, stem + ".safetensors"))
+                    InputLocation.Whole
+                    "--init: no such file (a tokenizer folder holds encoder and decoder, .safetensors or .pth)"
+
+        let encoderFile = fileOf "encoder"
+        let decoderFile = fileOf "decoder"
 
         let encoder = StructureEncoder.load encoderFile
         let decoder = StructureDecoder.load decoderFile
-        let metadata = (Safetensors.readHeader decoderFile).Metadata
+        let metadata = (TensorFile.readHeader decoderFile).Metadata
+        // Pearson's r of pTM with LDDT-CA at the last validation (NaN before one): the export's pTM verdict.
+        let mutable ptmPearson = nan
 
         do
             encoder.``to`` device |> ignore
@@ -239,15 +249,31 @@ module ConfidenceTraining =
                 Stages = clock.Laps
             }
 
-        override _.Validate() = validate encoder decoder device valid
+        override _.Validate() =
+            let metrics = validate encoder decoder device valid
+            ptmPearson <- metrics |> Array.find (fst >> (=) "ptm_pearson") |> snd
+            metrics
 
-        /// Writes the encoder unchanged and the decoder with its metadata, now marked as having trained confidence
-        /// heads (`StructureDecoderConfig.ConfidenceMetadataKey` = "trained").
+        /// Writes the encoder's tensors unchanged and the decoder with its metadata, now marked as having trained
+        /// confidence heads (`StructureDecoderConfig.ConfidenceMetadataKey` = "trained") and with the last
+        /// validation's verdict on pTM (`PtmMetadataKey`), both as safetensors.
         override _.Export(folder: string) =
-            File.Copy(encoderFile, Path.Combine(folder, "encoder.safetensors"), true)
+            (use _ = torch.NewDisposeScope()
+             let e = TensorFile.read encoderFile
 
+             Safetensors.write
+                 (Path.Combine(folder, "encoder.safetensors"))
+                 e.Tensors
+                 (readOnlyDict (Map.toList e.Metadata)))
+
+            // pTM counts as informative when its validated correlation with the chains' LDDT-CA reaches 0.5 (the bar
+            // issue 13 sets for pLDDT); otherwise the scripts leave it out.
             let meta =
-                metadata |> Map.add StructureDecoderConfig.ConfidenceMetadataKey "trained"
+                metadata
+                |> Map.add StructureDecoderConfig.ConfidenceMetadataKey "trained"
+                |> Map.add
+                    StructureDecoderConfig.PtmMetadataKey
+                    (if ptmPearson >= 0.5 then "informative" else "uninformative")
 
             use _ = torch.NewDisposeScope()
 
@@ -275,20 +301,10 @@ module ConfidenceTraining =
         | [] -> ()
         | errors -> raise (ArgumentException("confidence config: " + String.Join("; ", errors)))
 
-        let examples (chains: ProteinChain[]) =
-            chains
-            |> Array.map TokenizerData.ofChain
-            |> Array.filter (fun e -> e.Length >= 2)
-
-        let trainExamples = examples train
-
-        if trainExamples.Length = 0 then
-            raise (ArgumentException "no training chain with at least 2 residues")
+        let trainExamples = TokenizerData.trainingExamples train
 
         let validExamples =
-            examples valid
-            |> Array.truncate config.ValidChains
-            |> Array.map (fun e -> TokenizerData.crop 0 (min e.Length config.ValidLength) e)
+            TokenizerData.validationExamples config.ValidChains config.ValidLength valid
 
         use task = new Task(config, device, trainExamples, validExamples)
         Trainer.run config.Trainer task out resume (ConfidenceTrainConfig.toJson config)

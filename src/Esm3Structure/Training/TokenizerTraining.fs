@@ -336,6 +336,23 @@ module TokenizerData =
             else
                 crop (random.Next(e.Length - cropLength + 1)) cropLength e)
 
+    /// Examples of the chains with at least 2 residues; none at all raises an `ArgumentException`.
+    let trainingExamples (chains: ProteinChain[]) =
+        let examples = chains |> Array.map ofChain |> Array.filter (fun e -> e.Length >= 2)
+
+        if examples.Length = 0 then
+            raise (ArgumentException "no training chain with at least 2 residues")
+
+        examples
+
+    /// The first `count` chains, each cut to its first `length` residues.
+    let validationExamples (count: int) (length: int) (chains: ProteinChain[]) =
+        chains
+        |> Array.truncate count
+        |> Array.map (fun c ->
+            let e = ofChain c
+            crop 0 (min e.Length length) e)
+
     /// The batch's tensors on `device`. Shapes: as `batch`
     let toDevice (device: torch.Device) (b: TokenizerBatch) =
         {
@@ -414,15 +431,17 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. A
     /// missing file or a model of other sizes raises an `InputException` naming the file and "--init".
     member _.InitialiseFrom(folder: string) =
-        let encoderFile = Path.Combine(folder, "encoder.safetensors")
-        let decoderFile = Path.Combine(folder, "decoder.safetensors")
-
-        for file in [ encoderFile; decoderFile ] do
-            if not (File.Exists file) then
+        let fileOf (stem: string) =
+            match TensorFile.inFolder folder stem with
+            | Some file -> file
+            | None ->
                 InputError.raise
-                    file
+                    (Path.Combine(folder, stem + ".safetensors"))
                     InputLocation.Whole
-                    "--init: no such file (a tokenizer folder holds encoder.safetensors and decoder.safetensors)"
+                    "--init: no such file (a tokenizer folder holds encoder and decoder, .safetensors or .pth)"
+
+        let encoderFile = fileOf "encoder"
+        let decoderFile = fileOf "decoder"
 
         let load (file: string) (m: torch.nn.Module) =
             try
@@ -695,20 +714,10 @@ module TokenizerTraining =
         | [] -> ()
         | errors -> raise (ArgumentException("tokenizer config: " + String.Join("; ", errors)))
 
-        let trainExamples =
-            train
-            |> Array.map TokenizerData.ofChain
-            |> Array.filter (fun e -> e.Length >= 2)
-
-        if trainExamples.Length = 0 then
-            raise (ArgumentException "no training chain with at least 2 residues")
+        let trainExamples = TokenizerData.trainingExamples train
 
         let validExamples =
-            valid
-            |> Array.truncate config.ValidChains
-            |> Array.map (fun c ->
-                let e = TokenizerData.ofChain c
-                TokenizerData.crop 0 (min e.Length config.ValidLength) e)
+            TokenizerData.validationExamples config.ValidChains config.ValidLength valid
 
         use task = new Task(config, device, trainExamples, validExamples)
         Trainer.run config.Trainer task out resume (TokenizerTrainConfig.toJson config)

@@ -78,7 +78,7 @@ let tests =
                 let r3 = trips.[..2] |> Array.map (fun t -> t.BackboneRmsd) |> Array.sort
                 Expect.equal odd.MedianBackboneRmsd r3.[1] "odd median"
 
-                use doc = JsonDocument.Parse(RoundTrip.toJson true s trips)
+                use doc = JsonDocument.Parse(RoundTrip.toJson true true s trips)
                 let root = doc.RootElement
                 Expect.equal (root.GetProperty("chains").GetInt32()) 4 "chains"
                 Expect.equal (root.GetProperty("per_chain").GetArrayLength()) 4 "per-chain rows"

@@ -51,8 +51,16 @@ let tests =
                     encoder.Value.Config.Quantizer.Codes
                     "validation is of this model's codebook"
 
-                // A stage-1 model: its pLDDT and pAE heads were never trained, and the scripts must know it.
-                Expect.isFalse decoder.Value.ConfidenceTrained "confidence heads flagged untrained"
+                // Its confidence heads were trained (train.fsx --model confidence); the validation found pLDDT
+                // informative (r ≥ 0.5 per residue, issue 13's bar) and pTM not, and the scripts must know it.
+                Expect.isTrue decoder.Value.ConfidenceTrained "confidence heads flagged trained"
+                Expect.isFalse decoder.Value.PtmInformative "pTM flagged uninformative"
+                Expect.isTrue (v.GetProperty("confidence_heads_trained").GetBoolean()) "validation with trained heads"
+
+                Expect.isGreaterThanOrEqual
+                    (v.GetProperty("plddt_pearson").GetDouble())
+                    0.5
+                    "the recorded per-residue pLDDT correlation meets the bar"
             }
 
             test "tokens of real chains are identical after random rigid motions (float32)" {
@@ -96,6 +104,16 @@ let tests =
                         Expect.isTrue (p >= 0.0f && p <= 1.0f) (sprintf "%s: pLDDT %g in [0, 1]" name p)
 
                     Expect.isTrue (t.Decoded.Ptm >= 0.0 && t.Decoded.Ptm <= 1.0) (sprintf "%s: pTM in [0, 1]" name)
+
+                // The trained pLDDT head carries information on these chains too: per residue it correlates with the
+                // reconstruction's LDDT-CA (a deterministic figure; printed, and required well above chance).
+                let summary = RoundTrip.summarize encoder.Value.Config.Quantizer.Codes trips
+
+                printfn
+                    "shipped tokenizer, small chains: per-residue pLDDT against LDDT-CA, r = %.3f"
+                    summary.PlddtPearson
+
+                Expect.isGreaterThan summary.PlddtPearson 0.3 "pLDDT tracks the reconstruction's local quality"
 
                 // A trained tokenizer, not noise: the chain's own tokens decode to a better structure than the same
                 // tokens in a shuffled order, on most chains.

@@ -278,6 +278,19 @@ let tests =
 
                 Expect.isFalse old.ConfidenceTrained "stage 1: confidence untrained"
                 Expect.isTrue trained.ConfidenceTrained "after the confidence stage: trained"
+
+                let meta =
+                    (Safetensors.readHeader (Path.Combine(report.Checkpoint, "decoder.safetensors"))).Metadata
+
+                Expect.equal
+                    meta.[StructureDecoderConfig.PtmMetadataKey]
+                    (if validation.["ptm_pearson"] >= 0.5 then
+                         "informative"
+                     else
+                         "uninformative")
+                    "the pTM verdict follows the last validation"
+
+                Expect.equal meta.["head_width"] (string (tiny.Decoder.DModel / tiny.Decoder.Heads)) "metadata kept"
             }
 
             test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
