@@ -172,7 +172,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 invalidArg flag (reason flag)
 
     let refuseStage1Flags () =
-        refuse (stage1Flags @ [ "--init", args.Contains Init ]) (sprintf "%s is for --model tokenizer --stage 1")
+        refuse (stage1Flags @ [ ("--init", args.Contains Init) ]) (sprintf "%s is for --model tokenizer --stage 1")
 
     let report =
         match model, args.GetResult(Stage, defaultValue = 1) with

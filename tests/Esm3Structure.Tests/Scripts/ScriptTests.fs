@@ -376,7 +376,7 @@ let tests =
                     runScript "train.fsx" [ "--"; "--model"; "bogus"; "--out"; out ]
                     |> oneLineError
                         "unknown model"
-                        "train.fsx: unknown --model 'bogus' (expected tokenizer or multitrack)"
+                        "train.fsx: unknown --model 'bogus' (expected tokenizer, multitrack or confidence)"
                 finally
                     if Directory.Exists out then
                         Directory.Delete(out, true)
