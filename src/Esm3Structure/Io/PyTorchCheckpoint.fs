@@ -540,7 +540,8 @@ module PyTorchCheckpoint =
     /// on typed storages), `ARCHIVE/data/<i>` (each tensor's contiguous little-endian bytes, one storage per tensor),
     /// `ARCHIVE/byteorder` ("little") and `ARCHIVE/version` ("3"), ARCHIVE being the file name without its
     /// extension. Such a file loads in PyTorch with `torch.load(path, weights_only=True)` (only those globals) and
-    /// in `read`. Written atomically (`AtomicFile`): a failure leaves any previous file intact. A dtype without a
+    /// in `read`. The same name and tensors give the same bytes. Written atomically (`AtomicFile`): a failure leaves
+    /// any previous file intact. A dtype without a
     /// typed storage (complex, quantized), a duplicate or empty name raise an `ArgumentException` naming `path`.
     /// Shapes: any.
     let write (path: string) (tensors: seq<string * torch.Tensor>) : unit =
@@ -650,6 +651,8 @@ module PyTorchCheckpoint =
 
             let record (name: string) (write: Stream -> unit) =
                 let entry = zip.CreateEntry(archive + "/" + name, CompressionLevel.NoCompression)
+                // A fixed time stamp (zip's earliest, as torch.save writes): the same tensors give the same bytes.
+                entry.LastWriteTime <- DateTimeOffset(1980, 1, 1, 0, 0, 0, TimeSpan.Zero)
                 use s = entry.Open()
                 write s
 

@@ -244,4 +244,43 @@ let tests =
 
                 Expect.equal (PyTorchCheckpoint.read path |> List.length) tensors.Length "the earlier file intact"
             }
+
+            test "PyTorch's .pth → ours → .pth → ours: the same tensors, and our writer gives the same bytes twice" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                for name in [ "dtypes"; "views"; "nested" ] do
+                    let first = PyTorchCheckpoint.read (fixture (name + ".pth"))
+                    // the same file name in two folders: the archive's folder name is the file's stem
+                    let a =
+                        Path.Combine(Directory.CreateDirectory(Path.Combine(dir.Path, "a")).FullName, name + ".pth")
+
+                    let b =
+                        Path.Combine(Directory.CreateDirectory(Path.Combine(dir.Path, "b")).FullName, name + ".pth")
+
+                    PyTorchCheckpoint.write a first
+                    let second = PyTorchCheckpoint.read a
+                    PyTorchCheckpoint.write b second
+                    Expect.sequenceEqual (second |> List.map fst) (first |> List.map fst) (name + ": names")
+
+                    for (n, x), (_, y) in List.zip first second do
+                        Expect.equal y.dtype x.dtype (n + ": dtype")
+                        Expect.sequenceEqual y.shape x.shape (n + ": shape")
+                        Expect.isTrue (x.eq(y).all().ToBoolean()) (n + ": values")
+
+                    Expect.equal (File.ReadAllBytes b) (File.ReadAllBytes a) (name + ": the same bytes")
+            }
+
+            test "a truncated .pth is refused with the file named, at every cut" {
+                use dir = new TempDir()
+                let whole = File.ReadAllBytes(fixture "views.pth")
+
+                for cut in [ 4; 30; 200; whole.Length / 2; whole.Length - 30; whole.Length - 1 ] do
+                    let path = Path.Combine(dir.Path, sprintf "cut-%d.pth" cut)
+                    File.WriteAllBytes(path, whole.[.. cut - 1])
+
+                    match InputError.catch (fun () -> PyTorchCheckpoint.read path |> ignore) with
+                    | Ok() -> failtestf "cut at %d bytes: expected a refusal" cut
+                    | Error e -> Expect.equal e.File path (sprintf "cut at %d: names the file (%s)" cut e.Message)
+            }
         ]

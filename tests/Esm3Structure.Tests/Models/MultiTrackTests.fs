@@ -112,7 +112,8 @@ let tests =
     testList
         "Models/MultiTrack"
         [
-            test "ESM3 parity: ESM's own .pth (d 64, 2 layers) on 1UBQ with every track gives ESM3's logits" {
+            test
+                "ESM3 parity: ESM's own .pth (d 64, 2 layers) on 1UBQ with every track gives ESM3's outputs (float32, float64)" {
                 use _ = torch.NewDisposeScope()
                 let dir = IO.Path.Combine(AppContext.BaseDirectory, "Reference", "esm3")
                 use model = MultiTrackCheckpoint.load (IO.Path.Combine(dir, "esm3-small.pth"))
@@ -156,6 +157,35 @@ let tests =
                     // attention written out by the shim): rounding ~ d · blocks · 2 · u ≈ 64 · 2 · 2 · 6e-8 ≈ 1.5e-5
                     // relative to the largest value; measured 1–4e-6 here.
                     Tol.close ("ESM3 " + name) (1.5e-5 * max 1.0 scale) ours esm
+
+                // The same weights and inputs upcast exactly, in float64 on both sides (ESM through esm_env's
+                // float64 patch set): the same bound with float64's unit roundoff, u = 1.1e-16.
+                model.``to`` torch.float64 |> ignore
+
+                let out64 =
+                    model.forward
+                        { input with
+                            Coordinates = input.Coordinates.to_type torch.float64
+                            AveragePlddt = input.AveragePlddt.to_type torch.float64
+                            PerResiduePlddt = input.PerResiduePlddt.to_type torch.float64
+                        }
+
+                for name, ours in
+                    [
+                        "sequence_logits", out64.SequenceLogits
+                        "structure_logits", out64.StructureLogits
+                        "ss8_logits", out64.Ss8Logits
+                        "sasa_logits", out64.SasaLogits
+                        "function_logits", out64.FunctionLogits
+                        "residue_logits", out64.ResidueLogits
+                        "embeddings", out64.Embeddings
+                    ] do
+                    let esm = io.["out64." + name]
+                    Expect.equal ours.dtype torch.float64 (name + ": float64")
+                    let scale = esm.abs().max().ToDouble()
+                    let diff = Tol.maxAbsDiff ours esm
+                    printfn "ESM3 parity float64 %s: max |ours − ESM| %.3g (max |ESM| %.3g)" name diff scale
+                    Tol.close ("ESM3 float64 " + name) (64.0 * 2.0 * 2.0 * 1.1e-16 * max 1.0 scale) ours esm
             }
 
             test "ESM3-open's key table has §9.4's shapes and 1,401,735,748 parameters" {

@@ -3,7 +3,8 @@
 ESM3's width 64, 4 geometric heads, 2 layers; ESM's class, unmodified, through esm_env) with seeded weights, saved
 by torch.save as `esm3-small.pth` (our loader reads PyTorch checkpoints), and `esm3-small.io.safetensors`: the inputs
 (the first 30 residues of 1UBQ chain A with BOS/EOS rows of NaN, seeded tokens on every track) and ESM3's outputs
-(every logit head and the embeddings), in float32.
+(every logit head and the embeddings), in float32 and, from the same weights and inputs upcast exactly, in float64
+(`out64.*`, through esm_env's `esm_float64`).
 
 usage: ESM_REF_DIR=/path/to/esm-checkout /usr/bin/python3 generate.py   (../shared/tools/esm-reference/README.md)
 """
@@ -84,6 +85,24 @@ with torch.no_grad():
         structure_coords=backbone,
     )
 
+# The same computation in float64 (weights and inputs upcast exactly; esm_env's documented patch set).
+import copy  # noqa: E402
+
+with esm_env.esm_float64():
+    model64 = esm_env.model_to_float64(copy.deepcopy(model))
+    with torch.no_grad():
+        out64 = model64(
+            sequence_tokens=sequence,
+            structure_tokens=structure,
+            ss8_tokens=ss8,
+            sasa_tokens=sasa,
+            function_tokens=function,
+            residue_annotation_tokens=residue,
+            average_plddt=average.double(),
+            per_res_plddt=per_res.double(),
+            structure_coords=backbone.double(),
+        )
+
 save_file(
     {
         "in.sequence": sequence,
@@ -102,6 +121,13 @@ save_file(
         "out.function_logits": out.function_logits,
         "out.residue_logits": out.residue_logits,
         "out.embeddings": out.embeddings,
+        "out64.sequence_logits": out64.sequence_logits,
+        "out64.structure_logits": out64.structure_logits,
+        "out64.ss8_logits": out64.secondary_structure_logits,
+        "out64.sasa_logits": out64.sasa_logits,
+        "out64.function_logits": out64.function_logits,
+        "out64.residue_logits": out64.residue_logits,
+        "out64.embeddings": out64.embeddings,
     },
     os.path.join(here, "esm3-small.io.safetensors"),
     {"torch": torch.__version__, "chain": "1ubq_A"},
