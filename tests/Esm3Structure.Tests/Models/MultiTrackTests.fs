@@ -137,55 +137,40 @@ let tests =
                     }
 
                 use _ = torch.no_grad ()
-                let out = model.forward input
+                // Every output against ESM's `prefix.*` tensors. Both sides run 2 blocks of d 64, summed in different
+                // orders (and torch 1.13's attention written out by the shim): rounding ~ d · blocks · 2 · u relative
+                // to the largest value, u the dtype's unit roundoff (float32 6e-8: 1.5e-5; measured 1–4e-6).
+                let matches (prefix: string) (dtype: torch.ScalarType) (u: float) (out: MultiTrackOutput) =
+                    for name, ours in
+                        [
+                            "sequence_logits", out.SequenceLogits
+                            "structure_logits", out.StructureLogits
+                            "ss8_logits", out.Ss8Logits
+                            "sasa_logits", out.SasaLogits
+                            "function_logits", out.FunctionLogits
+                            "residue_logits", out.ResidueLogits
+                            "embeddings", out.Embeddings
+                        ] do
+                        let esm = io.[prefix + "." + name]
+                        Expect.equal ours.dtype dtype (name + ": dtype")
+                        let scale = esm.abs().max().ToDouble()
+                        let diff = Tol.maxAbsDiff ours esm
+                        printfn "ESM3 parity %s %s: max |ours − ESM| %.3g (max |ESM| %.3g)" prefix name diff scale
+                        Tol.close ("ESM3 " + prefix + " " + name) (64.0 * 2.0 * 2.0 * u * max 1.0 scale) ours esm
 
-                for name, ours in
-                    [
-                        "sequence_logits", out.SequenceLogits
-                        "structure_logits", out.StructureLogits
-                        "ss8_logits", out.Ss8Logits
-                        "sasa_logits", out.SasaLogits
-                        "function_logits", out.FunctionLogits
-                        "residue_logits", out.ResidueLogits
-                        "embeddings", out.Embeddings
-                    ] do
-                    let esm = io.["out." + name]
-                    let scale = esm.abs().max().ToDouble()
-                    let diff = Tol.maxAbsDiff ours esm
-                    printfn "ESM3 parity %s: max |ours − ESM| %.3g (max |ESM| %.3g)" name diff scale
-                    // float32 through 2 blocks of d 64 on both sides, summed in different orders (and torch 1.13's
-                    // attention written out by the shim): rounding ~ d · blocks · 2 · u ≈ 64 · 2 · 2 · 6e-8 ≈ 1.5e-5
-                    // relative to the largest value; measured 1–4e-6 here.
-                    Tol.close ("ESM3 " + name) (1.5e-5 * max 1.0 scale) ours esm
+                model.forward input |> matches "out" torch.float32 6e-8
 
                 // The same weights and inputs upcast exactly, in float64 on both sides (ESM through esm_env's
-                // float64 patch set): the same bound with float64's unit roundoff, u = 1.1e-16.
+                // float64 patch set).
                 model.``to`` torch.float64 |> ignore
 
-                let out64 =
-                    model.forward
-                        { input with
-                            Coordinates = input.Coordinates.to_type torch.float64
-                            AveragePlddt = input.AveragePlddt.to_type torch.float64
-                            PerResiduePlddt = input.PerResiduePlddt.to_type torch.float64
-                        }
-
-                for name, ours in
-                    [
-                        "sequence_logits", out64.SequenceLogits
-                        "structure_logits", out64.StructureLogits
-                        "ss8_logits", out64.Ss8Logits
-                        "sasa_logits", out64.SasaLogits
-                        "function_logits", out64.FunctionLogits
-                        "residue_logits", out64.ResidueLogits
-                        "embeddings", out64.Embeddings
-                    ] do
-                    let esm = io.["out64." + name]
-                    Expect.equal ours.dtype torch.float64 (name + ": float64")
-                    let scale = esm.abs().max().ToDouble()
-                    let diff = Tol.maxAbsDiff ours esm
-                    printfn "ESM3 parity float64 %s: max |ours − ESM| %.3g (max |ESM| %.3g)" name diff scale
-                    Tol.close ("ESM3 float64 " + name) (64.0 * 2.0 * 2.0 * 1.1e-16 * max 1.0 scale) ours esm
+                model.forward
+                    { input with
+                        Coordinates = input.Coordinates.to_type torch.float64
+                        AveragePlddt = input.AveragePlddt.to_type torch.float64
+                        PerResiduePlddt = input.PerResiduePlddt.to_type torch.float64
+                    }
+                |> matches "out64" torch.float64 1.1e-16
             }
 
             test "ESM3-open's key table has §9.4's shapes and 1,401,735,748 parameters" {

@@ -72,36 +72,30 @@ residue[0, :, 4:] = 0
 average = torch.full((1, L), 0.7)
 per_res = torch.rand((1, L), generator=g)
 
-with torch.no_grad():
-    out = model(
-        sequence_tokens=sequence,
-        structure_tokens=structure,
-        ss8_tokens=ss8,
-        sasa_tokens=sasa,
-        function_tokens=function,
-        residue_annotation_tokens=residue,
-        average_plddt=average,
-        per_res_plddt=per_res,
-        structure_coords=backbone,
-    )
 
-# The same computation in float64 (weights and inputs upcast exactly; esm_env's documented patch set).
-import copy  # noqa: E402
-
-with esm_env.esm_float64():
-    model64 = esm_env.model_to_float64(copy.deepcopy(model))
+def forward(m, dtype):
+    """ESM3's forward on the fixture's inputs, the float inputs in `dtype`."""
     with torch.no_grad():
-        out64 = model64(
+        return m(
             sequence_tokens=sequence,
             structure_tokens=structure,
             ss8_tokens=ss8,
             sasa_tokens=sasa,
             function_tokens=function,
             residue_annotation_tokens=residue,
-            average_plddt=average.double(),
-            per_res_plddt=per_res.double(),
-            structure_coords=backbone.double(),
+            average_plddt=average.to(dtype),
+            per_res_plddt=per_res.to(dtype),
+            structure_coords=backbone.to(dtype),
         )
+
+
+out = forward(model, torch.float32)
+
+# The same computation in float64 (weights and inputs upcast exactly; esm_env's documented patch set).
+import copy  # noqa: E402
+
+with esm_env.esm_float64():
+    out64 = forward(esm_env.model_to_float64(copy.deepcopy(model)), torch.float64)
 
 save_file(
     {
