@@ -4,6 +4,8 @@ open System
 open System.Diagnostics
 open System.IO
 open Expecto
+open TorchSharp
+open Esm3Structure.Models
 
 /// The repository root (holding Research.sln), above the test binary.
 let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory
@@ -89,14 +91,18 @@ let tests =
                 Expect.stringContains out "--tokens" "decode usage lists the flags"
             }
 
-            test "tokenize.fsx and decode.fsx: real chains to JSON, the first back to a PDB with pTM and pLDDT" {
-                let dir, enc, dec = tokenizerFiles.Value
+            test
+                "tokenize.fsx and decode.fsx on ESM's own .pth files: real chains to JSON with ESM's tokens, and ESM's tokens back to a PDB with ESM's coordinates (decode.fsx --heads 4 on a 24-wide decoder)" {
+                let dir, _, _ = tokenizerFiles.Value
+                let esm = Esm3Structure.Tests.Models.TokenizerParityTests.file
                 let json = Path.Combine(dir, "tokens.json")
                 let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
                 let other = Esm3Structure.Tests.Data.small "1mvo_A"
 
                 let code, _, err =
-                    runScript "tokenize.fsx" [ "--pdb"; ubq; "--pdb"; other; "--weights"; enc; "--out"; json ]
+                    runScript
+                        "tokenize.fsx"
+                        [ "--pdb"; ubq; "--pdb"; other; "--weights"; esm "encoder.pth"; "--out"; json ]
 
                 Expect.equal code 0 err
                 let chains = Esm3Structure.Models.StructureTokenizer.readJson json
@@ -106,16 +112,42 @@ let tests =
                 Expect.equal chains.[0].Sequence ubqChain.Sequence "sequence"
                 Expect.equal chains.[0].Tokens.Length ubqChain.Sequence.Length "one token per residue"
 
-                Expect.isTrue
-                    (chains.[0].Tokens |> Array.forall (fun t -> t >= 0L && t < 64L))
-                    "codes of the small codebook"
+                use _ = TorchSharp.torch.NewDisposeScope()
+                let io = Esm3Structure.Tests.Models.TokenizerParityTests.readIo ()
+                use encoder = StructureEncoder.load (esm "encoder.pth")
+
+                let clear, wrong =
+                    Esm3Structure.Tests.Models.TokenizerParityTests.esmTokenMismatches
+                        io
+                        ""
+                        Esm3Structure.Tests.Models.TokenizerParityTests.u32
+                        encoder
+                        (TorchSharp.torch.tensor(chains.[0].Tokens).unsqueeze 0L)
+
+                Expect.isGreaterThan clear 70 "tokens clear of a tie"
+                Expect.equal wrong 0 "ESM's encoder's tokens"
+
+                // ESM's tokens (the fixture's), decoded by ESM's 24-wide decoder: its coordinates, to the PDB's 3 decimals.
+                let esmTokens =
+                    io.["enc.tokens"].select(0L, 0L).contiguous().data<int64>().ToArray()
 
                 let one = Path.Combine(dir, "one.json")
-                Esm3Structure.Models.StructureTokenizer.writeJson one [| chains.[0] |]
+                Esm3Structure.Models.StructureTokenizer.writeJson one [| { chains.[0] with Tokens = esmTokens } |]
                 let pdb = Path.Combine(dir, "decoded.pdb")
 
                 let code, _, err =
-                    runScript "decode.fsx" [ "--tokens"; one; "--weights"; dec; "--out"; pdb ]
+                    runScript
+                        "decode.fsx"
+                        [
+                            "--tokens"
+                            one
+                            "--weights"
+                            esm "decoder-d96-h4.pth"
+                            "--heads"
+                            "4"
+                            "--out"
+                            pdb
+                        ]
 
                 Expect.equal code 0 err
                 let text = File.ReadAllText pdb
@@ -123,10 +155,32 @@ let tests =
                 let back = Esm3Structure.Structure.Pdb.parse "decoded" text None
                 Expect.equal back.Sequence ubqChain.Sequence "residues"
                 Expect.equal back.ResidueIndex ubqChain.ResidueIndex "numbering"
+                let bb = io.["decoder-d96-h4.bb"]
+                let scale = bb.abs().max().ToDouble()
+                // ESM's float32 coordinates and ours differ by rounding (TokenizerParityTests.tolerance), then the PDB
+                // rounds to 0.0005 Å.
+                let tol =
+                    0.0005
+                    + Esm3Structure.Tests.Models.TokenizerParityTests.tolerance 96L 6e-8 scale
 
                 for i in 0 .. back.Sequence.Length - 1 do
                     for a in 0..2 do
                         Expect.isTrue back.Atom37Mask.[i, a] "N, CA, C present"
+
+                        for x in 0..2 do
+                            let ours = back.Atom37.[i, a, x]
+                            let theirs = bb.[0L, int64 i + 1L, int64 a, int64 x].ToDouble()
+
+                            if abs (float ours - theirs) > tol then
+                                failtestf
+                                    "residue %d atom %d axis %d: PDB %.3f, ESM %.4f (tolerance %.4f)"
+                                    i
+                                    a
+                                    x
+                                    ours
+                                    theirs
+                                    tol
+
                         let b = back.BFactors.[i, a]
                         Expect.isTrue (b >= 0.0f && b <= 100.0f) (sprintf "B-factor %g in [0, 100]" b)
             }

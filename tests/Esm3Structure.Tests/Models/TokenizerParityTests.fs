@@ -1,0 +1,161 @@
+module Esm3Structure.Tests.Models.TokenizerParityTests
+
+open System
+open Expecto
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Tests
+
+/// ESM's own `StructureTokenEncoder` and `StructureTokenDecoder` (seeded random weights, saved by torch.save) and
+/// their outputs on 1UBQ chain A, float32 and float64 (`Reference/tokenizer/generate.py`).
+let file name =
+    IO.Path.Combine(AppContext.BaseDirectory, "Reference", "tokenizer", name)
+
+/// The fixture's tensors, in the caller's dispose scope.
+let readIo () =
+    (Safetensors.read (file "io.safetensors")).Tensors |> Map.ofList
+
+/// Both sides run 2 blocks of width d, summed in different orders: rounding ~ d · blocks · 2 · u relative to the
+/// largest value, u the dtype's unit roundoff (the bound the ESM3 parity test uses).
+let tolerance (d: int64) (u: float) (scale: float) = float d * 2.0 * 2.0 * u * max 1.0 scale
+
+/// Unit roundoffs of float32 and float64.
+let u32, u64 = 6e-8, 1.1e-16
+
+let private decoders =
+    [
+        "decoder-d64-h1", None, 64L
+        "decoder-d64-h4", Some 4L, 64L
+        "decoder-d96-h4", Some 4L, 96L
+    ]
+
+/// Compares `tokens` [1, L] with ESM's (`prefix` "" for float32, "64." for float64) where ESM's nearest two codes
+/// are further apart than rounding can move them: z may differ from ESM's by `tolerance 64 u max|z|`, and then
+/// ‖z − e‖² by at most 2 · Σ_c |z_c − e_c| · tol_z ≤ 2 · 16 · 2 (max|z| + max|e|) · tol_z. Returns (residues clear of
+/// a tie, those among them whose token differs).
+let esmTokenMismatches
+    (io: Map<string, torch.Tensor>)
+    (prefix: string)
+    (u: float)
+    (encoder: StructureEncoder)
+    (tokens: torch.Tensor)
+    =
+    let scale = io.[prefix + "enc.z"].abs().max().ToDouble()
+    let tolZ = tolerance 64L u scale
+
+    let bound =
+        2.0
+        * 16.0
+        * 2.0
+        * (scale + encoder.Codebook.Codes.abs().max().ToDouble())
+        * tolZ
+
+    let clear = io.[prefix + "enc.gap"].gt(bound.ToScalar())
+    let differ = tokens.ne(io.[prefix + "enc.tokens"]).logical_and clear
+    int (clear.sum().ToInt64()), int (differ.sum().ToInt64())
+
+/// ESM's tokens of the chain between BOS and EOS. [1, L + 2]
+let wrapped (io: Map<string, torch.Tensor>) =
+    let special (id: int64) =
+        torch.full ([| 1L; 1L |], id.ToScalar(), dtype = torch.int64)
+
+    torch.cat (
+        [|
+            special StructureTokens.Bos
+            io.["enc.tokens"]
+            special StructureTokens.Eos
+        |],
+        1L
+    )
+
+[<Tests>]
+let tests =
+    testList
+        "Models/TokenizerParity"
+        [
+            test
+                "ESM's encoder (.pth, d 64, 2 blocks) on 1UBQ: ESM's pre-quantization vectors and tokens (float32, float64)" {
+                use _ = torch.NewDisposeScope()
+                use _ = torch.no_grad ()
+                let io = readIo ()
+                use encoder = StructureEncoder.load (file "encoder.pth")
+
+                let check (prefix: string) (dtype: torch.ScalarType) (u: float) =
+                    let out =
+                        encoder.Encode(io.["in.backbone"].to_type dtype, io.["in.residue_index"], null, null)
+
+                    let esmZ = io.[prefix + "enc.z"]
+                    let scale = esmZ.abs().max().ToDouble()
+                    let tolZ = tolerance 64L u scale
+
+                    printfn
+                        "encoder %s: max |z − ESM| %.3g (max |z| %.3g)"
+                        (string dtype)
+                        (Tol.maxAbsDiff out.Z esmZ)
+                        scale
+
+                    Tol.close ("z " + string dtype) tolZ out.Z esmZ
+                    let clear, wrong = esmTokenMismatches io prefix u encoder out.Tokens
+                    Expect.isGreaterThan clear 70 "tokens clear of a tie: most of 76"
+                    Expect.equal wrong 0 "ESM's token wherever the nearest two codes are clearly apart"
+
+                check "" torch.float32 u32
+                encoder.``to`` torch.float64 |> ignore
+                check "64." torch.float64 u64
+            }
+
+            test
+                "ESM's decoders (.pth) at 64-, 16- and 24-wide heads, loaded with --heads: ESM's backbone, pLDDT, pTM and pAE (float32, float64)" {
+                use _ = torch.NewDisposeScope()
+                use _ = torch.no_grad ()
+                let io = readIo ()
+                let tokens = wrapped io
+
+                for name, heads, d in decoders do
+                    use decoder = StructureDecoder.loadWith heads (file (name + ".pth"))
+                    Expect.equal decoder.Config.Heads (defaultArg heads 1L) (name + ": heads")
+
+                    let check (prefix: string) (dtype: torch.ScalarType) (u: float) =
+                        let out = decoder.forward tokens
+
+                        for what, ours in [ "bb", out.Backbone; "plddt", out.Plddt; "ptm", out.Ptm; "pae", out.Pae ] do
+                            let esm = io.[prefix + name + "." + what]
+                            Expect.equal ours.dtype dtype (name + " " + what + ": dtype")
+                            let scale = esm.abs().max().ToDouble()
+
+                            printfn
+                                "%s %s %s: max |ours − ESM| %.3g (max |ESM| %.3g)"
+                                name
+                                (string dtype)
+                                what
+                                (Tol.maxAbsDiff ours esm)
+                                scale
+
+                            Tol.close (name + " " + what + " " + string dtype) (tolerance d u scale) ours esm
+
+                    check "" torch.float32 u32
+                    decoder.``to`` torch.float64 |> ignore
+                    check "64." torch.float64 u64
+            }
+
+            test
+                "ESM's 16-wide decoder read as 64-wide decodes wrong; the 24-wide one without --heads is refused naming --heads" {
+                use _ = torch.NewDisposeScope()
+                use _ = torch.no_grad ()
+                let io = readIo ()
+                let tokens = wrapped io
+
+                use wrong = StructureDecoder.load (file "decoder-d64-h4.pth")
+                let off = Tol.maxAbsDiff (wrong.forward tokens).Backbone io.["decoder-d64-h4.bb"]
+                Expect.isGreaterThan off 1.0 "64-wide heads on a 16-wide decoder: more than 1 Å off ESM"
+
+                try
+                    StructureDecoder.load (file "decoder-d96-h4.pth") |> ignore
+                    failtest "a d 96 decoder without head metadata loaded with no --heads"
+                with :? InputException as e ->
+                    Expect.stringContains e.Message "--heads" "the error names --heads"
+                    Expect.stringContains e.Message "decoder-d96-h4.pth" "and the file"
+            }
+        ]
