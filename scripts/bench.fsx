@@ -1,7 +1,7 @@
 // Benchmarks: figures printed as Markdown tables (time, throughput, peak memory, share of the machine's dense
 // matmul rate measured in the same run). Never asserted by tests.
-//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer,tokenize,train] [--lengths 128,256,512,1024]
-//       [--chain-lengths 100,300,1000] [--weights ENCODER.safetensors] [--repeats N] [--quick]
+//   dotnet fsi scripts/bench.fsx [--sections geometric,quantizer,tokenize,train,load] [--lengths 128,256,512,1024]
+//       [--chain-lengths 100,300,1000] [--weights ENCODER.safetensors] [--repeats N] [--quick] [--scratch DIR]
 #load "_load.fsx"
 
 open System
@@ -23,6 +23,7 @@ type Args =
     | Sections of string
     | Chain_Lengths of string
     | Weights of encoder: string
+    | Scratch of dir: string
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -34,12 +35,14 @@ type Args =
                 sprintf
                     "the trained encoder of the tokenize section (default: %s; when absent its row says so; with --quick only when given)"
                     StructureTokenizer.DefaultEncoderPath
+            | Scratch _ ->
+                "the folder the load section writes its two checkpoints into, then deletes (default: the system's temporary folder; ESM3-open's size needs 11 GiB free, --quick 0.1 GiB)"
             | Repeats _ -> "timed repeats per cell, median reported (default 3)"
             | Quick ->
                 "small sizes only (d 256, 32 vector heads; lengths 64,128; 8192 vectors to quantize; a d 64 encoder on chains of 100 and 600), for a smoke run"
             | Device _ -> "cpu (default); the benchmark runs on the CPU build"
             | Sections _ ->
-                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search), tokenize (structure tokens of real chains), train (the tokenizer presets' training steps); default all"
+                "comma-separated sections to run: geometric (geometric attention), quantizer (nearest-code search), tokenize (structure tokens of real chains), train (the tokenizer presets' training steps), load (a 1.4B-parameter multi-track checkpoint with ESM3-open's shapes loaded from safetensors and .pth, and its forward pass at L 128 and 512; about 10 min, 13 GiB of memory); default all"
 
 Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     Cli.device (args.GetResult(Device, defaultValue = "cpu")) |> ignore
@@ -53,15 +56,15 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let repeats = args.GetResult(Repeats, defaultValue = 3)
 
     let sections =
-        args.GetResult(Sections, defaultValue = "geometric,quantizer,tokenize,train").Split(',')
+        args.GetResult(Sections, defaultValue = "geometric,quantizer,tokenize,train,load").Split(',')
         |> Array.map (fun s -> s.Trim().ToLowerInvariant())
         |> Set.ofArray
 
     for s in sections do
-        if s <> "geometric" && s <> "quantizer" && s <> "tokenize" && s <> "train" then
+        if not (List.contains s [ "geometric"; "quantizer"; "tokenize"; "train"; "load" ]) then
             raise (
                 ArgumentException(
-                    sprintf "--sections: unknown section '%s' (known: geometric, quantizer, tokenize, train)" s
+                    sprintf "--sections: unknown section '%s' (known: geometric, quantizer, tokenize, train, load)" s
                 )
             )
 
@@ -73,11 +76,11 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let sizes =
         if quick then
             [
-                "d 256, V 32",
-                { GeometricAttentionConfig.esm3Encoder with
-                    DModel = 256L
-                    VHeads = 32L
-                }
+                ("d 256, V 32",
+                 { GeometricAttentionConfig.esm3Encoder with
+                     DModel = 256L
+                     VHeads = 32L
+                 })
             ]
         else
             [
@@ -237,6 +240,88 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
 
         let rows = Bench.trainSteps presets chains 1 repeats (eprintfn "  %s")
         printfn "%s" (Bench.formatTrain ceiling rows)
+
+    if sections.Contains "load" then
+        let config, label =
+            if quick then
+                { MultiTrackConfig.esm3 with
+                    DModel = 256L
+                    Heads = 4L
+                    VHeads = 32L
+                    Layers = 4
+                },
+                "d 256, 4 layers (--quick)"
+            else
+                MultiTrackConfig.esm3, "ESM3-open: d 1536, 48 layers, 24 heads, 256 geometric heads"
+
+        let lengths = if quick then [ 64L; 128L ] else [ 128L; 512L ]
+
+        let scratch =
+            IO.Path.Combine(
+                args.GetResult(Scratch, defaultValue = IO.Path.GetTempPath()),
+                sprintf "bench-load-%d" Environment.ProcessId
+            )
+
+        IO.Directory.CreateDirectory scratch |> ignore
+        let tensorBytes = LoadBench.tensorBytes config
+
+        try
+            printfn ""
+
+            printfn
+                "multi-track model, %s: %s parameters, %.2f GiB of float32 tensors"
+                label
+                ((MultiTrackConfig.parameterCount config).ToString("N0", Globalization.CultureInfo.InvariantCulture))
+                (float tensorBytes / float (1L <<< 30))
+
+            let forward, files =
+                LoadBench.buildRunAndWrite config lengths 1 scratch (eprintfn "  %s")
+
+            // The ceiling for this model: a float32 matmul of its feed-forward shape at the longest length, median of
+            // 5, measured right after the passes (this machine's rate drifts within a run).
+            let ffn =
+                Esm3Structure.Nn.FeedForward.swigluHidden config.ExpansionRatio config.DModel
+
+            let longest = List.max lengths
+            let modelCeiling = Bench.matmulShapeGFlops longest config.DModel (2L * ffn) 5
+            printfn ""
+
+            printfn
+                "one forward pass, B 1, float32, no gradients (a random sequence, other tracks absent; one warm-up pass at L %d):"
+                lengths.Head
+
+            printfn
+                "the %% column against a float32 matmul of the feed-forward shape [%d, %d] x [%d, %d] measured right after the passes: %.1f GFLOP/s"
+                longest
+                config.DModel
+                config.DModel
+                (2L * ffn)
+                modelCeiling
+
+            printfn "%s" (LoadBench.formatForward modelCeiling forward)
+            printfn ""
+
+            printfn
+                "loading (each row once; the files were just written, so they are read from the page cache, not a cold disk):"
+
+            let rows = LoadBench.loads config files (eprintfn "  %s")
+            printfn "%s" (LoadBench.formatLoads tensorBytes rows)
+
+            for format, _ in files do
+                let pick (m: string) =
+                    rows |> List.find (fun r -> r.Format = format && r.Method.StartsWith m)
+
+                let direct = pick "MultiTrackCheckpoint"
+                let baseline = pick "baseline"
+
+                printfn
+                    "%s: MultiTrackCheckpoint.load takes %.2fx the baseline's time and %.2fx its peak memory; its peak is %.2fx the tensors' size (target < 1.3)"
+                    format
+                    (direct.Seconds / baseline.Seconds)
+                    (float direct.PeakBytes / float (max 1L baseline.PeakBytes))
+                    (float direct.PeakBytes / float tensorBytes)
+        finally
+            IO.Directory.Delete(scratch, true)
 
     0)
 |> exit

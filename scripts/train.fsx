@@ -12,7 +12,7 @@
 //     the stage-1 tokenizer in DIR, on its own reconstructions of train crops (256 residues); everything else frozen.
 //     Checkpoints hold the encoder unchanged and the decoder marked as having trained confidence heads.
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence] [--stage 1|2] [--encoder FILE|random]
-//                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke] [--steps N]
+//                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke|esm3-open] [--steps N]
 //                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
@@ -74,7 +74,7 @@ type Args =
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "run folder (default: runs/<model>-<preset>, tokenizer stage 2: runs/tokenizer-stage2-<preset>)"
             | Preset _ ->
-                "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3); the tokenizer also has small-decoder (compute moved to the decoder)"
+                "small (default) or smoke (ESM3-TRAINING.md §4.2, §4.3), or esm3-open (ESM's released sizes and the paper's schedule: GPU-sized); the tokenizer also has small-decoder (compute moved to the decoder)"
             | Steps _ -> "optimiser steps (default: the preset's)"
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"

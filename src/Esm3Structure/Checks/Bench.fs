@@ -125,6 +125,9 @@ module Bench =
     /// first (see `allocatorFixed`), which slows later allocations: take every timing before the first call.
     let peakBytes (f: unit -> unit) : int64 =
         allocatorFixed.Force() |> ignore
+        // Tensors dropped without Dispose free their memory in finalizers: run them before the baseline is read.
+        GC.Collect()
+        GC.WaitForPendingFinalizers()
         GC.Collect()
 
         try

@@ -238,8 +238,18 @@ module Checkpoint =
         Safetensors.write path (stateDict m) metadata
 
     /// Loads a safetensors file or a PyTorch checkpoint (`TensorFile`, told apart by content) strictly into the
-    /// module (see `loadInto`); the file's tensors are freed afterwards.
+    /// module: names and shapes are checked from the file's header first (any missing, unexpected, duplicated or
+    /// mis-shaped tensor: one `InputException` naming `file` and listing every problem, nothing read), then each
+    /// tensor is read straight into its parameter or buffer (no second copy of the weights; a dtype or device
+    /// other than the file's gets a converted copy). A file that fails part-way (truncated) raises an
+    /// `InputException` and leaves the module partly loaded.
     let load (path: string) (m: torch.nn.Module) : unit =
-        use _scope = torch.NewDisposeScope()
-        let file = TensorFile.read path
-        loadInto path file.Tensors m
+        let header = TensorFile.readHeader path
+        let mismatch = mismatchesOfShapes (keyShapes m) header.Shapes
+
+        if not (isEmpty mismatch) then
+            InputError.raise path InputLocation.Whole ("the checkpoint does not match the module: " + describe mismatch)
+
+        let targets = dict (stateDict m)
+        use _noGrad = torch.no_grad ()
+        TensorFile.readInto path (fun name -> targets.[name])

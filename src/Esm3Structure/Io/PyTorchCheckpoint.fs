@@ -8,6 +8,20 @@ open System.Text
 open TorchSharp
 open Esm3Structure
 
+/// A tensor of a PyTorch checkpoint as its pickle describes it: a view (offset, shape, strides, in elements) of a
+/// typed storage, the record `ARCHIVE/data/<Storage>` of `StorageCount` elements. Bounds are checked when read.
+type StoredTensor =
+    {
+        /// The storage's key in the archive.
+        Storage: string
+        Dtype: torch.ScalarType
+        /// The storage's element count.
+        StorageCount: int64
+        Offset: int64
+        Shape: int64[]
+        Stride: int64[]
+    }
+
 /// Reads the tensors of a PyTorch checkpoint written by `torch.save` in the zip format of PyTorch ≥ 1.6
 /// (`NAME/data.pkl`, `NAME/data/<storage key>`, `NAME/version`, since 2.1 `NAME/byteorder`), e.g. ESM's
 /// `esm3_structure_encoder_v0.pth`. A pickle is a program: this reader interprets only the opcodes a tensor
@@ -37,7 +51,7 @@ module PyTorchCheckpoint =
         | Global of string
         /// A typed storage: key in the archive, element type, element count.
         | Storage of key: string * dtype: torch.ScalarType * count: int64
-        | Tensor of torch.Tensor
+        | TensorRef of StoredTensor
 
     /// The storage types `torch.save` names in its persistent ids, with their element types.
     let private storageTypes =
@@ -103,51 +117,9 @@ module PyTorchCheckpoint =
                 InputLocation.Whole
                 (sprintf "%d data.pkl records: not a single torch.save checkpoint" many.Length)
 
-    /// Reads storage `key` of `count` elements into a fresh flat tensor.
-    let private readStorage
-        (path: string)
-        (archive: ZipArchive)
-        (prefix: string)
-        (key: string)
-        (dtype: torch.ScalarType)
-        (count: int64)
-        =
-        let name = prefix + "/data/" + key
-
-        let entry =
-            match archive.GetEntry name with
-            | null ->
-                InputError.raise path (InputLocation.Field name) "the pickle refers to a storage the archive lacks"
-            | e -> e
-
-        let t = torch.empty ([| count |], dtype = dtype)
-        let expected = count * int64 t.ElementSize
-
-        if entry.Length <> expected then
-            t.Dispose()
-
-            InputError.raise
-                path
-                (InputLocation.Field name)
-                (sprintf "storage of %d × %O needs %d bytes, the record holds %d" count dtype expected entry.Length)
-
-        use s = entry.Open()
-        let chunk = max 1L ((1L <<< 24) / int64 t.ElementSize)
-        let mutable start = 0L
-
-        while start < count do
-            let length = min chunk (count - start)
-            use part = t.narrow (0L, start, length)
-            s.ReadExactly part.bytes
-            start <- start + length
-
-        t
-
-    /// A tensor of `size` and `stride` at `offset` in `storage`, copied out contiguous, after checking that every
-    /// element it reads lies inside the storage.
-    let private rebuild (fail: string -> Value) (storage: torch.Tensor) offset (size: int64[]) (stride: int64[]) =
-        let count = storage.shape.[0]
-
+    /// The view `size`, `stride` at `offset` of storage `key` (`count` elements of `dtype`), after checking that
+    /// every element it reads lies inside the storage.
+    let private view (fail: string -> Value) key dtype count offset (size: int64[]) (stride: int64[]) =
         if size.Length <> stride.Length then
             fail (sprintf "a tensor with %d sizes and %d strides" size.Length stride.Length)
         elif
@@ -166,13 +138,18 @@ module PyTorchCheckpoint =
             if last >= count then
                 fail (sprintf "a tensor reads element %d of a storage of %d" last count)
             else
-                use view = storage.as_strided (size, stride, offset)
-                let copy = torch.empty (size, dtype = storage.dtype)
-                copy.copy_ view |> ignore
-                Tensor copy
+                TensorRef
+                    {
+                        Storage = key
+                        Dtype = dtype
+                        StorageCount = count
+                        Offset = offset
+                        Shape = size
+                        Stride = stride
+                    }
 
     /// Runs the restricted unpickler over `data`; returns the pickle's top value.
-    let private unpickle (path: string) (data: byte[]) (storage: string -> torch.ScalarType -> int64 -> torch.Tensor) =
+    let private unpickle (path: string) (data: byte[]) =
         let stack = Stack<Value>()
         let memo = Dictionary<int64, Value>()
         let cursor = ref 0
@@ -273,9 +250,7 @@ module PyTorchCheckpoint =
 
         let tensorOf (args: Value[]) =
             match args.[0] with
-            | Storage(key, dtype, count) ->
-                let s = storage key dtype count
-                rebuild fail s (integer args.[1]) (ints args.[2]) (ints args.[3])
+            | Storage(key, dtype, count) -> view fail key dtype count (integer args.[1]) (ints args.[2]) (ints args.[3])
             | other -> fail (sprintf "a tensor rebuilt from %A, not a storage" other)
 
         let reduce (callable: Value) (args: Value[]) =
@@ -289,7 +264,7 @@ module PyTorchCheckpoint =
             | Global g when g = rebuildTensor && args.Length = 4 -> tensorOf args
             | Global g when g = rebuildParameter && args.Length >= 2 ->
                 match args.[0] with
-                | Tensor _ as t -> t
+                | TensorRef _ as t -> t
                 | other -> fail (sprintf "a parameter of %A" other)
             | Global g -> fail (sprintf "%s called with %d arguments" g args.Length)
             | other -> fail (sprintf "a call of %A" other)
@@ -437,14 +412,8 @@ module PyTorchCheckpoint =
 
         result.Value
 
-    /// The checkpoint's tensors as (name, tensor) in the pickle's order: fresh contiguous CPU tensors of the stored
-    /// dtypes (float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool). Views of one storage
-    /// (offsets, strides, shared storages) become separate copies. Nested dicts are flattened with "." (ESM's
-    /// files hold the state dict itself; `{"model": state_dict}` gives "model.…" names); non-tensor leaves (step
-    /// counts, strings, lists) are left out. The file must be the zip format; the pre-1.6 format, a big-endian
-    /// archive, a refused global, a storage out of bounds or a duplicate name raise an `InputException` naming the
-    /// file and the record or tensor. The tensors belong to the caller's dispose scope, if one is open.
-    let read (path: string) : (string * torch.Tensor) list =
+    /// The open archive of a checkpoint, its pickle's bytes and its folder name, after checking the format.
+    let private openArchive (path: string) =
         if not (isZip path) then
             let head =
                 use s = File.OpenRead path
@@ -460,45 +429,38 @@ module PyTorchCheckpoint =
             else
                 InputError.raise path InputLocation.Whole "not a PyTorch checkpoint (no zip header)"
 
-        use archive =
+        let archive =
             try
                 ZipFile.OpenRead path
             with :? InvalidDataException as e ->
                 InputError.raise path InputLocation.Whole ("not a readable zip archive: " + e.Message)
 
-        let data, prefix = pickleOf path archive
+        try
+            let data, prefix = pickleOf path archive
 
-        match archive.GetEntry(prefix + "/byteorder") with
-        | null -> ()
-        | entry ->
-            use r = new StreamReader(entry.Open())
-            let order = r.ReadToEnd().Trim()
+            match archive.GetEntry(prefix + "/byteorder") with
+            | null -> ()
+            | entry ->
+                use r = new StreamReader(entry.Open())
+                let order = r.ReadToEnd().Trim()
 
-            if order <> "little" then
-                InputError.raise
-                    path
-                    (InputLocation.Field(prefix + "/byteorder"))
-                    (sprintf "byte order '%s' (this reader reads little-endian checkpoints)" order)
+                if order <> "little" then
+                    InputError.raise
+                        path
+                        (InputLocation.Field(prefix + "/byteorder"))
+                        (sprintf "byte order '%s' (this reader reads little-endian checkpoints)" order)
 
-        use scope = torch.NewDisposeScope()
-        let storages = Dictionary<string, torch.Tensor>()
+            archive, data, prefix
+        with _ ->
+            archive.Dispose()
+            reraise ()
 
-        let storage key dtype count =
-            match storages.TryGetValue key with
-            | true, s when s.dtype = dtype && s.shape.[0] = count -> s
-            | true, _ ->
-                InputError.raise
-                    path
-                    (InputLocation.Field(prefix + "/data/" + key))
-                    "one storage read with two element types or sizes"
-            | _ ->
-                let s = readStorage path archive prefix key dtype count
-                storages.[key] <- s
-                s
-
-        let top = unpickle path data storage
+    /// The pickle's tensors as (name, view) in its order, nested dicts flattened with ".", non-tensor leaves left out.
+    let private describe (path: string) (data: byte[]) (prefix: string) : (string * StoredTensor) list =
+        let top = unpickle path data
         let names = HashSet<string>()
-        let out = List<string * torch.Tensor>()
+        let storages = Dictionary<string, torch.ScalarType * int64>()
+        let out = List<string * StoredTensor>()
 
         let rec flatten (prefix: string) (value: Value) =
             match value with
@@ -508,7 +470,7 @@ module PyTorchCheckpoint =
                     | PyString name ->
                         match v with
                         | PyDict _ -> flatten (prefix + name + ".") v
-                        | Tensor t ->
+                        | TensorRef t ->
                             let full = prefix + name
 
                             if not (names.Add full) then
@@ -521,11 +483,187 @@ module PyTorchCheckpoint =
             | _ -> InputError.raise path InputLocation.Whole "the checkpoint is not a dict of tensors"
 
         flatten "" top
-        // The result tensors leave the scope; the storages and views are disposed with it.
+
         for _, t in out do
-            scope.MoveToOuter t |> ignore
+            match storages.TryGetValue t.Storage with
+            | true, (dtype, count) when dtype <> t.Dtype || count <> t.StorageCount ->
+                InputError.raise
+                    path
+                    (InputLocation.Field(prefix + "/data/" + t.Storage))
+                    "one storage read with two element types or sizes"
+            | _ -> storages.[t.Storage] <- (t.Dtype, t.StorageCount)
 
         List.ofSeq out
+
+    /// Each tensor's name and stored view, in the pickle's order, from the pickle alone: no tensor data is read
+    /// (the shapes of a checkpoint of any size, at once). Errors as `read`.
+    let entries (path: string) : (string * StoredTensor) list =
+        let archive, data, prefix = openArchive path
+        use _ = archive
+        describe path data prefix
+
+    let private elementSize (dtype: torch.ScalarType) =
+        match dtype with
+        | torch.ScalarType.Float64
+        | torch.ScalarType.Int64 -> 8L
+        | torch.ScalarType.Float32
+        | torch.ScalarType.Int32 -> 4L
+        | torch.ScalarType.Float16
+        | torch.ScalarType.BFloat16
+        | torch.ScalarType.Int16 -> 2L
+        | _ -> 1L
+
+    /// True when the view's elements are its storage's elements `Offset …` in C order (no gaps, no repeats).
+    let private isContiguous (t: StoredTensor) =
+        let mutable expected = 1L
+        let mutable ok = true
+
+        for d in t.Shape.Length - 1 .. -1 .. 0 do
+            if t.Shape.[d] <> 1L && t.Stride.[d] <> expected then
+                ok <- false
+
+            expected <- expected * t.Shape.[d]
+
+        ok || Array.contains 0L t.Shape
+
+    /// The storage record of `t`, opened and positioned at element `skip`, after checking the record's size.
+    let private openRecord (path: string) (archive: ZipArchive) (prefix: string) (t: StoredTensor) (skip: int64) =
+        let name = prefix + "/data/" + t.Storage
+
+        let entry =
+            match archive.GetEntry name with
+            | null ->
+                InputError.raise path (InputLocation.Field name) "the pickle refers to a storage the archive lacks"
+            | e -> e
+
+        let expected = t.StorageCount * elementSize t.Dtype
+
+        if entry.Length <> expected then
+            InputError.raise
+                path
+                (InputLocation.Field name)
+                (sprintf
+                    "storage of %d × %O needs %d bytes, the record holds %d"
+                    t.StorageCount
+                    t.Dtype
+                    expected
+                    entry.Length)
+
+        let s = entry.Open()
+
+        try
+            let mutable left = skip * elementSize t.Dtype
+            let buffer = Array.zeroCreate<byte>(int (min left (1L <<< 20)) |> max 1)
+
+            while left > 0L do
+                let n = s.Read(buffer, 0, int (min left buffer.LongLength))
+
+                if n <= 0 then
+                    InputError.raise path (InputLocation.Field name) "the record ends early"
+
+                left <- left - int64 n
+
+            s
+        with _ ->
+            s.Dispose()
+            reraise ()
+
+    /// Fills the contiguous CPU tensor `target` (its bytes in order) from `s`, in pieces of at most 16 MiB.
+    let private fill (path: string) (name: string) (s: Stream) (target: torch.Tensor) =
+        use flat = target.view (-1L)
+        let count = flat.shape.[0]
+        let chunk = max 1L ((1L <<< 24) / int64 target.ElementSize)
+        let mutable start = 0L
+
+        while start < count do
+            let length = min chunk (count - start)
+            use part = flat.narrow (0L, start, length)
+
+            try
+                s.ReadExactly part.bytes
+            with :? EndOfStreamException ->
+                InputError.raise path (InputLocation.Field name) "the record ends inside this tensor's data"
+
+            start <- start + length
+
+    /// Tensor `name` (`t`) into a fresh contiguous CPU tensor: a contiguous view is read straight into it; any other
+    /// view reads its whole storage, then copies the view out.
+    let private readOne (path: string) (archive: ZipArchive) (prefix: string) (name: string) (t: StoredTensor) =
+        if isContiguous t then
+            let out = torch.empty (t.Shape, dtype = t.Dtype)
+
+            try
+                use s = openRecord path archive prefix t t.Offset
+                fill path name s out
+                out
+            with _ ->
+                out.Dispose()
+                reraise ()
+        else
+            use storage = torch.empty ([| t.StorageCount |], dtype = t.Dtype)
+
+            do
+                use s = openRecord path archive prefix t 0L
+                fill path name s storage
+
+            use view = storage.as_strided (t.Shape, t.Stride, t.Offset)
+            let out = torch.empty (t.Shape, dtype = t.Dtype)
+            out.copy_ view |> ignore
+            out
+
+    /// The checkpoint's tensors as (name, tensor) in the pickle's order: fresh contiguous CPU tensors of the stored
+    /// dtypes (float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool). Views of one storage
+    /// (offsets, strides, shared storages) become separate copies. Nested dicts are flattened with "." (ESM's
+    /// files hold the state dict itself; `{"model": state_dict}` gives "model.…" names); non-tensor leaves (step
+    /// counts, strings, lists) are left out. The file must be the zip format; the pre-1.6 format, a big-endian
+    /// archive, a refused global, a storage out of bounds or a duplicate name raise an `InputException` naming the
+    /// file and the record or tensor. Tensors are read one at a time, each straight from its record when it is a
+    /// contiguous view. The tensors belong to the caller's dispose scope, if one is open.
+    let read (path: string) : (string * torch.Tensor) list =
+        let archive, data, prefix = openArchive path
+        use _ = archive
+        let created = List<string * torch.Tensor>()
+
+        try
+            for name, t in describe path data prefix do
+                created.Add((name, readOne path archive prefix name t))
+
+            List.ofSeq created
+        with _ ->
+            for _, t in created do
+                t.Dispose()
+
+            reraise ()
+
+    /// Reads every tensor of the checkpoint into `into name`, an existing tensor of the same shape (the caller
+    /// checks names and shapes first, e.g. `Checkpoint.load`): a contiguous CPU target of the stored dtype is
+    /// filled straight from the record, with no second copy; any other target (another dtype or device) receives
+    /// a copy. Errors as `read`; a failure part-way leaves the targets read so far changed. Call under no_grad when
+    /// the targets are parameters.
+    let readInto (path: string) (into: string -> torch.Tensor) : unit =
+        let archive, data, prefix = openArchive path
+        use _ = archive
+
+        for name, t in describe path data prefix do
+            let target = into name
+
+            if target.shape <> t.Shape then
+                InputError.raise
+                    path
+                    (InputLocation.Field name)
+                    (sprintf "shape %A, the target's is %A" t.Shape target.shape)
+
+            if
+                isContiguous t
+                && target.dtype = t.Dtype
+                && target.device_type = DeviceType.CPU
+                && target.is_contiguous ()
+            then
+                use s = openRecord path archive prefix t t.Offset
+                fill path name s target
+            else
+                use copy = readOne path archive prefix name t
+                target.copy_ copy |> ignore
 
     // ---- writing ----
 

@@ -458,6 +458,43 @@ module Safetensors =
 
             reraise ()
 
+    /// Reads every tensor of the file into `into name`, an existing tensor of the same shape (the caller checks
+    /// names and shapes first, e.g. `Checkpoint.load`): a contiguous CPU target of the stored dtype is filled
+    /// straight from the file, with no second copy; any other target (another dtype or device) receives a copy.
+    /// Validation and errors as `read`; a failure part-way leaves the targets read so far changed. Call under
+    /// no_grad when the targets are parameters.
+    let readInto (path: string) (into: string -> torch.Tensor) : unit =
+        use stream = openRead path
+        let header = readHeaderFrom path stream
+
+        for e in header.Entries do
+            let dtype =
+                match scalarType e.Dtype with
+                | Some d -> d
+                | None ->
+                    fail
+                        path
+                        (InputLocation.Field e.Name)
+                        (sprintf "dtype %s has no TorchSharp equivalent, so this reader cannot load it" e.Dtype)
+
+            let target = into e.Name
+
+            if target.shape <> e.Shape then
+                fail path (InputLocation.Field e.Name) (sprintf "shape %A, the target's is %A" e.Shape target.shape)
+
+            stream.Position <- header.DataStart + e.Begin
+
+            if
+                target.dtype = dtype
+                && target.device_type = DeviceType.CPU
+                && target.is_contiguous ()
+            then
+                fill path e header.DataStart stream target
+            else
+                use copy = torch.empty (e.Shape, dtype = dtype)
+                fill path e header.DataStart stream copy
+                target.copy_ copy |> ignore
+
     // ---- writing ----
 
     /// Ordinal comparison of UTF-8 bytes (Rust's `String` order, which safetensors' writer uses).

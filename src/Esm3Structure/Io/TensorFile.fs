@@ -36,14 +36,12 @@ module TensorFile =
         else
             Safetensors.read path
 
-    /// Names, shapes and metadata. Safetensors: from the header alone; a PyTorch checkpoint: its tensors are read
-    /// and freed (its pickle holds the shapes, but the reader builds tensors as it goes).
+    /// Names, shapes and metadata, without reading any tensor data (safetensors: the header; a PyTorch
+    /// checkpoint: its pickle).
     let readHeader (path: string) : TensorFileHeader =
         if isPyTorch path then
-            use _ = torch.NewDisposeScope()
-
             {
-                Shapes = PyTorchCheckpoint.read path |> List.map (fun (n, t) -> n, t.shape)
+                Shapes = PyTorchCheckpoint.entries path |> List.map (fun (n, t) -> n, t.Shape)
                 Metadata = Map.empty
             }
         else
@@ -53,3 +51,12 @@ module TensorFile =
                 Shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
                 Metadata = header.Metadata
             }
+
+    /// Reads every tensor of the file into `into name`, an existing tensor of its shape, straight from the file
+    /// where the target is a contiguous CPU tensor of the stored dtype (`Safetensors.readInto`,
+    /// `PyTorchCheckpoint.readInto`). The caller checks names and shapes first (`Checkpoint.load`).
+    let readInto (path: string) (into: string -> torch.Tensor) : unit =
+        if isPyTorch path then
+            PyTorchCheckpoint.readInto path into
+        else
+            Safetensors.readInto path into

@@ -481,7 +481,7 @@ type MultiTrackOutputHeads(dModel: int64) as this =
 /// frames from the coordinates, the input sum (`encoder`), the trunk (`transformer`, geometric attention in its
 /// first `GeometricLayers` blocks, unframed rows zeroed) and six heads (`output_heads`). Keys exactly
 /// `MultiTrackConfig.keyShapes`. Parameters are initialised from `generator` (PyTorch-style defaults, padding rows
-/// zero).
+/// zero); a null `generator` leaves TorchSharp's own initialisation, for a model whose values are loaded next.
 type MultiTrackModel(config: MultiTrackConfig, generator: torch.Generator) as this =
     inherit torch.nn.Module<MultiTrackInput, MultiTrackOutput>("ESM3")
 
@@ -496,7 +496,12 @@ type MultiTrackModel(config: MultiTrackConfig, generator: torch.Generator) as th
 
     do
         this.RegisterComponents()
-        Init.reset generator this
+
+        // A null generator: every value is about to be loaded (`MultiTrackCheckpoint.load`), so the
+        // re-initialisation (a pass over every parameter, 30 s at ESM3-open's size here) is skipped.
+        if not (isNull generator) then
+            Init.reset generator this
+
         encoder.ZeroPaddingRows()
 
     member _.Config = config
@@ -699,8 +704,7 @@ module MultiTrackCheckpoint =
         let config =
             configOfKeyShapes path (header.Metadata :> IReadOnlyDictionary<string, string>) shapes
 
-        use generator = new torch.Generator(0UL)
-        let model = new MultiTrackModel(config, generator)
+        let model = new MultiTrackModel(config, null)
 
         try
             Checkpoint.load path model

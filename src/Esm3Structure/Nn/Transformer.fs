@@ -283,6 +283,16 @@ type TransformerStack(config: TransformerStackConfig) as this =
 
     do this.RegisterComponents()
 
+    /// One block. Without autograd nothing later needs a block's intermediates: they are freed as the block ends,
+    /// so an inference pass holds one block's temporaries at a time, not every block's until the caller's dispose
+    /// scope ends (ESM3-open at L 512: 11.2 GiB of activations before, see README "Loading ESM3-open").
+    let run (block: TransformerBlock) (h: torch.Tensor) (context: BlockContext) =
+        if torch.is_grad_enabled () then
+            block.forward (h, context)
+        else
+            use scope = torch.NewDisposeScope()
+            scope.MoveToOuter(block.forward (h, context))
+
     member _.Config = config
 
     /// The normalised output and the stream before the final norm.
@@ -292,7 +302,7 @@ type TransformerStack(config: TransformerStackConfig) as this =
         let mutable h = x
 
         for block in blocks do
-            h <- block.forward (h, context)
+            h <- run block h context
 
         norm.forward h, h
 
@@ -320,6 +330,6 @@ type TransformerStack(config: TransformerStackConfig) as this =
             let mutable h = x
 
             for i in 0 .. blocks.Count - 2 do
-                h <- blocks.[i].forward(h, context)
+                h <- run blocks.[i] h context
 
             norm.forward (blocks.[blocks.Count - 1].ForwardAt(h, context, position))

@@ -75,9 +75,27 @@ module MultiTrackTrainConfig =
             Trainer = TrainerConfig.smokeOf small.Trainer
         }
 
-    /// A preset by name ("small" or "smoke").
+    /// "esm3-open": ESM3-open's sizes (`esm3_sm_open_v1`: d 1536, 24 heads, 256 geometric heads, 48 layers; 1.4B
+    /// parameters) and the paper's 1.4B schedule (ESM3 Table S1, ESM3-TRAINING.md §3.6): AdamW 4e-4, β (0.9, 0.95), wd 0.01, clip 1,
+    /// warm-up 5k, cosine to 10 %, 50k steps, context 2048. ESM's batch is 1,572,864 tokens (768 × 2048), which
+    /// this trainer (no gradient accumulation) cannot hold; the step batch stays `small`'s 16. GPU-sized.
+    let esm3Open =
+        { small with
+            Model = MultiTrackConfig.esm3
+            CropLength = 2048
+            ValidLength = 2048
+            ValidBatchSize = 1
+            Trainer =
+                { small.Trainer with
+                    Steps = 50000
+                    LearningRate = 4e-4
+                    WarmupSteps = 5000
+                }
+        }
+
+    /// A preset by name ("small", "smoke" or "esm3-open").
     let preset (name: string) =
-        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
+        TrainerConfig.pickPreset [ "small", small; "smoke", smoke; "esm3-open", esm3Open ] name
 
     /// Named errors; empty when valid.
     let validate (c: MultiTrackTrainConfig) =

@@ -121,9 +121,21 @@ module Stage2TrainConfig =
             Trainer = TrainerConfig.smokeOf small.Trainer
         }
 
-    /// A preset by name ("small" or "smoke").
+    /// "esm3-open": ESM's released decoder (`esm3_structure_decoder_v0`: 30 × 1280, 20 heads, pairwise 128 → 128,
+    /// no sequence input, so the file has ESM's keys); the paper's stage 2A (ESM3-TRAINING.md §1.4): 90k steps, crops of 512; the
+    /// learning rate and what else it leaves unstated are `small`'s. GPU-sized.
+    let esm3Open =
+        { small with
+            Decoder = StructureDecoderConfig.esm3
+            SequenceInput = false
+            CropLength = 512
+            ValidLength = 512
+            Trainer = { small.Trainer with Steps = 90000 }
+        }
+
+    /// A preset by name ("small", "smoke" or "esm3-open").
     let preset (name: string) =
-        TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
+        TrainerConfig.pickPreset [ "small", small; "smoke", smoke; "esm3-open", esm3Open ] name
 
     /// Named errors; empty when valid.
     let validate (c: Stage2TrainConfig) =

@@ -154,6 +154,21 @@ module TokenizerTrainConfig =
                 }
         }
 
+    /// "esm3-open": ESM's released sizes (`esm3_structure_encoder_v0` and `esm3_structure_decoder_v0`, so that
+    /// `--init` can start from ESM's own files): encoder 2 × 1024 with 128 geometric heads, EMA codebook
+    /// 4096 × 128; decoder 30 × 1280, 20 heads, pairwise 128 → 128 (the paper's stage-1 decoder was 8 × 1024; the
+    /// released one is stage 2's). The paper's stated stage-1 schedule (ESM3-TRAINING.md §1.3): AdamW 4e-4 with cosine decay,
+    /// 90k steps, crops of 512; what it leaves unstated (batch, warm-up, betas, weight decay, clipping) is `small`'s.
+    /// GPU-sized: a step here takes minutes.
+    let esm3Open =
+        { small with
+            Encoder = StructureEncoderConfig.Esm3
+            Decoder = StructureDecoderConfig.esm3
+            CropLength = 512
+            ValidLength = 512
+            Trainer = { small.Trainer with Steps = 90000 }
+        }
+
     /// "overfit": the `small` model memorising a few chains (the diagnosis of issue 13: can the losses, labels, heads
     /// and frames learn a structure at all?): crops of 64 (short chains whole), batch 4, Adam 4e-4 constant from
     /// step 1 (no warm-up, no decay, β₂ 0.999, no weight decay), 1,000 steps, validation every 100 steps on up to 8
@@ -193,10 +208,17 @@ module TokenizerTrainConfig =
                 }
         }
 
-    /// A preset by name ("small", "small-decoder" or "smoke"; `overfit` and `overfitSmoke` are for
+    /// A preset by name ("small", "small-decoder", "smoke" or "esm3-open"; `overfit` and `overfitSmoke` are for
     /// `scripts/overfit.fsx` and the suite only).
     let preset (name: string) =
-        TrainerConfig.pickPreset [ "small", small; "small-decoder", smallDecoder; "smoke", smoke ] name
+        TrainerConfig.pickPreset
+            [
+                "small", small
+                "small-decoder", smallDecoder
+                "smoke", smoke
+                "esm3-open", esm3Open
+            ]
+            name
 
     /// Named errors; empty when valid.
     let validate (c: TokenizerTrainConfig) =

@@ -185,6 +185,38 @@ let tests =
                         Expect.isTrue (b >= 0.0f && b <= 100.0f) (sprintf "B-factor %g in [0, 100]" b)
             }
 
+            test
+                "convert.fsx: a .pth written by PyTorch (float32, float16, bfloat16, ...) to safetensors and back, every tensor bit for bit" {
+                let dir, _, _ = tokenizerFiles.Value
+
+                let source =
+                    Path.Combine(AppContext.BaseDirectory, "Reference", "pth", "dtypes.pth")
+
+                let st = Path.Combine(dir, "dtypes.safetensors")
+                let back = Path.Combine(dir, "dtypes-back.pth")
+                let code, out, err = runScript "convert.fsx" [ "--in"; source; "--out"; st ]
+                Expect.equal code 0 err
+                Expect.stringContains out "(PyTorch) -> " "says what it converted"
+                let code, _, err = runScript "convert.fsx" [ "--in"; st; "--out"; back ]
+                Expect.equal code 0 err
+                Expect.isTrue (Esm3Structure.Io.TensorFile.isPyTorch back) "a PyTorch checkpoint"
+
+                use _ = torch.NewDisposeScope()
+
+                // In name order: safetensors stores its tensors sorted by name.
+                let bits (path: string) =
+                    [
+                        for name, t in (Esm3Structure.Io.TensorFile.read path).Tensors ->
+                            name, t.dtype, t.shape, t.bytes.ToArray()
+                    ]
+                    |> List.sortBy (fun (name, _, _, _) -> name)
+
+                let original = bits source
+                Expect.isGreaterThan original.Length 2 "several tensors"
+                Expect.equal (bits st) original "safetensors: names, dtypes, shapes, bytes"
+                Expect.equal (bits back) original "and back to .pth"
+            }
+
             test "bench.fsx --quick, section tokenize: a real chain through a random and a given encoder" {
                 let _, enc, _ = tokenizerFiles.Value
 

@@ -5,6 +5,7 @@ open System.IO
 open Expecto
 open TorchSharp
 open Esm3Structure.Io
+open Esm3Structure.Models
 open Esm3Structure.Training
 open Esm3Structure.Tests
 
@@ -426,6 +427,18 @@ let tests =
                     (Stage2TrainConfig.preset "smoke").Trainer
                     (TrainerConfig.smokeOf Stage2TrainConfig.small.Trainer)
                     "stage-2 smoke preset"
+
+                // --preset esm3-open: ESM's released sizes (parameter counts of ESM's files), valid configs.
+                let tokenizer = TokenizerTrainConfig.preset "esm3-open"
+                Expect.equal tokenizer.Encoder StructureEncoderConfig.Esm3 "tokenizer: ESM's released encoder"
+                Expect.equal (StructureDecoderConfig.parameterCount tokenizer.Decoder) 618_552_905L "and decoder"
+                Expect.isEmpty (TokenizerTrainConfig.validate tokenizer) "tokenizer esm3-open valid"
+                let stage2 = Stage2TrainConfig.preset "esm3-open"
+                Expect.equal stage2.Decoder StructureDecoderConfig.esm3 "stage 2: ESM's released decoder"
+                Expect.isFalse stage2.SequenceInput "with ESM's keys only"
+                let multiTrack = MultiTrackTrainConfig.preset "esm3-open"
+                Expect.equal (MultiTrackConfig.parameterCount multiTrack.Model) 1_401_735_748L "multi-track: ESM3-open"
+                Expect.isEmpty (MultiTrackTrainConfig.validate multiTrack) "multi-track esm3-open valid"
 
                 Expect.isEmpty (TrainerConfig.validateData 2 64 0 2) "valid"
 
