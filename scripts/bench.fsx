@@ -197,7 +197,12 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             printfn "  %d residues: %s" (Esm3Structure.Structure.ProteinChain.length c.Chain) c.Source
 
         let rows =
-            TokenizeBench.run [ TokenizeBenchEncoder.Of(fst sized, random); shipped ] chains repeats (eprintfn "  %s")
+            TokenizeBench.run
+                true
+                [ TokenizeBenchEncoder.Of(fst sized, random); shipped ]
+                chains
+                repeats
+                (eprintfn "  %s")
 
         if shipped.IsAvailable then
             shipped.Encoder.Dispose()

@@ -265,9 +265,17 @@ module TokenizeBench =
 
     /// Times `StructureTokenizer.tokenize` (one warm-up, the median of `repeats`) for every available encoder on
     /// every chain, with the matmul ceiling of each cell's `dominantShape` (measured once per shape, right after
-    /// the first cell that needs it); then measures every cell's peak memory in a second sweep (after all timings,
-    /// see `Bench.peakBytes`). An unavailable encoder gives one row carrying its reason.
-    let run (encoders: TokenizeBenchEncoder list) (chains: BenchChain list) (repeats: int) (progress: string -> unit) =
+    /// the first cell that needs it); then, with `measurePeaks`, measures every cell's peak memory in a second sweep
+    /// (after all timings: `Bench.peakBytes` fixes glibc's mmap threshold for the rest of the process, which slows
+    /// later allocations — training by a quarter here — so a test passes false and gets peaks of 0). An unavailable
+    /// encoder gives one row carrying its reason.
+    let run
+        (measurePeaks: bool)
+        (encoders: TokenizeBenchEncoder list)
+        (chains: BenchChain list)
+        (repeats: int)
+        (progress: string -> unit)
+        =
         let cells =
             [
                 for enc in encoders do
@@ -303,7 +311,13 @@ module TokenizeBench =
 
                 ms, shape, ceilings.[key])
 
-        let peaks = cells |> List.map (fun (enc, c) -> Bench.peakBytes (tokenize enc c))
+        let peaks =
+            cells
+            |> List.map (fun (enc, c) ->
+                if measurePeaks then
+                    Bench.peakBytes (tokenize enc c)
+                else
+                    0L)
 
         let measured =
             List.zip3 cells timed peaks
