@@ -2,7 +2,7 @@
 // preset: crops of 64, batch 4, constant Adam 4e-4, 1,000 steps) and validates on the same chains every 100 steps:
 // the diagnosis of issue 13 that the losses, labels, heads and frame composition can learn a structure at all.
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
-// 2,400 steps instead (`overfitSmoke`, the suite's overfit test).
+// 2,000 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
 //       [--fape W] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
@@ -32,7 +32,7 @@ type Args =
             match a with
             | Chains _ ->
                 "comma-separated corpus chains, name_chain as in index.tsv (default: 1smx_B,1ii7_A,1hyk_A,1j34_C, 42–46 residues)"
-            | Model _ -> "small (default: Adam 4e-4, 1,000 steps) or smoke (Adam 1e-3, 2,400 steps: the suite's test)"
+            | Model _ -> "small (default: Adam 4e-4, 1,000 steps) or smoke (Adam 1e-3, 2,000 steps: the suite's test)"
             | Steps _ -> "training steps (default: the model's)"
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
