@@ -1,6 +1,8 @@
 // A C# consumer of the library: frames from a backbone, a rigid motion, and the equivariance check
 // frames(G x) == G ∘ frames(x). Exits 0 and prints "ok" when it holds.
 using Esm3Structure;
+using Esm3Structure.Design;
+using Esm3Structure.Models;
 using Esm3Structure.Geometry;
 using Esm3Structure.Native;
 using TorchSharp;
@@ -31,5 +33,22 @@ if (!allFramed || rotationError > 1e-12 || translationError > 1e-10)
     Console.Error.WriteLine("C# consumer: equivariance check failed");
     return 1;
 }
+// Generation from C#: SS8 for a sequence prompt with a seeded (untrained) multi-track model, through JSON and back.
+using (var model = new MultiTrackModel(MultiTrackConfigModule.small, generator))
+{
+    var designer = ProteinDesigner.Of(model, null, null);
+    var prompt = ProteinModule.ofSequence("prompt", "MKVLAAGG");
+    var config = GenerationConfig.Esm(GenerationTrack.Ss8);
+    Protein[] samples = ProteinGeneration.generate(designer, config, 0, null, new[] { prompt, prompt });
+    Protein[] back = ProteinModule.ofJson("memory.json", ProteinModule.toJson(samples));
+    bool same = back.Length == 2 && back[0].SecondaryStructure == samples[0].SecondaryStructure;
+    Console.WriteLine($"C# consumer: generated SS8 {samples[0].SecondaryStructure} and {samples[1].SecondaryStructure}; JSON round trip {same}");
+    if (!same || samples[0].SecondaryStructure.Length != 8 || samples[0].SecondaryStructure.Contains('_'))
+    {
+        Console.Error.WriteLine("C# consumer: generation check failed");
+        return 1;
+    }
+}
+
 Console.WriteLine("ok");
 return 0;

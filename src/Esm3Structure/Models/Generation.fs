@@ -306,9 +306,11 @@ module IterativeDecoding =
     /// draws at `Generation.unmaskCount` still-masked positions, chosen at random (`generator`) or by lowest
     /// entropy of the filtered logits. Returns the prompt with that track filled (every other track as given).
     /// Deterministic for a given generator state. A prompt without masked positions in the track, B ≠ 1, or a bad
-    /// setting raises an `ArgumentException` naming it.
+    /// setting raises an `ArgumentException` naming it. `onStep` is called after each step with the number of steps
+    /// done (for progress bars); the number of steps is min(`config.Steps`, masked positions), as in ESM.
     /// Shapes: prompt tracks [1, L] -> the same, the track's MASKs replaced
-    let generate
+    let generateWith
+        (onStep: int -> unit)
         (model: MultiTrackModel)
         (prompt: MultiTrackInput)
         (config: GenerationConfig)
@@ -376,5 +378,16 @@ module IterativeDecoding =
             let next = torch.where (where, drawn, current)
             current.Dispose()
             current <- scope.MoveToOuter next
+            onStep (step + 1)
 
         withTokens config.Track current prompt
+
+    /// `generateWith` without a step callback.
+    /// Shapes: prompt tracks [1, L] -> the same, the track's MASKs replaced
+    let generate
+        (model: MultiTrackModel)
+        (prompt: MultiTrackInput)
+        (config: GenerationConfig)
+        (generator: torch.Generator)
+        =
+        generateWith ignore model prompt config generator

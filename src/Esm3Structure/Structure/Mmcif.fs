@@ -372,3 +372,97 @@ module Mmcif =
     let read (path: string) (chain: string option) : ProteinChain =
         let text = TextFiles.read path
         AtomSites.toChain path (TextFiles.stem path) (atomSites path text) chain
+
+    /// mmCIF text of chains as models 1, 2, … of one entry (`pdbx_PDB_model_num`): a `_atom_site` loop with label
+    /// and author columns (label_seq_id 1 … L, auth_seq_id the chain's residue numbers), present atom37 atoms in
+    /// `Pdb.writeOrder37`, occupancy 1, B-factors from the chain. Chain ids may be longer than one character ("" is
+    /// written as "A"). `read` and `parse` read the first model back.
+    let toText (chains: ProteinChain[]) : string =
+        let inv = CultureInfo.InvariantCulture
+        let sb = Text.StringBuilder()
+
+        let name =
+            match chains |> Array.tryHead with
+            | Some c when not (String.IsNullOrWhiteSpace c.Name) ->
+                String(
+                    c.Name.ToCharArray()
+                    |> Array.map (fun ch -> if Char.IsWhiteSpace ch then '_' else ch)
+                )
+            | _ -> "model"
+
+        sb.Append("data_").Append(name).Append("\n#\nloop_\n") |> ignore
+
+        for column in
+            [
+                "group_PDB"
+                "id"
+                "type_symbol"
+                "label_atom_id"
+                "label_alt_id"
+                "label_comp_id"
+                "label_asym_id"
+                "label_entity_id"
+                "label_seq_id"
+                "pdbx_PDB_ins_code"
+                "Cartn_x"
+                "Cartn_y"
+                "Cartn_z"
+                "occupancy"
+                "B_iso_or_equiv"
+                "auth_seq_id"
+                "auth_comp_id"
+                "auth_asym_id"
+                "auth_atom_id"
+                "pdbx_PDB_model_num"
+            ] do
+            sb.Append(prefix).Append(column).Append('\n') |> ignore
+
+        let mutable serial = 0
+
+        chains
+        |> Array.iteri (fun m chain ->
+            let asym = if chain.ChainId = "" then "A" else chain.ChainId
+            let restypes = ProteinChain.restypeIndices chain
+
+            for i in 0 .. ProteinChain.length chain - 1 do
+                let r = restypes.[i]
+
+                let resName =
+                    let rn = chain.ResidueNames.[i]
+
+                    if String.IsNullOrWhiteSpace rn || rn.Contains ' ' then
+                        ResidueConstants.resnames.[r]
+                    else
+                        rn
+
+                let ins =
+                    if chain.InsertionCodes.[i] = "" then
+                        "?"
+                    else
+                        chain.InsertionCodes.[i]
+
+                for a in Pdb.writeOrder37.[r] do
+                    if chain.Atom37Mask.[i, a] then
+                        serial <- serial + 1
+                        let atom = ResidueConstants.atomTypes.[a]
+
+                        sb.AppendFormat(
+                            inv,
+                            "ATOM {0} {1} {2} . {3} {4} 1 {5} {6} {7:F3} {8:F3} {9:F3} 1.00 {10:F2} {11} {3} {4} {2} {12}\n",
+                            serial,
+                            ResidueConstants.elementOf atom,
+                            atom,
+                            resName,
+                            asym,
+                            i + 1,
+                            ins,
+                            chain.Atom37.[i, a, 0],
+                            chain.Atom37.[i, a, 1],
+                            chain.Atom37.[i, a, 2],
+                            chain.BFactors.[i, a],
+                            chain.ResidueIndex.[i],
+                            m + 1
+                        )
+                        |> ignore)
+
+        sb.Append("#\n").ToString()

@@ -274,7 +274,9 @@ module Pdb =
         s.PadLeft width
 
     /// The atom37 indices written for residue type `r` in PDB order: the atom14 order, then the other atom37 atoms.
-    let private writeOrder37 =
+    /// The order atoms of each residue type (0 … 20) are written in: its atom14 slots first (N, CA, C, O, side
+    /// chain), then every other atom37 slot (OXT among them). Shared by the PDB and mmCIF writers.
+    let writeOrder37 =
         Array.init 21 (fun r ->
             let first =
                 [|

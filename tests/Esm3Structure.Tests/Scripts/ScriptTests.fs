@@ -467,4 +467,112 @@ let tests =
                     if Directory.Exists out then
                         Directory.Delete(out, true)
             }
+
+            test
+                "generate.fsx: SS8 for a sequence prompt as JSON, inverse folding as FASTA, PDB of a generated structure; bad flags in one line" {
+                let dir, enc, dec = tokenizerFiles.Value
+                let model = Path.Combine(dir, "multitrack.safetensors")
+
+                do
+                    use g = new torch.Generator(21UL)
+
+                    use m =
+                        new MultiTrackModel(Esm3Structure.Tests.Design.ProteinGenerationTests.tinyConfig, g)
+
+                    MultiTrackCheckpoint.save model m
+
+                let pdb = Esm3Structure.Tests.Data.small "1ubq_A"
+                let common = [ "--"; "--weights"; model; "--encoder"; enc; "--decoder"; dec ]
+                let json = Path.Combine(dir, "ss8.json")
+
+                let code, out, err =
+                    runScript
+                        "generate.fsx"
+                        (common
+                         @ [
+                             "--sequence"
+                             "MKVLAAGG"
+                             "--track"
+                             "ss8"
+                             "--num"
+                             "2"
+                             "--seed"
+                             "3"
+                             "--out"
+                             json
+                         ])
+
+                Expect.equal code 0 ("exit code; stderr: " + err)
+                Expect.stringContains out "wrote" "reports the file"
+                let samples = Esm3Structure.Design.Protein.readJson json
+                Expect.equal samples.Length 2 "two samples"
+
+                for s in samples do
+                    Expect.equal s.Sequence "MKVLAAGG" "the prompt's sequence"
+                    Expect.isTrue (s.SecondaryStructure |> Seq.forall (fun c -> "GHITEBSC".Contains c)) "SS8 letters"
+
+                let fasta = Path.Combine(dir, "inverse.fasta")
+
+                let code, _, err =
+                    runScript
+                        "generate.fsx"
+                        (common
+                         @ [
+                             "--pdb"
+                             pdb
+                             "--track"
+                             "sequence"
+                             "--steps"
+                             "8"
+                             "--temperature"
+                             "0"
+                             "--out"
+                             fasta
+                         ])
+
+                Expect.equal code 0 ("inverse folding; stderr: " + err)
+                let designed = Esm3Structure.Design.Protein.readFasta fasta
+                Expect.equal designed.[0].Sequence.Length 76 "one letter per residue of 1UBQ"
+
+                let pdbOut = Path.Combine(dir, "folded.pdb")
+
+                let code, _, err =
+                    runScript
+                        "generate.fsx"
+                        (common
+                         @ [
+                             "--sequence"
+                             "MKVLAAGGHE"
+                             "--track"
+                             "structure"
+                             "--steps"
+                             "4"
+                             "--out"
+                             pdbOut
+                         ])
+
+                Expect.equal code 0 ("structure; stderr: " + err)
+                let folded = Esm3Structure.Structure.Pdb.read pdbOut None
+                Expect.equal folded.Sequence "MKVLAAGGHE" "a residue per position"
+
+                runScript
+                    "generate.fsx"
+                    (common
+                     @ [ "--sequence"; "MK__"; "--track"; "sequence"; "--top-p"; "2"; "--out"; json ])
+                |> oneLineError "top-p" "generate.fsx: --top-p must be in (0, 1] (got 2)"
+
+                runScript
+                    "generate.fsx"
+                    (common
+                     @ [ "--sequence"; "MK__"; "--ss8"; "HHH"; "--track"; "sequence"; "--out"; json ])
+                |> oneLineError "lengths" "generate.fsx: --ss8 has 3 positions but --sequence has 4"
+
+                runScript
+                    "generate.fsx"
+                    (common
+                     @ [ "--sequence"; "MK__"; "--track"; "sequence"; "--steps"; "3"; "--out"; json ])
+                |> oneLineError
+                    "steps"
+                    "generate.fsx: --steps 3 is larger than the 2 masked positions of the Sequence track"
+            }
         ]

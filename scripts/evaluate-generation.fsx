@@ -1,0 +1,242 @@
+// Issue 16's evaluation of a multi-track model on whole chains of a split (README, "Generate"): inverse folding
+// (structure -> sequence), SS8 from sequence, and structure from sequence (structure tokens, then the tokenizer's
+// decoder), argmax decoding, once per seed; each figure beside its baseline.
+//   dotnet fsi scripts/evaluate-generation.fsx -- [--split valid] [--chains N] [--seeds 0,1,2] [--steps N]
+//       [--tasks sequence,ss8,structure] [--strategy random|entropy] [--schedule cosine|linear] [--structure-tokens] [--weights MODEL]
+//       [--encoder FILE] [--decoder FILE] [--data DIR] [--out FILE.json]
+#load "_load.fsx"
+
+open System
+open System.IO
+open System.Text.Json
+open Argu
+open Esm3Structure.App
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Design
+
+[<HelpFlags("--usage", "--help")>]
+type Args =
+    | [<Unique>] Split of name: string
+    | [<Unique>] Chains of int
+    | [<Unique>] Seeds of list: string
+    | [<Unique>] Tasks of list: string
+    | [<Unique>] Steps of int
+    | [<Unique>] Strategy of name: string
+    | [<Unique>] Schedule of name: string
+    | Structure_Tokens
+    | [<Unique>] Weights of model: string
+    | [<Unique>] Encoder of file: string
+    | [<Unique>] Decoder of file: string
+    | [<Unique>] Data of dir: string
+    | [<Unique>] Out of file: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Split _ -> "split of the shared data (default valid)"
+            | Chains _ -> "the first N chains of the split (default: all)"
+            | Seeds _ -> "generation seeds, comma-separated (default 0,1,2)"
+            | Tasks _ ->
+                "tasks by the track they generate, comma-separated: sequence (inverse folding), ss8, structure (default: all three)"
+            | Steps _ -> "decoding steps per chain (default 20, ESM's; at most the chain's length)"
+            | Strategy _ -> "random (default) or entropy"
+            | Schedule _ -> "cosine (default) or linear"
+            | Structure_Tokens -> "inverse folding also sees the structure tokens (default: coordinates only, as ESM)"
+            | Weights _ -> "multi-track model (default: the shipped models/multitrack)"
+            | Encoder _ -> StructureTokenizer.weightsUsage "structure encoder" StructureTokenizer.DefaultEncoderPath
+            | Decoder _ -> StructureTokenizer.weightsUsage "structure decoder" StructureTokenizer.DefaultDecoderPath
+            | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
+            | Out _ -> "also write the figures as JSON, atomically"
+
+Cli.run<Args>
+    "evaluate-generation.fsx"
+    (fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun a -> a <> "--"))
+    (fun args ->
+        let seeds =
+            args.GetResult(Seeds, defaultValue = "0,1,2").Split(',', StringSplitOptions.RemoveEmptyEntries)
+            |> Array.map (fun s ->
+                match Int32.TryParse(s.Trim()) with
+                | true, n -> n
+                | _ -> raise (ArgumentException(sprintf "--seeds: '%s' is not an integer" s)))
+
+        if seeds.Length = 0 then
+            raise (ArgumentException "--seeds: give at least one seed")
+
+        let tasks =
+            args
+                .GetResult(Tasks, defaultValue = "sequence,ss8,structure")
+                .Split(',', StringSplitOptions.RemoveEmptyEntries)
+            |> Array.map (fun t ->
+                match GenerationPrompt.parseTrack t with
+                | GenerationTrack.Sasa ->
+                    raise (
+                        ArgumentException "--tasks: sasa is not one of the evaluated tasks (sequence, ss8, structure)"
+                    )
+                | track -> track)
+
+        let steps = args.GetResult(Steps, defaultValue = 20)
+        GenerationPrompt.checkSettings steps 0.0 1.0 1
+
+        let strategy =
+            GenerationPrompt.parseStrategy (args.GetResult(Strategy, defaultValue = "random"))
+
+        let schedule =
+            GenerationPrompt.parseSchedule (args.GetResult(Schedule, defaultValue = "cosine"))
+
+        let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
+        let split = args.GetResult(Split, defaultValue = "valid")
+        let chains = Corpus.readSplit data split (args.GetResult(Chains, defaultValue = 0))
+
+        use model =
+            ProteinGeneration.loadModelFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) "cpu"
+
+        use encoder =
+            StructureTokenizer.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) "cpu"
+
+        use decoder =
+            StructureTokenizer.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 "cpu"
+
+        encoder.eval ()
+        decoder.eval ()
+
+        let designer =
+            {
+                Model = model
+                Encoder = Some encoder
+                Decoder = Some decoder
+                FunctionTokenizer = None
+            }
+
+        let config =
+            { GenerationConfig.Esm GenerationTrack.Sequence with
+                Steps = steps
+                Strategy = strategy
+                Schedule = schedule
+                ConditionOnCoordinatesOnly = not (args.Contains Structure_Tokens)
+            }
+
+        let residues = chains |> Array.sumBy (fun c -> c.Sequence.Length)
+
+        printfn
+            "%s split: %d chains, %d residues; %d steps, %A, %A, argmax; seeds %s"
+            split
+            chains.Length
+            residues
+            steps
+            schedule
+            strategy
+            (String.Join(",", seeds))
+
+        let clock = Diagnostics.Stopwatch.StartNew()
+        let baselines = GenerationEvaluation.baselines encoder decoder chains
+        printfn "baselines: %.0f s" clock.Elapsed.TotalSeconds
+
+        let scores =
+            seeds
+            |> Array.map (fun seed ->
+                let s =
+                    GenerationEvaluation.run
+                        designer
+                        config
+                        tasks
+                        seed
+                        (Action<_, _, _>(fun task done_ total ->
+                            if done_ = total then
+                                printfn "seed %d: %s done (%.0f s)" seed task clock.Elapsed.TotalSeconds))
+                        chains
+
+                printfn
+                    "seed %d: recovery %.4f, SS8 accuracy %.4f, structure median RMSD %.2f Å, median TM-score %.3f"
+                    seed
+                    s.Recovery
+                    s.Ss8Accuracy
+                    s.MedianRmsd
+                    s.MedianTmScore
+
+                s)
+
+        let meanSd (f: GenerationTaskScores -> float) =
+            let xs = scores |> Array.map f
+            let m = Array.average xs
+
+            let sd =
+                if xs.Length < 2 then
+                    nan
+                else
+                    sqrt ((xs |> Array.sumBy (fun x -> (x - m) ** 2.0)) / float (xs.Length - 1))
+
+            m, sd
+
+        let row (task: string) (metric: string) (f: GenerationTaskScores -> float) (digits: int) (baseline: string) =
+            let m, sd = meanSd f
+
+            let fmt (x: float) =
+                x.ToString("F" + string digits, Globalization.CultureInfo.InvariantCulture)
+
+            printfn "| %s | %s | %s ± %s | %s |" task metric (fmt m) (fmt sd) baseline
+
+        printfn ""
+        printfn "| task | figure | model, mean ± sd over %d seeds | baseline |" seeds.Length
+        printfn "|---|---|---:|---|"
+
+        row
+            "inverse folding"
+            "sequence recovery"
+            (fun s -> s.Recovery)
+            3
+            (sprintf "%.3f (always '%c', the commonest residue)" baselines.UnigramRecovery baselines.UnigramLetter)
+
+        row
+            "SS8 from sequence"
+            "accuracy"
+            (fun s -> s.Ss8Accuracy)
+            3
+            (sprintf "%.3f (always '%c', the commonest class)" baselines.MajorityAccuracy baselines.MajorityClass)
+
+        row
+            "structure from sequence"
+            "median backbone RMSD (Å)"
+            (fun s -> s.MedianRmsd)
+            2
+            (sprintf
+                "%.2f true tokens decoded; %.2f true tokens shuffled"
+                baselines.TrueTokensMedianRmsd
+                baselines.ShuffledTokensMedianRmsd)
+
+        row
+            "structure from sequence"
+            "median TM-score"
+            (fun s -> s.MedianTmScore)
+            3
+            (sprintf
+                "%.3f true tokens decoded; %.3f true tokens shuffled"
+                baselines.TrueTokensMedianTmScore
+                baselines.ShuffledTokensMedianTmScore)
+
+        printfn "(%.0f s)" clock.Elapsed.TotalSeconds
+
+        match args.TryGetResult Out with
+        | Some path ->
+            let json =
+                JsonSerializer.Serialize(
+                    {|
+                        split = split
+                        chains = chains.Length
+                        residues = residues
+                        steps = steps
+                        strategy = sprintf "%A" strategy
+                        schedule = sprintf "%A" schedule
+                        coordinates_only = config.ConditionOnCoordinatesOnly
+                        baselines = baselines
+                        seeds = scores
+                    |},
+                    JsonSerializerOptions(WriteIndented = true)
+                )
+
+            Esm3Structure.Structure.TextFiles.writeAtomic path (json + "\n")
+            printfn "wrote %s" path
+        | None -> ()
+
+        0)
+|> exit
