@@ -8,6 +8,20 @@ open System.Text.Json
 /// Small helpers for the hand-written JSON readers (safetensors headers, token files).
 module Json =
 
+    /// Parses JSON text (comments skipped); text that is not JSON raises an `InputException` naming `file` and the
+    /// line (`not JSON: …`). The caller disposes the document.
+    let parseDocument (file: string) (text: string) : JsonDocument =
+        try
+            JsonDocument.Parse(text, JsonDocumentOptions(CommentHandling = JsonCommentHandling.Skip))
+        with :? JsonException as e ->
+            let line =
+                if e.LineNumber.HasValue then
+                    InputLocation.Line(int e.LineNumber.Value + 1)
+                else
+                    InputLocation.Whole
+
+            InputError.raise file line ("not JSON: " + e.Message.Split('\n').[0].Trim())
+
     /// "an object", "an array", "a string", … for error messages about a JSON value.
     let kindName (e: JsonElement) =
         match e.ValueKind with

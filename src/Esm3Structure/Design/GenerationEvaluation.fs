@@ -46,18 +46,6 @@ type GenerationBaselines =
 /// argmax sampling (temperature 0) and the configured steps, schedule and strategy.
 module GenerationEvaluation =
 
-    let private median (xs: float[]) =
-        if xs.Length = 0 then
-            nan
-        else
-            let s = Array.sort xs
-            let n = s.Length
-
-            if n % 2 = 1 then
-                s.[n / 2]
-            else
-                0.5 * (s.[n / 2 - 1] + s.[n / 2])
-
     let private isAminoAcid (c: char) = ResidueConstants.restypeIndex c < 20
 
     /// Backbone RMSD and TM-score (CA) of a structure against a chain, over the residues where both have N, CA, C.
@@ -126,10 +114,10 @@ module GenerationEvaluation =
             UnigramRecovery = float unigramCount / float letters.Length
             MajorityClass = majority
             MajorityAccuracy = float majorityCount / float ss8.Length
-            TrueTokensMedianRmsd = trueScores |> Array.map fst |> median
-            TrueTokensMedianTmScore = trueScores |> Array.map snd |> median
-            ShuffledTokensMedianRmsd = shuffled |> Array.map fst |> median
-            ShuffledTokensMedianTmScore = shuffled |> Array.map snd |> median
+            TrueTokensMedianRmsd = trueScores |> Array.map fst |> Metrics.median
+            TrueTokensMedianTmScore = trueScores |> Array.map snd |> Metrics.median
+            ShuffledTokensMedianRmsd = shuffled |> Array.map fst |> Metrics.median
+            ShuffledTokensMedianTmScore = shuffled |> Array.map snd |> Metrics.median
         }
 
     /// The three tasks for one seed, each named by the track it generates (`tasks`: Sequence = inverse folding,
@@ -213,6 +201,6 @@ module GenerationEvaluation =
             Seed = seed
             Recovery = recovery
             Ss8Accuracy = ss8Accuracy
-            MedianRmsd = scores |> Array.map fst |> median
-            MedianTmScore = scores |> Array.map snd |> median
+            MedianRmsd = scores |> Array.map fst |> Metrics.median
+            MedianTmScore = scores |> Array.map snd |> Metrics.median
         }

@@ -635,19 +635,7 @@ module Protein =
     /// Parses the JSON of `toJson` (an array of objects, or one object). Problems raise an `InputException` naming
     /// `file` and the field (e.g. `[1].sasa[3]`), or the line for text that is not JSON.
     let ofJson (file: string) (json: string) : Protein[] =
-        let doc =
-            try
-                JsonDocument.Parse json
-            with :? JsonException as ex ->
-                let line =
-                    if ex.LineNumber.HasValue then
-                        int ex.LineNumber.Value + 1
-                    else
-                        1
-
-                InputError.raise file (InputLocation.Line line) (sprintf "not valid JSON: %s" ex.Message)
-
-        use doc = doc
+        use doc = Json.parseDocument file json
         let root = doc.RootElement
 
         match root.ValueKind with

@@ -41,18 +41,6 @@ type RoundTripSummary =
 /// Structure → tokens → structure, and its summary over a set of chains.
 module RoundTrip =
 
-    let private median (xs: float[]) =
-        if xs.Length = 0 then
-            nan
-        else
-            let s = Array.sort xs
-            let n = s.Length
-
-            if n % 2 = 1 then
-                s.[n / 2]
-            else
-                0.5 * (s.[n / 2 - 1] + s.[n / 2])
-
     /// Tokenizes `chain` with `encoder`, decodes the residues that have a token with `decoder` (their sequence,
     /// numbering and order kept), and measures the decoding against the chain. A chain without any complete backbone
     /// raises an `ArgumentException` naming it.
@@ -122,9 +110,9 @@ module RoundTrip =
         {
             Chains = trips.Length
             Residues = trips |> Array.sumBy (fun t -> t.Residues)
-            MedianBackboneRmsd = median rmsd
+            MedianBackboneRmsd = Metrics.median rmsd
             MeanBackboneRmsd = (if rmsd.Length = 0 then nan else Array.average rmsd)
-            MedianLddtCa = median lddt
+            MedianLddtCa = Metrics.median lddt
             MeanLddtCa = (if lddt.Length = 0 then nan else Array.average lddt)
             Usage = CodebookUsage.metrics usage
             PlddtPearson =

@@ -329,19 +329,7 @@ module StructureTokenizer =
     /// raise an `InputException` naming `file` and the field (e.g. `structure_tokens[3]`, `[1].chain`), or the line
     /// for text that is not JSON.
     let ofJson (file: string) (json: string) : TokenizedChain[] =
-        let doc =
-            try
-                JsonDocument.Parse(json, JsonDocumentOptions(CommentHandling = JsonCommentHandling.Skip))
-            with :? JsonException as e ->
-                let line =
-                    if e.LineNumber.HasValue then
-                        InputLocation.Line(int e.LineNumber.Value + 1)
-                    else
-                        InputLocation.Whole
-
-                InputError.raise file line ("not JSON: " + e.Message.Split('\n').[0].Trim())
-
-        use doc = doc
+        use doc = Json.parseDocument file json
         let root = doc.RootElement
 
         match root.ValueKind with

@@ -302,6 +302,19 @@ module Metrics =
 
             best
 
+    /// The median of values (the mean of the middle two for an even count); NaN for none.
+    let median (xs: float[]) =
+        if xs.Length = 0 then
+            nan
+        else
+            let s = Array.sort xs
+            let n = s.Length
+
+            if n % 2 = 1 then
+                s.[n / 2]
+            else
+                0.5 * (s.[n / 2 - 1] + s.[n / 2])
+
     /// Pearson's correlation of paired values, over the pairs where both are finite (e.g. per-residue pLDDT against
     /// per-residue LDDT-CA, whose unscored residues are NaN); NaN with fewer than 2 such pairs or no spread. Sums in
     /// float64 after centring. A length mismatch raises an `ArgumentException`.

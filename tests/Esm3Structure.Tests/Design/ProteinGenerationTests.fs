@@ -11,13 +11,7 @@ open Esm3Structure.Tests
 open Esm3Structure.Tests.Models.StructureTokenizerTests
 
 /// d 24, 3 heads, 4 vector heads, 2 layers: a random multi-track model that runs in milliseconds.
-let tinyConfig =
-    { MultiTrackConfig.esm3 with
-        DModel = 24L
-        Heads = 3L
-        VHeads = 4L
-        Layers = 2
-    }
+let tinyConfig = Esm3Structure.Tests.Models.MultiTrackTests.tiny
 
 let private chain = lazy (StructureFile.read (Data.small "1ubq_A") None)
 

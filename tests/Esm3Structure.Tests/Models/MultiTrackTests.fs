@@ -13,7 +13,7 @@ open Esm3Structure.Training
 open Esm3Structure.Tests
 
 /// Small, all-different sizes: d 24, 3 heads (width 8), 4 vector heads, 2 layers (geometric attention in block 0).
-let private tiny =
+let tiny =
     { MultiTrackConfig.esm3 with
         DModel = 24L
         Heads = 3L
