@@ -31,7 +31,8 @@ module Generation =
     /// computed as ESM computes it: on a float32 scalar tensor.
     let maskedFraction (schedule: UnmaskSchedule) (t: float32) : float32 =
         use _ = torch.NewDisposeScope()
-        use x = torch.tensor (t, dtype = torch.float32)
+        // A one-element tensor: TorchSharp's scalar overload goes through a complex copy (and warns).
+        use x = torch.tensor ([| t |], dtype = torch.float32)
 
         let y =
             match schedule with
