@@ -122,7 +122,8 @@ module Protein =
             | None -> l
 
     /// The chain of a protein with coordinates: residue names from the sequence (`_`, absent or unknown letters:
-    /// UNK), residue numbers 1 … L, chain id "A", B-factors 100 · pLDDT when present, else 0.
+    /// UNK), only the atoms of each residue's type (`ResidueConstants.restypeAtom37Mask`, plus O and OXT), residue
+    /// numbers 1 … L, chain id "A", B-factors 100 · pLDDT when present, else 0.
     let toChain (p: Protein) : ProteinChain =
         if isNull p.Coordinates then
             InputError.raise p.Name (InputLocation.Field "coordinates") "the protein has no coordinates to write"
@@ -135,8 +136,23 @@ module Protein =
             else
                 p.Sequence.Replace('_', 'X')
 
+        // Atoms the residue type does not have are left out (a designed sequence on a native backbone must not
+        // carry the native side chains); the backbone O and the terminal OXT are kept for every type.
+        let atoms =
+            Array3D.init l 37 3 (fun i a k ->
+                let r = ResidueConstants.restypeIndex sequence.[i]
+
+                if
+                    ResidueConstants.restypeAtom37Mask.[r, a]
+                    || a = ResidueConstants.oIndex
+                    || a = ResidueConstants.oxtIndex
+                then
+                    p.Coordinates.[i, a, k]
+                else
+                    Single.NaN)
+
         let chain =
-            ProteinChain.ofAtom37 p.Name "A" sequence (Array.init l (fun i -> i + 1)) p.Coordinates
+            ProteinChain.ofAtom37 p.Name "A" sequence (Array.init l (fun i -> i + 1)) atoms
 
         match p.Plddt with
         | null -> chain

@@ -280,4 +280,18 @@ let tests =
                         |> ignore)
                     "annotations need a function tokenizer"
             }
+
+            test "a designed sequence on a native backbone: only the atoms of each new residue type are written" {
+                let p = Protein.ofChain chain.Value
+                let designed = { p with Sequence = String('G', p.Sequence.Length) }
+                let written = Pdb.parse "d" (Protein.toPdb [| designed |]) None
+
+                for i in 0 .. written.Sequence.Length - 1 do
+                    for a in 0..36 do
+                        let expected =
+                            (a <= 2 || a = ResidueConstants.oIndex || a = ResidueConstants.oxtIndex)
+                            && chain.Value.Atom37Mask.[i, a]
+
+                        Expect.equal written.Atom37Mask.[i, a] expected (sprintf "residue %d atom %s" i ResidueConstants.atomTypes.[a])
+            }
         ]
