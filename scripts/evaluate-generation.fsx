@@ -231,7 +231,10 @@ Cli.run<Args>
                         baselines = baselines
                         seeds = scores
                     |},
-                    JsonSerializerOptions(WriteIndented = true)
+                    JsonSerializerOptions(
+                        WriteIndented = true,
+                        NumberHandling = Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals
+                    )
                 )
 
             Esm3Structure.Structure.TextFiles.writeAtomic path (json + "\n")

@@ -283,7 +283,12 @@ let tests =
 
             test "a designed sequence on a native backbone: only the atoms of each new residue type are written" {
                 let p = Protein.ofChain chain.Value
-                let designed = { p with Sequence = String('G', p.Sequence.Length) }
+
+                let designed =
+                    { p with
+                        Sequence = String('G', p.Sequence.Length)
+                    }
+
                 let written = Pdb.parse "d" (Protein.toPdb [| designed |]) None
 
                 for i in 0 .. written.Sequence.Length - 1 do
@@ -292,6 +297,9 @@ let tests =
                             (a <= 2 || a = ResidueConstants.oIndex || a = ResidueConstants.oxtIndex)
                             && chain.Value.Atom37Mask.[i, a]
 
-                        Expect.equal written.Atom37Mask.[i, a] expected (sprintf "residue %d atom %s" i ResidueConstants.atomTypes.[a])
+                        Expect.equal
+                            written.Atom37Mask.[i, a]
+                            expected
+                            (sprintf "residue %d atom %s" i ResidueConstants.atomTypes.[a])
             }
         ]

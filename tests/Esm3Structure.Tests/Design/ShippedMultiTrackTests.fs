@@ -18,7 +18,8 @@ let tests =
     testList
         "Design/ShippedMultiTrack"
         [
-            test "the shipped multi-track model: ≤ 50 MB, the small preset's sizes, with config, log and an evaluation of every valid chain over 3 seeds" {
+            test
+                "the shipped multi-track model: ≤ 50 MB, the small preset's sizes, with config, log and an evaluation of every valid chain over 3 seeds" {
                 Expect.isLessThanOrEqual (FileInfo(path).Length) (50L * 1024L * 1024L) "≤ 50 MB"
                 let dir = Path.GetDirectoryName path
 
