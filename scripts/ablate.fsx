@@ -20,6 +20,7 @@ open Argu
 open Esm3Structure.App
 open Esm3Structure.Io
 open Esm3Structure.Training
+open Esm3Structure.Ablations
 
 [<HelpFlags("--usage", "--help")>]
 type Args =
@@ -105,7 +106,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             args.GetResult(Results, defaultValue = Path.Combine("runs", "ablation-" + ablation.Name))
 
         let report () =
-            let charts = Esm3Structure.Checks.AblationCharts.write results ablation.Name
+            let charts = AblationCharts.write results ablation.Name
             printfn "%d charts in %s" charts.Length (Path.Combine(results, "charts"))
             printfn "%s" (File.ReadAllText(Path.Combine(results, "summary.md")))
 

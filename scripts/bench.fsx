@@ -34,7 +34,7 @@ type Args =
             | Weights _ ->
                 sprintf
                     "the trained encoder of the tokenize section (default: %s; when absent its row says so; with --quick only when given)"
-                    StructureTokenizer.DefaultEncoderPath
+                    ModelFiles.DefaultEncoderPath
             | Scratch _ ->
                 "the folder the load section writes its two checkpoints into, then deletes (default: the system's temporary folder; ESM3-open's size needs 11 GiB free, --quick 0.1 GiB)"
             | Repeats _ -> "timed repeats per cell, median reported (default 3)"
@@ -182,7 +182,7 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 try
                     TokenizeBenchEncoder.Of(
                         label,
-                        StructureTokenizer.loadEncoderFor __SOURCE_DIRECTORY__ (defaultArg given "") "cpu"
+                        ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ (defaultArg given "") "cpu"
                     )
                 with e ->
                     TokenizeBenchEncoder.Missing(label, e.Message)

@@ -20,7 +20,7 @@ type Args =
         member a.Usage =
             match a with
             | Tokens _ -> "tokens JSON written by tokenize.fsx (one object; the sequence is optional)"
-            | Weights _ -> StructureTokenizer.weightsUsage "decoder" StructureTokenizer.DefaultDecoderPath
+            | Weights _ -> ModelFiles.weightsUsage "decoder" ModelFiles.DefaultDecoderPath
             | Out _ -> "output PDB file, written atomically (.gz: gzipped)"
             | Heads _ ->
                 "the decoder's attention head count, which no state dict records (default: our file's metadata, else ESM's 64-wide heads)"
@@ -28,7 +28,7 @@ type Args =
 
 Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     use decoder =
-        StructureTokenizer.loadDecoderFor
+        ModelFiles.loadDecoderFor
             __SOURCE_DIRECTORY__
             (args.GetResult(Weights, defaultValue = ""))
             (args.GetResult(Heads, defaultValue = 0))
@@ -38,7 +38,7 @@ Cli.run<Args> "decode.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let out = args.GetResult Out
 
     let tokenized =
-        match StructureTokenizer.readJson tokensFile with
+        match TokensJson.readJson tokensFile with
         | [| one |] -> one
         | many ->
             raise (

@@ -44,8 +44,8 @@ type Args =
             | Schedule _ -> "cosine (default) or linear"
             | Structure_Tokens -> "inverse folding also sees the structure tokens (default: coordinates only, as ESM)"
             | Weights _ -> "multi-track model (default: the shipped models/multitrack)"
-            | Encoder _ -> StructureTokenizer.weightsUsage "structure encoder" StructureTokenizer.DefaultEncoderPath
-            | Decoder _ -> StructureTokenizer.weightsUsage "structure decoder" StructureTokenizer.DefaultDecoderPath
+            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.DefaultEncoderPath
+            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.DefaultDecoderPath
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "also write the figures as JSON, atomically"
 
@@ -89,13 +89,13 @@ Cli.run<Args>
         let chains = Corpus.readSplit data split (args.GetResult(Chains, defaultValue = 0))
 
         use model =
-            ProteinGeneration.loadModelFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) "cpu"
+            ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) "cpu"
 
         use encoder =
-            StructureTokenizer.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) "cpu"
+            ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) "cpu"
 
         use decoder =
-            StructureTokenizer.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 "cpu"
+            ModelFiles.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 "cpu"
 
         encoder.eval ()
         decoder.eval ()

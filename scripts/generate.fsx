@@ -8,10 +8,10 @@
 
 open System
 open Argu
-open Spectre.Console
 open Esm3Structure.App
 open Esm3Structure.Models
 open Esm3Structure.Design
+open Esm3Structure.Tokenizers
 
 [<HelpFlags("--usage", "--help")>]
 type Args =
@@ -53,8 +53,8 @@ type Args =
             | Structure_Tokens ->
                 "also condition on --pdb's structure tokens (ESM's condition_on_coordinates_only = false; default: coordinates only, as ESM)"
             | Weights _ -> "multi-track model, safetensors or .pth (default: the shipped models/multitrack)"
-            | Encoder _ -> StructureTokenizer.weightsUsage "structure encoder" StructureTokenizer.DefaultEncoderPath
-            | Decoder _ -> StructureTokenizer.weightsUsage "structure decoder" StructureTokenizer.DefaultDecoderPath
+            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.DefaultEncoderPath
+            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.DefaultDecoderPath
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun a -> a <> "--")) (fun args ->
@@ -95,13 +95,13 @@ Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filte
     let device = args.GetResult(Device, defaultValue = "cpu")
 
     use model =
-        ProteinGeneration.loadModelFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) device
+        ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) device
 
     use encoder =
-        StructureTokenizer.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) device
+        ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) device
 
     use decoder =
-        StructureTokenizer.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 device
+        ModelFiles.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 device
 
     let designer =
         {
@@ -145,32 +145,18 @@ Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filte
                         printfn "sample %d/%d: %d steps" (i + 1) num total))
                 prompts
         else
-            AnsiConsole
-                .Progress()
-                .AutoClear(false)
-                .Columns(
-                    [|
-                        TaskDescriptionColumn() :> ProgressColumn
-                        ProgressBarColumn()
-                        PercentageColumn()
-                        ElapsedTimeColumn()
-                    |]
-                )
-                .Start(fun ctx ->
-                    let stepsEach = min steps masked
+            let stepsEach = min steps masked
 
-                    let bar =
-                        ctx.AddTask(
-                            sprintf "%A: %d samples x %d steps" track num stepsEach,
-                            true,
-                            float (num * stepsEach)
-                        )
-
+            Progress.run
+                (sprintf "%A: %d samples x %d steps" track num stepsEach)
+                (float (num * stepsEach))
+                0.0
+                (fun update ->
                     ProteinGeneration.generate
                         designer
                         config
                         seed
-                        (Action<_, _, _>(fun i done_ _ -> bar.Value <- float (i * stepsEach + done_)))
+                        (Action<_, _, _>(fun i done_ _ -> update (float (i * stepsEach + done_)) null))
                         prompts)
 
     let samples =

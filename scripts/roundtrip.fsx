@@ -35,11 +35,11 @@ type Args =
             | Encoder _ ->
                 sprintf
                     "encoder file, safetensors or a PyTorch .pth such as ESM's (default: %s)"
-                    StructureTokenizer.DefaultEncoderPath
+                    ModelFiles.DefaultEncoderPath
             | Decoder _ ->
                 sprintf
                     "decoder file, safetensors or a PyTorch .pth such as ESM's (default: %s)"
-                    StructureTokenizer.DefaultDecoderPath
+                    ModelFiles.DefaultDecoderPath
             | Heads _ ->
                 "the decoder's attention head count, which no state dict records (default: our file's metadata, else ESM's 64-wide heads)"
             | Out _ -> "write the summary and per-chain figures as JSON, atomically"
@@ -50,19 +50,17 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let data = args.GetResult(Data, defaultValue = Cli.sharedData __SOURCE_DIRECTORY__)
 
     let resolve defaultPath given =
-        StructureTokenizer.resolveWeights root defaultPath given
+        ModelFiles.resolveWeights root defaultPath given
 
     let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
 
     use encoder =
-        StructureEncoder.load (
-            resolve StructureTokenizer.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = ""))
-        )
+        StructureEncoder.load (resolve ModelFiles.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = "")))
 
     use decoder =
         StructureDecoder.loadWith
             (args.TryGetResult Heads |> Option.map int64)
-            (resolve StructureTokenizer.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = "")))
+            (resolve ModelFiles.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = "")))
 
     encoder.``to`` device |> ignore
     decoder.``to`` device |> ignore

@@ -21,13 +21,13 @@ type Args =
             match a with
             | Pdb _ -> "PDB or mmCIF file, optionally .gz (repeat for several: the output is then a JSON array)"
             | Chain _ -> "chain id (default: the first protein chain of each file)"
-            | Weights _ -> StructureTokenizer.weightsUsage "encoder" StructureTokenizer.DefaultEncoderPath
+            | Weights _ -> ModelFiles.weightsUsage "encoder" ModelFiles.DefaultEncoderPath
             | Out _ -> "output JSON file, written atomically (default: standard output)"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "tokenize.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     use encoder =
-        StructureTokenizer.loadEncoderFor
+        ModelFiles.loadEncoderFor
             __SOURCE_DIRECTORY__
             (args.GetResult(Weights, defaultValue = ""))
             (args.GetResult(Device, defaultValue = "cpu"))
@@ -53,9 +53,9 @@ Cli.run<Args> "tokenize.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
 
     match out with
     | Some path ->
-        StructureTokenizer.writeJson path chains
+        TokensJson.writeJson path chains
         printfn "wrote %s" path
-    | None -> stdout.Write(StructureTokenizer.toJson chains)
+    | None -> stdout.Write(TokensJson.toJson chains)
 
     0)
 |> exit

@@ -23,15 +23,15 @@ type Args =
             match a with
             | Pdb _ -> "PDB or mmCIF file, optionally .gz"
             | Chain _ -> "chain id (default: the first protein chain)"
-            | Weights _ -> sprintf "structure encoder safetensors (default: %s)" StructureTokenizer.DefaultEncoderPath
+            | Weights _ -> sprintf "structure encoder safetensors (default: %s)" ModelFiles.DefaultEncoderPath
             | Out _ -> "write the JSON to this file, atomically (default: standard output)"
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "tracks.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let weights =
-        StructureTokenizer.resolveWeights
+        ModelFiles.resolveWeights
             (Cli.repositoryRoot __SOURCE_DIRECTORY__)
-            StructureTokenizer.DefaultEncoderPath
+            ModelFiles.DefaultEncoderPath
             (args.GetResult(Weights, defaultValue = ""))
 
     use encoder = StructureEncoder.load weights

@@ -313,9 +313,9 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     Esm3Structure.Nn.Init.reset g e
                     e
                 | given ->
-                    StructureTokenizer.resolveWeights
+                    ModelFiles.resolveWeights
                         (Cli.repositoryRoot __SOURCE_DIRECTORY__)
-                        StructureTokenizer.DefaultEncoderPath
+                        ModelFiles.DefaultEncoderPath
                         given
                     |> StructureEncoder.load
 

@@ -4,6 +4,7 @@ open System
 open TorchSharp
 open Esm3Structure.Structure
 open Esm3Structure.Models
+open Esm3Structure.Tokenizers
 
 /// The three tasks of issue 16's evaluation for one generation seed: each figure over all evaluated chains.
 type GenerationTaskScores =

@@ -8,7 +8,6 @@ open Esm3Structure.Io
 open Esm3Structure.Tokenizers
 open Esm3Structure.Models
 open Esm3Structure.Training
-open Esm3Structure.App
 
 /// What generation needs besides the prompt: the multi-track model, and optionally the structure tokenizer's
 /// encoder (coordinates in a prompt → structure tokens), its decoder (generated structure tokens → coordinates) and
@@ -42,28 +41,6 @@ type ProteinDesigner =
 /// (`Protein.toInput`), fill the configured track by iterative decoding (`IterativeDecoding`), and decode the result
 /// (`Protein.ofInput`; structure tokens through the decoder when the structure track was generated).
 module ProteinGeneration =
-
-    /// The shipped multi-track model, relative to the repository root (README, "Generate").
-    [<Literal>]
-    let DefaultModelPath = "models/multitrack/multitrack.safetensors"
-
-    /// What `scripts/generate.fsx` does with `--weights` and `--device`: the device parsed (`Cli.device`), `weights`
-    /// resolved (null or "": the shipped `DefaultModelPath` of the repository above `scriptDir`), loaded
-    /// (`MultiTrackCheckpoint.load`, safetensors or .pth) and moved there.
-    let loadModelFor (scriptDir: string) (weights: string) (device: string) : MultiTrackModel =
-        let device = Cli.device device
-
-        let m =
-            MultiTrackCheckpoint.load (
-                StructureTokenizer.resolveWeights (Cli.repositoryRoot scriptDir) DefaultModelPath weights
-            )
-
-        try
-            m.``to`` device |> ignore
-            m
-        with _ ->
-            m.Dispose()
-            reraise ()
 
     /// The seed of sample `index` of a batch seeded `seed`: a pure function of both, so a sample does not depend on
     /// the other prompts of its batch.

@@ -10,6 +10,7 @@ open Esm3Structure.Io
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tensors
+open Esm3Structure.Tokenizers
 
 /// Sizes of ESM's `StructureTokenDecoder` (ESM3-REFERENCE.md §1, §7). Everything else is fixed as in ESM: SwiGLU
 /// ratio 8/3 without biases, QK-LayerNorm, rotary positions, no residual scaling, no geometric attention;

@@ -3,11 +3,10 @@ namespace Esm3Structure.Tokenizers
 open System
 open TorchSharp
 open Esm3Structure
-open Esm3Structure.Models
 
 /// The structure track seen as a tokenizer (ESM3-REFERENCE.md §8.2, §9.1): VQ-VAE codes 0 … 4095 wrapped in
 /// BOS 4098 … EOS 4097, chain breaks 4100 between chains, the mask 4096 and padding 4099. The ids are
-/// `Models.StructureTokens`' constants (not repeated here); this module adds the track-level views ESM's
+/// `StructureTokens`' constants (not repeated here); this module adds the track-level views ESM's
 /// `esm/utils/encoding.py` and `ESM3.forward` use: default (all-mask) tokens, multi-chain wrapping, and the overrides
 /// from the sequence track's special positions.
 module StructureTrack =

@@ -8,6 +8,7 @@ open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
+open Esm3Structure.Tokenizers
 
 /// Weights of the stage-2 loss terms (ESM3-TRAINING.md §1.4; the paper prints none: ours all 1). The stage-1
 /// backbone terms stay on; the commitment term is gone (the encoder and codebook are frozen).

@@ -8,6 +8,7 @@ open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
+open Esm3Structure.Tokenizers
 
 /// Weights of the stage-1 loss terms (ESM3-TRAINING.md §1.3; the paper prints none: ours all 1). The commitment
 /// weight β lives in the quantizer config. The inverse-folding term is not trained (the released decoder has no

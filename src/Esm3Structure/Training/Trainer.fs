@@ -6,7 +6,6 @@ open System.Diagnostics
 open System.IO
 open System.Text
 open System.Text.Json
-open Spectre.Console
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
@@ -20,7 +19,8 @@ type NanPolicy =
 
 /// How the trainer reports progress.
 type ProgressMode =
-    /// A Spectre.Console progress bar when stdout is a terminal, else one line every `LogEvery` steps.
+    /// A live display when stdout is a terminal and one is installed (`Trainer.terminalDisplay`: the scripts'
+    /// Spectre.Console bar), else one line every `LogEvery` steps.
     | Auto = 0
     /// One line every `LogEvery` steps.
     | Lines = 1
@@ -233,6 +233,14 @@ type TrainReport =
         /// The last checkpoint folder.
         Checkpoint: string
     }
+
+
+/// A live view of a run, used for `ProgressMode.Auto` when stdout is a terminal. The library has none (it prints
+/// lines, as `Lines` does); the scripts install a Spectre.Console bar (`App.Progress`) in `Trainer.terminalDisplay`.
+type ITrainingDisplay =
+    /// Runs `body` while the view is live, over `totalSteps` steps from `startStep`; `body` passes each logged row
+    /// and its log line (`Trainer.progressLine`) to the function it is given.
+    abstract Show: totalSteps: int * startStep: int * body: ((MetricsRow -> string -> unit) -> unit) -> unit
 
 /// The training loop: AdamW with warm-up and cosine decay, gradient clipping, running metrics, progress with ETA,
 /// `config.json` and `metrics.jsonl` in the run folder, atomic checkpoints and exact resume.
@@ -488,7 +496,11 @@ module Trainer =
         else
             "?"
 
+    /// The live display `ProgressMode.Auto` uses on a terminal; None (the default): lines.
+    let mutable terminalDisplay: ITrainingDisplay option = None
+
     /// One progress line: step, running loss and terms, learning rate, speed and ETA.
+
     let progressLine (config: TrainerConfig) (row: MetricsRow) (secondsPerStep: float) =
         let joined (digits: int) (pairs: (string * float)[]) =
             pairs
@@ -734,32 +746,14 @@ module Trainer =
 
         let terminal = not Console.IsOutputRedirected
 
-        match config.Progress with
-        | ProgressMode.Silent -> loop (fun _ _ -> ())
-        | ProgressMode.Auto when terminal ->
-            AnsiConsole
-                .Progress()
-                .AutoClear(false)
-                .Columns(
-                    [|
-                        TaskDescriptionColumn() :> ProgressColumn
-                        ProgressBarColumn()
-                        PercentageColumn()
-                        ElapsedTimeColumn()
-                        RemainingTimeColumn()
-                    |]
-                )
-                .Start(fun ctx ->
-                    let bar = ctx.AddTask("training", true, float config.Steps)
-                    bar.Value <- float startStep
-
-                    loop (fun row secondsPerStep ->
-                        bar.Value <- float row.Step
-                        // The bar shows the running loss; full lines (terms, validation) scroll above it.
-                        bar.Description <- sprintf "step %d/%d  loss %.4f" row.Step config.Steps row.RunningLoss
-
-                        if row.Validation.Length > 0 then
-                            AnsiConsole.WriteLine(progressLine config row secondsPerStep)))
+        match config.Progress, terminalDisplay with
+        | ProgressMode.Silent, _ -> loop (fun _ _ -> ())
+        | ProgressMode.Auto, Some display when terminal ->
+            display.Show(
+                config.Steps,
+                startStep,
+                fun show -> loop (fun row secondsPerStep -> show row (progressLine config row secondsPerStep))
+            )
         | _ -> loop (fun row secondsPerStep -> printfn "%s" (progressLine config row secondsPerStep))
 
         if stoppedOnTime && config.Progress <> ProgressMode.Silent then

@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.AblationChartsTests
+module Esm3Structure.Tests.AblationChartsTests
 
 open System
 open System.IO
@@ -9,6 +9,7 @@ open Plotly.NET
 open Esm3Structure.Checks
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.Ablations
 
 let private point (step: int) (values: (string * float) list) =
     {

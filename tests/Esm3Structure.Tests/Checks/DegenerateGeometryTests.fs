@@ -9,6 +9,8 @@ open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Models.StructureTokenizerTests
+open Esm3Structure.Tokenizers
+open Esm3Structure.App
 
 /// A real chain (1ubq_A) with some residues' N, CA, C made degenerate, and which residues those are.
 module private Degenerate =

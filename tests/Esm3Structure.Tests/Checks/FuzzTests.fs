@@ -7,6 +7,7 @@ open Expecto
 open Esm3Structure
 open Esm3Structure.Checks
 open Esm3Structure.Tests
+open Esm3Structure.App
 
 /// Small real inputs: three small PDB chains, the three mmCIF copies, a tiny safetensors file, a tokens JSON.
 let private seeds (scratch: string) (format: FuzzFormat) : FuzzSeed[] =
@@ -117,8 +118,7 @@ let tests =
                     Expect.equal case.Outcome FuzzOutcome.Valid line
                     Expect.isGreaterThan case.AllocatedBytes (int64 input.Bytes.Length) "allocation is measured"
 
-                    let chains =
-                        Models.StructureTokenizer.ofJson "million.json" (Encoding.UTF8.GetString input.Bytes)
+                    let chains = TokensJson.ofJson "million.json" (Encoding.UTF8.GetString input.Bytes)
 
                     Expect.equal chains.[0].Tokens.Length Fuzz.MillionResidues "a million tokens"
                 | inputs -> failtestf "expected one tokens input, got %d" inputs.Length

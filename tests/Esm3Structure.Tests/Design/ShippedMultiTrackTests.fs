@@ -11,7 +11,7 @@ open Esm3Structure.Models
 /// The repository root (holding Research.sln), above the test binary.
 let private root = Cli.repositoryRoot AppContext.BaseDirectory
 
-let private path = Path.Combine(root, ProteinGeneration.DefaultModelPath)
+let private path = Path.Combine(root, ModelFiles.DefaultMultiTrackPath)
 
 [<Tests>]
 let tests =

@@ -8,6 +8,8 @@ open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.Training
+open Esm3Structure.Tokenizers
+open Esm3Structure.App
 
 [<Tests>]
 let tests =

@@ -11,6 +11,7 @@ open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// Small, all-different sizes: d 24, 3 heads (width 8), 4 vector heads, 2 layers (geometric attention in block 0).
 let tiny =

@@ -17,10 +17,10 @@ let private root = Cli.repositoryRoot AppContext.BaseDirectory
 let private shipped (relative: string) = Path.Combine(root, relative)
 
 let private encoder =
-    lazy (StructureEncoder.load (shipped StructureTokenizer.DefaultEncoderPath))
+    lazy (StructureEncoder.load (shipped ModelFiles.DefaultEncoderPath))
 
 let private decoder =
-    lazy (StructureDecoder.load (shipped StructureTokenizer.DefaultDecoderPath))
+    lazy (StructureDecoder.load (shipped ModelFiles.DefaultDecoderPath))
 
 let private chain name =
     StructureFile.read (Data.small name) None
@@ -31,10 +31,10 @@ let tests =
         "Models/ShippedTokenizer"
         [
             test "the shipped model: encoder and decoder ≤ 50 MB together, with config, training log and validation" {
-                let dir = Path.GetDirectoryName(shipped StructureTokenizer.DefaultEncoderPath)
+                let dir = Path.GetDirectoryName(shipped ModelFiles.DefaultEncoderPath)
 
                 let size =
-                    [ StructureTokenizer.DefaultEncoderPath; StructureTokenizer.DefaultDecoderPath ]
+                    [ ModelFiles.DefaultEncoderPath; ModelFiles.DefaultDecoderPath ]
                     |> List.sumBy (fun f -> FileInfo(shipped f).Length)
 
                 Expect.isLessThanOrEqual size (50L * 1024L * 1024L) "≤ 50 MB"

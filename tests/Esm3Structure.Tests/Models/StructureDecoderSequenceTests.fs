@@ -8,6 +8,7 @@ open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// d 32 with 2 heads (d_head 16, not ESM's 64), 2 layers, pairwise 8 → 12.
 let private tiny =

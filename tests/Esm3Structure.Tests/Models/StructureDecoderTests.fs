@@ -11,6 +11,7 @@ open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 let private cpu = torch.CPU
 

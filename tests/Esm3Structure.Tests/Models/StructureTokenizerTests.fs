@@ -11,6 +11,7 @@ open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// Small encoder and decoder files with random weights (what the script tests also use).
 module TokenizerFixtures =
@@ -77,7 +78,7 @@ let private sample =
 /// Parses `json` and expects an `InputException` at `field`.
 let private expectField (what: string) (field: string) (json: string) =
     try
-        StructureTokenizer.ofJson "t.json" json |> ignore
+        TokensJson.ofJson "t.json" json |> ignore
         failtestf "%s: accepted" what
     with :? InputException as e ->
         Expect.equal e.Error.File "t.json" (what + ": names the file")
@@ -92,14 +93,13 @@ let private raises<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
         e
 
 let private replace (field: string) (value: string) =
-    let good = StructureTokenizer.toJson [| sample |]
+    let good = TokensJson.toJson [| sample |]
     let doc = Text.Json.Nodes.JsonNode.Parse good
     doc.[field] <- Text.Json.Nodes.JsonNode.Parse value
     doc.ToJsonString()
 
 let private remove (field: string) =
-    let doc =
-        Text.Json.Nodes.JsonNode.Parse(StructureTokenizer.toJson [| sample |]).AsObject()
+    let doc = Text.Json.Nodes.JsonNode.Parse(TokensJson.toJson [| sample |]).AsObject()
 
     doc.Remove field |> ignore
     doc.ToJsonString()
@@ -120,13 +120,13 @@ let tests =
                         MissingBackbone = [||]
                     }
 
-                let one = StructureTokenizer.toJson [| sample |]
+                let one = TokensJson.toJson [| sample |]
                 Expect.isTrue (one.TrimStart().StartsWith "{") "one chain: an object"
-                Expect.equal (StructureTokenizer.ofJson "x" one) [| sample |] "one"
+                Expect.equal (TokensJson.ofJson "x" one) [| sample |] "one"
                 let many = [| sample; empty; { sample with Sequence = "" } |]
-                let text = StructureTokenizer.toJson many
+                let text = TokensJson.toJson many
                 Expect.isTrue (text.TrimStart().StartsWith "[") "several: an array"
-                Expect.equal (StructureTokenizer.ofJson "x" text) many "several"
+                Expect.equal (TokensJson.ofJson "x" text) many "several"
             }
 
             test "JSON without sequence and missing_backbone: the MASK positions are the missing backbone" {
@@ -134,7 +134,7 @@ let tests =
                     remove "sequence" |> fun j -> (Text.Json.Nodes.JsonNode.Parse j).AsObject()
 
                 json.Remove "missing_backbone" |> ignore
-                let read = StructureTokenizer.ofJson "x" (json.ToJsonString())
+                let read = TokensJson.ofJson "x" (json.ToJsonString())
                 Expect.equal read.[0].Sequence "" "no sequence"
                 Expect.equal read.[0].MissingBackbone [| 2 |] "from MASK"
             }
@@ -159,14 +159,14 @@ let tests =
 
                 for text in [ "{\"file\": "; "not json"; "" ] do
                     try
-                        StructureTokenizer.ofJson "t.json" text |> ignore
+                        TokensJson.ofJson "t.json" text |> ignore
                         failtestf "accepted %A" text
                     with :? InputException as e ->
                         Expect.equal e.Error.File "t.json" "names the file"
                         Expect.stringContains e.Message "not JSON" "says so"
 
                 try
-                    StructureTokenizer.ofJson "t.json" "[1]" |> ignore
+                    TokensJson.ofJson "t.json" "[1]" |> ignore
                     failtest "accepted [1]"
                 with :? InputException as e ->
                     Expect.equal e.Error.Location (InputLocation.Field "[0]") "names the element"
@@ -283,7 +283,7 @@ let tests =
                 Expect.equal t.MissingBackbone [| 10 |] "listed"
                 Expect.equal t.Tokens.[10] StructureTokens.Mask "MASK"
                 Expect.equal (t.Tokens |> Array.filter ((=) StructureTokens.Mask)).Length 1 "only there"
-                let back = StructureTokenizer.ofJson "x" (StructureTokenizer.toJson [| t |])
+                let back = TokensJson.ofJson "x" (TokensJson.toJson [| t |])
                 Expect.equal back [| t |] "round trip"
                 use decoder = new StructureDecoder(StructureDecoderConfig.small)
 
@@ -336,7 +336,7 @@ let tests =
             test "the default weights: the shipped files under the root; missing, one clear error; a given path is kept" {
                 let e =
                     raises<ArgumentException> "no model" (fun () ->
-                        StructureTokenizer.resolveWeights "/nonexistent-root" StructureTokenizer.DefaultEncoderPath ""
+                        ModelFiles.resolveWeights "/nonexistent-root" ModelFiles.DefaultEncoderPath ""
                         |> ignore)
 
                 Expect.stringContains
@@ -347,7 +347,7 @@ let tests =
                 Expect.stringContains e.Message "--weights" "says what to do"
 
                 Expect.equal
-                    (StructureTokenizer.resolveWeights "/r" StructureTokenizer.DefaultDecoderPath "my.safetensors")
+                    (ModelFiles.resolveWeights "/r" ModelFiles.DefaultDecoderPath "my.safetensors")
                     "my.safetensors"
                     "given"
             }
@@ -362,37 +362,35 @@ let tests =
                     TokenizerFixtures.writeDecoder dec 4UL
                     // The repository root is found above the script folder (tests run inside the checkout).
                     let scriptDir = AppContext.BaseDirectory
-                    use e = StructureTokenizer.loadEncoderFor scriptDir enc "cpu"
+                    use e = ModelFiles.loadEncoderFor scriptDir enc "cpu"
                     Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
                     Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
-                    use d = StructureTokenizer.loadDecoderFor scriptDir dec 0 "CPU"
+                    use d = ModelFiles.loadDecoderFor scriptDir dec 0 "CPU"
                     Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
 
                     let bad =
                         raises<exn> "bad device" (fun () ->
-                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu"
-                            |> ignore)
+                            ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu" |> ignore)
 
                     Expect.stringContains bad.Message "unknown device 'tpu'" "the device is checked before the file"
 
                     let missing =
                         raises<exn> "missing file" (fun () ->
-                            StructureTokenizer.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu"
-                            |> ignore)
+                            ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu" |> ignore)
 
                     Expect.stringContains missing.Message "/nonexistent.safetensors" "names the file"
 
                     let root = Cli.repositoryRoot scriptDir
 
-                    Expect.isTrue (File.Exists(Path.Combine(root, StructureTokenizer.DefaultDecoderPath))) "shipped"
+                    Expect.isTrue (File.Exists(Path.Combine(root, ModelFiles.DefaultDecoderPath))) "shipped"
                     // no weights given: the shipped decoder (d 128, 4 heads of 32)
-                    use shipped = StructureTokenizer.loadDecoderFor scriptDir null 0 "cpu"
+                    use shipped = ModelFiles.loadDecoderFor scriptDir null 0 "cpu"
                     Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
                     Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
 
                     Expect.stringContains
-                        (StructureTokenizer.weightsUsage "encoder" StructureTokenizer.DefaultEncoderPath)
-                        StructureTokenizer.DefaultEncoderPath
+                        (ModelFiles.weightsUsage "encoder" ModelFiles.DefaultEncoderPath)
+                        ModelFiles.DefaultEncoderPath
                         "usage names the default"
                 finally
                     Directory.Delete(dir, true)

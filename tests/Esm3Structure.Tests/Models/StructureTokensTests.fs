@@ -7,6 +7,7 @@ open TorchSharp
 open Esm3Structure
 open Esm3Structure.Models
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// Runs `f`, expecting an `InputException` whose location is `location`.
 let private expectAt (location: InputLocation) (f: unit -> unit) =

@@ -7,6 +7,7 @@ open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// ESM's own `StructureTokenEncoder` and `StructureTokenDecoder` (seeded random weights, saved by torch.save) and
 /// their outputs on 1UBQ chain A, float32 and float64 (`Reference/tokenizer/generate.py`).

@@ -9,6 +9,7 @@ open TorchSharp
 open Esm3Structure.Geometry
 open Esm3Structure.Nn
 open Esm3Structure.Tests
+open Esm3Structure.Checks
 
 let private cpu = torch.CPU
 

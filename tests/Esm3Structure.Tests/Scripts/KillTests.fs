@@ -11,6 +11,7 @@ open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.App
 
 /// The repository root (holding Research.sln), above the test binary.
 let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory

@@ -6,6 +6,7 @@ open System.IO
 open Expecto
 open TorchSharp
 open Esm3Structure.Models
+open Esm3Structure.App
 
 /// The repository root (holding Research.sln), above the test binary.
 let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory
@@ -105,7 +106,7 @@ let tests =
                         [ "--pdb"; ubq; "--pdb"; other; "--weights"; esm "encoder.pth"; "--out"; json ]
 
                 Expect.equal code 0 err
-                let chains = Esm3Structure.Models.StructureTokenizer.readJson json
+                let chains = TokensJson.readJson json
                 Expect.equal chains.Length 2 "two --pdb: an array of two"
                 let ubqChain = Esm3Structure.Structure.StructureFile.read ubq None
                 Expect.equal chains.[0].File ubq "file"
@@ -132,7 +133,7 @@ let tests =
                     io.["enc.tokens"].select(0L, 0L).contiguous().data<int64>().ToArray()
 
                 let one = Path.Combine(dir, "one.json")
-                Esm3Structure.Models.StructureTokenizer.writeJson one [| { chains.[0] with Tokens = esmTokens } |]
+                TokensJson.writeJson one [| { chains.[0] with Tokens = esmTokens } |]
                 let pdb = Path.Combine(dir, "decoded.pdb")
 
                 let code, _, err =

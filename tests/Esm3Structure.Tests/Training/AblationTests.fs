@@ -10,6 +10,7 @@ open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.Ablations
 
 /// The smoke preset shrunk to a run of a second or two (3 steps, validation on one short chain).
 let private micro =

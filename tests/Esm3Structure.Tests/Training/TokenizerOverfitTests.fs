@@ -7,6 +7,7 @@ open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.App
 
 /// Four corpus chains of 42–46 residues (scripts/overfit.fsx's default).
 let private chains = [| "1smx_B"; "1ii7_A"; "1hyk_A"; "1j34_C" |]

@@ -11,6 +11,7 @@ open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Training
 open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
 
 /// The smoke preset shrunk further: a run of a few seconds.
 let private tiny =

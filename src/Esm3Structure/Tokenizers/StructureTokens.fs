@@ -1,4 +1,4 @@
-namespace Esm3Structure.Models
+namespace Esm3Structure.Tokenizers
 
 open System
 open TorchSharp

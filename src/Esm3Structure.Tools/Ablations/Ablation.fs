@@ -1,4 +1,4 @@
-namespace Esm3Structure.Training
+namespace Esm3Structure.Ablations
 
 open System
 open System.Diagnostics
@@ -7,6 +7,7 @@ open System.IO
 open System.Text
 open System.Text.Json
 open Esm3Structure
+open Esm3Structure.Training
 
 /// One named change of an ablation's base config.
 type AblationVariant<'Config> =

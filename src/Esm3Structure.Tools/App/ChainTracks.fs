@@ -1,10 +1,11 @@
-namespace Esm3Structure.Models
+namespace Esm3Structure.App
 
 open System
 open System.IO
 open System.Text.Json
 open Esm3Structure.Structure
 open Esm3Structure.Tokenizers
+open Esm3Structure.Models
 
 /// Every ESM3 track of one chain, computed by our own code from its coordinates (ESM3-REFERENCE §8, §9.1): what
 /// `scripts/tracks.fsx` prints and what the multi-track model trains on. Token arrays carry BOS and EOS (L + 2 rows).
@@ -63,8 +64,8 @@ module ChainTracks =
             StructureTokens = StructureTrack.encode tokenized.Tokens
             Ss8Tokens = Ss8Tokenizer.encode true ss8
             SasaTokens = SasaTokenizer.encode true sasa
-            FunctionTokens = Array2D.zeroCreate (l + 2) 8
-            ResidueAnnotationTokens = Array2D.zeroCreate (l + 2) 16
+            FunctionTokens = Array2D.zeroCreate (l + 2) (int Tracks.FunctionSlots)
+            ResidueAnnotationTokens = Array2D.zeroCreate (l + 2) (int Tracks.ResidueSlots)
             PerResiduePlddt = present
             AveragePlddt = 1.0
         }

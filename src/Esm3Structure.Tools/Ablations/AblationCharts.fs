@@ -1,4 +1,4 @@
-namespace Esm3Structure.Checks
+namespace Esm3Structure.Ablations
 
 open System
 open System.IO

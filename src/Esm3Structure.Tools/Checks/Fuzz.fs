@@ -12,6 +12,8 @@ open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Structure
+open Esm3Structure.Tokenizers
+open Esm3Structure.App
 
 /// The input formats the fuzzer feeds to the readers.
 [<RequireQualifiedAccess>]
@@ -22,7 +24,7 @@ type FuzzFormat =
     | Mmcif
     /// safetensors through `Safetensors.readHeader` then `Safetensors.read`.
     | Safetensors
-    /// tokens JSON through `StructureTokenizer.readJson`.
+    /// tokens JSON through `TokensJson.readJson`.
     | Tokens
 
 /// How one fuzz case ended.
@@ -186,7 +188,7 @@ module Fuzz =
             MissingBackbone = missing
         }
 
-    /// A tokens JSON (`StructureTokenizer.toJson`) of two short chains, made from a fixed random stream.
+    /// A tokens JSON (`TokensJson.toJson`) of two short chains, made from a fixed random stream.
     let tokensSeed () : FuzzSeed =
         let random = Random 8
 
@@ -198,7 +200,7 @@ module Fuzz =
 
         {
             Name = "seed.json"
-            Bytes = Encoding.UTF8.GetBytes(StructureTokenizer.toJson chains)
+            Bytes = Encoding.UTF8.GetBytes(TokensJson.toJson chains)
         }
 
     // ---- mutators ----
@@ -602,7 +604,7 @@ module Fuzz =
             // About 20 bytes of JSON per residue.
             let residues = max 1 (maxBytes / 20)
             let chain = tokenChain random "huge.pdb" "A" (1 + random.Next residues)
-            "huge-chain", Encoding.UTF8.GetBytes(StructureTokenizer.toJson [| chain |])
+            "huge-chain", Encoding.UTF8.GetBytes(TokensJson.toJson [| chain |])
         else
             textMutation random maxBytes bytes
 
@@ -644,7 +646,7 @@ module Fuzz =
             file.Tensors
             |> List.sumBy (fun (_, t) -> t.NumberOfElements * int64 t.ElementSize)
         | FuzzFormat.Tokens ->
-            StructureTokenizer.readJson path |> ignore
+            TokensJson.readJson path |> ignore
             0L
 
     /// The input size a read may use: the file length, or for a gzip file the size its last trailer declares,
@@ -971,7 +973,7 @@ module Fuzz =
     /// A tokens JSON of one chain of `residues` tokens (a few MASK tokens among random codes).
     let largeTokens (residues: int) : byte[] =
         let chain = tokenChain (Random 9) "million.pdb" "A" residues
-        Encoding.UTF8.GetBytes(StructureTokenizer.toJson [| chain |])
+        Encoding.UTF8.GetBytes(TokensJson.toJson [| chain |])
 
     /// The large inputs of `format`: each must read (Valid), except a PDB whose residue numbers wrap after 9999,
     /// which must be a typed error naming the line where a residue number comes back.

@@ -5,10 +5,12 @@ open System.IO
 open Argu
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.Training
 
 /// What every script shares: argument parsing with Argu (`--usage` and `--help`), device choice, and the rule
 /// that a failure ends the script with a non-zero exit code and one line naming the problem (the stack trace
-/// only with `--verbose`).
+/// only with `--verbose`). A script run through `run` shows training progress as a live bar on a terminal
+/// (`Progress.training`).
 module Cli =
 
     /// Parses `cpu`, `cuda` or `cuda:N` into a device; CUDA must be available in this build.
@@ -61,6 +63,7 @@ module Cli =
         let verbose = argv |> Array.contains "--verbose"
         let argv = argv |> Array.filter (fun a -> a <> "--verbose")
         let parser = ArgumentParser.Create<'Args>(programName = programName)
+        Trainer.terminalDisplay <- Some Progress.training
 
         try
             let results = parser.ParseCommandLine(argv, raiseOnUsage = true)

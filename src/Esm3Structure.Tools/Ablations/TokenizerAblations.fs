@@ -1,10 +1,11 @@
-namespace Esm3Structure.Training
+namespace Esm3Structure.Ablations
 
 open System
 open TorchSharp
 open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
+open Esm3Structure.Training
 
 /// The structure tokenizer's ablations (issue 7, item 3), each at a "tiny" budget derived from the smoke preset.
 module TokenizerAblations =

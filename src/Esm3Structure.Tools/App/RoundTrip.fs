@@ -1,9 +1,11 @@
-namespace Esm3Structure.Models
+namespace Esm3Structure.App
 
 open System
 open TorchSharp
 open Esm3Structure.Nn
 open Esm3Structure.Structure
+open Esm3Structure.Models
+open Esm3Structure.Tokenizers
 
 /// One chain tokenized and decoded again, with the reconstruction's quality (ESM3-TRAINING §2.2).
 type RoundTrip =
