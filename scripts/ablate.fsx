@@ -99,8 +99,8 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             }
 
         match Ablation.validate ablation with
-        | [] -> ()
-        | errors -> invalidArg "ablation" (String.Join("; ", errors))
+        | Ok _ -> ()
+        | Error errors -> invalidArg "ablation" (String.Join("; ", errors))
 
         let results =
             args.GetResult(Results, defaultValue = Path.Combine("runs", "ablation-" + ablation.Name))

@@ -145,7 +145,7 @@ module Ablation =
     let runKey (variantName: string) (seed: int) =
         sprintf "%s.seed%d" (safeName variantName) seed
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (a: Ablation<'Config>) =
         [
             if String.IsNullOrWhiteSpace a.Name then
@@ -168,6 +168,7 @@ module Ablation =
                 if String.IsNullOrWhiteSpace v.Name then
                     "a variant has an empty name"
         ]
+        |> Validation.ofErrors a
 
     /// A trainer config with this seed and budget: a step budget sets `Steps` (warm-up at most a tenth of it) and
     /// no time limit; a time budget sets `MaxSeconds` and keeps `Steps` (the schedule's length and a cap).
@@ -739,8 +740,8 @@ module Ablation =
         (ablation: Ablation<'Config>)
         : AblationRun[] =
         match validate ablation with
-        | [] -> ()
-        | errors -> raise (ArgumentException("ablation: " + String.Join("; ", errors)))
+        | Ok _ -> ()
+        | Error errors -> raise (ArgumentException("ablation: " + String.Join("; ", errors)))
 
         Directory.CreateDirectory(Path.Combine(results, "runs")) |> ignore
         let cells = plan ablation

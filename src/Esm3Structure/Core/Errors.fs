@@ -62,3 +62,27 @@ module InputError =
             Ok(f ())
         with :? InputException as e ->
             Error e.Error
+
+/// The one convention of every config's check: `validate : config -> Result<config, string list>`, each error
+/// naming its field; constructors and trainers refuse a bad config with `Validation.check`.
+module Validation =
+
+    /// `Ok config` when `errors` is empty, else `Error errors`.
+    let ofErrors (config: 'Config) (errors: string list) : Result<'Config, string list> =
+        if List.isEmpty errors then Ok config else Error errors
+
+    /// The errors of a validation (empty when it passed).
+    let errors (result: Result<'Config, string list>) : string list =
+        match result with
+        | Ok _ -> []
+        | Error errors -> errors
+
+    /// The errors of a part's validation, each led by the part's name (`"Decoder: Heads must …"`).
+    let within (part: string) (result: Result<'Part, string list>) : string list =
+        errors result |> List.map (fun e -> part + ": " + e)
+
+    /// The config when valid; otherwise one `ArgumentException` "<what> config: error; error".
+    let check (what: string) (result: Result<'Config, string list>) : 'Config =
+        match result with
+        | Ok config -> config
+        | Error errors -> raise (ArgumentException(what + " config: " + String.Join("; ", errors)))

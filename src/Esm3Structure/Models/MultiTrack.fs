@@ -64,7 +64,7 @@ module MultiTrackConfig =
             GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: MultiTrackConfig) =
         [
             if c.DModel <= 0L || c.DModel % Tracks.FunctionSlots <> 0L then
@@ -82,6 +82,7 @@ module MultiTrackConfig =
             if not (c.ExpansionRatio > 0.0) then
                 sprintf "ExpansionRatio must be positive, got %g" c.ExpansionRatio
         ]
+        |> Validation.ofErrors c
 
     /// The divisor of every residual branch: sqrt(Layers/36) when ScaleResidue (at least 1 when capped), else 1.
     let residualScale (c: MultiTrackConfig) =
@@ -440,10 +441,7 @@ type MultiTrackOutputHeads(dModel: int64) as this =
 type MultiTrackModel(config: MultiTrackConfig, generator: torch.Generator) as this =
     inherit torch.nn.Module<MultiTrackInput, MultiTrackOutput>("ESM3")
 
-    do
-        match MultiTrackConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("multi-track config: " + String.Join("; ", errors)))
+    do Validation.check "multi-track" (MultiTrackConfig.validate config) |> ignore
 
     let encoder = new MultiTrackInputEncoder(config.DModel)
     let transformer = new TransformerStack(MultiTrackConfig.stack config)
@@ -626,8 +624,8 @@ module MultiTrackCheckpoint =
                     ratio)
 
         match MultiTrackConfig.validate config with
-        | [] -> ()
-        | errors ->
+        | Ok _ -> ()
+        | Error errors ->
             InputError.raise
                 file
                 InputLocation.Whole

@@ -117,7 +117,7 @@ module StructureDecoderConfig =
                     sprintf "PairwiseHidden must be positive (got %d)" c.PairwiseHidden
                 match c.StructureModule with
                 | Some m ->
-                    yield! StructureModuleConfig.validate m |> List.map (fun e -> "StructureModule: " + e)
+                    yield! Validation.within "StructureModule" (StructureModuleConfig.validate m)
 
                     if m.Attention.DModel <> c.DModel then
                         sprintf
@@ -375,9 +375,8 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     inherit torch.nn.Module<torch.Tensor, StructureDecoderOutput>("StructureTokenDecoder")
 
     do
-        match StructureDecoderConfig.validate config with
-        | Ok _ -> ()
-        | Error errors -> raise (ArgumentException("structure decoder config: " + String.Join("; ", errors)))
+        Validation.check "structure decoder" (StructureDecoderConfig.validate config)
+        |> ignore
 
     let embed = torch.nn.Embedding(StructureTokens.VocabularySize, config.DModel)
 

@@ -51,7 +51,7 @@ type StructureEncoderConfig =
             Quantizer = QuantizerConfig.esm3
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     static member Validate(c: StructureEncoderConfig) =
         [
             if c.DModel <= 0L then
@@ -66,10 +66,9 @@ type StructureEncoderConfig =
                 "PositionBins must be at least 1"
             if c.Quantizer.Dim <> c.DOut then
                 sprintf "Quantizer.Dim (%d) must equal DOut (%d)" c.Quantizer.Dim c.DOut
-            match QuantizerConfig.validate c.Quantizer with
-            | Error errors -> yield! errors |> List.map (fun e -> "Quantizer: " + e)
-            | Ok _ -> ()
+            yield! Validation.within "Quantizer" (QuantizerConfig.validate c.Quantizer)
         ]
+        |> Validation.ofErrors c
 
     /// The geometric encoder stack's configuration: geometric attention only, biased, SwiGLU, no residual scale,
     /// no final norm (ESM's `GeometricEncoderStack`).
@@ -283,9 +282,8 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
     inherit torch.nn.Module<torch.Tensor, StructureEncoding>("StructureTokenEncoder")
 
     do
-        match StructureEncoderConfig.Validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("structure encoder config: " + String.Join("; ", errors)))
+        Validation.check "structure encoder" (StructureEncoderConfig.Validate config)
+        |> ignore
 
     let transformer = new TransformerStack(StructureEncoderConfig.Stack config)
     let pre_vq_proj = torch.nn.Linear(config.DModel, config.DOut)
@@ -522,8 +520,8 @@ module StructureEncoder =
             }
 
         match StructureEncoderConfig.Validate config with
-        | [] -> config
-        | errors ->
+        | Ok config -> config
+        | Error errors ->
             InputError.raise
                 file
                 InputLocation.Whole

@@ -2,6 +2,7 @@ namespace Esm3Structure.Models
 
 open System
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Nn
 open Esm3Structure.Tensors
@@ -35,15 +36,14 @@ module StructureModuleConfig =
             Attention = InvariantPointAttentionConfig.alphaFold2 d
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: StructureModuleConfig) =
         [
             if c.Iterations < 1 then
                 sprintf "Iterations must be at least 1 (got %d)" c.Iterations
-            yield!
-                InvariantPointAttentionConfig.validate c.Attention
-                |> List.map (fun e -> "Attention: " + e)
+            yield! Validation.within "Attention" (InvariantPointAttentionConfig.validate c.Attention)
         ]
+        |> Validation.ofErrors c
 
     /// Every state-dict key under `prefix` with its shape, in the module's registration order.
     let expectedKeys (prefix: string) (c: StructureModuleConfig) : (string * int64[]) list =
@@ -88,9 +88,8 @@ type StructureModule(config: StructureModuleConfig) as this =
     inherit torch.nn.Module<torch.Tensor, Frame>("StructureModule")
 
     do
-        match StructureModuleConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("structure module config: " + String.Join("; ", errors)))
+        Validation.check "structure module" (StructureModuleConfig.validate config)
+        |> ignore
 
     let d = config.Attention.DModel
     let input_norm = torch.nn.LayerNorm([| d |], 1e-5)

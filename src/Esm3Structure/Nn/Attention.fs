@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open Esm3Structure
 open TorchSharp.Modules
 open Esm3Structure.Tensors
 
@@ -115,7 +116,7 @@ type AttentionConfig =
             Rotary = Some RotaryConfig.Esm
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     static member Validate(c: AttentionConfig) =
         [
             if c.DModel <= 0L then
@@ -127,6 +128,7 @@ type AttentionConfig =
             elif c.Rotary.IsSome && (c.DModel / c.Heads) % 2L <> 0L then
                 "the head width must be even for rotary embeddings"
         ]
+        |> Validation.ofErrors c
 
 /// ESM's `MultiHeadAttention` (`esm/layers/attention.py`): LayerNorm on the input, one qkv projection, q/k
 /// LayerNorms over the full width, rotary embedding per head, scaled dot-product attention, output projection.
@@ -135,10 +137,7 @@ type AttentionConfig =
 type MultiHeadAttention(config: AttentionConfig) as this =
     inherit torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor>("MultiHeadAttention")
 
-    do
-        match AttentionConfig.Validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("attention config: " + String.Join("; ", errors)))
+    do Validation.check "attention" (AttentionConfig.Validate config) |> ignore
 
     let d = config.DModel
 

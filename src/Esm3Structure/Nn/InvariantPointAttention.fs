@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Tensors
 
@@ -37,7 +38,7 @@ module InvariantPointAttentionConfig =
             MaxOffset = 32L
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: InvariantPointAttentionConfig) =
         [
             for name, v in
@@ -53,6 +54,7 @@ module InvariantPointAttentionConfig =
                 if v < 1L then
                     sprintf "%s must be positive (got %d)" name v
         ]
+        |> Validation.ofErrors c
 
     /// Width of the concatenated head outputs: H·(C_v + 4·P_v) (scalar values, point values in 3-D, their norms).
     let outputWidth (c: InvariantPointAttentionConfig) = c.Heads * (c.ScalarV + 4L * c.PointV)
@@ -67,9 +69,8 @@ type InvariantPointAttention(config: InvariantPointAttentionConfig) as this =
     inherit torch.nn.Module<torch.Tensor, torch.Tensor>("InvariantPointAttention")
 
     do
-        match InvariantPointAttentionConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("invariant point attention config: " + String.Join("; ", errors)))
+        Validation.check "invariant point attention" (InvariantPointAttentionConfig.validate config)
+        |> ignore
 
     let d, h = config.DModel, config.Heads
     let q = torch.nn.Linear(d, h * config.ScalarQk)

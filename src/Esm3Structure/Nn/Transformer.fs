@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Tensors
 
@@ -25,7 +26,7 @@ type TransformerBlockConfig =
         ResidualScale: float
     }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     static member Validate(c: TransformerBlockConfig) =
         [
             if c.ResidualScale <= 0.0 then
@@ -34,24 +35,25 @@ type TransformerBlockConfig =
                 "ExpansionRatio must be positive"
             if c.UsePlainAttention then
                 yield!
-                    AttentionConfig.Validate
-                        {
-                            DModel = c.DModel
-                            Heads = c.Heads
-                            Bias = c.Bias
-                            QkLayerNorm = c.QkLayerNorm
-                            Rotary = c.Rotary
-                        }
+                    Validation.errors (
+                        AttentionConfig.Validate
+                            {
+                                DModel = c.DModel
+                                Heads = c.Heads
+                                Bias = c.Bias
+                                QkLayerNorm = c.QkLayerNorm
+                                Rotary = c.Rotary
+                            }
+                    )
             match c.Geometric with
             | Some g ->
                 if g.DModel <> c.DModel then
                     sprintf "Geometric.DModel (%d) differs from DModel (%d)" g.DModel c.DModel
 
-                match GeometricAttentionConfig.validate g with
-                | Error errors -> yield! errors
-                | Ok _ -> ()
+                yield! Validation.errors (GeometricAttentionConfig.validate g)
             | None -> ()
         ]
+        |> Validation.ofErrors c
 
 /// Settings of ESM's `TransformerStack`: `Layers` blocks (the first `GeometricLayers` with a geometric attention
 /// sub-layer), then a LayerNorm without bias (`norm`).
@@ -170,9 +172,8 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
     inherit torch.nn.Module<torch.Tensor, BlockContext, torch.Tensor>("TransformerBlock")
 
     do
-        match TransformerBlockConfig.Validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("transformer block config: " + String.Join("; ", errors)))
+        Validation.check "transformer block" (TransformerBlockConfig.Validate config)
+        |> ignore
 
     let attn: torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor> =
         if config.UsePlainAttention then

@@ -60,14 +60,15 @@ module ConfidenceTrainConfig =
     let preset (name: string) =
         TrainerConfig.pickPreset [ "small", small; "smoke", smoke ] name
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: ConfidenceTrainConfig) =
         [
             if String.IsNullOrWhiteSpace c.Tokenizer then
                 "Tokenizer: the folder of a trained tokenizer is required (--init)"
-            yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
+            yield! Validation.within "Trainer" (TrainerConfig.validate c.Trainer)
             yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
         ]
+        |> Validation.ofErrors c
 
     /// The config as JSON (`Json.ofRecord`), led by "Stage": "confidence".
     let toJson (c: ConfidenceTrainConfig) =
@@ -127,7 +128,7 @@ module ConfidenceTraining =
     /// all residues (`plddt_pearson`), mean |pLDDT − LDDT-CA| (`plddt_error`), Pearson's r of each chain's pTM with
     /// its LDDT-CA (`ptm_pearson`), and the frozen model's mean backbone RMSD and LDDT-CA (unchanged by this
     /// stage).
-    let validate
+    let evaluate
         (encoder: StructureEncoder)
         (decoder: StructureDecoder)
         (device: torch.Device)
@@ -249,8 +250,8 @@ module ConfidenceTraining =
                 Stages = clock.Laps
             }
 
-        override _.Validate() =
-            let metrics = validate encoder decoder device valid
+        override _.Evaluate() =
+            let metrics = evaluate encoder decoder device valid
             ptmPearson <- metrics |> Array.find (fst >> (=) "ptm_pearson") |> snd
             metrics
 
@@ -297,9 +298,7 @@ module ConfidenceTraining =
         (out: string)
         (resume: bool)
         =
-        match ConfidenceTrainConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("confidence config: " + String.Join("; ", errors)))
+        Validation.check "confidence" (ConfidenceTrainConfig.validate config) |> ignore
 
         let trainExamples = TokenizerData.trainingExamples train
 

@@ -2,6 +2,7 @@ namespace Esm3Structure.Training
 
 open System
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Models
 open Esm3Structure.Tokenizers
 
@@ -161,7 +162,7 @@ module MaskingConfig =
             NestCoordinates = true
         }
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: MaskingConfig) =
         let probability name (p: float) =
             if p >= 0.0 && p <= 1.0 then
@@ -189,6 +190,7 @@ module MaskingConfig =
             if not (c.CoordinateNoise >= 0.0) then
                 sprintf "CoordinateNoise must be ≥ 0, got %g" c.CoordinateNoise
         ]
+        |> Validation.ofErrors c
 
 /// Per-track boolean masks over positions. Shapes: each [B, L] bool
 type TrackMasks =

@@ -97,19 +97,18 @@ module MultiTrackTrainConfig =
     let preset (name: string) =
         TrainerConfig.pickPreset [ "small", small; "smoke", smoke; "esm3-open", esm3Open ] name
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: MultiTrackTrainConfig) =
         [
-            yield! MultiTrackConfig.validate c.Model |> List.map (fun e -> "Model: " + e)
-            yield! MaskingConfig.validate c.Masking |> List.map (fun e -> "Masking: " + e)
-            yield!
-                MaskingConfig.validate c.ValidMasking
-                |> List.map (fun e -> "ValidMasking: " + e)
-            yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
+            yield! Validation.within "Model" (MultiTrackConfig.validate c.Model)
+            yield! Validation.within "Masking" (MaskingConfig.validate c.Masking)
+            yield! Validation.within "ValidMasking" (MaskingConfig.validate c.ValidMasking)
+            yield! Validation.within "Trainer" (TrainerConfig.validate c.Trainer)
             yield! TrainerConfig.validateData 1 c.CropLength c.ValidChains c.ValidLength
             if c.ValidBatchSize < 1 then
                 sprintf "ValidBatchSize must be at least 1 (got %d)" c.ValidBatchSize
         ]
+        |> Validation.ofErrors c
 
     /// The config as JSON (`Json.ofRecordWith`): noise schedules by their names (`NoiseSchedule.name`).
     let toJson (c: MultiTrackTrainConfig) =
@@ -363,18 +362,9 @@ module MultiTrackData =
             Residues = torch.tensor(residues).reshape bl
         }
 
-    /// The crops of step `step`: `batchSize` examples drawn uniformly with replacement, each cut to a random
-    /// contiguous window of at most `cropLength` residues (the same draws as the tokenizer's sampler).
+    /// The crops of step `step` (`Crops.sample`: the same draws as the tokenizer's).
     let sample (seed: int) (step: int) (batchSize: int) (cropLength: int) (examples: MultiTrackExample[]) =
-        let random = TokenizerData.stepRandom seed step
-
-        Array.init batchSize (fun _ ->
-            let e = examples.[random.Next examples.Length]
-
-            if e.Length <= cropLength then
-                e
-            else
-                crop (random.Next(e.Length - cropLength + 1)) cropLength e)
+        Crops.sample (fun (e: MultiTrackExample) -> e.Length) crop seed step batchSize cropLength examples
 
     /// The masking generator of step `step` (a pure function of (seed, step), so a resumed run masks alike).
     let maskGenerator (seed: int) (step: int) =
@@ -391,7 +381,7 @@ module MultiTrackTraining =
 
     /// Validation: examples in batches of `batchSize`, masked with `masking` from a generator seeded `seed` (the
     /// same masks at every call); per-track perplexity and accuracy (`MaskedLm.metrics`) and the weighted loss.
-    let validate
+    let evaluate
         (model: MultiTrackModel)
         (device: torch.Device)
         (masking: MaskingConfig)
@@ -458,8 +448,8 @@ module MultiTrackTraining =
                 Stages = [||]
             }
 
-        override _.Validate() =
-            validate model device config.ValidMasking config.Weights config.ValidSeed config.ValidBatchSize valid
+        override _.Evaluate() =
+            evaluate model device config.ValidMasking config.Weights config.ValidSeed config.ValidBatchSize valid
 
         override _.Export(folder: string) =
             MultiTrackCheckpoint.save (Path.Combine(folder, "multitrack.safetensors")) model
@@ -479,19 +469,17 @@ module MultiTrackTraining =
         (out: string)
         (resume: bool)
         =
-        match MultiTrackTrainConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("multi-track config: " + String.Join("; ", errors)))
+        Validation.check "multi-track" (MultiTrackTrainConfig.validate config) |> ignore
 
-        let train = train |> Array.filter (fun e -> e.Length >= 1)
-
-        if train.Length = 0 then
-            raise (ArgumentException "no training chain with at least one residue")
+        let train = train |> Crops.trainable 1 (fun (e: MultiTrackExample) -> e.Length)
 
         let valid =
             valid
-            |> Array.truncate config.ValidChains
-            |> Array.map (fun e -> MultiTrackData.crop 0 (min e.Length config.ValidLength) e)
+            |> Crops.firstWindows
+                (fun (e: MultiTrackExample) -> e.Length)
+                MultiTrackData.crop
+                config.ValidChains
+                config.ValidLength
 
         use task = new Task(config, device, train, valid)
         Trainer.run config.Trainer task out resume (MultiTrackTrainConfig.toJson config)

@@ -138,19 +138,18 @@ module Stage2TrainConfig =
     let preset (name: string) =
         TrainerConfig.pickPreset [ "small", small; "smoke", smoke; "esm3-open", esm3Open ] name
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: Stage2TrainConfig) =
         [
             if String.IsNullOrWhiteSpace c.Encoder then
                 "Encoder: the path of a stage-1 encoder.safetensors is required"
-            match StructureDecoderConfig.validate c.Decoder with
-            | Error errors -> yield! errors |> List.map (fun e -> "Decoder: " + e)
-            | Ok _ -> ()
-            yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
+            yield! Validation.within "Decoder" (StructureDecoderConfig.validate c.Decoder)
+            yield! Validation.within "Trainer" (TrainerConfig.validate c.Trainer)
             if c.MaxDirectionVectors < 1 then
                 sprintf "MaxDirectionVectors must be at least 1 (got %d)" c.MaxDirectionVectors
             yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
         ]
+        |> Validation.ofErrors c
 
     /// The config as JSON (`Json.ofRecord`), led by "Stage": 2.
     let toJson (c: Stage2TrainConfig) =
@@ -214,20 +213,6 @@ module Stage2Data =
             Atom14 = Array.sub e.Atom14 (start * 42) (length * 42)
             Atom14Mask = Array.sub e.Atom14Mask (start * 14) (length * 14)
         }
-
-    /// The crops of step `step`: `batchSize` pairs (example index, first residue), the example drawn uniformly
-    /// with replacement and the window of at most `cropLength` residues at random (the same draws as
-    /// `TokenizerData.sample`).
-    let draws (seed: int) (step: int) (batchSize: int) (cropLength: int) (lengths: int[]) =
-        let random = TokenizerData.stepRandom seed step
-
-        Array.init batchSize (fun _ ->
-            let i = random.Next lengths.Length
-
-            if lengths.[i] <= cropLength then
-                i, 0
-            else
-                i, random.Next(lengths.[i] - cropLength + 1))
 
     /// Pads examples into a batch; `tokens.[r]` are the structure tokens of example r (one per residue).
     /// Shapes: -> Stage2Batch with B = examples.Length, L = the longest
@@ -438,7 +423,7 @@ module Stage2Training =
     /// (pooled per chain), mean all-atom RMSD (the prediction moved by the Kabsch fit of its CA onto the true CA,
     /// then over the atoms of `atomMask`), and pLDDT calibration: the mean over scored residues of
     /// |pLDDT − LDDT-CA|. Shapes: examples of L residues with L tokens each -> named floats
-    let validate (decoder: StructureDecoder) (device: torch.Device) (examples: (Stage2Example * int64[])[]) =
+    let evaluate (decoder: StructureDecoder) (device: torch.Device) (examples: (Stage2Example * int64[])[]) =
         let mutable rmsd, lddtCa, allRmsd, calibration, n, scoredResidues =
             0.0, 0.0, 0.0, 0.0, 0, 0.0
 
@@ -537,7 +522,7 @@ module Stage2Training =
 
         override _.Step(step: int) =
             let picks =
-                Stage2Data.draws
+                Crops.draws
                     config.Trainer.Seed
                     step
                     config.Trainer.BatchSize
@@ -563,7 +548,7 @@ module Stage2Training =
                 Stages = [||]
             }
 
-        override _.Validate() = validate decoder device validSet.Value
+        override _.Evaluate() = evaluate decoder device validSet.Value
 
         /// Writes `encoder.safetensors` (the frozen encoder, ESM's keys) and `decoder.safetensors` (ESM's keys, plus
         /// `sequence_embed.weight` with sequence input). The decoder's metadata records "heads", "head_width" (read
@@ -607,24 +592,22 @@ module Stage2Training =
         (out: string)
         (resume: bool)
         =
-        match Stage2TrainConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("stage-2 config: " + String.Join("; ", errors)))
+        Validation.check "stage-2" (Stage2TrainConfig.validate config) |> ignore
 
         let trainExamples =
             train
             |> Array.map (fun (c, full) -> Stage2Data.ofChain full c)
-            |> Array.filter (fun e -> e.Length >= 2)
-
-        if trainExamples.Length = 0 then
-            raise (ArgumentException "no training chain with at least 2 residues")
+            |> Crops.trainable 2 (fun (e: Stage2Example) -> e.Length)
 
         let validExamples =
             valid
             |> Array.truncate config.ValidChains
-            |> Array.map (fun (c, full) ->
-                let e = Stage2Data.ofChain full c
-                Stage2Data.crop 0 (min e.Length config.ValidLength) e)
+            |> Array.map (fun (c, full) -> Stage2Data.ofChain full c)
+            |> Crops.firstWindows
+                (fun (e: Stage2Example) -> e.Length)
+                Stage2Data.crop
+                config.ValidChains
+                config.ValidLength
 
         use encoder = StructureEncoder.load config.Encoder
         use task = new Task(config, encoder, device, trainExamples, validExamples)

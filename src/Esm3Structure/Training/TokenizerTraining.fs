@@ -221,14 +221,12 @@ module TokenizerTrainConfig =
             ]
             name
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: TokenizerTrainConfig) =
         [
-            yield! StructureEncoderConfig.Validate c.Encoder |> List.map (fun e -> "Encoder: " + e)
-            match StructureDecoderConfig.validate c.Decoder with
-            | Error errors -> yield! errors |> List.map (fun e -> "Decoder: " + e)
-            | Ok _ -> ()
-            yield! TrainerConfig.validate c.Trainer |> List.map (fun e -> "Trainer: " + e)
+            yield! Validation.within "Encoder" (StructureEncoderConfig.Validate c.Encoder)
+            yield! Validation.within "Decoder" (StructureDecoderConfig.validate c.Decoder)
+            yield! Validation.within "Trainer" (TrainerConfig.validate c.Trainer)
             yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
 
             let mutable previous = 0
@@ -257,6 +255,7 @@ module TokenizerTrainConfig =
                     c.Encoder.Quantizer.Codes
                     StructureTokens.CodebookSize
         ]
+        |> Validation.ofErrors c
 
     /// The config as JSON (`Json.ofRecord`), led by "Stage": 1.
     let toJson (c: TokenizerTrainConfig) =
@@ -341,40 +340,22 @@ module TokenizerData =
             ResidueIndex = torch.tensor(index).reshape bl
         }
 
-    /// The random source of step `step` of a run seeded `seed` (independent of every earlier step, so a resumed
-    /// run draws the same batches).
-    let stepRandom (seed: int) (step: int) =
-        Random(int ((int64 seed * 1_000_003L + int64 step) % int64 Int32.MaxValue))
-
-    /// The crops of step `step`: `batchSize` examples drawn uniformly with replacement, each cut to a random
-    /// contiguous window of at most `cropLength` residues.
+    /// The crops of step `step` (`Crops.sample`).
     let sample (seed: int) (step: int) (batchSize: int) (cropLength: int) (examples: TokenizerExample[]) =
-        let random = stepRandom seed step
-
-        Array.init batchSize (fun _ ->
-            let e = examples.[random.Next examples.Length]
-
-            if e.Length <= cropLength then
-                e
-            else
-                crop (random.Next(e.Length - cropLength + 1)) cropLength e)
+        Crops.sample (fun (e: TokenizerExample) -> e.Length) crop seed step batchSize cropLength examples
 
     /// Examples of the chains with at least 2 residues; none at all raises an `ArgumentException`.
     let trainingExamples (chains: ProteinChain[]) =
-        let examples = chains |> Array.map ofChain |> Array.filter (fun e -> e.Length >= 2)
-
-        if examples.Length = 0 then
-            raise (ArgumentException "no training chain with at least 2 residues")
-
-        examples
+        chains
+        |> Array.map ofChain
+        |> Crops.trainable 2 (fun (e: TokenizerExample) -> e.Length)
 
     /// The first `count` chains, each cut to its first `length` residues.
     let validationExamples (count: int) (length: int) (chains: ProteinChain[]) =
         chains
         |> Array.truncate count
-        |> Array.map (fun c ->
-            let e = ofChain c
-            crop 0 (min e.Length length) e)
+        |> Array.map ofChain
+        |> Crops.firstWindows (fun (e: TokenizerExample) -> e.Length) crop count length
 
     /// The batch's tensors on `device`. Shapes: as `batch`
     let toDevice (device: torch.Device) (b: TokenizerBatch) =
@@ -385,18 +366,13 @@ module TokenizerData =
             ResidueIndex = b.ResidueIndex.``to`` device
         }
 
-    /// The crop length at step `step` (0-based) under `curriculum` (see `TokenizerTrainConfig.CropCurriculum`).
-    let cropLengthAt (cropLength: int) (curriculum: (int * int) list) (step: int) =
-        curriculum
-        |> List.fold (fun length (from, l) -> if step >= from then l else length) cropLength
-
     /// The residue positions the pairwise losses read at step `step`: `count` distinct positions of `length`,
     /// ascending, drawn from (seed, step) apart from the batch draw; all positions when count is 0 or ≥ length.
     let pairPositions (seed: int) (step: int) (count: int) (length: int) : int64[] =
         if count <= 0 || count >= length then
             Array.init length int64
         else
-            let random = stepRandom (seed + 7919) step
+            let random = Crops.stepRandom (seed + 7919) step
             let order = Array.init length id
             // Partial Fisher–Yates: the first `count` slots are a uniform sample without replacement.
             for i in 0 .. count - 1 do
@@ -600,7 +576,7 @@ module TokenizerTraining =
 
     /// Validation of `model` on examples one at a time: mean backbone RMSD after Kabsch, mean LDDT-CA (pooled per
     /// chain), and code usage over all residues (live fraction, perplexity).
-    let validate (model: TokenizerModel) (device: torch.Device) (examples: TokenizerExample[]) =
+    let evaluate (model: TokenizerModel) (device: torch.Device) (examples: TokenizerExample[]) =
         let codes = model.Encoder.Config.Quantizer.Codes
         let dim = model.Encoder.Config.DOut
         let mutable usage = CodebookUsage.empty codes dim
@@ -653,8 +629,7 @@ module TokenizerTraining =
         override _.Step(step: int) =
             let clock = StageClock()
 
-            let cropLength =
-                TokenizerData.cropLengthAt config.CropLength config.CropCurriculum step
+            let cropLength = Crops.lengthAt config.CropLength config.CropCurriculum step
 
             let crops =
                 TokenizerData.sample config.Trainer.Seed step config.Trainer.BatchSize cropLength train
@@ -682,7 +657,7 @@ module TokenizerTraining =
                 Stages = clock.Laps
             }
 
-        override _.Validate() = validate model device valid
+        override _.Evaluate() = evaluate model device valid
 
         /// Writes `encoder.safetensors` and `decoder.safetensors` (ESM's keys, no prefix). Head counts cannot be
         /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
@@ -733,9 +708,7 @@ module TokenizerTraining =
         (out: string)
         (resume: bool)
         =
-        match TokenizerTrainConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("tokenizer config: " + String.Join("; ", errors)))
+        Validation.check "tokenizer" (TokenizerTrainConfig.validate config) |> ignore
 
         let trainExamples = TokenizerData.trainingExamples train
 

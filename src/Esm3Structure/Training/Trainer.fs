@@ -119,7 +119,7 @@ module TrainerConfig =
                 sprintf "ValidLength must be at least %d (got %d)" minLength validLength
         ]
 
-    /// Named errors; empty when valid.
+    /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: TrainerConfig) =
         [
             if c.Steps < 1 then
@@ -141,6 +141,7 @@ module TrainerConfig =
             if c.LogEvery < 1 then
                 sprintf "LogEvery must be at least 1 (got %d)" c.LogEvery
         ]
+        |> Validation.ofErrors c
 
 /// Wall-clock laps of one training step's stages (data, encoder, …), in the order they ran. On the CPU every
 /// TorchSharp call has finished when it returns, so a lap is the stage's own time.
@@ -180,8 +181,8 @@ type TrainingTask() =
     /// The loss of step `step` (0-based), on the batch that step draws. Called in training mode, in a dispose
     /// scope the trainer owns.
     abstract Step: step: int -> TrainingStep
-    /// Validation metrics (called in eval mode, without gradient, in a dispose scope).
-    abstract Validate: unit -> (string * float)[]
+    /// Metrics on the validation set (called in eval mode, without gradient, in a dispose scope).
+    abstract Evaluate: unit -> (string * float)[]
     /// Writes the release files (e.g. ESM-format safetensors) into `folder`.
     abstract Export: folder: string -> unit
 
@@ -543,9 +544,7 @@ module Trainer =
     /// when there is none); under a step budget the result then equals the uninterrupted run's for the same seed.
     /// Raises `NonFiniteLossException` under `NanPolicy.Stop`.
     let run (config: TrainerConfig) (task: TrainingTask) (out: string) (resume: bool) (configJson: string) =
-        match TrainerConfig.validate config with
-        | [] -> ()
-        | errors -> raise (ArgumentException("trainer config: " + String.Join("; ", errors)))
+        Validation.check "trainer" (TrainerConfig.validate config) |> ignore
 
         Directory.CreateDirectory out |> ignore
         AtomicFile.writeText (Path.Combine(out, "config.json")) configJson
@@ -619,13 +618,13 @@ module Trainer =
             state.Running.[name] <- v
             v
 
-        let validate () =
+        let evaluate () =
             use _ = torch.NewDisposeScope()
             use _ = torch.no_grad ()
             model.eval ()
 
             try
-                task.Validate()
+                task.Evaluate()
             finally
                 model.train ()
 
@@ -711,7 +710,7 @@ module Trainer =
 
                 let validation =
                     if last || (config.EvalEvery > 0 && state.Completed % config.EvalEvery = 0) then
-                        validate ()
+                        evaluate ()
                     else
                         [||]
 

@@ -216,7 +216,10 @@ let tests =
 
                 Expect.isFalse (MultiTrackConfig.stack MultiTrackConfig.small).ScaleResidue "stack: small"
                 Expect.isTrue (MultiTrackConfig.stack MultiTrackConfig.esm3).ScaleResidue "stack: esm3"
-                Expect.isNonEmpty (MultiTrackConfig.validate { tiny with DModel = 20L }) "d must split into 8"
+
+                Expect.isNonEmpty
+                    (Validation.errors (MultiTrackConfig.validate { tiny with DModel = 20L }))
+                    "d must split into 8"
             }
 
             test "a checkpoint round trip restores the logits; missing, extra and mis-shaped tensors are named (T8)" {

@@ -95,7 +95,7 @@ type KillTask(out: string, blockAt: int) =
         let y = x.sum (1L, true) * 0.5
         { Loss = (model.forward x - y).square().mean(); Terms = [||]; Stages = [||] }
 
-    override _.Validate() = [| "bias", model.bias.ToDouble() |]
+    override _.Evaluate() = [| "bias", model.bias.ToDouble() |]
 
     override _.Export(folder: string) =
         exports <- exports + 1
@@ -151,7 +151,7 @@ type private KillTask(out: string, blockAt: int) =
             Stages = [||]
         }
 
-    override _.Validate() = [| "bias", model.bias.ToDouble() |]
+    override _.Evaluate() = [| "bias", model.bias.ToDouble() |]
 
     override _.Export(folder: string) =
         exports <- exports + 1

@@ -126,7 +126,7 @@ let tests =
                         Seeds = [| 4; 7 |]
                     }
 
-                Expect.isEmpty (Ablation.validate a) "valid"
+                Expect.isEmpty (Validation.errors (Ablation.validate a)) "valid"
 
                 Expect.equal
                     (Ablation.plan a |> Array.map (fun (i, _, seed, key) -> i, seed, key))
@@ -145,11 +145,15 @@ let tests =
                         Budget = AblationBudget.Steps 0
                     }
 
-                Expect.equal (Ablation.validate bad).Length 3 "duplicate names, duplicate seeds, no steps"
+                Expect.equal
+                    (Validation.errors (Ablation.validate bad)).Length
+                    3
+                    "duplicate names, duplicate seeds, no steps"
 
                 for seconds in [ 0.0; -1.0; nan; infinity ] do
                     match
-                        Ablation.validate
+                        Validation.errors
+                        <| Ablation.validate
                             { a with
                                 Budget = AblationBudget.Seconds seconds
                             }
@@ -158,18 +162,22 @@ let tests =
                     | errors -> failtestf "expected one error for %g s, got %A" seconds errors
 
                 Expect.isEmpty
-                    (Ablation.validate
-                        { a with
-                            Budget = AblationBudget.Seconds 1.5
-                        })
+                    (Validation.errors
+                     <| Ablation.validate
+                         { a with
+                             Budget = AblationBudget.Seconds 1.5
+                         })
                     "1.5 s"
 
                 for builtIn in TokenizerAblations.all do
-                    Expect.isEmpty (Ablation.validate builtIn) builtIn.Name
+                    Expect.isEmpty (Validation.errors (Ablation.validate builtIn)) builtIn.Name
 
                     for _, v, _, _ in Ablation.plan builtIn do
                         let c = v.Change.Invoke builtIn.Base
-                        Expect.isEmpty (TokenizerTrainConfig.validate c) (builtIn.Name + "/" + v.Name)
+
+                        Expect.isEmpty
+                            (Validation.errors (TokenizerTrainConfig.validate c))
+                            (builtIn.Name + "/" + v.Name)
             }
 
             test "the summary's mean and sample standard deviation equal a hand computation on a fixed folder" {

@@ -84,7 +84,7 @@ type private Crashing(inner: TrainingTask, crashAt: int) =
 
         inner.Step step
 
-    override _.Validate() = inner.Validate()
+    override _.Evaluate() = inner.Evaluate()
     override _.Export(folder: string) = inner.Export folder
 
 [<Tests>]
@@ -94,7 +94,7 @@ let tests =
         [
             test "presets are valid and the config serialises to JSON" {
                 for c in [ MultiTrackTrainConfig.small; MultiTrackTrainConfig.smoke; tiny ] do
-                    Expect.isEmpty (MultiTrackTrainConfig.validate c) "valid"
+                    Expect.isEmpty (Validation.errors (MultiTrackTrainConfig.validate c)) "valid"
 
                 let json =
                     JsonDocument.Parse(MultiTrackTrainConfig.toJson MultiTrackTrainConfig.small).RootElement
@@ -110,7 +110,9 @@ let tests =
                     0.9
                     "dropout"
 
-                Expect.isNonEmpty (MultiTrackTrainConfig.validate { tiny with CropLength = 0 }) "bad crop"
+                Expect.isNonEmpty
+                    (Validation.errors (MultiTrackTrainConfig.validate { tiny with CropLength = 0 }))
+                    "bad crop"
             }
 
             test "examples come from chains and providers; a wrong track is an InputException naming it" {

@@ -5,6 +5,7 @@ open System.IO
 open System.Text.Json
 open Expecto
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
@@ -92,20 +93,22 @@ let tests =
         [
             test "presets are valid once an encoder is named; the config serialises with its stage" {
                 Expect.isEmpty
-                    (Stage2TrainConfig.validate
-                        { Stage2TrainConfig.small with
-                            Encoder = "e"
-                        })
+                    (Validation.errors
+                     <| Stage2TrainConfig.validate
+                         { Stage2TrainConfig.small with
+                             Encoder = "e"
+                         })
                     "small"
 
                 Expect.isEmpty
-                    (Stage2TrainConfig.validate
-                        { Stage2TrainConfig.smoke with
-                            Encoder = "e"
-                        })
+                    (Validation.errors
+                     <| Stage2TrainConfig.validate
+                         { Stage2TrainConfig.smoke with
+                             Encoder = "e"
+                         })
                     "smoke"
 
-                let errors = Stage2TrainConfig.validate Stage2TrainConfig.small
+                let errors = Validation.errors (Stage2TrainConfig.validate Stage2TrainConfig.small)
                 Expect.exists errors (fun e -> e.StartsWith "Encoder") "no encoder named"
                 Expect.equal Stage2TrainConfig.small.Decoder.Layers 6 "6 blocks"
                 Expect.equal Stage2TrainConfig.small.Decoder.DModel 128L "width 128"

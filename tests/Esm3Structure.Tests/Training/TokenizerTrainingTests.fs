@@ -74,7 +74,7 @@ type private Crashing(inner: TrainingTask, crashAt: int) =
 
         inner.Step step
 
-    override _.Validate() = inner.Validate()
+    override _.Evaluate() = inner.Evaluate()
     override _.Export(folder: string) = inner.Export folder
 
 let private examples () =
@@ -88,9 +88,9 @@ let tests =
         "Training/TokenizerTraining"
         [
             test "presets are valid and the config serialises to JSON" {
-                Expect.isEmpty (TokenizerTrainConfig.validate TokenizerTrainConfig.small) "small"
-                Expect.isEmpty (TokenizerTrainConfig.validate TokenizerTrainConfig.smoke) "smoke"
-                Expect.isEmpty (TokenizerTrainConfig.validate tiny) "tiny"
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.small)) "small"
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.smoke)) "smoke"
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate tiny)) "tiny"
 
                 let json =
                     JsonDocument.Parse(TokenizerTrainConfig.toJson TokenizerTrainConfig.smoke).RootElement
@@ -337,7 +337,7 @@ let tests =
 
             test "crop curriculum: the length at each step, and stages that never start or go backwards are refused" {
                 let curriculum = [ 100, 128; 300, 256 ]
-                let at = TokenizerData.cropLengthAt 64 curriculum
+                let at = Crops.lengthAt 64 curriculum
 
                 Expect.sequenceEqual
                     ([ 0; 99; 100; 299; 300; 4999 ] |> List.map at)
@@ -347,14 +347,16 @@ let tests =
                 let small = TokenizerTrainConfig.small
 
                 Expect.isEmpty
-                    (TokenizerTrainConfig.validate
-                        { small with
-                            CropCurriculum = curriculum
-                        })
+                    (Validation.errors
+                     <| TokenizerTrainConfig.validate
+                         { small with
+                             CropCurriculum = curriculum
+                         })
                     "valid"
 
                 let late =
-                    TokenizerTrainConfig.validate
+                    Validation.errors
+                    <| TokenizerTrainConfig.validate
                         { small with
                             CropCurriculum = [ 5000, 256 ]
                         }
@@ -365,13 +367,17 @@ let tests =
                     "after the budget"
 
                 let backwards =
-                    TokenizerTrainConfig.validate
+                    Validation.errors
+                    <| TokenizerTrainConfig.validate
                         { small with
                             CropCurriculum = [ 300, 256; 100, 128 ]
                         }
 
                 Expect.exists backwards (fun e -> e.Contains "ascending") "not ascending"
-                let one = TokenizerTrainConfig.validate { small with PairResidues = 1 }
+
+                let one =
+                    Validation.errors (TokenizerTrainConfig.validate { small with PairResidues = 1 })
+
                 Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
             }
 

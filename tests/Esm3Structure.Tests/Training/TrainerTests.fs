@@ -4,6 +4,7 @@ open System
 open System.IO
 open Expecto
 open TorchSharp
+open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Training
@@ -62,7 +63,7 @@ type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int, failE
                  clock.Laps)
         }
 
-    override _.Validate() =
+    override _.Evaluate() =
         [| "weight_error", (model.weight.squeeze (0L) - truth).abs().max().ToDouble() |]
 
     override _.Export(folder: string) =
@@ -309,11 +310,14 @@ let tests =
             }
 
             test "config validation rejects a negative or non-finite time budget by name" {
-                Expect.isEmpty (TrainerConfig.validate { config with MaxSeconds = 0.0 }) "0: no limit"
-                Expect.isEmpty (TrainerConfig.validate { config with MaxSeconds = 30.0 }) "30 s"
+                Expect.isEmpty
+                    (Validation.errors (TrainerConfig.validate { config with MaxSeconds = 0.0 }))
+                    "0: no limit"
+
+                Expect.isEmpty (Validation.errors (TrainerConfig.validate { config with MaxSeconds = 30.0 })) "30 s"
 
                 for bad in [ -1.0; nan; infinity ] do
-                    match TrainerConfig.validate { config with MaxSeconds = bad } with
+                    match Validation.errors (TrainerConfig.validate { config with MaxSeconds = bad }) with
                     | [ e ] -> Expect.stringContains e "MaxSeconds" (sprintf "names the field (%g)" bad)
                     | errors -> failtestf "expected one error for %g, got %A" bad errors
 
@@ -432,13 +436,16 @@ let tests =
                 let tokenizer = TokenizerTrainConfig.preset "esm3-open"
                 Expect.equal tokenizer.Encoder StructureEncoderConfig.Esm3 "tokenizer: ESM's released encoder"
                 Expect.equal (StructureDecoderConfig.parameterCount tokenizer.Decoder) 618_552_905L "and decoder"
-                Expect.isEmpty (TokenizerTrainConfig.validate tokenizer) "tokenizer esm3-open valid"
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate tokenizer)) "tokenizer esm3-open valid"
                 let stage2 = Stage2TrainConfig.preset "esm3-open"
                 Expect.equal stage2.Decoder StructureDecoderConfig.esm3 "stage 2: ESM's released decoder"
                 Expect.isFalse stage2.SequenceInput "with ESM's keys only"
                 let multiTrack = MultiTrackTrainConfig.preset "esm3-open"
                 Expect.equal (MultiTrackConfig.parameterCount multiTrack.Model) 1_401_735_748L "multi-track: ESM3-open"
-                Expect.isEmpty (MultiTrackTrainConfig.validate multiTrack) "multi-track esm3-open valid"
+
+                Expect.isEmpty
+                    (Validation.errors (MultiTrackTrainConfig.validate multiTrack))
+                    "multi-track esm3-open valid"
 
                 Expect.isEmpty (TrainerConfig.validateData 2 64 0 2) "valid"
 
