@@ -523,7 +523,7 @@ module MultiTrackCheckpoint =
     /// `InputException` naming `file` and the tensor or field.
     let configOfKeyShapes
         (file: string)
-        (metadata: IReadOnlyDictionary<string, string>)
+        (metadata: Map<string, string>)
         (shapes: seq<string * int64[]>)
         : MultiTrackConfig =
         let keys = KeyShapes(file, "model", shapes)
@@ -563,31 +563,8 @@ module MultiTrackCheckpoint =
         if ffn.[0] <> d then
             fail ffnKey (sprintf "expected [d = %d, F], got shape %s" d (Shape.show ffn))
 
-        let metaValue (key: string) (parse: string -> 'a option) (fallback: 'a) =
-            if isNull metadata then
-                fallback
-            else
-                match metadata.TryGetValue key with
-                | true, text ->
-                    match parse text with
-                    | Some v -> v
-                    | None -> fail ("metadata." + key) (sprintf "cannot read '%s'" text)
-                | _ -> fallback
-
-        let parseInt (s: string) =
-            match Int64.TryParse s with
-            | true, v -> Some v
-            | _ -> None
-
-        let parseBool (s: string) =
-            match Boolean.TryParse s with
-            | true, v -> Some v
-            | _ -> None
-
-        let parseFloat (s: string) =
-            match Double.TryParse(s, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
-            | true, v -> Some v
-            | _ -> None
+        let metaValue (key: string) (expected: string) (parse: string -> 'a option) (fallback: 'a) =
+            CheckpointMetadata.read file metadata key expected parse fallback
 
         // The ratio is not recoverable from F (SwiGLU rounds up to 256): the metadata's, else ESM3's 8/3 when it
         // gives F, else F/d.
@@ -600,18 +577,18 @@ module MultiTrackCheckpoint =
                 else
                     float ffn.[1] / float d
 
-            metaValue "expansion_ratio" parseFloat fallback
+            metaValue "expansion_ratio" "a number" CheckpointMetadata.finite fallback
 
         let config =
             { MultiTrackConfig.esm3 with
                 DModel = d
-                Heads = metaValue "heads" parseInt (max 1L (d / 64L))
+                Heads = metaValue "heads" "a positive integer" CheckpointMetadata.positiveInt64 (max 1L (d / 64L))
                 VHeads = vHeads
                 Layers = layers
                 GeometricLayers = geometric
                 ExpansionRatio = ratio
-                ScaleResidue = metaValue "scale_residue" parseBool true
-                CapResidualScale = metaValue "cap_residual_scale" parseBool false
+                ScaleResidue = metaValue "scale_residue" "true or false" CheckpointMetadata.boolean true
+                CapResidualScale = metaValue "cap_residual_scale" "true or false" CheckpointMetadata.boolean false
             }
 
         if FeedForward.swigluHidden ratio d <> ffn.[1] then
@@ -654,8 +631,7 @@ module MultiTrackCheckpoint =
         let header = TensorFile.readHeader path
         let shapes = header.Shapes
 
-        let config =
-            configOfKeyShapes path (header.Metadata :> IReadOnlyDictionary<string, string>) shapes
+        let config = configOfKeyShapes path header.Metadata shapes
 
         let model = new MultiTrackModel(config, null)
 

@@ -813,31 +813,19 @@ module StructureDecoder =
     /// export: shapes cannot tell it), else ESM's 64. A value that is not a positive integer raises an
     /// `InputException` naming `path` and the field.
     let headWidthOf (path: string) (metadata: Map<string, string>) : int64 =
-        match metadata.TryFind "head_width" with
-        | None -> 64L
-        | Some text ->
-            match Int64.TryParse text with
-            | true, w when w > 0L -> w
-            | _ ->
-                InputError.raise
-                    path
-                    (InputLocation.Field "__metadata__.head_width")
-                    (sprintf "expected a positive integer, got '%s'" text)
+        CheckpointMetadata.read path metadata "head_width" "a positive integer" CheckpointMetadata.positiveInt64 64L
 
     /// The structure module's round count from a file's metadata (`StructureModuleConfig.RoundsMetadataKey`, which
     /// our export writes), else AlphaFold2's 8. A value that is not a positive integer raises an `InputException`
     /// naming `path` and the field.
     let structureModuleIterationsOf (path: string) (metadata: Map<string, string>) : int =
-        match metadata.TryFind StructureModuleConfig.RoundsMetadataKey with
-        | None -> StructureModuleConfig.AlphaFold2Rounds
-        | Some text ->
-            match Int32.TryParse text with
-            | true, n when n > 0 -> n
-            | _ ->
-                InputError.raise
-                    path
-                    (InputLocation.Field("__metadata__." + StructureModuleConfig.RoundsMetadataKey))
-                    (sprintf "expected a positive integer, got '%s'" text)
+        CheckpointMetadata.read
+            path
+            metadata
+            StructureModuleConfig.RoundsMetadataKey
+            "a positive integer"
+            CheckpointMetadata.positiveInt
+            StructureModuleConfig.AlphaFold2Rounds
 
     /// Loads an ESM-format decoder from a safetensors file or a PyTorch checkpoint such as ESM's
     /// `esm3_structure_decoder_v0.pth` (`TensorFile`, told apart by content): the sizes are inferred from the tensors' shapes
@@ -895,15 +883,21 @@ module StructureDecoder =
             | c -> c
 
         let config =
-            match header.Metadata.TryFind StructureDecoderConfig.ChainFramesMetadataKey with
-            | None
-            | Some "false" -> config
-            | Some "true" -> { config with ChainFrames = true }
-            | Some text ->
-                InputError.raise
+            let chainFrames =
+                CheckpointMetadata.read
                     path
-                    (InputLocation.Field("__metadata__." + StructureDecoderConfig.ChainFramesMetadataKey))
-                    (sprintf "expected true or false, got '%s'" text)
+                    header.Metadata
+                    StructureDecoderConfig.ChainFramesMetadataKey
+                    "true or false"
+                    (function
+                    | "true" -> Some true
+                    | "false" -> Some false
+                    | _ -> None)
+                    false
+
+            { config with
+                ChainFrames = chainFrames
+            }
 
         let mismatch =
             Checkpoint.mismatchesOfShapes (StructureDecoderConfig.expectedKeysWith sequenceInput config) shapes

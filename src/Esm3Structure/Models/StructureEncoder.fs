@@ -539,19 +539,21 @@ module StructureEncoder =
 
         // A finite scalar quantizer's grid is stored as `codebook.embeddings`; its levels come from our metadata.
         let config =
-            match header.Metadata.TryFind FiniteLevelsMetadataKey with
-            | None -> config
-            | Some text ->
-                let field = InputLocation.Field("__metadata__." + FiniteLevelsMetadataKey)
+            let levelsOf (text: string) =
+                let parts = text.Split(',') |> Array.map (fun p -> Int32.TryParse(p.Trim()))
 
-                let levels =
-                    [
-                        for part in text.Split(',') do
-                            match Int32.TryParse(part.Trim()) with
-                            | true, l -> l
-                            | _ -> InputError.raise path field (sprintf "expected levels like 8,5,5,5, got '%s'" text)
-                    ]
+                if parts |> Array.forall fst then
+                    Some(parts |> Array.map snd |> List.ofArray)
+                else
+                    None
 
+            match
+                CheckpointMetadata.read path header.Metadata FiniteLevelsMetadataKey "levels like 8,5,5,5" levelsOf []
+            with
+            | [] -> config
+            | levels ->
+                let field = CheckpointMetadata.field FiniteLevelsMetadataKey
+                let text = String.Join(",", levels)
                 let quantizer = QuantizerConfig.finite levels
 
                 if quantizer.Codes <> config.Quantizer.Codes || quantizer.Dim <> config.DOut then
@@ -573,19 +575,15 @@ module StructureEncoder =
         let model = new StructureEncoder(config, new torch.Generator(0UL))
 
         try
-            let expected = Checkpoint.keyShapes model |> dict
-            let given = dict shapes
+            let mismatch = Checkpoint.mismatchesOfShapes (Checkpoint.keyShapes model) shapes
 
             let problems =
                 [
-                    for KeyValue(name, shape) in expected do
-                        match given.TryGetValue name with
-                        | true, s when s = shape -> ()
-                        | true, s -> sprintf "'%s' has shape %s, expected %s" name (Shape.show s) (Shape.show shape)
-                        | _ -> sprintf "'%s' is missing" name
-                    for KeyValue(name, _) in given do
-                        if not (expected.ContainsKey name) then
-                            sprintf "'%s' is not an encoder tensor" name
+                    for w in mismatch.WrongShape ->
+                        sprintf "'%s' has shape %s, expected %s" w.Name (Shape.show w.Got) (Shape.show w.Expected)
+                    for name in mismatch.Missing -> sprintf "'%s' is missing" name
+                    for name in mismatch.Unexpected -> sprintf "'%s' is not an encoder tensor" name
+                    for name in mismatch.Duplicated -> sprintf "'%s' appears more than once" name
                 ]
 
             if not problems.IsEmpty then
