@@ -111,7 +111,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             printfn "%s" (File.ReadAllText(Path.Combine(results, "summary.md")))
 
         if args.Contains Summary_Only then
-            let rows = Ablation.writeSummary results ablation.Name
+            let rows = AblationReport.writeSummary results ablation.Name
 
             if rows.Length = 0 then
                 invalidArg "results" (sprintf "no finished runs in %s" (Path.Combine(results, "runs")))

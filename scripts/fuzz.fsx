@@ -40,9 +40,9 @@ type Args =
 Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let formats =
         match args.GetResult(Format, defaultValue = "all") with
-        | "all" -> Fuzz.formats
+        | "all" -> FuzzMutators.formats
         | name ->
-            match Fuzz.tryParseFormat name with
+            match FuzzMutators.tryParseFormat name with
             | Some f -> [ f ]
             | None -> raise (ArgumentException(sprintf "--format: unknown format '%s'" name))
 
@@ -82,8 +82,8 @@ Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                         match format with
                         | FuzzFormat.Pdb -> files (Path.Combine(data, "small")) "*.pdb"
                         | FuzzFormat.Mmcif -> files (Path.Combine(data, "mmcif")) "*.cif"
-                        | FuzzFormat.Safetensors -> [| Fuzz.safetensorsSeed scratch |]
-                        | FuzzFormat.Tokens -> [| Fuzz.tokensSeed () |]
+                        | FuzzFormat.Safetensors -> [| FuzzMutators.safetensorsSeed scratch |]
+                        | FuzzFormat.Tokens -> [| FuzzMutators.tokensSeed () |]
 
                     yield! Fuzz.run config format seeds scratch
             |]
@@ -95,7 +95,7 @@ Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             if args.Contains Million then
                 [
                     for format in formats do
-                        for i, input in List.indexed (Fuzz.largeInputs format Fuzz.MillionResidues scratch) do
+                        for i, input in List.indexed (FuzzLarge.largeInputs format FuzzLarge.MillionResidues scratch) do
                             let case = Fuzz.runLarge config scratch i input
                             printfn "%s" (Fuzz.largeLine config input case)
                             Fuzz.largeOk input case

@@ -146,7 +146,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             args.GetResult(Out, defaultValue = IO.Path.Combine("runs", name + "-" + presetName))
 
         if resume then
-            match Trainer.lastCheckpoint out with
+            match TrainerCheckpoint.lastCheckpoint out with
             | Some checkpoint -> printfn "resuming from %s" checkpoint
             | None -> printfn "--resume: no complete checkpoint in %s, starting at step 0" out
 

@@ -49,7 +49,7 @@ module AblationCharts =
                         |> Option.map (fun (_, v) -> p.Step, v)))
                 |> Array.groupBy fst
                 |> Array.sortBy fst
-                |> Array.map (fun (step, vs) -> step, Ablation.meanStd (vs |> Array.map snd))
+                |> Array.map (fun (step, vs) -> step, AblationStatistics.meanStd (vs |> Array.map snd))
 
             {
                 Variant = variant
@@ -195,8 +195,8 @@ module AblationCharts =
     /// curve chart, self-contained), and `final-<metric>.svg` and `curve-<metric>.svg` per metric ('/' in names
     /// becomes '_'). Returns the files, the page first.
     let write (results: string) (title: string) : string[] =
-        let runs = Ablation.readResults results
-        let rows = Ablation.summarize runs
+        let runs = AblationResults.readResults results
+        let rows = AblationStatistics.summarize runs
         let dir = Path.Combine(results, "charts")
         Directory.CreateDirectory dir |> ignore
 

@@ -32,7 +32,7 @@ let private run (variant: string) (index: int) (seed: int) (history: AblationPoi
         PeakMemoryBytes = 1L
         Resumed = false
         StoppedOnTime = false
-        Final = Ablation.finalMetrics history
+        Final = AblationResults.finalMetrics history
         History = history
     }
 
@@ -85,7 +85,7 @@ let tests =
             }
 
             test "the Plotly.NET charts carry the data: bars with sd error bars, curves with a band" {
-                let rows = Ablation.summarize runs
+                let rows = AblationStatistics.summarize runs
                 let bar = AblationCharts.barChart "t" rows "valid/rmsd"
 
                 let data =
@@ -125,7 +125,7 @@ let tests =
                 Directory.CreateDirectory(Path.Combine(dir.Path, "runs")) |> ignore
 
                 for r in runs do
-                    File.WriteAllText(Ablation.resultPath dir.Path r.Key, Ablation.toJson r)
+                    File.WriteAllText(Ablation.resultPath dir.Path r.Key, AblationResults.toJson r)
 
                 let files = AblationCharts.write dir.Path "charts"
 

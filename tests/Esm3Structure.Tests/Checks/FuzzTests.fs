@@ -22,8 +22,8 @@ let private seeds (scratch: string) (format: FuzzFormat) : FuzzSeed[] =
     | FuzzFormat.Mmcif ->
         [| "1ubq_A"; "1a8o_A"; "1ctf_A" |]
         |> Array.map (fun n -> load (Data.path [ "mmcif"; n + ".cif" ]))
-    | FuzzFormat.Safetensors -> [| Fuzz.safetensorsSeed scratch |]
-    | FuzzFormat.Tokens -> [| Fuzz.tokensSeed () |]
+    | FuzzFormat.Safetensors -> [| FuzzMutators.safetensorsSeed scratch |]
+    | FuzzFormat.Tokens -> [| FuzzMutators.tokensSeed () |]
 
 let private config =
     { Fuzz.defaultConfig with
@@ -33,7 +33,12 @@ let private config =
     }
 
 let private fuzzTest (format: FuzzFormat) =
-    test (sprintf "%d %s cases all end as Valid or a typed error naming the file" config.Cases (Fuzz.formatName format)) {
+    test (
+        sprintf
+            "%d %s cases all end as Valid or a typed error naming the file"
+            config.Cases
+            (FuzzMutators.formatName format)
+    ) {
         use dir = new TempDir()
         let cases = Fuzz.run config format (seeds dir.Path format) dir.Path
         let report = Fuzz.summary cases
@@ -68,14 +73,14 @@ let tests =
     <| testList
         "Checks/Fuzz"
         [
-            yield! Fuzz.formats |> List.map fuzzTest
+            yield! FuzzMutators.formats |> List.map fuzzTest
 
             test "mutations are deterministic in the seed and change the input" {
-                let seed = Fuzz.tokensSeed ()
+                let seed = FuzzMutators.tokensSeed ()
 
                 let draw s =
                     let random = Random(s: int)
-                    Array.init 50 (fun _ -> Fuzz.mutate FuzzFormat.Tokens random 4096 seed.Bytes)
+                    Array.init 50 (fun _ -> FuzzMutators.mutate FuzzFormat.Tokens random 4096 seed.Bytes)
 
                 let a = draw 3
                 let b = draw 3
@@ -110,7 +115,7 @@ let tests =
             test "a million-token JSON reads, within the large-input time limit and the allocation bound" {
                 use dir = new TempDir()
 
-                match Fuzz.largeInputs FuzzFormat.Tokens Fuzz.MillionResidues dir.Path with
+                match FuzzLarge.largeInputs FuzzFormat.Tokens FuzzLarge.MillionResidues dir.Path with
                 | [ input ] ->
                     let case = Fuzz.runLarge Fuzz.defaultConfig dir.Path 0 input
                     let line = Fuzz.largeLine Fuzz.defaultConfig input case
@@ -120,7 +125,7 @@ let tests =
 
                     let chains = TokensJson.ofJson "million.json" (Encoding.UTF8.GetString input.Bytes)
 
-                    Expect.equal chains.[0].Tokens.Length Fuzz.MillionResidues "a million tokens"
+                    Expect.equal chains.[0].Tokens.Length FuzzLarge.MillionResidues "a million tokens"
                 | inputs -> failtestf "expected one tokens input, got %d" inputs.Length
             }
 

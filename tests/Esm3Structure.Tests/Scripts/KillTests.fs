@@ -261,7 +261,7 @@ let tests =
                 // The checkpoint of step 2 is the last and whole; step 4's folder never got its final name.
                 let checkpoints = Path.Combine(out, "checkpoints")
                 let two = Path.Combine(checkpoints, "step-000002")
-                Expect.equal (Trainer.lastCheckpoint out) (Some two) "the last checkpoint is step 2"
+                Expect.equal (TrainerCheckpoint.lastCheckpoint out) (Some two) "the last checkpoint is step 2"
 
                 Expect.sequenceEqual
                     (Directory.GetFileSystemEntries checkpoints
@@ -329,12 +329,13 @@ let tests =
                 use killed = new Child(train, trainArgs outB)
 
                 let checkpointed =
-                    killed.WaitUntil 600 "the first checkpoint" (fun () -> (Trainer.lastCheckpoint outB).IsSome)
+                    killed.WaitUntil 600 "the first checkpoint" (fun () ->
+                        (TrainerCheckpoint.lastCheckpoint outB).IsSome)
 
                 Expect.isTrue checkpointed "the run wrote a checkpoint before it ended"
                 Expect.isFalse killed.HasExited "the run had not finished when it was killed"
                 killed.KillNow()
-                let atKill = (Trainer.lastCheckpoint outB).Value
+                let atKill = (TrainerCheckpoint.lastCheckpoint outB).Value
                 let step = int (Path.GetFileName(atKill).Substring 5)
                 Expect.isTrue (step >= 4 && step < 12) (sprintf "killed between checkpoints (last: step %d)" step)
 

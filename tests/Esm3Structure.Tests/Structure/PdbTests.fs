@@ -683,7 +683,7 @@ let private badInputTests =
                     ] do
                     Expect.equal (Pdb.hybrid36 field) expected field
 
-                let text = Encoding.ASCII.GetString(Checks.Fuzz.largePdb 10050 true)
+                let text = Encoding.ASCII.GetString(Checks.FuzzLarge.largePdb 10050 true)
                 Expect.stringContains text "ALA AA000" "the generator writes hybrid-36 numbers"
                 let chain = Pdb.parse "h36" text None
                 Expect.equal (ProteinChain.length chain) 10050 "every residue"
@@ -694,7 +694,7 @@ let private badInputTests =
 
             test "residue numbers that wrap after 9999 are an error naming the line where a number comes back" {
                 // Line 1 HEADER, lines 2-4 residue 1 (N, CA, C), residues 2…9999 and 0 on lines 5…10003.
-                let text = Encoding.ASCII.GetString(Checks.Fuzz.largePdb 10050 false)
+                let text = Encoding.ASCII.GetString(Checks.FuzzLarge.largePdb 10050 false)
                 let e = expectInput "wrapped" (fun () -> Pdb.parse "wrapped" text None)
                 expectNames "wrapped" "wrapped" (InputLocation.Line 10004) e
                 Expect.stringContains e.Message "residue 1 of chain 'A' appears again" "names the residue"

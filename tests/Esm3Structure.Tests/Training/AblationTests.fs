@@ -183,7 +183,7 @@ let tests =
             test "the summary's mean and sample standard deviation equal a hand computation on a fixed folder" {
                 use dir = new TempDir()
                 writeFixed dir.Path
-                let rows = Ablation.writeSummary dir.Path "fixed"
+                let rows = AblationReport.writeSummary dir.Path "fixed"
 
                 let find v m =
                     rows |> Array.find (fun r -> r.Variant = v && r.Metric = m)
@@ -202,7 +202,7 @@ let tests =
                 Expect.floatClose Accuracy.veryHigh (find "b" "rmsd").StdDev (sqrt 0.5) "b rmsd sd"
                 // Welch b − a on rmsd: Δ = 1 − 7/3, SE = sqrt(0.5/2 + (7/3)/3), df = SE⁴ / ((0.25)²/1 + (7/9)²/2).
                 let contrast =
-                    Ablation.contrasts rows
+                    AblationStatistics.contrasts rows
                     |> Array.find (fun c -> c.Variant = "b" && c.Metric = "rmsd")
 
                 let a, c = 0.25, 7.0 / 9.0
@@ -219,11 +219,11 @@ let tests =
                 Expect.isFalse contrast.Exceeds "1.33 is inside 4.3 × 1.01"
                 // b/loss has one run: no standard error, never "exceeds".
                 let loss =
-                    Ablation.contrasts rows
+                    AblationStatistics.contrasts rows
                     |> Array.find (fun c -> c.Variant = "b" && c.Metric = "loss")
 
                 Expect.isTrue (Double.IsNaN loss.StandardError && not loss.Exceeds) "one run: no test"
-                Expect.equal (Ablation.tCritical 4.7) 2.776 "df rounded down"
+                Expect.equal (AblationStatistics.tCritical 4.7) 2.776 "df rounded down"
 
                 let row v mean =
                     {
@@ -234,7 +234,7 @@ let tests =
                         StdDev = 0.1
                     }
 
-                let far = Ablation.contrasts [| row "x" 0.0; row "y" 1.0; row "z" 0.2 |]
+                let far = AblationStatistics.contrasts [| row "x" 0.0; row "y" 1.0; row "z" 0.2 |]
                 Expect.equal (far |> Array.map (fun c -> c.Variant, c.Exceeds)) [| "y", true; "z", false |] "verdicts"
                 Expect.stringContains (File.ReadAllText(Path.Combine(dir.Path, "summary.md"))) "| b | rmsd |" "table"
                 Expect.isTrue (Double.IsNaN (find "b" "loss").StdDev) "one run: no sd"
@@ -264,7 +264,7 @@ let tests =
                 let path = Path.Combine(dir.Path, "x.json")
                 File.WriteAllText(path, (runJson "a" 0 0 [ "rmsd", "1" ]).Replace("\"seed\": 0", "\"seed\": \"zero\""))
 
-                match InputError.catch (fun () -> Ablation.readRun path) with
+                match InputError.catch (fun () -> AblationResults.readRun path) with
                 | Error e ->
                     Expect.equal e.File path "file"
                     Expect.equal e.Location (InputLocation.Field "seed") "field"
@@ -275,20 +275,20 @@ let tests =
                     (runJson "a" 0 0 [ "rmsd", "1" ]).Replace("\"seed\": 0,", "\"seed\": 0, \"budget\": 5,")
                 )
 
-                match InputError.catch (fun () -> Ablation.readRun path) with
+                match InputError.catch (fun () -> AblationResults.readRun path) with
                 | Error e -> Expect.equal e.Location (InputLocation.Field "budget") "a budget that is no object"
                 | Ok _ -> failtest "a numeric budget was accepted"
 
                 File.WriteAllText(path, "{ \"ablation\": ")
 
-                Expect.throwsT<InputException> (fun () -> Ablation.readRun path |> ignore) "truncated"
+                Expect.throwsT<InputException> (fun () -> AblationResults.readRun path |> ignore) "truncated"
                 |> ignore
             }
 
             test "a result written before budgets existed reads as a step budget; budgets round-trip" {
                 use dir = new TempDir()
                 writeFixed dir.Path
-                let old = Ablation.readResults dir.Path
+                let old = AblationResults.readResults dir.Path
                 Expect.equal old.[0].Budget (AblationBudget.Steps 10) "absent budget: the steps"
                 Expect.isFalse old.[0].StoppedOnTime "absent: not stopped on time"
 
@@ -300,8 +300,8 @@ let tests =
                         }
 
                     let path = Path.Combine(dir.Path, "again.json")
-                    File.WriteAllText(path, Ablation.toJson r)
-                    let back = Ablation.readRun path
+                    File.WriteAllText(path, AblationResults.toJson r)
+                    let back = AblationResults.readRun path
                     Expect.equal back.Budget budget "budget"
                     Expect.isTrue back.StoppedOnTime "stopped on time"
 
@@ -332,7 +332,7 @@ let tests =
                 Expect.isTrue (Double.IsFinite final.["valid/rmsd"]) "validated at the stop"
                 Expect.stringContains r.Config "\"MaxSeconds\":0.001" "the config holds the budget"
 
-                let stored = Ablation.readRun (Ablation.resultPath dir.Path r.Key)
+                let stored = AblationResults.readRun (Ablation.resultPath dir.Path r.Key)
                 Expect.equal stored.Budget r.Budget "stored budget"
                 Expect.isTrue stored.StoppedOnTime "stored stop"
             }
@@ -350,10 +350,10 @@ let tests =
                     [
                         for p in r.History do
                             for k, v in p.Values do
-                                sprintf "%d %s %s" p.Step k (Ablation.formatNumber v)
+                                sprintf "%d %s %s" p.Step k (AblationReport.formatNumber v)
                         for k, v in r.Final do
                             if k <> "wall_seconds" && k <> "peak_memory_mb" then
-                                sprintf "final %s %s" k (Ablation.formatNumber v)
+                                sprintf "final %s %s" k (AblationReport.formatNumber v)
                     ]
 
                 Expect.equal (printed rb.[0]) (printed ra.[0]) "same printed metrics"
@@ -421,7 +421,7 @@ let tests =
                 Expect.isTrue resumed.Resumed "marked as resumed"
                 Expect.equal resumed.Steps 3 "all steps"
                 Expect.equal (resumed.History |> Array.map (fun p -> p.Step)) [| 1; 2; 3 |] "the whole history"
-                let rows = Ablation.summarize results
+                let rows = AblationStatistics.summarize results
 
                 Expect.equal
                     (rows |> Array.map (fun r -> r.Variant) |> Array.distinct)

@@ -115,7 +115,7 @@ let tests =
                         StoppedOnTime = false
                     }
 
-                let line = Trainer.progressLine config row 0.5
+                let line = TrainingMetrics.progressLine config row 0.5
                 Expect.stringContains line "lr 1.33e-05 " "lr"
                 Expect.isFalse (line.Contains "e-005") "no three-digit exponent"
             }
@@ -147,7 +147,7 @@ let tests =
                     "metrics.jsonl has the stage timings"
 
                 Expect.equal
-                    (Trainer.lastCheckpoint dir.Path)
+                    (TrainerCheckpoint.lastCheckpoint dir.Path)
                     (Some(Path.Combine(dir.Path, "checkpoints", "step-000030")))
                     "last"
 
@@ -177,7 +177,7 @@ let tests =
                 Expect.throws (fun () -> run config (Regression(3, 13, 0, 0)) b.Path false |> ignore) "crash at 13"
 
                 Expect.equal
-                    (Trainer.lastCheckpoint b.Path)
+                    (TrainerCheckpoint.lastCheckpoint b.Path)
                     (Some(Path.Combine(b.Path, "checkpoints", "step-000010")))
                     "last good"
 
@@ -223,7 +223,7 @@ let tests =
 
                 Expect.stringContains message "step 8" "names the step"
                 Expect.stringContains message "step-000005" "names the last good checkpoint"
-                let last = Trainer.lastCheckpoint dir.Path
+                let last = TrainerCheckpoint.lastCheckpoint dir.Path
                 Expect.equal last (Some(Path.Combine(dir.Path, "checkpoints", "step-000005"))) "checkpoint 5 kept"
                 use fresh = torch.nn.Linear(5L, 1L, dtype = torch.float64)
                 Checkpoint.load (Path.Combine(last.Value, "model.safetensors")) fresh
@@ -252,7 +252,7 @@ let tests =
                 Expect.equal last.Validation.Length 1 "validated at the stop"
 
                 Expect.equal
-                    (Trainer.lastCheckpoint dir.Path)
+                    (TrainerCheckpoint.lastCheckpoint dir.Path)
                     (Some(Path.Combine(dir.Path, "checkpoints", "step-000001")))
                     "a final checkpoint"
 
@@ -344,7 +344,7 @@ let tests =
                 let checkpoints = Path.Combine(dir.Path, "checkpoints")
 
                 Expect.equal
-                    (Trainer.lastCheckpoint dir.Path)
+                    (TrainerCheckpoint.lastCheckpoint dir.Path)
                     (Some(Path.Combine(checkpoints, "step-000005")))
                     "the last checkpoint is still step 5"
 
@@ -380,13 +380,13 @@ let tests =
                 File.Copy(Path.Combine(ten, "model.safetensors"), Path.Combine(killed, "model.safetensors"))
                 File.WriteAllBytes(Path.Combine(killed, "optimizer.bin"), Array.zeroCreate 17)
                 File.WriteAllText(Path.Combine(checkpoints, "last.tmp-424242"), "step-000015.tmp-424242")
-                Expect.equal (Trainer.lastCheckpoint dir.Path) (Some ten) "the killed write is not taken"
+                Expect.equal (TrainerCheckpoint.lastCheckpoint dir.Path) (Some ten) "the killed write is not taken"
 
                 // A pointer that names an incomplete folder (no trainer.json) is not taken either.
                 let incomplete = Path.Combine(checkpoints, "step-000099")
                 Directory.CreateDirectory incomplete |> ignore
                 File.WriteAllText(Path.Combine(checkpoints, "last"), "step-000099")
-                Expect.equal (Trainer.lastCheckpoint dir.Path) None "an incomplete folder is not a checkpoint"
+                Expect.equal (TrainerCheckpoint.lastCheckpoint dir.Path) None "an incomplete folder is not a checkpoint"
                 Directory.Delete incomplete
                 File.WriteAllText(Path.Combine(checkpoints, "last"), "step-000010")
 
