@@ -195,13 +195,40 @@ let tests =
             test "the module's state_dict is exactly ESM3's key table (T8)" {
                 use g = new torch.Generator(1UL)
 
+                // ESM's own: the state dict ESM's `ESM3` class wrote at d 64, 1 head, 4 vector heads, 2 layers
+                // (Reference/esm3/generate.py; torch.save, read here without loading a tensor), in its order.
+                let pth =
+                    IO.Path.Combine(AppContext.BaseDirectory, "Reference", "esm3", "esm3-small.pth")
+
+                let esm =
+                    PyTorchCheckpoint.entries pth
+                    |> List.map (fun (name, stored) -> name, stored.Shape)
+
+                let esmConfig =
+                    { MultiTrackConfig.esm3 with
+                        DModel = 64L
+                        Heads = 1L
+                        VHeads = 4L
+                        Layers = 2
+                    }
+
+                use esmSized = new MultiTrackModel(esmConfig, g)
+                let ours = Checkpoint.keyShapes esmSized
+                Expect.equal (ours |> List.map fst |> List.sort) (esm |> List.map fst |> List.sort) "ESM's keys"
+
+                for (k, a), (_, b) in List.zip (List.sortBy fst ours) (List.sortBy fst esm) do
+                    Expect.equal a b ("ESM's shape of " + k)
+
+                Expect.equal (MultiTrackConfig.keyShapes esmConfig) esm "the table: ESM's keys in ESM's order"
+
+                // Other sizes: the module against the table (checked against ESM's file just above).
                 for config in [ tiny; { tiny with GeometricLayers = 2 }; MultiTrackConfig.small ] do
                     use model = new MultiTrackModel(config, g)
                     let ours = Checkpoint.keyShapes model |> List.sortBy fst
-                    let theirs = MultiTrackConfig.keyShapes config |> List.sortBy fst
-                    Expect.equal (ours |> List.map fst) (theirs |> List.map fst) "keys"
+                    let table = MultiTrackConfig.keyShapes config |> List.sortBy fst
+                    Expect.equal (ours |> List.map fst) (table |> List.map fst) "keys"
 
-                    for (k, a), (_, b) in List.zip ours theirs do
+                    for (k, a), (_, b) in List.zip ours table do
                         Expect.equal a b k
             }
 

@@ -71,7 +71,22 @@ let tests =
                 for (n, s), (_, e) in List.zip (keys withSeq) expected do
                     Expect.sequenceEqual s e n
 
-                Expect.equal (StructureDecoderConfig.expectedKeysWith false tiny) esm "no sequence: ESM's"
+                // Without sequence input the module's own state dict (names and shapes) is the table; with it, the
+                // table grows by 21 × 1280 = 26,880 on ESM's released sizes, whose count is 618,552,905
+                // (ESM3-REFERENCE.md §1, from the shapes of esm3_structure_decoder_v0.pth).
+                for (n, s), (_, e) in List.zip (keys plain) (StructureDecoderConfig.expectedKeysWith false tiny) do
+                    Expect.sequenceEqual s e ("plain " + n)
+
+                let count (table: (string * int64[]) list) =
+                    table |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
+
+                let esm3 = StructureDecoderConfig.esm3
+                Expect.equal (count (StructureDecoderConfig.expectedKeysWith false esm3)) 618_552_905L "ESM's count"
+
+                Expect.equal
+                    (count (StructureDecoderConfig.expectedKeysWith true esm3))
+                    (618_552_905L + 21L * 1280L)
+                    "ESM's count + 21 × 1280"
             }
 
             test "DecodeTokens without sequence and padding equals forward; a −1 sequence adds nothing" {

@@ -68,9 +68,46 @@ let private edited
     Safetensors.write path (edit file.Tensors) null
     path
 
-let private backboneLocal =
-    // ESM's oxygen placement (ProteinChain.infer_oxygen): ‖O − C‖ follows from the local vector.
-    Math.Sqrt(0.6240 * 0.6240 + 1.0613 * 1.0613 + 0.0103 * 0.0103)
+/// ESM's local oxygen v (ProteinChain.infer_oxygen): O = C + R v, so ‖O − C‖ = ‖v‖.
+let private oxygenLocal = [| 0.6240; -1.0613; 0.0103 |]
+
+let private backboneLocal = Math.Sqrt(Array.sumBy (fun x -> x * x) oxygenLocal)
+
+/// The bound on |‖O − C‖ − ‖v‖| for O from `inferOxygen` in `dtype`, per residue 0 … L−2.
+/// Shapes: o [*, L−1, 3] (the inferred O), aa, uu, sin [*, L−1] (`oxygenConditioning`) -> [*, L−1]
+///
+/// Rounding (u = the dtype's unit roundoff, first order): O = fl(fl(R v) + C) rounds once at the magnitude ‖O‖;
+/// the rotation part, at magnitude ‖v‖, takes about 16 operations (x̂: a 3-term norm, sqrt, divide; ê₂ = x̂ × ê₁;
+/// R v: 3-term dot products; the check's own subtraction and norm) plus 8 in ê₁ (3-term dot, multiply-subtract,
+/// norm, sqrt, divide) whose error is relative to |b⊥| = |b| sin θ, so amplified by 1/sin θ (θ = ∠(C − CA,
+/// N_{i+1} − C)). Hence u·(‖O‖ + ‖v‖·(16 + 8/sin θ)).
+///
+/// ESM's ε = 1e-10 inside the square roots (a bias, not rounding; exact to first order in ε): x̂ is shortened by
+/// α = ε/(2‖a‖²), ê₁ by β = ε/(2‖b⊥‖²), and the shortened x̂ leaves 2α·cot θ of x̂ in ê₁, so
+/// ‖R v‖ − ‖v‖ ≈ (−(v₀² + v₂²)α + 2v₀v₁α·cot θ − (v₁² + v₂²)β)/‖v‖, bounded by its terms' magnitudes: tight (all
+/// three shorten when cot θ > 0, and random backbones reach 0.999999 of it in float64), yet an upper bound, as the
+/// higher orders only shorten less (1/√(1 + x) ≥ 1 − x/2; the leftover x̂ in ê₁ adds length). (An earlier
+/// bound ε(1/‖a‖² + 1/‖b⊥‖²) missed the cot θ term and fails by up to 1.35× for |b| ≈ 7 Å, θ ≈ 0.3 in float64.)
+let private oxygenLengthTolerance
+    (dtype: torch.ScalarType)
+    (o: torch.Tensor)
+    (aa: torch.Tensor)
+    (uu: torch.Tensor)
+    (sin: torch.Tensor)
+    =
+    let v0, v1, v2 = oxygenLocal.[0], oxygenLocal.[1], oxygenLocal.[2]
+    let u = Tol.unitRoundoff dtype
+    let rounding = u * (o.norm (-1, false) + backboneLocal * (16.0 + 8.0 / sin))
+    let cot = (1.0 - sin * sin).clamp_min(0.0.ToScalar()).sqrt() / sin
+    let eps = Rotation.EsmFrameEps
+
+    let bias =
+        (eps / backboneLocal)
+        * ((v0 * v0 + v2 * v2) / (2.0 * aa)
+           + abs (v0 * v1) * cot / aa
+           + (v1 * v1 + v2 * v2) / (2.0 * uu))
+
+    rounding + bias
 
 /// For residues 0 … L−2 of a backbone: ‖C−CA‖², ‖u‖² (the part of N_{i+1} − C orthogonal to C − CA, i.e. the
 /// second Gram–Schmidt axis before normalisation) and the sine of the angle between C − CA and N_{i+1} − C.
@@ -112,13 +149,8 @@ let private oxygenTests =
                         let early = o.narrow (-2L, 0L, l - 1L)
                         Expect.isTrue (early.isfinite().all().item<bool>()) "other O finite"
                         let oc = (early - bb.narrow(-3L, 0L, l - 1L).select(-2L, 2L)).norm(-1, false)
-                        // ESM's Gram–Schmidt ε (1e-10) inside the square roots shortens the axes by ε/(2‖v‖²).
-                        let aa, uu, _ = oxygenConditioning bb
-
-                        let tol =
-                            (if f64 then 1e-12 else 1e-5) + Rotation.EsmFrameEps * (1.0 / aa + 1.0 / uu)
-
-                        within "‖O − C‖" (oc - backboneLocal) tol
+                        let aa, uu, sin = oxygenConditioning bb
+                        within "‖O − C‖" (oc - backboneLocal) (oxygenLengthTolerance dtype early aa uu sin)
                         // Replace every atom except CA_i, C_i, N_{i+1} of one residue i: O_i is unchanged.
                         let i = (c.Seed % uint64 (l - 1L)) |> int64
                         let noise = Draw.backbone g c.Batch l dtype

@@ -28,17 +28,25 @@ let private sinAngle (a: torch.Tensor) (c: torch.Tensor) =
     torch.linalg.cross(a, c, -1L).norm(-1, true)
     / (a.norm (-1, true) * c.norm (-1, true))
 
-/// D2: ‖N−CA‖ = 1.459151 Å, ‖CA−C‖ = 1.5251 Å, ∠N-CA-C = 111.113°, derived here from BB_COORDINATES (N (0.5256,
-/// 1.3612, 0), CA 0, C (−1.5251, 0, 0)). The Gram–Schmidt ε = 1e-10 inside the square roots shortens the second
-/// axis by ε/(2 sin²∠(a, c)), which moves ‖N−CA‖ by ≈ 0.64 ε/sin² Å and the angle by ≈ 9.6 ε/sin² degrees; the
-/// float64 tolerances include that term. Shapes: projection [*, 23], backbone [*, 3, 3]
+/// ‖N−CA‖ (Å), ‖CA−C‖ (Å) and ∠N-CA-C (degrees) of the ideal local backbone the library places
+/// (`BackboneHead.idealBackbone`), measured in float64.
+let private idealGeometry =
+    lazy
+        (use bb = BackboneHead.idealBackbone torch.float64 cpu
+         let u = bb.[0L] - bb.[1L]
+         let v = bb.[2L] - bb.[1L]
+         let nu, nv = u.norm().ToDouble(), v.norm().ToDouble()
+         let cos = (u * v).sum().ToDouble() / (nu * nv)
+         nu, nv, Math.Acos cos * 180.0 / Math.PI)
+
+/// D2: ‖N−CA‖ = 1.459151 Å, ‖CA−C‖ = 1.5251 Å, ∠N-CA-C = 111.113°, measured on the library's ideal backbone (the
+/// test "ideal backbone" checks those against ESM's BB_COORDINATES). The Gram–Schmidt ε = 1e-10 inside the square
+/// roots shortens the second axis by ε/(2 sin²∠(a, c)), which moves ‖N−CA‖ by ≈ 0.64 ε/sin² Å and the angle by
+/// ≈ 9.6 ε/sin² degrees; the float64 tolerances include that term. Shapes: projection [*, 23], backbone [*, 3, 3]
 let checkIdealGeometry (dtype: torch.ScalarType) (projection: torch.Tensor) (backbone: torch.Tensor) =
     let f64 = dtype = torch.float64
     let eps = Rotation.EsmFrameEps
-    let nCa = Math.Sqrt(0.5256 * 0.5256 + 1.3612 * 1.3612)
-    let angle = Math.Acos(-0.5256 / nCa) * 180.0 / Math.PI
-    Expect.floatClose { absolute = 5e-7; relative = 0.0 } nCa 1.459151 "1.459151 Å"
-    Expect.floatClose { absolute = 5e-4; relative = 0.0 } angle 111.113 "111.113°"
+    let nCa, caC, angle = idealGeometry.Value
 
     let s =
         (sinAngle (projection.narrow (-1L, 3L, 3L)) (projection.narrow (-1L, 6L, 3L))).squeeze(-1L)
@@ -51,7 +59,7 @@ let checkIdealGeometry (dtype: torch.ScalarType) (projection: torch.Tensor) (bac
 
     let u, v = n - ca, cc - ca
     within "‖N−CA‖" (u.norm (-1, false) - nCa) (tolA + 0.1 * eps + 0.7 * illConditioned)
-    within "‖CA−C‖" (v.norm (-1, false) - 1.5251) (torch.full_like (s, (tolA + eps).ToScalar()))
+    within "‖CA−C‖" (v.norm (-1, false) - caC) (torch.full_like (s, (tolA + eps).ToScalar()))
     let cos = (u * v).sum(-1L) / (u.norm (-1, false) * v.norm (-1, false))
 
     let degrees =
@@ -250,6 +258,30 @@ let tests =
                 Tol.close "pLDDT centres" 1e-15 pl (torch.arange (50L, dtype = torch.float64) * 0.02 + 0.01)
                 let pl32 = Plddt.binCentresFor Plddt.Bins torch.float32 cpu
                 Tol.close "pLDDT centres (float32)" 1e-7 (pl32.to_type torch.float64) pl
+            }
+
+            test "ideal backbone: ESM's BB_COORDINATES, so ‖N−CA‖ = 1.459151 Å, ‖CA−C‖ = 1.5251 Å, ∠N-CA-C = 111.113°" {
+                // evolutionaryscale/esm `esm/utils/constants/physics.py` BB_COORDINATES: N (0.5256, 1.3612, 0),
+                // CA (0, 0, 0), C (−1.5251, 0, 0). By hand: ‖N−CA‖ = √(0.5256² + 1.3612²) = √2.1291208 = 1.4591507 Å,
+                // ∠N-CA-C = acos(−0.5256 / 1.4591507) = 111.11306°.
+                use _ = torch.NewDisposeScope()
+                let bb = BackboneHead.idealBackbone torch.float64 cpu
+
+                let esm =
+                    torch.tensor (
+                        [| 0.5256; 1.3612; 0.0; 0.0; 0.0; 0.0; -1.5251; 0.0; 0.0 |],
+                        ReadOnlySpan<int64> [| 3L; 3L |],
+                        dtype = torch.float64
+                    )
+
+                Tol.close "coordinates (rows N, CA, C)" 0.0 bb esm
+                let nCa, caC, angle = idealGeometry.Value
+                Expect.floatClose { absolute = 5e-8; relative = 0.0 } nCa 1.4591507 "‖N−CA‖ (Å)"
+                Expect.floatClose { absolute = 1e-12; relative = 0.0 } caC 1.5251 "‖CA−C‖ (Å)"
+                Expect.floatClose { absolute = 5e-6; relative = 0.0 } angle 111.11306 "∠N-CA-C (°)"
+                // float32 holds the same constants to one rounding each.
+                let bb32 = BackboneHead.idealBackbone torch.float32 cpu
+                Tol.close "float32" (Tol.derived torch.float32 1.0 1.5251) (bb32.to_type torch.float64) esm
             }
 
             test "d₀ = 1.24·(max(N, 19) − 15)^(1/3) − 1.8" {

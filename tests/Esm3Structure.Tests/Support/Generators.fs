@@ -72,23 +72,67 @@ module Props =
         | true, n when n > 0 -> n
         | _ -> 60
 
+    /// FsCheck 3's splittable generator is (seed, gamma), gamma odd; with a number alone we pair it with this gamma.
+    let private defaultGamma = 0x9E3779B97F4A7C15UL
+
+    /// The seed every run replays unless ESM3_PROPERTY_SEED says otherwise.
+    let defaultSeed = 20261202UL
+
+    /// Reads an ESM3_PROPERTY_SEED value as an FsCheck replay (seed, gamma, size): "" (unset) replays
+    /// `defaultSeed`; "random" gives None (fresh seeds); "N" replays seed N; "(S, G)" replays a whole run from the
+    /// "Original seed: (S, G)" a failing property prints; "(S, G, Some N)" replays its "Focus on error" triple, the
+    /// failing case alone. `UL` suffixes, spaces and brackets are ignored, so either line can be pasted as printed.
+    /// Anything else is an ArgumentException (a typo must not silently replay the default seed).
+    let parseSeed (text: string) : (uint64 * uint64 * int option) option =
+        let words =
+            if isNull text then
+                [||]
+            else
+                text
+                    .Replace("(", " ")
+                    .Replace(")", " ")
+                    .Replace("Some", " ")
+                    .Replace("UL", " ")
+                    .Split([| ','; ' ' |], StringSplitOptions.RemoveEmptyEntries)
+
+        let number (w: string) =
+            match UInt64.TryParse w with
+            | true, n -> n
+            | _ -> invalidArg "ESM3_PROPERTY_SEED" (sprintf "cannot read '%s' in '%s' as a seed" w text)
+
+        match words with
+        | [||] -> Some(defaultSeed, defaultGamma, None)
+        | [| "random" |] -> None
+        | [| seed |] -> Some(number seed, defaultGamma, None)
+        | [| seed; gamma |] -> Some(number seed, number gamma, None)
+        | [| seed; gamma; size |] -> Some(number seed, number gamma, Some(int (number size)))
+        | _ ->
+            invalidArg
+                "ESM3_PROPERTY_SEED"
+                (sprintf "expected random, N, (seed, gamma) or (seed, gamma, Some size); got '%s'" text)
+
+    /// From a failing property's message, what Expecto.FsCheck prints to replay it: the "Original seed: (S, G)"
+    /// (the whole run) and the "Focus on error: … (S, G, Some N)" (the failing case alone), both as printed and
+    /// readable by `parseSeed`; None for any other message.
+    let replaySeeds (message: string) =
+        let original =
+            Text.RegularExpressions.Regex.Match(message, @"Original seed: (\([^)]*\))")
+
+        let focus =
+            Text.RegularExpressions.Regex.Match(message, @"Focus on error:\s*\S+ (\([^)]*\))")
+
+        if original.Success && focus.Success then
+            Some(original.Groups.[1].Value, focus.Groups.[1].Value)
+        else
+            None
+
     /// Every property's base configuration: FsCheck replays one fixed seed, so every run (CI's included) checks
     /// the same cases and a property cannot fail one run in fifty. `ESM3_PROPERTY_SEED=random` draws fresh seeds (a
-    /// wider search, with `ESM3_PROPERTY_CASES`); `ESM3_PROPERTY_SEED=N` replays seed N.
+    /// wider search, with `ESM3_PROPERTY_CASES`); a failing property then prints "Original seed: (S, G)", and
+    /// `ESM3_PROPERTY_SEED="(S, G)"` (same `ESM3_PROPERTY_CASES`) replays that run (`parseSeed`).
     let baseConfig =
-        // FsCheck 3's splittable generator: (seed, gamma), gamma odd.
-        let gamma = 0x9E3779B97F4A7C15UL
-
-        let replay =
-            match Environment.GetEnvironmentVariable "ESM3_PROPERTY_SEED" with
-            | "random" -> None
-            | text ->
-                match UInt64.TryParse text with
-                | true, seed -> Some(seed, gamma, None)
-                | _ -> Some(20261202UL, gamma, None)
-
         { FsCheckConfig.defaultConfig with
-            replay = replay
+            replay = parseSeed (Environment.GetEnvironmentVariable "ESM3_PROPERTY_SEED")
         }
 
     /// FsCheck configuration with our arbitraries.
@@ -101,8 +145,38 @@ module Props =
     /// A property over our arbitraries.
     let property name (body: 'a -> unit) = testPropertyWithConfig config name body
 
+    /// Whether a test is an FsCheck property: Expecto.FsCheck builds every property (`testProperty`,
+    /// `testPropertyWithConfig`, …) as `AsyncFsCheck` code carrying its configuration, whatever its name.
+    let isProperty (code: TestCode) =
+        match code with
+        | AsyncFsCheck _ -> true
+        | _ -> false
+
+    /// The tree with its properties only (None when it holds none): `--only-properties` in Main.
+    let rec onlyProperties (t: Test) : Test option =
+        match t with
+        | TestCase(code, _) -> if isProperty code then Some t else None
+        | TestList(tests, state) ->
+            match List.choose onlyProperties tests with
+            | [] -> None
+            | kept -> Some(TestList(kept, state))
+        | TestLabel(label, inner, state) -> onlyProperties inner |> Option.map (fun i -> TestLabel(label, i, state))
+        | Test.Sequenced(how, inner) -> onlyProperties inner |> Option.map (fun i -> Test.Sequenced(how, i))
+
     /// The dtypes every geometric property runs in, with its name.
     let dtypes = [ torch.float64, "float64"; torch.float32, "float32" ]
+
+/// Seeds derived from names, the same in every process: .NET randomises `String.GetHashCode` per process.
+module StableHash =
+    /// 64-bit FNV-1a over the string's UTF-8 bytes (offset basis 14695981039346656037, prime 1099511628211;
+    /// Fowler, Noll, Vo: http://www.isthe.com/chongo/tech/comp/fnv/).
+    let fnv1a64 (text: string) =
+        let mutable h = 14695981039346656037UL
+
+        for b in Text.Encoding.UTF8.GetBytes text do
+            h <- (h ^^^ uint64 b) * 1099511628211UL
+
+        h
 
 module Draw =
     /// Gaussian points with standard deviation `sigma`. Shapes: -> [*, 3]
