@@ -87,7 +87,7 @@ type FuzzSeed =
         Bytes: byte[]
     }
 
-/// A generated input of a million residues (issue 8, "a million residues") and the outcome it must have.
+/// A generated input of a million residues (a size every reader must handle) and the outcome it must have.
 type FuzzLargeInput =
     {
         /// The format.
@@ -100,7 +100,7 @@ type FuzzLargeInput =
         Expected: string
     }
 
-/// A deterministic fuzz harness for the readers (issue 8): mutators driven by a seeded `Random` turn real inputs
+/// A deterministic fuzz harness for the readers: mutators driven by a seeded `Random` turn real inputs
 /// into broken ones (truncation at bytes, lines and tokens; bit flips; shifted columns; huge, negative, NaN and
 /// infinite numbers; values of the wrong kind; missing tokens and lines; lying safetensors header lengths; huge
 /// repeated inputs), and a runner reads each case from a scratch file with a time limit and a bound on allocation,
