@@ -7,7 +7,7 @@ open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Training
 
-/// The structure tokenizer's ablations (issue 7, item 3), each at a "tiny" budget derived from the smoke preset.
+/// The structure tokenizer's ablations, each at a "tiny" budget derived from the smoke preset.
 module TokenizerAblations =
 
     /// The ablation runner's adapter for stage-1 tokenizer training on the given chains (silent progress).
@@ -133,8 +133,9 @@ module TokenizerAblations =
 
         ablation "commitment" [| beta 0.1; beta 0.25; beta 1.0 |]
 
-    /// The recipe options of issue 13 against ESM's recipe: backbone FAPE (weight 1); FAPE with the encoder's
-    /// explicit neighbour geometry; that with chain-composed decoder frames; FAPE with a 4-round structure module.
+    /// This library's recipe options beyond ESM's, against ESM's recipe: backbone FAPE (weight 1); FAPE with the
+    /// encoder's explicit neighbour geometry; that with chain-composed decoder frames; FAPE with a 4-round structure
+    /// module.
     let recipe =
         let fape (c: TokenizerTrainConfig) =
             { c with

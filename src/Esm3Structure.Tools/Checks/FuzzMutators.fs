@@ -89,7 +89,7 @@ type FuzzSeed =
         Bytes: byte[]
     }
 
-/// A generated input of a million residues (issue 8, "a million residues") and the outcome it must have.
+/// A generated input of a million residues (a size every reader must handle) and the outcome it must have.
 type FuzzLargeInput =
     {
         /// The format.

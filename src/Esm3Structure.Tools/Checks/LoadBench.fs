@@ -143,9 +143,10 @@ module LoadBench =
         rows, [ "safetensors", safetensors; "PyTorch .pth", pth ]
 
     /// Times and peak memory of: building the model alone (random init, no file); `MultiTrackCheckpoint.load` of
-    /// each file (build without the random re-initialisation, then every tensor read straight into its parameter); and, as the baseline, build then read
-    /// the whole file into fresh tensors and copy them in (`TensorFile.read` + `Checkpoint.loadInto`, the loader
-    /// before issue 15). The files are in the page cache (just written): these are not cold-disk times.
+    /// each file (build without the random re-initialisation, then every tensor read straight into its parameter);
+    /// and, as the baseline, build then read the whole file into fresh tensors and copy them in (`TensorFile.read` +
+    /// `Checkpoint.loadInto`, the loader that `MultiTrackCheckpoint.load` replaced). The files are in the page cache
+    /// (just written): these are not cold-disk times.
     let loads (config: MultiTrackConfig) (files: (string * string) list) (log: string -> unit) =
         let build () =
             use generator = new torch.Generator(0UL)

@@ -6,7 +6,7 @@ open Esm3Structure.Structure
 open Esm3Structure.Models
 open Esm3Structure.Tokenizers
 
-/// The three tasks of issue 16's evaluation for one generation seed: each figure over all evaluated chains.
+/// The three tasks of `GenerationEvaluation` for one generation seed: each figure over all evaluated chains.
 type GenerationTaskScores =
     {
         /// The generation seed (`ProteinGeneration.sampleSeed seed i` for chain i).
@@ -42,7 +42,7 @@ type GenerationBaselines =
         ShuffledTokensMedianTmScore: float
     }
 
-/// Issue 16's evaluation of a multi-track model on whole chains (`scripts/evaluate-generation.fsx`): inverse
+/// The evaluation of a multi-track model on whole chains (`scripts/evaluate-generation.fsx`): inverse
 /// folding, SS8 from sequence, and structure from sequence, each decoded by `ProteinGeneration.generate`, with
 /// argmax sampling (temperature 0) and the configured steps, schedule and strategy.
 module GenerationEvaluation =

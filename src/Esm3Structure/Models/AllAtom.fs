@@ -55,9 +55,6 @@ module AllAtom =
     // `_make_rigid_group_constants` does (deepmind/alphafold alphafold/common/residue_constants.py), then re-expressed
     // in ESM's backbone convention.
 
-    /// A rigid transform in doubles: rotation with the local axes as columns, translation.
-    type private Rigid = { Rot: float[,]; Trans: float[] }
-
     let private sub (a: float[]) (b: float[]) = Array.map2 (-) a b
 
     let private dot (a: float[]) (b: float[]) =
@@ -74,48 +71,25 @@ module AllAtom =
 
     let private unit (a: float[]) = scale (1.0 / sqrt (dot a a)) a
 
-    let private rigidIdentity =
-        {
-            Rot = Array2D.init 3 3 (fun i j -> if i = j then 1.0 else 0.0)
-            Trans = [| 0.0; 0.0; 0.0 |]
-        }
-
-    /// ESM from AlphaFold backbone frame: the 180° rotation about local y.
-    let private flipY =
-        {
-            Rot =
-                Array2D.init 3 3 (fun i j ->
-                    if i <> j then 0.0
-                    elif i = 1 then 1.0
-                    else -1.0)
-            Trans = [| 0.0; 0.0; 0.0 |]
-        }
-
     /// x̂ along `ex`, ŷ the part of `ey` orthogonal to x̂, ẑ = x̂ × ŷ; origin at `t` (AlphaFold's
-    /// `_make_rigid_transformation_4x4`).
-    let private rigidOfAxes (ex: float[]) (ey: float[]) (t: float[]) =
+    /// `_make_rigid_transformation_4x4`). The axes are computed in .NET doubles, whose square root is correctly
+    /// rounded (libtorch's float64 `sqrt` is not always), so the tables are the same bits on every machine.
+    /// Shapes: -> Frame [] (float64, CPU)
+    let private frameOfAxes (ex: float[]) (ey: float[]) (t: float[]) : Frame =
         let x = unit ex
         let y = unit (sub ey (scale (dot ey x) x))
         let z = cross x y
         let axes = [| x; y; z |]
 
-        {
-            Rot = Array2D.init 3 3 (fun i j -> axes.[j].[i])
-            Trans = Array.copy t
-        }
+        let rows =
+            [|
+                for i in 0..2 do
+                    for j in 0..2 -> axes.[j].[i]
+            |] // the axes as columns
 
-    let private rotate (r: float[,]) (v: float[]) =
-        Array.init 3 (fun i -> r.[i, 0] * v.[0] + r.[i, 1] * v.[1] + r.[i, 2] * v.[2])
-
-    let private composeRigid (a: Rigid) (b: Rigid) =
-        {
-            Rot =
-                Array2D.init 3 3 (fun i j ->
-                    a.Rot.[i, 0] * b.Rot.[0, j]
-                    + a.Rot.[i, 1] * b.Rot.[1, j]
-                    + a.Rot.[i, 2] * b.Rot.[2, j])
-            Trans = Array.map2 (+) (rotate a.Rot b.Trans) a.Trans
-        }
+        Frame.create
+            (torch.tensor(rows, dtype = torch.float64, device = torch.CPU).reshape(3L, 3L))
+            (torch.tensor (t, dtype = torch.float64, device = torch.CPU))
 
     let private position (r: int) (name: string) =
         let a =
@@ -128,16 +102,24 @@ module AllAtom =
         ResidueConstants.chiAnglesMask.[r, k] > 0.0f
 
     /// Default frames of one residue type, group -> parent group (0 -> backbone), ESM convention.
-    let private defaultRigids (r: int) : Rigid[] =
+    /// Shapes: -> Frame [8] (float64, CPU)
+    let private defaultGroupFrames (r: int) : Frame =
+        let identity = Frame.identity [||] torch.float64 torch.CPU
+        // ESM from AlphaFold backbone frame: the 180° rotation about local y.
+        let flipY =
+            Frame.create
+                (torch.diag (torch.tensor ([| -1.0; 1.0; -1.0 |], dtype = torch.float64, device = torch.CPU)))
+                (torch.zeros (3L, dtype = torch.float64, device = torch.CPU))
+
         let n, ca, c = position r "N", position r "CA", position r "C"
-        let esm (af2: Rigid) = composeRigid flipY af2
-        let phi = rigidOfAxes (sub n ca) [| 1.0; 0.0; 0.0 |] n
-        let psi = rigidOfAxes (sub c ca) (sub ca n) c
+        let esm (af2: Frame) = Frame.compose flipY af2
+        let phi = frameOfAxes (sub n ca) [| 1.0; 0.0; 0.0 |] n
+        let psi = frameOfAxes (sub c ca) (sub ca n) c
 
         let chi1 =
             if hasChi r 0 then
                 let atoms = ResidueConstants.chiAnglesAtoms.[r].[0] |> Array.map (position r)
-                esm (rigidOfAxes (sub atoms.[2] atoms.[1]) (sub atoms.[0] atoms.[1]) atoms.[2])
+                esm (frameOfAxes (sub atoms.[2] atoms.[1]) (sub atoms.[0] atoms.[1]) atoms.[2])
             else
                 flipY
 
@@ -145,36 +127,24 @@ module AllAtom =
             if hasChi r k then
                 // The axis of chi k starts at the origin of chi k-1's frame; its end atom is in chi k-1's group.
                 let axisEnd = position r ResidueConstants.chiAnglesAtoms.[r].[k].[2]
-                rigidOfAxes axisEnd [| -1.0; 0.0; 0.0 |] axisEnd
+                frameOfAxes axisEnd [| -1.0; 0.0; 0.0 |] axisEnd
             else
-                rigidIdentity
+                identity
 
-        [|
-            rigidIdentity
-            flipY
-            esm phi
-            esm psi
-            chi1
-            chiNext 1
-            chiNext 2
-            chiNext 3
-        |]
-
-    let private allDefaultRigids = Array.init 21 defaultRigids
+        Frame.stack 0L [ identity; flipY; esm phi; esm psi; chi1; chiNext 1; chiNext 2; chiNext 3 ]
 
     /// [21, 8, 4, 4] homogeneous default frame of each rigid group relative to its parent (groups 0..4: the ESM
     /// backbone frame; group k+1: chi k's frame for k = 1..3), in ESM's backbone convention (see the module doc).
     /// Group 0 is the identity. Groups a residue type lacks (see `restypeRigidGroupMask`) hold placeholders: `F`
     /// (AlphaFold's identity) for groups 1 and 4, the identity for groups 5..7.
     let restypeRigidGroupDefaultFrames: float[,,,] =
-        Array4D.init 21 8 4 4 (fun r g i j ->
-            let f = allDefaultRigids.[r].[g]
+        // Only managed data leaves this construction, so its tensors are freed here.
+        use _ = torch.NewDisposeScope()
 
-            match i, j with
-            | 3, 3 -> 1.0
-            | 3, _ -> 0.0
-            | _, 3 -> f.Trans.[i]
-            | _ -> f.Rot.[i, j])
+        let m = Frame.toMatrix4 (Frame.stack 0L [ for r in 0..20 -> defaultGroupFrames r ]) // [21, 8, 4, 4]
+
+        let data = m.contiguous().data<float>().ToArray()
+        Array4D.init 21 8 4 4 (fun r g i j -> data.[((r * 8 + g) * 4 + i) * 4 + j])
 
     /// [21, 14, 3] reference position of each atom14 slot in its rigid group's frame, ESM convention (group-0 atoms
     /// mapped by (x, y, z) -> (−x, y, −z)); 0 for empty slots. Source: `ResidueConstants.rigidGroupAtomPositions`.

@@ -3,6 +3,7 @@ namespace Esm3Structure.Structure
 open System
 open TorchSharp
 open Esm3Structure.Tensors
+open Esm3Structure.Geometry
 
 /// LDDT settings: the inclusion radius (judged on the reference) and the distance-difference thresholds, in Å.
 /// Released defaults (ESM `esm/utils/structure/metrics.py`, `compute_lddt`): cutoff 15, thresholds 0.5/1/2/4.
@@ -123,10 +124,10 @@ module Metrics =
         Superpose.checkPair model reference mask
         let present = Superpose.presence model mask
 
-        let r, _, pc, qc, n =
+        let fit, pc, qc, n =
             Superpose.fit64 (Superpose.clean model present) (Superpose.clean reference present) present
 
-        let dev_L = (pc.matmul (r.transpose (-1L, -2L)) - qc).square().sum(-1L).sqrt()
+        let dev_L = (pc.matmul (fit.R.transpose (-1L, -2L)) - qc).square().sum(-1L).sqrt()
 
         let fractions =
             gdtThresholds
@@ -268,10 +269,10 @@ module Metrics =
             let step (pS: torch.Tensor) (qS: torch.Tensor) (sel: torch.Tensor) (d: float) =
                 use scope = torch.NewDisposeScope()
 
-                let r, t, _, _, _ =
+                let fit, _, _, _ =
                     Superpose.fit64 (Superpose.clean pS sel) (Superpose.clean qS sel) sel
 
-                let dist = (Superpose.applyRigid r t pS - qS).square().sum(-1L).sqrt() // [S, n]
+                let dist = (Frame.applyEach fit pS - qS).square().sum(-1L).sqrt() // [S, n]
                 let best = (tmOfDistances d0 n dist).max().ToDouble()
                 let next = within d dist
                 best, scope.MoveToOuter next

@@ -3,6 +3,7 @@ namespace Esm3Structure.Structure
 open System
 open TorchSharp
 open Esm3Structure.Tensors
+open Esm3Structure.Geometry
 
 /// Optimal rigid superposition (Kabsch) of one point set onto another, and RMSD.
 ///
@@ -57,8 +58,8 @@ module Superpose =
         torch.where (present.unsqueeze -1L, x, torch.zeros_like x)
 
     /// The float64 fit on already cleaned points.
-    /// Returns (R [*,3,3], t [*,3], centred mobile [*,N,3], centred target [*,N,3], count [*]); the centred sets are
-    /// zero at absent points.
+    /// Returns (fit Frame [*], centred mobile [*,N,3], centred target [*,N,3], count [*]); the centred sets are zero
+    /// at absent points.
     let internal fit64 (p: torch.Tensor) (q: torch.Tensor) (present: torch.Tensor) =
         let w_N1 = present.to_type(torch.ScalarType.Float64).unsqueeze -1L // [*, N, 1]
         let n_1 = w_N1.sum (-2L) // [*, 1]
@@ -84,40 +85,35 @@ module Superpose =
         let eye = torch.eye (3L, 3L, dtype = torch.ScalarType.Float64, device = p.device)
         let r = torch.where (enough, rFit, eye.expand_as rFit)
         let t = cq_3 - r.matmul(cp_3.unsqueeze -1L).squeeze -1L
-        r, t, pc, qc, n_1.squeeze -1L
+        { R = r; T = t }, pc, qc, n_1.squeeze -1L
 
     let private prepare (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) =
         checkPair mobile target mask
         let present = presence mobile mask
         fit64 (clean mobile present) (clean target present) present
 
-    /// The rigid motion (R, t) such that `R mobile + t` best fits `target` over the present points (least squares),
-    /// with det R = +1. Fewer than 3 present points: R = identity, t = centroid difference (see the module doc).
-    /// Returned in mobile's dtype.
-    /// Shapes: mobile [*, N, 3], target [*, N, 3], mask [*, N] -> R [*, 3, 3], t [*, 3]
-    let kabsch (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) : torch.Tensor * torch.Tensor =
-        let r, t, _, _, _ = prepare mobile target mask
-        r.to_type mobile.dtype, t.to_type mobile.dtype
-
-    /// Applies a rigid motion to points: R x + t.
-    /// Shapes: r [*, 3, 3], t [*, 3], x [*, N, 3] -> [*, N, 3]
-    let applyRigid (r: torch.Tensor) (t: torch.Tensor) (x: torch.Tensor) : torch.Tensor =
-        x.matmul (r.transpose (-1L, -2L)) + t.unsqueeze -2L
+    /// The rigid motion, as a frame (R, T), such that `R mobile + T` (`Frame.applyEach`) best fits `target` over
+    /// the present points (least squares), with det R = +1. Fewer than 3 present points: R = identity, T = centroid
+    /// difference (see the module doc). Returned in mobile's dtype.
+    /// Shapes: mobile [*, N, 3], target [*, N, 3], mask [*, N] -> Frame [*]
+    let kabsch (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) : Frame =
+        let fit, _, _, _ = prepare mobile target mask
+        Frame.toType mobile.dtype fit
 
     /// `mobile` moved by its Kabsch fit onto `target` (every point is moved, absent ones included; NaN stays NaN).
     /// Returned in mobile's dtype.
     /// Shapes: mobile [*, N, 3], target [*, N, 3], mask [*, N] -> [*, N, 3]
     let superpose (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) : torch.Tensor =
-        let r, t, _, _, _ = prepare mobile target mask
-        (applyRigid r t (mobile.to_type torch.ScalarType.Float64)).to_type mobile.dtype
+        let fit, _, _, _ = prepare mobile target mask
+        (Frame.applyEach fit (mobile.to_type torch.ScalarType.Float64)).to_type mobile.dtype
 
     /// Root-mean-square deviation over the present points after the Kabsch fit:
     /// `sqrt((1/n) Σ ‖R p̃ᵢ − q̃ᵢ‖²)`. With fewer than 3 present points this is the RMSD after centroid matching
     /// only; with none it is 0. Returned in mobile's dtype.
     /// Shapes: mobile [*, N, 3], target [*, N, 3], mask [*, N] -> [*]
     let rmsd (mobile: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor option) : torch.Tensor =
-        let r, _, pc, qc, n = prepare mobile target mask
-        let diff = pc.matmul (r.transpose (-1L, -2L)) - qc // zero at absent points
+        let fit, pc, qc, n = prepare mobile target mask
+        let diff = pc.matmul (fit.R.transpose (-1L, -2L)) - qc // zero at absent points
         let msd = diff.square().sum([| -2L; -1L |], false) / n.clamp_min 1.0
         msd.sqrt().to_type mobile.dtype
 

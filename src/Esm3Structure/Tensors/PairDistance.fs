@@ -5,7 +5,7 @@ open System.Collections.Generic
 open TorchSharp
 
 /// `torch.cdist` (p = 2) as an autograd function whose backward is a few batched products instead of cdist's own
-/// backward, which runs on one thread and was a tenth of a tokenizer training step (issue 13). The forward is
+/// backward, which runs on one thread and took a tenth of a tokenizer training step. The forward is
 /// `torch.cdist` itself, so values are bit-identical; the backward is cdist's gradient, written out:
 /// with W = G / D (0 where D = 0, cdist's subgradient there),
 /// ∂a_i = a_i Σ_j W_ij − Σ_j W_ij b_j and ∂b_j = b_j Σ_i W_ij − Σ_i W_ij a_i.

@@ -268,7 +268,7 @@ module ConfidenceTraining =
                  (readOnlyDict (Map.toList e.Metadata)))
 
             // pTM counts as informative when its validated correlation with the chains' LDDT-CA reaches 0.5 (the bar
-            // issue 13 sets for pLDDT); otherwise the scripts leave it out.
+            // set for pLDDT); otherwise the scripts leave it out.
             let meta =
                 metadata
                 |> Map.add StructureDecoderConfig.ConfidenceMetadataKey "trained"

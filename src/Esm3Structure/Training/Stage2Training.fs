@@ -4,6 +4,7 @@ open System
 open System.IO
 open TorchSharp
 open Esm3Structure
+open Esm3Structure.Geometry
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
@@ -440,10 +441,10 @@ module Stage2Training =
 
             lddtCa <- lddtCa + l.Protein.ToDouble()
 
-            let r, t =
+            let fit =
                 Superpose.kabsch (out.Backbone.select (2L, 1L)) (s.Backbone.select (2L, 1L)) (Some s.Mask)
 
-            let moved = Superpose.applyRigid r t (atoms.Positions.reshape (1L, -1L, 3L))
+            let moved = Frame.applyEach fit (atoms.Positions.reshape (1L, -1L, 3L))
             let used = (atomMask b atoms).reshape(1L, -1L)
 
             allRmsd <-

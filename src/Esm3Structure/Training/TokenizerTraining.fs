@@ -170,7 +170,7 @@ module TokenizerTrainConfig =
             Trainer = { small.Trainer with Steps = 90000 }
         }
 
-    /// "overfit": the `small` model memorising a few chains (the diagnosis of issue 13: can the losses, labels, heads
+    /// "overfit": the `small` model memorising a few chains (a diagnosis: can the losses, labels, heads
     /// and frames learn a structure at all?): crops of 64 (short chains whole), batch 4, Adam 4e-4 constant from
     /// step 1 (no warm-up, no decay, β₂ 0.999, no weight decay), 1,000 steps, validation every 100 steps on up to 8
     /// chains cut to 64 (the training chains themselves, `scripts/overfit.fsx`), a checkpoint at the end only.

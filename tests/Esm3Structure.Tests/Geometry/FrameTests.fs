@@ -26,6 +26,8 @@ let private properties (dtype: torch.ScalarType) (name: string) =
     let rotTol = if f64 then 1e-12 else 2e-6
     let pointTol = if f64 then 1e-13 else 1e-6
     let scale (x: torch.Tensor) = 1.0 + x.abs().max().ToDouble()
+    /// The dtype's machine epsilon (spacing at 1), the unit of the derived tolerances.
+    let eps = if f64 then Math.Pow(2.0, -52.0) else Math.Pow(2.0, -23.0)
 
     testList
         name
@@ -96,6 +98,20 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let all = Frame.apply (Frame.unsqueeze -1L f) p
                 let one = Frame.apply f (p.select (-2L, 2L))
                 Tol.close "point 2" 0.0 (all.select (-2L, 2L)) one)
+
+            Props.property "applyEach (one product per frame) = apply broadcast over N points" (fun (c: GeoCase) ->
+                use _ = torch.NewDisposeScope()
+                let g = c.Generator()
+                let f = Frame.random c.Batch 10.0 dtype cpu g
+                let p = Draw.points g (Array.append c.Batch [| 5L |]) 30.0 dtype // [*, 5, 3]
+                let each = Frame.applyEach f p
+                Expect.sequenceEqual each.shape p.shape "shape"
+                // Both are R x + T with the three products summed in an order of the backend's choosing: a few
+                // roundings of the largest term each (|R x| ≤ |x|, plus |T|).
+                let tol = 8.0 * eps * (scale p + f.T.abs().max().ToDouble())
+                Tol.close "each = broadcast" tol each (Frame.apply (Frame.unsqueeze -1L f) p)
+                let back = Frame.invertApply (Frame.unsqueeze -1L f) each
+                Tol.close "invertApply undoes it" (pointTol * (scale p + f.T.abs().max().ToDouble())) back p)
 
             Props.property
                 "backbone frames put CA at 0, C on −x, N in the xy-plane with y > 0"

@@ -52,7 +52,7 @@ let tests =
                     "validation is of this model's codebook"
 
                 // Its confidence heads were trained (train.fsx --model confidence); the validation found pLDDT
-                // informative (r ≥ 0.5 per residue, issue 13's bar) and pTM not, and the scripts must know it.
+                // informative (r ≥ 0.5 per residue, the bar set for pLDDT) and pTM not, and the scripts must know it.
                 Expect.isTrue decoder.Value.ConfidenceTrained "confidence heads flagged trained"
                 Expect.isFalse decoder.Value.PtmInformative "pTM flagged uninformative"
                 Expect.isTrue (v.GetProperty("confidence_heads_trained").GetBoolean()) "validation with trained heads"

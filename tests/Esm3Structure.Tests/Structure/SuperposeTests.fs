@@ -4,6 +4,7 @@ open System
 open Expecto
 open FsCheck.FSharp
 open TorchSharp
+open Esm3Structure.Geometry
 open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tests.Structure.StructureTestKit
@@ -40,7 +41,7 @@ let tests =
                 let r = randomRotation g [||]
                 let t = randomTranslation g [||]
                 let q = moveRigid r t p
-                let rFit, tFit = Superpose.kabsch p q None
+                let { R = rFit; T = tFit } = Superpose.kabsch p q None
                 Tol.close "R" 1e-10 rFit r
                 Tol.close "t" 1e-10 tFit t
                 Expect.equal rFit.dtype f64 "float64 in, float64 out"
@@ -55,7 +56,7 @@ let tests =
                 let r = randomRotation g [||]
                 let t = randomTranslation g [||]
                 let q = moveRigid r t p
-                let rFit, tFit = Superpose.kabsch (p.to_type f32) (q.to_type f32) None
+                let { R = rFit; T = tFit } = Superpose.kabsch (p.to_type f32) (q.to_type f32) None
                 Expect.equal rFit.dtype f32 "float32 in, float32 out"
                 Tol.close "R" 1e-4 (rFit.to_type f64) r
                 Tol.close "t" 1e-4 (tFit.to_type f64) t
@@ -69,7 +70,7 @@ let tests =
                 let g = generator seed
                 let p = randomCloud g [||] n
                 let q = moveRigid (randomRotation g [||]) (randomTranslation g [||]) (mirrorX p)
-                let rFit, _ = Superpose.kabsch p q None
+                let rFit = (Superpose.kabsch p q None).R
                 expectProper 1e-10 rFit
                 // a random cloud is chiral, so no rotation maps it onto its mirror image
                 let best = (Superpose.rmsd p q None).ToDouble()
@@ -121,8 +122,8 @@ let tests =
                     moveRigid (randomRotation g [||]) (randomTranslation g [||]) (p + randomCloud g [||] n * 0.1)
 
                 let pJ, qJ, mask = withJunkRows g (1 + seed % 5) p q
-                let r0, t0 = Superpose.kabsch p q None
-                let r1, t1 = Superpose.kabsch pJ qJ (Some mask)
+                let { R = r0; T = t0 } = Superpose.kabsch p q None
+                let { R = r1; T = t1 } = Superpose.kabsch pJ qJ (Some mask)
                 Tol.close "R" 1e-10 r1 r0
                 Tol.close "t" 1e-10 t1 t0
                 Tol.close "rmsd" 1e-10 (Superpose.rmsd pJ qJ (Some mask)) (Superpose.rmsd p q None)
@@ -142,7 +143,7 @@ let tests =
                     (moved.index_select (0L, present))
                     (Superpose.superpose p q None)
                 // float32 with NaN junk behaves too
-                let r32, _ = Superpose.kabsch (pJ.to_type f32) (qJ.to_type f32) (Some mask)
+                let r32 = (Superpose.kabsch (pJ.to_type f32) (qJ.to_type f32) (Some mask)).R
                 Tol.close "R float32" 1e-4 (r32.to_type f64) r0)
 
             testPropertyWithConfig config "a [2, 3, N, 3] batch equals the per-item results"
@@ -157,7 +158,7 @@ let tests =
                     + randomCloud g batch n * 0.2
 
                 let mask = randomMask g batch n 3
-                let r, t = Superpose.kabsch p q (Some mask)
+                let { R = r; T = t } = Superpose.kabsch p q (Some mask)
                 let rmsd = Superpose.rmsd p q (Some mask)
                 let plain = Superpose.rmsdNoSuperpose p q (Some mask)
                 Expect.sequenceEqual r.shape [| 2L; 3L; 3L; 3L |] "R shape"
@@ -167,7 +168,7 @@ let tests =
                 for i in 0L .. 1L do
                     for j in 0L .. 2L do
                         let item (x: torch.Tensor) = x.select(0L, i).select(0L, j)
-                        let ri, ti = Superpose.kabsch (item p) (item q) (Some(item mask))
+                        let { R = ri; T = ti } = Superpose.kabsch (item p) (item q) (Some(item mask))
                         Tol.close "R item" 1e-10 (item r) ri
                         Tol.close "t item" 1e-10 (item t) ti
                         Tol.close "rmsd item" 1e-10 (item rmsd) (Superpose.rmsd (item p) (item q) (Some(item mask)))
@@ -184,14 +185,14 @@ let tests =
                 let p = randomCloud g [||] 5
                 let q = randomCloud g [||] 5
                 let two = torch.tensor [| true; false; true; false; false |]
-                let r, t = Superpose.kabsch p q (Some two)
+                let { R = r; T = t } = Superpose.kabsch p q (Some two)
                 Tol.close "R = I" 0.0 r (eye3 ())
                 let idx = two.nonzero().squeeze -1L
                 let centroid (x: torch.Tensor) = x.index_select(0L, idx).mean [| 0L |]
                 Tol.close "t = centroid difference" 1e-12 t (centroid q - centroid p)
                 let none = torch.zeros (5L, dtype = torch.ScalarType.Bool)
                 let pNaN = filled [| 5L; 3L |] Double.NaN
-                let r0, t0 = Superpose.kabsch pNaN pNaN (Some none)
+                let { R = r0; T = t0 } = Superpose.kabsch pNaN pNaN (Some none)
                 Tol.close "R = I (no point)" 0.0 r0 (eye3 ())
                 Tol.close "t = 0 (no point)" 0.0 t0 (torch.zeros (3L, dtype = f64))
                 Tol.close "rmsd = 0 (no point)" 0.0 (Superpose.rmsd pNaN pNaN (Some none)) (torch.tensor 0.0)
@@ -221,7 +222,7 @@ let tests =
 
                 let big = square * 2.0
                 Tol.close "rmsd" 1e-12 (Superpose.rmsd square big None) (torch.tensor (sqrt 2.0))
-                let r, _ = Superpose.kabsch square big None
+                let r = (Superpose.kabsch square big None).R
                 Tol.close "R = I" 1e-12 r (eye3 ())
                 let g = generator 11
                 let moved = moveRigid (randomRotation g [||]) (randomTranslation g [||]) big
@@ -256,7 +257,7 @@ let tests =
                             [| 5.0; -2.0; 3.0 |]
                         |]
 
-                let r, t = Superpose.kabsch p q None
+                let { R = r; T = t } = Superpose.kabsch p q None
                 Tol.close "R" 1e-12 r (t64 [| [| 0.0; -1.0; 0.0 |]; [| 1.0; 0.0; 0.0 |]; [| 0.0; 0.0; 1.0 |] |])
                 Tol.close "t" 1e-12 t (torch.tensor [| 5.0; -2.0; 3.0 |])
             }
@@ -275,7 +276,7 @@ let tests =
                         |]
 
                 let q = mirrorX p
-                let r, _ = Superpose.kabsch p q None
+                let r = (Superpose.kabsch p q None).R
                 Tol.close "R" 1e-12 r (t64 [| [| -1.0; 0.0; 0.0 |]; [| 0.0; 1.0; 0.0 |]; [| 0.0; 0.0; -1.0 |] |])
                 Tol.close "rmsd" 1e-7 (Superpose.rmsd p q None) (torch.tensor 0.0)
             }
@@ -288,7 +289,7 @@ let tests =
                 let r = randomRotation g [||]
                 let t = randomTranslation g [||]
                 let moved = moveRigid r t ca
-                let rFit, tFit = Superpose.kabsch ca moved None
+                let { R = rFit; T = tFit } = Superpose.kabsch ca moved None
                 Tol.close "R" 1e-10 rFit r
                 Tol.close "t" 1e-10 tFit t
                 Tol.close "rmsd" 1e-10 (Superpose.rmsd ca moved None) (torch.tensor 0.0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ESM3's own forward pass on a real chain, for `Models/MultiTrack` parity (issue 15): a small ESM3 (d 64, 1 head of
+"""ESM3's own forward pass on a real chain, for `Models/MultiTrack` parity: a small ESM3 (d 64, 1 head of
 ESM3's width 64, 4 geometric heads, 2 layers; ESM's class, unmodified, through esm_env) with seeded weights, saved
 by torch.save as `esm3-small.pth` (our loader reads PyTorch checkpoints), and `esm3-small.io.safetensors`: the inputs
 (the first 30 residues of 1UBQ chain A with BOS/EOS rows of NaN, seeded tokens on every track) and ESM3's outputs

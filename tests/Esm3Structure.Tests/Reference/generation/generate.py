@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ESM's own iterative-decoding helpers on seeded inputs, for `Training/Decoding` parity (issue 16): ESM's
+"""ESM's own iterative-decoding helpers on seeded inputs, for `Training/Decoding` parity: ESM's
 `esm/utils/generation.py` and `esm/utils/sampling.py` (unmodified, through esm_env), called directly.
 
 `decoding.safetensors` holds, per case:

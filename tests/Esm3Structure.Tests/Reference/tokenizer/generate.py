@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ESM's own structure tokenizer on a real chain, for encoder and decoder parity (issue 15): ESM's
+"""ESM's own structure tokenizer on a real chain, for encoder and decoder parity: ESM's
 `StructureTokenEncoder` and `StructureTokenDecoder` (unmodified, through esm_env) with seeded random weights, saved by
 torch.save, and their outputs on 1UBQ chain A in float32 and, from the same weights and inputs upcast exactly, float64.
 
