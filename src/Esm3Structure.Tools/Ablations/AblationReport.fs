@@ -1,13 +1,10 @@
 namespace Esm3Structure.Ablations
 
 open System
-open System.Diagnostics
 open System.Globalization
 open System.IO
 open System.Text
-open System.Text.Json
 open Esm3Structure
-open Esm3Structure.Training
 
 /// The summary tables of a results folder: Markdown (`summary.md`) and CSV (`summary.csv`).
 module AblationReport =

@@ -1,13 +1,11 @@
 namespace Esm3Structure.Ablations
 
 open System
-open System.Diagnostics
 open System.Globalization
 open System.IO
 open System.Text
 open System.Text.Json
 open Esm3Structure
-open Esm3Structure.Training
 
 /// The results folder's files: `runs/<key>.json` (one finished run) and the trainer's `metrics.jsonl`, written and
 /// read back with every field checked.

@@ -1,13 +1,6 @@
 namespace Esm3Structure.Ablations
 
 open System
-open System.Diagnostics
-open System.Globalization
-open System.IO
-open System.Text
-open System.Text.Json
-open Esm3Structure
-open Esm3Structure.Training
 
 /// Per-variant means and spreads over seeds, and Welch's t-test of each variant against the baseline.
 module AblationStatistics =

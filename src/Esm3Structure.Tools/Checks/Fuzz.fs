@@ -4,7 +4,6 @@ open System
 open System.Buffers.Binary
 open System.Diagnostics
 open System.IO
-open System.IO.Compression
 open System.Text
 open System.Threading.Tasks
 open TorchSharp

@@ -1,18 +1,13 @@
 namespace Esm3Structure.Checks
 
 open System
-open System.Buffers.Binary
-open System.Diagnostics
 open System.IO
-open System.IO.Compression
 open System.Text
-open System.Threading.Tasks
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Structure
-open Esm3Structure.Tokenizers
 open Esm3Structure.App
 
 /// Generated inputs of a million residues in every format, each with the outcome it must have.

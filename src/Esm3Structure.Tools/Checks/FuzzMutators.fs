@@ -2,11 +2,9 @@ namespace Esm3Structure.Checks
 
 open System
 open System.Buffers.Binary
-open System.Diagnostics
 open System.IO
 open System.IO.Compression
 open System.Text
-open System.Threading.Tasks
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
