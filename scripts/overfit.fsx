@@ -4,7 +4,7 @@
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
 // 2,000 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
-//       [--fape W] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
+//       [--fape W] [--linear-beyond-clamp] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -21,6 +21,7 @@ type Args =
     | Model of name: string
     | Steps of int
     | Fape of weight: float
+    | Linear_Beyond_Clamp
     | Bypass_Quantizer
     | Learning_Rate of float
     | Data of dir: string
@@ -35,6 +36,7 @@ type Args =
             | Model _ -> "small (default: Adam 4e-4, 1,000 steps) or smoke (Adam 1e-3, 2,000 steps: the suite's test)"
             | Steps _ -> "training steps (default: the model's)"
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
+            | Linear_Beyond_Clamp -> "distance and direction errors beyond ESM's clamps grow linearly (Huber)"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
             | Learning_Rate _ -> "Adam's learning rate (default: the model's)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
@@ -64,6 +66,7 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             Weights =
                 { preset.Weights with
                     Fape = args.GetResult(Fape, defaultValue = 0.0)
+                    LinearBeyondClamp = args.Contains Linear_Beyond_Clamp
                 }
             BypassQuantizer = args.Contains Bypass_Quantizer
             ValidChains = chains.Length

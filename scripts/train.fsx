@@ -13,7 +13,7 @@
 //     Checkpoints hold the encoder unchanged and the decoder marked as having trained confidence heads.
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence] [--stage 1|2] [--encoder FILE|random]
 //                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke|esm3-open] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--heads N]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--linear-beyond-clamp] [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
@@ -44,6 +44,7 @@ type Args =
     | Steps of int
     | Minutes of float
     | Fape of weight: float
+    | Linear_Beyond_Clamp
     | Structure_Module of rounds: int
     | Heads of int
     | Bypass_Quantizer
@@ -79,6 +80,8 @@ type Args =
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
             | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
+            | Linear_Beyond_Clamp ->
+                "tokenizer stage 1: distance and direction errors beyond ESM's clamps grow linearly (Huber) instead of being clamped"
             | Structure_Module _ ->
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
             | Heads _ ->
@@ -156,6 +159,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     let stage1Flags =
         [
             "--fape", args.Contains Fape
+            "--linear-beyond-clamp", args.Contains Linear_Beyond_Clamp
             "--structure-module", args.Contains Structure_Module
             "--heads", args.Contains Heads
             "--bypass-quantizer", args.Contains Bypass_Quantizer
@@ -191,6 +195,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 | Some w when w >= 0.0 && w < infinity -> w
                                 | Some w -> invalidArg "fape" (sprintf "--fape must be ≥ 0 and finite (got %g)" w)
                                 | None -> preset.Weights.Fape
+                            LinearBeyondClamp = args.Contains Linear_Beyond_Clamp || preset.Weights.LinearBeyondClamp
                         }
                     Decoder =
                         { preset.Decoder with

@@ -381,7 +381,7 @@ module Stage2Training =
         let predicted = out.Backbone
 
         let distance =
-            StructureLosses.backboneDistanceWith w.SquaredDistance predicted target mask
+            StructureLosses.backboneDistanceWith w.SquaredDistance false predicted target mask
 
         let direction = StructureLosses.backboneDirection predicted target mask
         let binned = StructureLosses.binnedDirection out.DirectionLogits target mask

@@ -79,10 +79,28 @@ module StructureLosses =
 
     let private clean (x: torch.Tensor) = x.nan_to_num (0.0, 0.0, 0.0)
 
+    /// A squared error e² limited at `clamp` c: min(e², c) (ESM's; no gradient beyond c), or with `linear` the
+    /// Huber form e² up to c and 2√c·|e| − c beyond, which has the same value and slope at c and a constant slope
+    /// 2√c after it, so that pairs far off keep pulling. Shapes: [*] -> [*]
+    let limitError (linear: bool) (clamp: float) (squaredError: torch.Tensor) =
+        if linear then
+            // sqrt of max(e², c): the branch torch.where discards stays finite, and so does its gradient.
+            let beyond = squaredError.clamp_min(clamp).sqrt() * (2.0 * sqrt clamp) - clamp
+            torch.where (squaredError.le (clamp.ToScalar()), squaredError, beyond)
+        else
+            squaredError.clamp_max clamp
+
     /// Backbone distance loss (ESM3 Alg. 10): over all pairs of the 3L backbone atoms of allowed residues,
     /// mean min((D̂ − D)², 25). `squared` compares squared distances, as Algorithm 10 prints (§1.7 #1; the
-    /// default, false, compares plain distances). Shapes: predicted, target [B, L, 3, 3], mask [B, L] bool -> scalar
-    let backboneDistanceWith (squared: bool) (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+    /// default, false, compares plain distances); `linear` limits errors beyond the clamp as `limitError` does
+    /// (default false: ESM's clamp). Shapes: predicted, target [B, L, 3, 3], mask [B, L] bool -> scalar
+    let backboneDistanceWith
+        (squared: bool)
+        (linear: bool)
+        (predicted: torch.Tensor)
+        (target: torch.Tensor)
+        (mask: torch.Tensor)
+        =
         checkBackbone "predicted" predicted
         checkBackbone "target" target
         Shape.expect "target" predicted.shape target
@@ -96,14 +114,16 @@ module StructureLosses =
             if squared then d2 else (d2 + 1e-10).sqrt()
 
         let error =
-            (distances predicted - distances (target.detach ())).square().clamp_max(DistanceClamp)
+            (distances predicted - distances (target.detach ())).square()
+            |> limitError linear DistanceClamp
 
         let points = mask.unsqueeze(-1L).expand(-1L, -1L, 3L).reshape(b, -1L)
         maskedMean error (pairMask points)
 
-    /// `backboneDistanceWith false`: plain distances. Shapes: predicted, target [B, L, 3, 3], mask [B, L] -> scalar
+    /// `backboneDistanceWith false false`: ESM's loss on plain distances.
+    /// Shapes: predicted, target [B, L, 3, 3], mask [B, L] -> scalar
     let backboneDistance (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
-        backboneDistanceWith false predicted target mask
+        backboneDistanceWith false false predicted target mask
 
     /// FAPE's clamp (Å) and length scale Z (AlphaFold2 supplement §1.9.2: d_clamp = Z = 10 Å).
     [<Literal>]
@@ -216,9 +236,10 @@ module StructureLosses =
         vectors, valid
 
     /// Backbone direction loss (ESM3 Alg. 11): G = V Vᵀ of the six vectors per residue; mean min((Ĝ − G)², 20)
-    /// over pairs of vectors that exist in the target (chain ends and breaks drop v3, v5, v6 as §1.3 says).
+    /// over pairs of vectors that exist in the target (chain ends and breaks drop v3, v5, v6 as §1.3 says); `linear`
+    /// limits errors beyond the clamp as `limitError` does (default false: ESM's clamp).
     /// Shapes: predicted, target [B, L, 3, 3], mask [B, L] bool -> scalar
-    let backboneDirection (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+    let backboneDirectionWith (linear: bool) (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
         checkBackbone "predicted" predicted
         Shape.expect "target" predicted.shape target
         checkMask predicted mask
@@ -228,7 +249,11 @@ module StructureLosses =
         let v, _ = directionVectors target mask links
         let gHat = vHat.matmul (vHat.transpose (-1L, -2L))
         let g = v.matmul (v.transpose (-1L, -2L))
-        maskedMean ((gHat - g).square().clamp_max(DirectionClamp)) (pairMask valid)
+        maskedMean ((gHat - g).square() |> limitError linear DirectionClamp) (pairMask valid)
+
+    /// `backboneDirectionWith false`: ESM's loss. Shapes: predicted, target [B, L, 3, 3], mask [B, L] -> scalar
+    let backboneDirection (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+        backboneDirectionWith false predicted target mask
 
     /// Unit vectors u1 = CA→C, u2 = CA→N, u3 = normalise(u1 × u2) of each residue.
     /// Shapes: backbone [B, L, 3, 3] -> [B, L, 3 (u1, u2, u3), 3]

@@ -24,6 +24,10 @@ type TokenizerLossWeights =
         Fape: float
         /// Distance loss on squared distances, as Algorithm 10 prints (§1.7 #1); default false.
         SquaredDistance: bool
+        /// The distance and direction losses let errors beyond their clamps grow linearly (Huber,
+        /// `StructureLosses.limitError`) instead of clamping them, so that pairs far off keep a gradient; default
+        /// false (ESM's clamps).
+        LinearBeyondClamp: bool
     }
 
 /// Settings of a stage-1 structure-tokenizer run.
@@ -67,6 +71,7 @@ module TokenizerTrainConfig =
             Distogram = 1.0
             Fape = 0.0
             SquaredDistance = false
+            LinearBeyondClamp = false
         }
 
     /// "small": encoder 2 × 128 with 16 geometric heads (SwiGLU ratio 3: ESM's rounding gives 512, not 384),
@@ -526,10 +531,15 @@ module TokenizerTraining =
                 x.index_select(1L, pairPositions).index_select(2L, pairPositions)
 
         let distance =
-            StructureLosses.backboneDistanceWith weights.SquaredDistance (rows predicted) (rows target) (rows mask)
+            StructureLosses.backboneDistanceWith
+                weights.SquaredDistance
+                weights.LinearBeyondClamp
+                (rows predicted)
+                (rows target)
+                (rows mask)
 
         let direction =
-            StructureLosses.backboneDirection (rows predicted) (rows target) (rows mask)
+            StructureLosses.backboneDirectionWith weights.LinearBeyondClamp (rows predicted) (rows target) (rows mask)
 
         let binned =
             StructureLosses.binnedDirection (pairs out.DirectionLogits) (rows target) (rows mask)

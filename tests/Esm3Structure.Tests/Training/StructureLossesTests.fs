@@ -94,7 +94,7 @@ let tests =
                 // squared distances: N–C 5 vs 2, CA–C 4 vs 1 → errors 9 and 9
                 Expect.floatClose
                     { absolute = 1e-9; relative = 1e-9 }
-                    (scalar (StructureLosses.backboneDistanceWith true pred target m))
+                    (scalar (StructureLosses.backboneDistanceWith true false pred target m))
                     (2.0 * (9.0 + 9.0) / 9.0)
                     "squared"
 
@@ -105,6 +105,43 @@ let tests =
                     (scalar (StructureLosses.backboneDistance far target m))
                     (2.0 * (25.0 + 25.0) / 9.0)
                     "clamped"
+
+                // linear beyond the clamp: error e = 50 − √2 (N–C) and 49 (CA–C) give 2·5·e − 25 each
+                let linear (e: float) = 10.0 * e - 25.0
+
+                Expect.floatClose
+                    { absolute = 1e-9; relative = 1e-9 }
+                    (scalar (StructureLosses.backboneDistanceWith false true far target m))
+                    (2.0 * (linear (sqrt (1.0 + 2500.0) - sqrt 2.0) + linear 49.0) / 9.0)
+                    "linear beyond the clamp"
+            }
+
+            test
+                "limitError: min(e², c) when clamping; Huber beyond c when linear, with value and slope continuous at c" {
+                use _ = torch.NewDisposeScope()
+                let c = 25.0
+                // errors e around and far beyond √c = 5, as e² with autograd on e
+                let e =
+                    torch.tensor ([| 0.0; 1.0; 4.999; 5.0; 5.001; 7.0; 40.0 |], dtype = f64, requires_grad = true)
+
+                let clamped = StructureLosses.limitError false c (e.square ())
+                let linear = StructureLosses.limitError true c (e.square ())
+                linear.sum().backward()
+                let slopes = e.grad.data<float>().ToArray()
+
+                e.data<float>().ToArray()
+                |> Array.iteri (fun i x ->
+                    let within = x * x <= c
+                    Expect.floatClose Accuracy.veryHigh (clamped.[int64 i].ToDouble()) (min (x * x) c) "clamped"
+
+                    Expect.floatClose
+                        Accuracy.veryHigh
+                        (linear.[int64 i].ToDouble())
+                        (if within then x * x else 2.0 * sqrt c * x - c)
+                        "linear: value"
+
+                    // d/de: 2e within the clamp, 2√c = 10 beyond; never 0 for e > 0
+                    Expect.floatClose Accuracy.veryHigh slopes.[i] (if within then 2.0 * x else 2.0 * sqrt c) "slope")
             }
 
             test "direction loss of one residue: v1, v2, v4 only (no neighbours), hand-computed Gram matrices" {
