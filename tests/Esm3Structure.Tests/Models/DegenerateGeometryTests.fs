@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.DegenerateGeometryTests
+module Esm3Structure.Tests.Models.DegenerateGeometryTests
 
 open System
 open Expecto
@@ -84,7 +84,7 @@ let private smallDecoder (seed: uint64) =
 [<Tests>]
 let tests =
     testList
-        "Checks/DegenerateGeometry"
+        "Models/DegenerateGeometry"
         [
             test "the fixture really is degenerate: collinear or coincident N, CA, C" {
                 let c = Degenerate.chain.Force()

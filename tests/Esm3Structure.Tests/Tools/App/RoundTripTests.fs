@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Models.RoundTripTests
+module Esm3Structure.Tests.Tools.App.RoundTripTests
 
 open System
 open System.Text.Json
@@ -30,7 +30,7 @@ let private withoutCa (i: int) (c: ProteinChain) =
 [<Tests>]
 let tests =
     testList
-        "Models/RoundTrip"
+        "App/RoundTrip"
         [
             test "a round trip decodes exactly the residues with a backbone and measures them against the chain" {
                 use enc = TokenizerFixtures.smallEncoder 3UL

@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Models.ChainTracksTests
+module Esm3Structure.Tests.Tools.App.ChainTracksTests
 
 open System
 open System.Text.Json
@@ -14,7 +14,7 @@ open Esm3Structure.App
 [<Tests>]
 let tests =
     testList
-        "Models/ChainTracks"
+        "App/ChainTracks"
         [
             test "every track of a real chain: lengths, BOS/EOS, values from DSSP, SASA and the encoder; JSON" {
                 use enc = TokenizerFixtures.smallEncoder 3UL
