@@ -6,7 +6,6 @@ open Expecto
 open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.Training
 open Esm3Structure.Tokenizers
 open Esm3Structure.App

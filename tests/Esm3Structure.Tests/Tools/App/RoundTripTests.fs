@@ -8,7 +8,6 @@ open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.App
 
 let private decoder (seed: uint64) =
