@@ -89,35 +89,35 @@ module FunctionTokenizer =
 
     /// `<pad>`.
     [<Literal>]
-    let Pad = 0L
+    let Pad = SpecialIds.Pad
 
     /// BOS (the `<pad>` id).
     [<Literal>]
-    let Bos = 0L
+    let Bos = SpecialIds.Bos
 
     /// EOS (the `<pad>` id).
     [<Literal>]
-    let Eos = 0L
+    let Eos = SpecialIds.Eos
 
     /// Mask (the `<pad>` id).
     [<Literal>]
-    let Mask = 0L
+    let Mask = SpecialIds.Mask
 
     /// Chain break (the `<pad>` id).
     [<Literal>]
-    let ChainBreak = 0L
+    let ChainBreak = SpecialIds.ChainBreak
 
     /// `<motif>`.
     [<Literal>]
-    let Motif = 1L
+    let Motif = SpecialIds.Motif
 
     /// `<unk>`.
     [<Literal>]
-    let Unk = 2L
+    let Unk = SpecialIds.Unk
 
     /// `<none>`.
     [<Literal>]
-    let NoLabels = 3L
+    let NoLabels = SpecialIds.NoLabels
 
     /// Id of LSH value 0; value u has id `LshOffset + u`.
     [<Literal>]

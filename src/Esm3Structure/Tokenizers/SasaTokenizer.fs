@@ -38,31 +38,31 @@ module SasaTokenizer =
 
     /// `<pad>`: padding and missing values.
     [<Literal>]
-    let Pad = 0L
+    let Pad = SpecialIds.Pad
 
     /// BOS (the `<pad>` id).
     [<Literal>]
-    let Bos = 0L
+    let Bos = SpecialIds.Bos
 
     /// EOS (the `<pad>` id).
     [<Literal>]
-    let Eos = 0L
+    let Eos = SpecialIds.Eos
 
     /// Mask (the `<pad>` id).
     [<Literal>]
-    let Mask = 0L
+    let Mask = SpecialIds.Mask
 
     /// Chain break (the `<pad>` id).
     [<Literal>]
-    let ChainBreak = 0L
+    let ChainBreak = SpecialIds.ChainBreak
 
     /// `<motif>`.
     [<Literal>]
-    let Motif = 1L
+    let Motif = SpecialIds.Motif
 
     /// `<unk>`.
     [<Literal>]
-    let Unk = 2L
+    let Unk = SpecialIds.Unk
 
     /// Id of bin 0; bin b has id `BinOffset + b`.
     [<Literal>]

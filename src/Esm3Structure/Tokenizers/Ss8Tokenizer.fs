@@ -20,31 +20,31 @@ module Ss8Tokenizer =
 
     /// `<pad>`: padding.
     [<Literal>]
-    let Pad = 0L
+    let Pad = SpecialIds.Pad
 
     /// BOS (the `<pad>` id).
     [<Literal>]
-    let Bos = 0L
+    let Bos = SpecialIds.Bos
 
     /// EOS (the `<pad>` id).
     [<Literal>]
-    let Eos = 0L
+    let Eos = SpecialIds.Eos
 
     /// Mask (the `<pad>` id).
     [<Literal>]
-    let Mask = 0L
+    let Mask = SpecialIds.Mask
 
     /// Chain break (the `<pad>` id).
     [<Literal>]
-    let ChainBreak = 0L
+    let ChainBreak = SpecialIds.ChainBreak
 
     /// `<motif>`.
     [<Literal>]
-    let Motif = 1L
+    let Motif = SpecialIds.Motif
 
     /// `<unk>`: a letter that is not one of the eight classes.
     [<Literal>]
-    let Unk = 2L
+    let Unk = SpecialIds.Unk
 
     /// Embedding and logit width of the track (ESM3's `ss8_embed`, `ss8_head`).
     [<Literal>]

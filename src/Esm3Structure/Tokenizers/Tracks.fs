@@ -35,7 +35,7 @@ module Tracks =
 
     /// The one id that plays BOS, EOS, PAD, MASK and chain break on the SS8, SASA, function and residue tracks.
     [<Literal>]
-    let Absent = Ss8Tokenizer.Pad
+    let Absent = SpecialIds.Pad
 
     /// Radial basis functions of the pLDDT conditioning.
     [<Literal>]

@@ -8,7 +8,6 @@ open Esm3Structure.Design
 open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.Tokenizers
 
 /// d 24, 3 heads, 4 vector heads, 2 layers: a random multi-track model that runs in milliseconds.

@@ -10,7 +10,6 @@ open Esm3Structure.Structure
 open Esm3Structure.Tokenizers
 open Esm3Structure.Training
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 
 let private chain = lazy (StructureFile.read (Data.small "1ubq_A") None)
 

@@ -33,8 +33,7 @@ let runScript (script: string) (args: string list) =
 /// the test process exits).
 let private tokenizerFiles =
     lazy
-        (let dir =
-            Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.tempDir ()
+        (let dir = Esm3Structure.Tests.TokenizerFixtures.tempDir ()
 
          AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
              try
@@ -44,8 +43,8 @@ let private tokenizerFiles =
 
          let enc = Path.Combine(dir, "encoder.safetensors")
          let dec = Path.Combine(dir, "decoder.safetensors")
-         Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.writeEncoder enc 11UL
-         Esm3Structure.Tests.Models.StructureTokenizerTests.TokenizerFixtures.writeDecoder dec 12UL
+         Esm3Structure.Tests.TokenizerFixtures.writeEncoder enc 11UL
+         Esm3Structure.Tests.TokenizerFixtures.writeDecoder dec 12UL
          dir, enc, dec)
 
 /// Expects exit code 1 and exactly one stderr line, equal to `expected`.

@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.AblationChartsTests
+module Esm3Structure.Tests.Tools.Ablations.AblationChartsTests
 
 open System
 open System.IO
@@ -70,7 +70,7 @@ let private svgElements (svg: string) (name: string) =
 [<Tests>]
 let tests =
     testList
-        "Checks/AblationCharts"
+        "Ablations/AblationCharts"
         [
             test "curves give mean and sample sd over seeds per step, variants in ablation order" {
                 let curves = AblationCharts.curves runs "loss"

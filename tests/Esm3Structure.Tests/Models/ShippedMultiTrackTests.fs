@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Design.ShippedMultiTrackTests
+module Esm3Structure.Tests.Models.ShippedMultiTrackTests
 
 open System
 open System.IO
@@ -16,7 +16,7 @@ let private path = Path.Combine(root, ModelFiles.DefaultMultiTrackPath)
 [<Tests>]
 let tests =
     testList
-        "Design/ShippedMultiTrack"
+        "Models/ShippedMultiTrack"
         [
             test
                 "the shipped multi-track model: ≤ 50 MB, the small preset's sizes, with config, log and an evaluation of every valid chain over 3 seeds" {

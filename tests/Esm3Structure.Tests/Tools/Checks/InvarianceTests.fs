@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.InvarianceTests
+module Esm3Structure.Tests.Tools.Checks.InvarianceTests
 
 open Expecto
 open TorchSharp

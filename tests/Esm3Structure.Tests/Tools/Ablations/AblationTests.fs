@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Training.AblationTests
+module Esm3Structure.Tests.Tools.Ablations.AblationTests
 
 open System
 open System.Globalization
@@ -115,7 +115,7 @@ let private writeFixed (folder: string) =
 [<Tests>]
 let tests =
     testList
-        "Training/Ablation"
+        "Ablations/Ablation"
         [
             test "run keys, plan order and validation" {
                 Expect.equal (Ablation.runKey "beta 0.1" 2) "beta-0.1.seed2" "key"

@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Models.StructureTokensTests
+module Esm3Structure.Tests.Tokenizers.StructureTokensTests
 
 open Expecto
 open FsCheck
@@ -21,7 +21,7 @@ let private codes =
 [<Tests>]
 let tests =
     testList
-        "Models/StructureTokens"
+        "Tokenizers/StructureTokens"
         [
             test "ids are ESM's: codes 0…4095, MASK 4096, EOS 4097, BOS 4098, PAD 4099, CHAINBREAK 4100" {
                 Expect.equal

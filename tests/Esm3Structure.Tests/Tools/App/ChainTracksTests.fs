@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Models.ChainTracksTests
+module Esm3Structure.Tests.Tools.App.ChainTracksTests
 
 open System
 open System.Text.Json
@@ -6,7 +6,6 @@ open Expecto
 open Esm3Structure.Models
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.Training
 open Esm3Structure.Tokenizers
 open Esm3Structure.App
@@ -14,7 +13,7 @@ open Esm3Structure.App
 [<Tests>]
 let tests =
     testList
-        "Models/ChainTracks"
+        "App/ChainTracks"
         [
             test "every track of a real chain: lengths, BOS/EOS, values from DSSP, SASA and the encoder; JSON" {
                 use enc = TokenizerFixtures.smallEncoder 3UL

@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Models.RoundTripTests
+module Esm3Structure.Tests.Tools.App.RoundTripTests
 
 open System
 open System.Text.Json
@@ -8,7 +8,6 @@ open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.App
 
 let private decoder (seed: uint64) =
@@ -30,7 +29,7 @@ let private withoutCa (i: int) (c: ProteinChain) =
 [<Tests>]
 let tests =
     testList
-        "Models/RoundTrip"
+        "App/RoundTrip"
         [
             test "a round trip decodes exactly the residues with a backbone and measures them against the chain" {
                 use enc = TokenizerFixtures.smallEncoder 3UL

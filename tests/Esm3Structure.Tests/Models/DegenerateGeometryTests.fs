@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.DegenerateGeometryTests
+module Esm3Structure.Tests.Models.DegenerateGeometryTests
 
 open System
 open Expecto
@@ -8,7 +8,6 @@ open Esm3Structure.Models
 open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Models.StructureTokenizerTests
 open Esm3Structure.Tokenizers
 open Esm3Structure.App
 
@@ -84,7 +83,7 @@ let private smallDecoder (seed: uint64) =
 [<Tests>]
 let tests =
     testList
-        "Checks/DegenerateGeometry"
+        "Models/DegenerateGeometry"
         [
             test "the fixture really is degenerate: collinear or coincident N, CA, C" {
                 let c = Degenerate.chain.Force()

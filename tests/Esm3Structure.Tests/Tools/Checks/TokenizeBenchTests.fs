@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.TokenizeBenchTests
+module Esm3Structure.Tests.Tools.Checks.TokenizeBenchTests
 
 open System
 open System.IO

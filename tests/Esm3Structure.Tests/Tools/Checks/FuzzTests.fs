@@ -1,4 +1,4 @@
-module Esm3Structure.Tests.Checks.FuzzTests
+module Esm3Structure.Tests.Tools.Checks.FuzzTests
 
 open System
 open System.IO
