@@ -1,5 +1,5 @@
 // Training on the train split of the corpus, validating on the valid split; writes config.json, metrics.jsonl and
-// checkpoints/step-NNNNNN/ into --out. Three models, one trainer:
+// checkpoints/step-NNNNNN/ into --out. Four models, one trainer:
 //   --model tokenizer (default): the structure tokenizer. Stage 1 (default): encoder + codebook + small decoder
 //     (ESM3-TRAINING.md §1.3, §4.2). Stage 2 (--stage 2 --encoder PATH): the stage-1 encoder and codebook frozen, a
 //     new decoder with sequence input, all-atom, pLDDT and pAE losses (§1.4). Checkpoints hold
@@ -11,9 +11,13 @@
 //   --model confidence --init DIR: the pLDDT head and the pairwise head (pAE beside the distogram and direction) of
 //     the stage-1 tokenizer in DIR, on its own reconstructions of train crops (256 residues); everything else frozen.
 //     Checkpoints hold the encoder unchanged and the decoder marked as having trained confidence heads.
-//   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence] [--stage 1|2] [--encoder FILE|random]
-//                                   [--chains N] [--data DIR] [--out DIR] [--preset small|smoke|esm3-open] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--linear-beyond-clamp] [--heads N]
+//   --model causal-lm: the small causal language model on the train split's sequences (as scripts/causal-lm.fsx);
+//     reports held-out perplexity next to the unigram baseline; checkpoints hold causal-lm.safetensors.
+//   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence|causal-lm] [--stage 1|2]
+//                                   [--encoder FILE|random] [--chains N] [--data DIR] [--out DIR]
+//                                   [--preset small|smoke|esm3-open] [--steps N]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--linear-beyond-clamp]
+//                                   [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
@@ -66,7 +70,7 @@ type Args =
         member a.Usage =
             match a with
             | Model _ ->
-                "tokenizer (default), multitrack, or confidence (the pLDDT and pairwise heads of the tokenizer in --init, all else frozen)"
+                "tokenizer (default), multitrack, confidence (the pLDDT and pairwise heads of the tokenizer in --init, all else frozen), or causal-lm"
             | Stage _ ->
                 "tokenizer: 1 (default: encoder, codebook, small decoder) or 2 (frozen encoder, new all-atom decoder)"
             | Encoder _ ->
@@ -357,9 +361,32 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 }
 
             ConfidenceTraining.train config device data (outOr "confidence") resume
+        | "causal-lm", _ ->
+            refuse
+                (stage1Flags
+                 @ [
+                     "--stage", args.Contains Stage
+                     "--encoder", args.Contains Encoder
+                     "--init", args.Contains Init
+                     "--chains", args.Contains Chains
+                 ])
+                (sprintf "%s is not an option of --model causal-lm")
+
+            let preset = CausalLmTrainConfig.preset presetName
+
+            let config =
+                { preset with
+                    Trainer = trainer preset.Trainer
+                }
+
+            let lm = CausalLmTraining.train config device data (outOr "causal-lm") resume
+            printfn "%s" (CausalLmTraining.summary lm)
+            lm.Training
         | other, _ ->
             raise (
-                ArgumentException(sprintf "unknown --model '%s' (expected tokenizer, multitrack or confidence)" other)
+                ArgumentException(
+                    sprintf "unknown --model '%s' (expected tokenizer, multitrack, confidence or causal-lm)" other
+                )
             )
 
     printfn "done: %d steps, final loss %.4f, checkpoint %s" report.Steps report.FinalLoss report.Checkpoint

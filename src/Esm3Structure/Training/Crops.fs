@@ -2,9 +2,9 @@ namespace Esm3Structure.Training
 
 open System
 
-/// The one crop sampler of every trainer (stage 1, stage 2, confidence heads, multi-track model): which examples a
-/// step draws and where each is cut, as a pure function of (seed, step), so a resumed run draws the same batches.
-/// Each trainer supplies its example type's length and crop.
+/// The one crop sampler of every trainer (stage 1, stage 2, confidence heads, multi-track model, causal LM): which
+/// examples a step draws and where each is cut, as a pure function of (seed, step), so a resumed run draws the same
+/// batches. Each trainer supplies its example type's length and crop.
 module Crops =
 
     /// The random source of step `step` of a run seeded `seed` (independent of every earlier step).

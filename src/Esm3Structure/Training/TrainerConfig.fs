@@ -100,8 +100,8 @@ module TrainerConfig =
                 )
             )
 
-    /// Errors of the data fields every training config has: crops of at least `minLength` residues, a number of
-    /// validation chains ≥ 0 and a validation length of at least `minLength`.
+    /// Errors of the data fields every structure-training config has: crops of at least `minLength` residues, a
+    /// number of validation chains ≥ 0 and a validation length of at least `minLength`.
     let validateData (minLength: int) (cropLength: int) (validChains: int) (validLength: int) =
         [
             if cropLength < minLength then

@@ -154,7 +154,11 @@ module TrainingMetrics =
                 + v.ToString("F" + string digits, Globalization.CultureInfo.InvariantCulture))
             |> String.concat " "
 
-        let terms = joined 4 row.Terms
+        let terms =
+            if row.Terms.Length = 0 then
+                ""
+            else
+                " (" + joined 4 row.Terms + ")"
 
         let validation =
             if row.Validation.Length = 0 then
@@ -169,7 +173,7 @@ module TrainingMetrics =
                 "  [" + joined 3 row.StageSeconds + " s]"
 
         sprintf
-            "step %d/%d  loss %.4f (%s)  lr %s  %.2f s/step%s  ETA %s%s"
+            "step %d/%d  loss %.4f%s  lr %s  %.2f s/step%s  ETA %s%s"
             row.Step
             config.Steps
             row.RunningLoss

@@ -77,7 +77,7 @@ let private cases: (string * (unit -> torch.nn.Module) * (torch.nn.Module -> tor
         "CausalLm",
         (fun () ->
             new CausalLm(
-                { CausalLmConfig.Small with
+                { CausalLmConfig.small with
                     DModel = 24L
                     Heads = 3L
                 }

@@ -462,7 +462,42 @@ let tests =
                     runScript "train.fsx" [ "--"; "--model"; "bogus"; "--out"; out ]
                     |> oneLineError
                         "unknown model"
-                        "train.fsx: unknown --model 'bogus' (expected tokenizer, multitrack or confidence)"
+                        "train.fsx: unknown --model 'bogus' (expected tokenizer, multitrack, confidence or causal-lm)"
+                finally
+                    if Directory.Exists out then
+                        Directory.Delete(out, true)
+            }
+
+            test "causal-lm.fsx: a 2-step smoke run writes causal-lm.safetensors and resumes from its checkpoint" {
+                let out =
+                    Path.Combine(Path.GetTempPath(), "esm3tests-causal-lm-" + Guid.NewGuid().ToString("N"))
+
+                try
+                    let args =
+                        [
+                            "--preset"
+                            "smoke"
+                            "--steps"
+                            "2"
+                            "--data"
+                            Esm3Structure.Tests.Data.root.Value
+                            "--out"
+                            out
+                        ]
+
+                    // Two steps of warm-up leave the model short of the unigram baseline: the script says so and
+                    // exits 1.
+                    let code, stdout, err = runScript "causal-lm.fsx" args
+                    Expect.equal (code, err) (1, "") "exit code 1, nothing on stderr"
+                    Expect.stringContains stdout "vs unigram baseline" "report"
+
+                    Expect.isTrue
+                        (File.Exists(Path.Combine(out, "checkpoints", "step-000002", "causal-lm.safetensors")))
+                        "export"
+
+                    let code, stdout, err = runScript "causal-lm.fsx" (args @ [ "--resume" ])
+                    Expect.equal (code, err) (1, "") "resumed: exit code 1, nothing on stderr"
+                    Expect.stringContains stdout "resuming from" "resumed"
                 finally
                     if Directory.Exists out then
                         Directory.Delete(out, true)

@@ -99,7 +99,8 @@ let tests =
     testList
         "Training/Trainer"
         [
-            test "the progress line prints the learning rate with a two-digit exponent" {
+            test
+                "the progress line prints the learning rate with a two-digit exponent, and terms only when there are some" {
                 let row =
                     {
                         Step = 7
@@ -118,6 +119,9 @@ let tests =
                 let line = TrainingMetrics.progressLine config row 0.5
                 Expect.stringContains line "lr 1.33e-05 " "lr"
                 Expect.isFalse (line.Contains "e-005") "no three-digit exponent"
+                Expect.stringContains line "loss 0.2500 (mse 0.1250)  lr" "terms in parentheses"
+                let bare = TrainingMetrics.progressLine config { row with Terms = [||] } 0.5
+                Expect.stringContains bare "loss 0.2500  lr" "no empty parentheses without terms"
             }
 
             test "a short run lowers the loss, validates, logs every step and writes config.json and checkpoints" {
