@@ -2,7 +2,7 @@
 // and the round trip's backbone RMSD and LDDT-CA; with --split, the summary over a split of the corpus.
 //   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--heads N]
 //       [--device cpu|cuda]
-//   dotnet fsi scripts/roundtrip.fsx --split valid [--data DIR] [--out SUMMARY.json]
+//   dotnet fsi scripts/roundtrip.fsx --split valid|train|test [--chains N] [--data DIR] [--out SUMMARY.json]
 #load "_load.fsx"
 
 open System.IO
@@ -18,6 +18,7 @@ type Args =
     | [<Unique>] Pdb of file: string
     | [<Unique>] Chain of id: string
     | [<Unique>] Split of name: string
+    | [<Unique>] Chains of int
     | [<Unique>] Data of dir: string
     | [<Unique>] Encoder of file: string
     | [<Unique>] Decoder of file: string
@@ -31,6 +32,7 @@ type Args =
             | Pdb _ -> "PDB or mmCIF file, optionally .gz (default: ../shared/data/small/1ubq_A.pdb)"
             | Chain _ -> "chain id (default: the first protein chain)"
             | Split _ -> "evaluate every chain of this split of the corpus (train, valid or test) instead of one file"
+            | Chains _ -> "with --split: only its first N chains in the index (default: all)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
             | Encoder _ ->
                 sprintf
@@ -69,13 +71,22 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         match args.TryGetResult Split with
         | Some split ->
             // Each entry's own chain (the index's chain column), as training and validation read them.
-            let entries = Corpus.entriesOf data split 0
+            let limit =
+                match args.TryGetResult Chains with
+                | Some n when n < 1 -> raise (System.ArgumentException(sprintf "--chains must be ≥ 1 (got %d)" n))
+                | Some n -> n
+                | None -> 0
+
+            let entries = Corpus.entriesOf data split limit
 
             if entries.Length = 0 then
                 raise (System.ArgumentException(sprintf "no chain of split '%s' in %s" split data))
 
             entries |> Array.map (Corpus.readEntry data)
         | None ->
+            if args.Contains Chains then
+                raise (System.ArgumentException "--chains: only with --split")
+
             let file =
                 args.GetResult(Pdb, defaultValue = Path.Combine(data, "small", "1ubq_A.pdb"))
 
