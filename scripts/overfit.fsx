@@ -4,7 +4,7 @@
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
 // 2,000 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
-//       [--fape W] [--linear-beyond-clamp] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
+//       [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -21,7 +21,7 @@ type Args =
     | Model of name: string
     | Steps of int
     | Fape of weight: float
-    | Linear_Beyond_Clamp
+    | Losses of recipe: string
     | Bypass_Quantizer
     | Learning_Rate of float
     | Data of dir: string
@@ -36,7 +36,8 @@ type Args =
             | Model _ -> "small (default: Adam 4e-4, 1,000 steps) or smoke (Adam 1e-3, 2,000 steps: the suite's test)"
             | Steps _ -> "training steps (default: the model's)"
             | Fape _ -> "weight of backbone FAPE (default 0, ESM's losses only)"
-            | Linear_Beyond_Clamp -> "distance and direction errors beyond ESM's clamps grow linearly (Huber)"
+            | Losses _ ->
+                "the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
             | Learning_Rate _ -> "Adam's learning rate (default: the model's)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
@@ -61,12 +62,20 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     | Some steps when steps < 1 -> raise (ArgumentException(sprintf "--steps must be ≥ 1 (got %d)" steps))
     | _ -> ()
 
+    let preset =
+        match args.TryGetResult Losses with
+        | Some recipe ->
+            try
+                TokenizerTrainConfig.withLosses recipe preset
+            with :? ArgumentException as e ->
+                raise (ArgumentException("--losses: " + e.Message))
+        | None -> preset
+
     let config =
         { preset with
             Weights =
                 { preset.Weights with
-                    Fape = args.GetResult(Fape, defaultValue = 0.0)
-                    LinearBeyondClamp = args.Contains Linear_Beyond_Clamp
+                    Fape = args.GetResult(Fape, defaultValue = preset.Weights.Fape)
                 }
             BypassQuantizer = args.Contains Bypass_Quantizer
             ValidChains = chains.Length

@@ -16,7 +16,7 @@
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence|causal-lm] [--stage 1|2]
 //                                   [--encoder FILE|random] [--chains N] [--data DIR] [--out DIR]
 //                                   [--preset small|smoke|esm3-open] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--linear-beyond-clamp]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone]
 //                                   [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
@@ -48,7 +48,7 @@ type Args =
     | Steps of int
     | Minutes of float
     | Fape of weight: float
-    | Linear_Beyond_Clamp
+    | Losses of recipe: string
     | Structure_Module of rounds: int
     | Heads of int
     | Bypass_Quantizer
@@ -84,8 +84,8 @@ type Args =
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
             | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
-            | Linear_Beyond_Clamp ->
-                "tokenizer stage 1: distance and direction errors beyond ESM's clamps grow linearly (Huber) instead of being clamped"
+            | Losses _ ->
+                "tokenizer stage 1: the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Structure_Module _ ->
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
             | Heads _ ->
@@ -163,7 +163,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     let stage1Flags =
         [
             "--fape", args.Contains Fape
-            "--linear-beyond-clamp", args.Contains Linear_Beyond_Clamp
+            "--losses", args.Contains Losses
             "--structure-module", args.Contains Structure_Module
             "--heads", args.Contains Heads
             "--bypass-quantizer", args.Contains Bypass_Quantizer
@@ -188,7 +188,16 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             if args.Contains Encoder then
                 invalidArg "encoder" "--encoder is for stage 2 (stage 1 trains its own encoder)"
 
-            let preset = TokenizerTrainConfig.preset presetName
+            let preset =
+                let named = TokenizerTrainConfig.preset presetName
+
+                match args.TryGetResult Losses with
+                | Some recipe ->
+                    try
+                        TokenizerTrainConfig.withLosses recipe named
+                    with :? ArgumentException as e ->
+                        raise (ArgumentException("--losses: " + e.Message))
+                | None -> named
 
             let config =
                 { preset with
@@ -199,7 +208,6 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 | Some w when w >= 0.0 && w < infinity -> w
                                 | Some w -> invalidArg "fape" (sprintf "--fape must be ≥ 0 and finite (got %g)" w)
                                 | None -> preset.Weights.Fape
-                            LinearBeyondClamp = args.Contains Linear_Beyond_Clamp || preset.Weights.LinearBeyondClamp
                         }
                     Decoder =
                         { preset.Decoder with

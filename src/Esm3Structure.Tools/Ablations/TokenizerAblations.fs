@@ -183,36 +183,14 @@ module TokenizerAblations =
                 Ablation.variant "fape-module" (fape >> structureModule)
             |]
 
-    /// The geometric losses against ESM's (clamped distance and direction, binned direction, distogram): those two
-    /// terms linear beyond their clamps (`LinearBeyondClamp`); backbone FAPE in their place (the binned direction and
-    /// distogram kept); FAPE alone.
+    /// The stage-1 loss recipes (`TokenizerTrainConfig.lossRecipes`) against ESM's: distance and direction linear
+    /// beyond their clamps; backbone FAPE in their place (binned direction and distogram kept); FAPE alone.
     let losses =
-        let fapeOnly (pairHeads: bool) (c: TokenizerTrainConfig) =
-            { c with
-                Weights =
-                    { c.Weights with
-                        Distance = 0.0
-                        Direction = 0.0
-                        BinnedDirection = (if pairHeads then c.Weights.BinnedDirection else 0.0)
-                        Distogram = (if pairHeads then c.Weights.Distogram else 0.0)
-                        Fape = 1.0
-                    }
-            }
-
         ablation
             "losses"
-            [|
-                Ablation.variant "esm" id
-                Ablation.variant "linear" (fun c ->
-                    { c with
-                        Weights =
-                            { c.Weights with
-                                LinearBeyondClamp = true
-                            }
-                    })
-                Ablation.variant "fape-pair-heads" (fapeOnly true)
-                Ablation.variant "fape-alone" (fapeOnly false)
-            |]
+            (TokenizerTrainConfig.lossRecipes
+             |> List.map (fun (name, _) -> Ablation.variant name (TokenizerTrainConfig.withLosses name))
+             |> Array.ofList)
 
     /// Every built-in ablation.
     let all =

@@ -214,6 +214,41 @@ module TokenizerTrainConfig =
                 }
         }
 
+    /// The stage-1 loss recipes by name, each a change of the weights: "esm" (ESM's four terms, unchanged);
+    /// "linear" (ESM's, with distance and direction linear beyond their clamps, `LinearBeyondClamp`);
+    /// "fape-pair-heads" (backbone FAPE at weight 1 in place of distance and direction; binned direction and
+    /// distogram kept); "fape-alone" (backbone FAPE only).
+    let lossRecipes: (string * (TokenizerLossWeights -> TokenizerLossWeights)) list =
+        let fape (pairHeads: bool) (w: TokenizerLossWeights) =
+            { w with
+                Distance = 0.0
+                Direction = 0.0
+                BinnedDirection = (if pairHeads then w.BinnedDirection else 0.0)
+                Distogram = (if pairHeads then w.Distogram else 0.0)
+                Fape = 1.0
+            }
+
+        [
+            "esm", id
+            "linear", (fun w -> { w with LinearBeyondClamp = true })
+            "fape-pair-heads", fape true
+            "fape-alone", fape false
+        ]
+
+    /// The config with the named loss recipe (`lossRecipes`) applied to its weights.
+    let withLosses (name: string) (c: TokenizerTrainConfig) =
+        match lossRecipes |> List.tryFind (fun (n, _) -> n = name.Trim().ToLowerInvariant()) with
+        | Some(_, change) -> { c with Weights = change c.Weights }
+        | None ->
+            raise (
+                ArgumentException(
+                    sprintf
+                        "unknown loss recipe '%s' (expected %s)"
+                        name
+                        (String.Join(" or ", lossRecipes |> List.map fst))
+                )
+            )
+
     /// A preset by name ("small", "small-decoder", "smoke" or "esm3-open"; `overfit` and `overfitSmoke` are for
     /// `scripts/overfit.fsx` and the suite only).
     let preset (name: string) =

@@ -104,6 +104,52 @@ let tests =
                     "codes"
             }
 
+            test
+                "loss recipes: esm leaves ESM's weights, the others change only their terms; an unknown name is refused" {
+                let small = TokenizerTrainConfig.small
+
+                let weights name =
+                    (TokenizerTrainConfig.withLosses name small).Weights
+
+                Expect.equal (weights "esm") small.Weights "esm"
+
+                Expect.equal
+                    (weights " Linear ")
+                    { small.Weights with
+                        LinearBeyondClamp = true
+                    }
+                    "linear"
+
+                Expect.equal
+                    (weights "fape-pair-heads")
+                    { small.Weights with
+                        Distance = 0.0
+                        Direction = 0.0
+                        Fape = 1.0
+                    }
+                    "fape-pair-heads"
+
+                Expect.equal
+                    (weights "fape-alone")
+                    { small.Weights with
+                        Distance = 0.0
+                        Direction = 0.0
+                        BinnedDirection = 0.0
+                        Distogram = 0.0
+                        Fape = 1.0
+                    }
+                    "fape-alone"
+
+                let message =
+                    try
+                        TokenizerTrainConfig.withLosses "fape" small |> ignore
+                        "no error"
+                    with :? ArgumentException as e ->
+                        e.Message
+
+                Expect.stringContains message "unknown loss recipe 'fape' (expected esm or linear" "unknown recipe"
+            }
+
             test "the sampler is a pure function of (seed, step); crops are contiguous and at most the crop length" {
                 use _ = torch.NewDisposeScope()
                 let train, _ = examples ()
