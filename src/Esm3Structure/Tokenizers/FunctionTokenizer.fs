@@ -119,9 +119,9 @@ module FunctionTokenizer =
     [<Literal>]
     let NoLabels = SpecialIds.NoLabels
 
-    /// Id of LSH value 0; value u has id `LshOffset + u`.
+    /// Id of LSH value 0, the first after the special ids; value u has id `LshOffset + u`.
     [<Literal>]
-    let LshOffset = 4L
+    let LshOffset = SpecialIds.NoLabels + 1L
 
     /// Tokens per residue (LSH tables).
     [<Literal>]
