@@ -2,74 +2,10 @@ namespace Esm3Structure.Tokenizers
 
 open System
 open System.Collections.Generic
-open System.IO
-open System.Text
 open System.Text.RegularExpressions
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
-
-/// The keyword vocabulary of the function track: terms (index = term id), each term's IDF weight, and the keywords of
-/// each InterPro entry. Built by `FunctionTokenizer.createVocabulary` (which validates) or loaded by
-/// `FunctionTokenizer.load`.
-[<Sealed>]
-type KeywordVocabulary internal (terms: string[], idf: float[], interProKeywords: IReadOnlyDictionary<string, string[]>)
-    =
-    let index =
-        let d = Dictionary<string, int>(StringComparer.Ordinal)
-        terms |> Array.iteri (fun i t -> d.[t] <- i)
-        d
-
-    /// The terms in id order.
-    member _.Terms = terms
-    /// IDF weight per term (finite, > 0).
-    member _.Idf = idf
-    /// InterPro id (`IPR…`) → its keywords (terms outside the vocabulary are allowed and ignored, as in ESM).
-    member _.InterProKeywords = interProKeywords
-    /// V, the number of terms.
-    member _.Size = terms.Length
-
-    /// The id of a term, or −1.
-    member _.IndexOf(term: string) =
-        match index.TryGetValue term with
-        | true, i -> i
-        | _ -> -1
-
-/// The LSH hyperplanes of the function track: `Hyperplanes` [T = 8 tables, 8 bits, V] float64. Owns its tensor.
-type LshTables =
-    {
-        /// Shapes: [8, 8, V] float64; hyperplane b of table t is `Hyperplanes[t, b]`.
-        Hyperplanes: torch.Tensor
-    }
-
-    interface IDisposable with
-        member this.Dispose() = this.Hyperplanes.Dispose()
-
-/// Everything the function tokenizer needs: the keyword vocabulary and the LSH tables over it. Owns its tensor.
-type FunctionTokenizerData =
-    {
-        /// Terms, IDF and InterPro → keywords.
-        Vocabulary: KeywordVocabulary
-        /// Hyperplanes [8, 8, V].
-        Tables: LshTables
-    }
-
-    interface IDisposable with
-        member this.Dispose() = (this.Tables :> IDisposable).Dispose()
-
-/// One residue's function token, before ids: a special, or the 8 LSH values (0 … 255, one per table).
-[<RequireQualifiedAccess>]
-type FunctionToken =
-    /// `<pad>`: the protein has no annotations (also BOS, EOS, mask, chain break).
-    | Pad
-    /// `<motif>`.
-    | Motif
-    /// `<unk>`: the residue's labels have an all-zero TF-IDF vector.
-    | Unk
-    /// `<none>`: nothing covers this residue in an annotated protein.
-    | NoLabels
-    /// The LSH value of each table (0 … 255); bit b of value t is hyperplane b of table t.
-    | Hash of values: int[]
 
 /// ESM3's function-keyword track (evolutionaryscale/esm `esm/tokenization/function_tokenizer.py`,
 /// `esm/utils/function/tfidf.py`, `esm/utils/function/lsh.py`; ESM3-REFERENCE.md §8.5). Per residue, the labels
@@ -119,9 +55,9 @@ module FunctionTokenizer =
     [<Literal>]
     let NoLabels = SpecialIds.NoLabels
 
-    /// Id of LSH value 0; value u has id `LshOffset + u`.
+    /// Id of LSH value 0, the first after the special ids; value u has id `LshOffset + u`.
     [<Literal>]
-    let LshOffset = 4L
+    let LshOffset = SpecialIds.NoLabels + 1L
 
     /// Tokens per residue (LSH tables).
     [<Literal>]
@@ -141,24 +77,6 @@ module FunctionTokenizer =
 
     // ---- vocabulary ----
 
-    /// The first problem with terms and IDF, if any: (term index, message).
-    let private vocabularyProblem (terms: string[]) (idf: float[]) : (int * string) option =
-        let seen = HashSet<string>(StringComparer.Ordinal)
-
-        terms
-        |> Array.indexed
-        |> Array.tryPick (fun (i, t) ->
-            if String.IsNullOrEmpty t then
-                Some(i, "empty term")
-            elif t.Contains '\n' || t.Contains '\r' then
-                Some(i, "a term may not contain a line break")
-            elif not (seen.Add t) then
-                Some(i, sprintf "term '%s' appears twice" t)
-            elif i < idf.Length && not (Double.IsFinite idf.[i] && idf.[i] > 0.0) then
-                Some(i, sprintf "IDF of '%s' is %g; it must be finite and positive" t idf.[i])
-            else
-                None)
-
     /// A keyword vocabulary from terms, their IDF weights and InterPro → keywords (null for none). A length mismatch,
     /// an empty/repeated term or a non-positive IDF raises an `InputException` naming `source` and "term i"; an
     /// InterPro key that is not `IPR` + digits raises one naming the key.
@@ -174,7 +92,7 @@ module FunctionTokenizer =
                 (InputLocation.Field "idf")
                 (sprintf "%d IDF values for %d terms" idf.Length terms.Length)
 
-        match vocabularyProblem terms idf with
+        match KeywordVocabulary.problem terms idf with
         | Some(i, message) -> InputError.raise source (InputLocation.Field(sprintf "term %d" i)) message
         | None -> ()
 
@@ -449,55 +367,13 @@ module FunctionTokenizer =
 
     // ---- files ----
 
-    let private readLines (path: string) =
-        try
-            File.ReadAllLines(path, Encoding.UTF8)
-        with
-        | :? IOException
-        | :? UnauthorizedAccessException as e ->
-            InputError.raise path InputLocation.Whole (sprintf "cannot read the file: %s" e.Message)
-
-    let private readInterPro (path: string) : IReadOnlyDictionary<string, string[]> =
-        let d = Dictionary<string, string[]>(StringComparer.Ordinal)
-
-        readLines path
-        |> Array.iteri (fun i line ->
-            let at = InputLocation.Line(i + 1)
-
-            if line.Length > 0 then
-                let tab = line.IndexOf '\t'
-
-                if tab < 0 then
-                    InputError.raise path at "expected 'IPRxxxxxx<TAB>term,term,…'"
-
-                let id = line.Substring(0, tab)
-
-                if not (Regex.IsMatch(id, @"^IPR\d+$")) then
-                    InputError.raise path at (sprintf "'%s' is not an InterPro id (IPR followed by digits)" id)
-
-                if d.ContainsKey id then
-                    InputError.raise path at (sprintf "%s appears twice" id)
-
-                let rest = line.Substring(tab + 1)
-                d.[id] <- (if rest.Length = 0 then [||] else rest.Split ','))
-
-        d :> _
-
-    let private toFloats (path: string) (name: string) (t: torch.Tensor) : float[] =
-        if t.dtype <> torch.float32 && t.dtype <> torch.float64 then
-            InputError.raise path (InputLocation.Field name) (sprintf "expected F32 or F64, got %O" t.dtype)
-
-        use t64 = t.to_type torch.float64
-        use flat = t64.contiguous().flatten()
-        flat.data<float>().ToArray()
-
     /// Loads the tokenizer's files (formats in the module's summary); `interProPath` may be null or empty for none.
     /// Every problem raises an `InputException` naming the file and the line, term or tensor: an empty or repeated
     /// term, a count mismatch between terms and `idf`, a non-positive or non-finite IDF, `hyperplanes` not
     /// [8, 8, V] or not finite, a missing or unexpected tensor, a malformed InterPro line. The returned data owns a
     /// tensor detached from any dispose scope: dispose the data (it is `IDisposable`) when done.
     let load (keywordsPath: string) (tensorsPath: string) (interProPath: string) : FunctionTokenizerData =
-        let lines = readLines keywordsPath
+        let lines = FunctionTokenizerFiles.readLines keywordsPath
 
         let terms =
             if lines.Length > 0 && lines.[lines.Length - 1] = "" then
@@ -509,7 +385,7 @@ module FunctionTokenizer =
             if String.IsNullOrEmpty interProPath then
                 Dictionary<string, string[]>() :> IReadOnlyDictionary<_, _>
             else
-                readInterPro interProPath
+                FunctionTokenizerFiles.readInterPro interProPath
 
         let file = Safetensors.read tensorsPath
         let tensors = dict file.Tensors
@@ -542,13 +418,13 @@ module FunctionTokenizer =
                     (InputLocation.Field "hyperplanes")
                     (sprintf "expected [8, 8, %d], got %s" v (Tensors.Shape.show h.shape))
 
-            let idf = toFloats tensorsPath "idf" idfT
-            let planes = toFloats tensorsPath "hyperplanes" h
+            let idf = FunctionTokenizerFiles.toFloats tensorsPath "idf" idfT
+            let planes = FunctionTokenizerFiles.toFloats tensorsPath "hyperplanes" h
 
             if planes |> Array.exists (fun x -> not (Double.IsFinite x)) then
                 InputError.raise tensorsPath (InputLocation.Field "hyperplanes") "non-finite value"
 
-            match vocabularyProblem terms idf with
+            match KeywordVocabulary.problem terms idf with
             | Some(i, message) when message.StartsWith "IDF" ->
                 InputError.raise tensorsPath (InputLocation.Field "idf") (sprintf "entry %d: %s" i message)
             | Some(i, message) -> InputError.raise keywordsPath (InputLocation.Line(i + 1)) message
@@ -569,14 +445,11 @@ module FunctionTokenizer =
             for _, t in file.Tensors do
                 t.Dispose()
 
-    let private writeLines (path: string) (lines: string seq) =
-        AtomicFile.writeText path (lines |> Seq.map (fun l -> l + "\n") |> String.concat "")
-
     /// Writes the files `load` reads (each atomically); `interProPath` may be null or empty to skip the InterPro file.
     /// A keyword of an InterPro entry containing a comma, tab or line break raises an `ArgumentException`.
     let save (keywordsPath: string) (tensorsPath: string) (interProPath: string) (data: FunctionTokenizerData) : unit =
         let vocab = data.Vocabulary
-        writeLines keywordsPath vocab.Terms
+        FunctionTokenizerFiles.writeLines keywordsPath vocab.Terms
         use idf = torch.tensor (vocab.Idf, dtype = torch.float64)
         use h = data.Tables.Hyperplanes.to_type torch.float64
         Safetensors.write tensorsPath [ "idf", idf; "hyperplanes", h ] null
@@ -593,7 +466,7 @@ module FunctionTokenizer =
                     kv.Key + "\t" + String.Join(",", kv.Value))
                 |> Array.ofSeq
 
-            writeLines interProPath lines
+            FunctionTokenizerFiles.writeLines interProPath lines
 
     /// A small deterministic tokenizer for tests and demos: terms `kw0`, `kw1`, … with IDF in [1, 5); `interProCount`
     /// entries `IPR000001`, … each mapped to 1–4 terms (plus, for every third entry, a term outside the vocabulary);

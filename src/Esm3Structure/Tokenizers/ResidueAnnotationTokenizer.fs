@@ -56,9 +56,9 @@ module ResidueAnnotationTokenizer =
     [<Literal>]
     let NoLabels = SpecialIds.NoLabels
 
-    /// Id of the first label.
+    /// Id of the first label, the first after the special ids.
     [<Literal>]
-    let LabelOffset = 4L
+    let LabelOffset = SpecialIds.NoLabels + 1L
 
     /// Ids per residue (ESM's `MAX_RESIDUE_ANNOTATIONS`).
     [<Literal>]

@@ -64,9 +64,9 @@ module SasaTokenizer =
     [<Literal>]
     let Unk = SpecialIds.Unk
 
-    /// Id of bin 0; bin b has id `BinOffset + b`.
+    /// Id of bin 0, the first after the special ids; bin b has id `BinOffset + b`.
     [<Literal>]
-    let BinOffset = 3L
+    let BinOffset = SpecialIds.Unk + 1L
 
     /// Embedding and logit width of the track (ESM3's `sasa_embed`, `sasa_head`).
     [<Literal>]

@@ -5,7 +5,6 @@ open System.IO
 open System.Text.Json
 open Expecto
 open Esm3Structure.App
-open Esm3Structure.Design
 open Esm3Structure.Models
 
 /// The repository root (holding Research.sln), above the test binary.
