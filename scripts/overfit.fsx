@@ -63,13 +63,8 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     | _ -> ()
 
     let preset =
-        match args.TryGetResult Losses with
-        | Some recipe ->
-            try
-                TokenizerTrainConfig.withLosses recipe preset
-            with :? ArgumentException as e ->
-                raise (ArgumentException("--losses: " + e.Message))
-        | None -> preset
+        args.TryGetResult Losses
+        |> Cli.optionOf "--losses" (fun recipe -> TokenizerTrainConfig.withLosses recipe preset) preset
 
     let config =
         { preset with

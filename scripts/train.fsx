@@ -191,13 +191,8 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             let preset =
                 let named = TokenizerTrainConfig.preset presetName
 
-                match args.TryGetResult Losses with
-                | Some recipe ->
-                    try
-                        TokenizerTrainConfig.withLosses recipe named
-                    with :? ArgumentException as e ->
-                        raise (ArgumentException("--losses: " + e.Message))
-                | None -> named
+                args.TryGetResult Losses
+                |> Cli.optionOf "--losses" (fun recipe -> TokenizerTrainConfig.withLosses recipe named) named
 
             let config =
                 { preset with

@@ -42,6 +42,17 @@ module Cli =
         | "" -> Path.GetFullPath(Path.Combine(repositoryRoot scriptDir, "..", "shared", "data"))
         | d -> d
 
+    /// The value of `parse value`, an ArgumentException from it re-raised with `flag` in front of its message, so that
+    /// the one-line error names the flag. Without the flag's value: `otherwise`.
+    let optionOf (flag: string) (parse: 'T -> 'R) (otherwise: 'R) (value: 'T option) : 'R =
+        match value with
+        | None -> otherwise
+        | Some v ->
+            try
+                parse v
+            with :? ArgumentException as e ->
+                raise (ArgumentException(sprintf "%s: %s" flag e.Message))
+
     let private oneLine (e: exn) =
         match e with
         | :? InputException as e -> e.Message
