@@ -60,7 +60,7 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         StructureEncoder.load (resolve ModelFiles.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = "")))
 
     use decoder =
-        StructureDecoder.loadWith
+        StructureDecoderCheckpoint.loadWith
             (args.TryGetResult Heads |> Option.map int64)
             (resolve ModelFiles.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = "")))
 

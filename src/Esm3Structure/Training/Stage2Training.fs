@@ -553,7 +553,7 @@ module Stage2Training =
 
         /// Writes `encoder.safetensors` (the frozen encoder, ESM's keys) and `decoder.safetensors` (ESM's keys, plus
         /// `sequence_embed.weight` with sequence input). The decoder's metadata records "heads", "head_width" (read
-        /// back by `StructureDecoder.load`) and "sequence_input".
+        /// back by `StructureDecoderCheckpoint.load`) and "sequence_input".
         override _.Export(folder: string) =
             let meta (pairs: (string * string) list) = readOnlyDict pairs
 
@@ -574,7 +574,7 @@ module Stage2Training =
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
                         "sequence_input", (if config.SequenceInput then "true" else "false")
-                        StructureDecoderConfig.ConfidenceMetadataKey, "trained"
+                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
                     ])
 
         interface IDisposable with

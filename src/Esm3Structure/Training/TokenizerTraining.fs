@@ -671,7 +671,7 @@ module TokenizerTraining =
 
         /// Writes `encoder.safetensors` and `decoder.safetensors` (ESM's keys, no prefix). Head counts cannot be
         /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
-        /// latter to `StructureDecoderConfig.ofKeyShapesWith`).
+        /// latter to `StructureDecoderCheckpoint.ofKeyShapesWith`).
         override _.Export(folder: string) =
             let meta (pairs: (string * string) list) = readOnlyDict pairs
 
@@ -695,12 +695,12 @@ module TokenizerTraining =
                     [
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
-                        StructureDecoderConfig.ConfidenceMetadataKey, "untrained"
+                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained"
                         match config.Decoder.StructureModule with
                         | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
                         | None -> ()
                         if config.Decoder.ChainFrames then
-                            StructureDecoderConfig.ChainFramesMetadataKey, "true"
+                            StructureDecoderCheckpoint.ChainFramesMetadataKey, "true"
                     ])
 
         interface IDisposable with

@@ -20,7 +20,7 @@ let private encoder =
     lazy (StructureEncoder.load (shipped ModelFiles.DefaultEncoderPath))
 
 let private decoder =
-    lazy (StructureDecoder.load (shipped ModelFiles.DefaultDecoderPath))
+    lazy (StructureDecoderCheckpoint.load (shipped ModelFiles.DefaultDecoderPath))
 
 let private chain name =
     StructureFile.read (Data.small name) None

@@ -230,7 +230,9 @@ let tests =
                     Expect.isTrue (t.eq(before.[name]).all().ToBoolean()) ("encoder tensor unchanged: " + name)
 
                 // the decoder loads with ESM's loader (sizes from its shapes and metadata, sequence input)
-                use decoder = StructureDecoder.load (Path.Combine(ckpt, "decoder.safetensors"))
+                use decoder =
+                    StructureDecoderCheckpoint.load (Path.Combine(ckpt, "decoder.safetensors"))
+
                 Expect.equal decoder.Config config.Decoder "decoder sizes"
                 Expect.isTrue decoder.SequenceInput "sequence input"
                 use encoder = StructureEncoder.load (Path.Combine(ckpt, "encoder.safetensors"))
