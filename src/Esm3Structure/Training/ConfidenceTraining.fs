@@ -206,7 +206,7 @@ module ConfidenceTraining =
         let encoderFile = fileOf "encoder"
         let decoderFile = fileOf "decoder"
 
-        let encoder = StructureEncoder.load encoderFile
+        let encoder = StructureEncoderCheckpoint.load encoderFile
         let decoder = StructureDecoderCheckpoint.load decoderFile
         let metadata = (TensorFile.readHeader decoderFile).Metadata
         // Pearson's r of pTM with LDDT-CA at the last validation (NaN before one): the export's pTM verdict.

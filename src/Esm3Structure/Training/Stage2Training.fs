@@ -557,14 +557,7 @@ module Stage2Training =
         override _.Export(folder: string) =
             let meta (pairs: (string * string) list) = readOnlyDict pairs
 
-            Checkpoint.save
-                (Path.Combine(folder, "encoder.safetensors"))
-                encoder
-                (meta
-                    [
-                        "v_heads", string encoder.Config.VHeads
-                        "layers", string encoder.Config.Layers
-                    ])
+            StructureEncoderCheckpoint.save (Path.Combine(folder, "encoder.safetensors")) encoder
 
             Checkpoint.save
                 (Path.Combine(folder, "decoder.safetensors"))
@@ -610,7 +603,7 @@ module Stage2Training =
                 config.ValidChains
                 config.ValidLength
 
-        use encoder = StructureEncoder.load config.Encoder
+        use encoder = StructureEncoderCheckpoint.load config.Encoder
         use task = new Task(config, encoder, device, trainExamples, validExamples)
         Trainer.run config.Trainer task out resume (Stage2TrainConfig.toJson config)
 

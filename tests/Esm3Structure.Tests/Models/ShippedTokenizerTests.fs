@@ -17,7 +17,7 @@ let private root = Cli.repositoryRoot AppContext.BaseDirectory
 let private shipped (relative: string) = Path.Combine(root, relative)
 
 let private encoder =
-    lazy (StructureEncoder.load (shipped ModelFiles.DefaultEncoderPath))
+    lazy (StructureEncoderCheckpoint.load (shipped ModelFiles.DefaultEncoderPath))
 
 let private decoder =
     lazy (StructureDecoderCheckpoint.load (shipped ModelFiles.DefaultDecoderPath))

@@ -81,7 +81,7 @@ let tests =
                 use _ = torch.NewDisposeScope()
                 use _ = torch.no_grad ()
                 let io = readIo ()
-                use encoder = StructureEncoder.load (file "encoder.pth")
+                use encoder = StructureEncoderCheckpoint.load (file "encoder.pth")
 
                 let check (prefix: string) (dtype: torch.ScalarType) (u: float) =
                     let out =

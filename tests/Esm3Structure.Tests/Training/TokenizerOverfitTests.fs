@@ -50,7 +50,8 @@ let tests =
                 let step =
                     Path.Combine(dir.Path, "checkpoints", sprintf "step-%06d" preset.Trainer.Steps)
 
-                use encoder = StructureEncoder.load (Path.Combine(step, "encoder.safetensors"))
+                use encoder =
+                    StructureEncoderCheckpoint.load (Path.Combine(step, "encoder.safetensors"))
 
                 use decoder =
                     StructureDecoderCheckpoint.load (Path.Combine(step, "decoder.safetensors"))

@@ -438,7 +438,7 @@ let tests =
 
                 // --preset esm3-open: ESM's released sizes (parameter counts of ESM's files), valid configs.
                 let tokenizer = TokenizerTrainConfig.preset "esm3-open"
-                Expect.equal tokenizer.Encoder StructureEncoderConfig.Esm3 "tokenizer: ESM's released encoder"
+                Expect.equal tokenizer.Encoder StructureEncoderConfig.esm3 "tokenizer: ESM's released encoder"
                 Expect.equal (StructureDecoderCheckpoint.parameterCount tokenizer.Decoder) 618_552_905L "and decoder"
                 Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate tokenizer)) "tokenizer esm3-open valid"
                 let stage2 = Stage2TrainConfig.preset "esm3-open"
