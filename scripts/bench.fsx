@@ -276,7 +276,8 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             printfn
                 "multi-track model, %s: %s parameters, %.2f GiB of float32 tensors"
                 label
-                ((MultiTrackConfig.parameterCount config).ToString("N0", Globalization.CultureInfo.InvariantCulture))
+                ((MultiTrackCheckpoint.parameterCount config)
+                    .ToString("N0", Globalization.CultureInfo.InvariantCulture))
                 (float tensorBytes / float (1L <<< 30))
 
             let forward, files =

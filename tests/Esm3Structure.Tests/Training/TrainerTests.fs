@@ -445,7 +445,11 @@ let tests =
                 Expect.equal stage2.Decoder StructureDecoderConfig.esm3 "stage 2: ESM's released decoder"
                 Expect.isFalse stage2.SequenceInput "with ESM's keys only"
                 let multiTrack = MultiTrackTrainConfig.preset "esm3-open"
-                Expect.equal (MultiTrackConfig.parameterCount multiTrack.Model) 1_401_735_748L "multi-track: ESM3-open"
+
+                Expect.equal
+                    (MultiTrackCheckpoint.parameterCount multiTrack.Model)
+                    1_401_735_748L
+                    "multi-track: ESM3-open"
 
                 Expect.isEmpty
                     (Validation.errors (MultiTrackTrainConfig.validate multiTrack))
