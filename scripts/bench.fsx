@@ -159,12 +159,12 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         let sized =
             if quick then
                 "d 64, V 8 (random init)",
-                { StructureEncoderConfig.Esm3 with
+                { StructureEncoderConfig.esm3 with
                     DModel = 64L
                     VHeads = 8L
                 }
             else
-                "ESM size: d 1024, V 128 (random init)", StructureEncoderConfig.Esm3
+                "ESM size: d 1024, V 128 (random init)", StructureEncoderConfig.esm3
 
         use random = TokenizeBench.randomEncoder (snd sized) 2024UL
 
@@ -276,7 +276,8 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             printfn
                 "multi-track model, %s: %s parameters, %.2f GiB of float32 tensors"
                 label
-                ((MultiTrackConfig.parameterCount config).ToString("N0", Globalization.CultureInfo.InvariantCulture))
+                ((MultiTrackCheckpoint.parameterCount config)
+                    .ToString("N0", Globalization.CultureInfo.InvariantCulture))
                 (float tensorBytes / float (1L <<< 30))
 
             let forward, files =

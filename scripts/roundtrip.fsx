@@ -57,10 +57,12 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
 
     use encoder =
-        StructureEncoder.load (resolve ModelFiles.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = "")))
+        StructureEncoderCheckpoint.load (
+            resolve ModelFiles.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = ""))
+        )
 
     use decoder =
-        StructureDecoder.loadWith
+        StructureDecoderCheckpoint.loadWith
             (args.TryGetResult Heads |> Option.map int64)
             (resolve ModelFiles.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = "")))
 

@@ -34,7 +34,7 @@ Cli.run<Args> "tracks.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             ModelFiles.DefaultEncoderPath
             (args.GetResult(Weights, defaultValue = ""))
 
-    use encoder = StructureEncoder.load weights
+    use encoder = StructureEncoderCheckpoint.load weights
 
     encoder.``to`` (Cli.device (args.GetResult(Device, defaultValue = "cpu")))
     |> ignore

@@ -329,7 +329,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                         (Cli.repositoryRoot __SOURCE_DIRECTORY__)
                         ModelFiles.DefaultEncoderPath
                         given
-                    |> StructureEncoder.load
+                    |> StructureEncoderCheckpoint.load
 
             encoder.eval ()
 

@@ -65,15 +65,15 @@ module ModelFiles =
 
     /// What `scripts/tokenize.fsx` does with its `--weights` and `--device`: the device parsed first (`Cli.device`:
     /// "cpu", "cuda", "cuda:N"), then `weights` resolved (null or "": the shipped `DefaultEncoderPath` of the
-    /// repository above `scriptDir`, see `resolveWeights`), loaded (`StructureEncoder.load`) and moved there.
+    /// repository above `scriptDir`, see `resolveWeights`), loaded (`StructureEncoderCheckpoint.load`) and moved there.
     let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
-        loadFor StructureEncoder.load DefaultEncoderPath scriptDir weights device
+        loadFor StructureEncoderCheckpoint.load DefaultEncoderPath scriptDir weights device
 
-    /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoder.loadWith heads`, `heads` 0: not
-    /// given): `scripts/decode.fsx`.
+    /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoderCheckpoint.loadWith heads`, `heads`
+    /// 0: not given): `scripts/decode.fsx`.
     let loadDecoderFor (scriptDir: string) (weights: string) (heads: int) (device: string) : StructureDecoder =
         let heads = if heads = 0 then None else Some(int64 heads)
-        loadFor (StructureDecoder.loadWith heads) DefaultDecoderPath scriptDir weights device
+        loadFor (StructureDecoderCheckpoint.loadWith heads) DefaultDecoderPath scriptDir weights device
 
     /// What `scripts/generate.fsx` does with `--weights` and `--device`: the device parsed (`Cli.device`), `weights`
     /// resolved (null or "": the shipped `DefaultMultiTrackPath`), loaded (`MultiTrackCheckpoint.load`, safetensors

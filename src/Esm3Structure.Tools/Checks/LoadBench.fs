@@ -37,14 +37,14 @@ module LoadBench =
 
     /// Bytes of the model's tensors as stored (every parameter and buffer of the state dict at 4 bytes, float32).
     let tensorBytes (config: MultiTrackConfig) =
-        MultiTrackConfig.keyShapes config
+        MultiTrackCheckpoint.expectedKeys config
         |> List.sumBy (fun (_, s) -> 4L * Array.fold (*) 1L s)
 
     /// The matrix products of one forward pass of B = 1, length `l`: 2 · l · (weights of every rank-2 tensor outside
     /// the input embeddings) plus each block's attention, 2 · 2 · l² · d (scores and weighted sum), in GFLOP.
     let forwardGFlop (config: MultiTrackConfig) (l: int64) =
         let weights =
-            MultiTrackConfig.keyShapes config
+            MultiTrackCheckpoint.expectedKeys config
             |> List.filter (fun (name, s) -> s.Length = 2 && not (name.StartsWith "encoder."))
             |> List.sumBy (fun (_, s) -> s.[0] * s.[1])
 

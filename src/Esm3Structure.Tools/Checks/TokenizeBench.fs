@@ -89,7 +89,7 @@ module TokenizeBench =
 
     /// The configuration of the encoder's geometric attention layers.
     let private geometric (c: StructureEncoderConfig) =
-        (TransformerStackConfig.Block(StructureEncoderConfig.Stack c, 0)).Geometric.Value
+        (TransformerStackConfig.Block(StructureEncoderConfig.stack c, 0)).Geometric.Value
 
     let private ffnHidden (c: StructureEncoderConfig) =
         FeedForward.swigluHidden c.ExpansionRatio c.DModel

@@ -206,8 +206,8 @@ module ConfidenceTraining =
         let encoderFile = fileOf "encoder"
         let decoderFile = fileOf "decoder"
 
-        let encoder = StructureEncoder.load encoderFile
-        let decoder = StructureDecoder.load decoderFile
+        let encoder = StructureEncoderCheckpoint.load encoderFile
+        let decoder = StructureDecoderCheckpoint.load decoderFile
         let metadata = (TensorFile.readHeader decoderFile).Metadata
         // Pearson's r of pTM with LDDT-CA at the last validation (NaN before one): the export's pTM verdict.
         let mutable ptmPearson = nan
@@ -256,7 +256,7 @@ module ConfidenceTraining =
             metrics
 
         /// Writes the encoder's tensors unchanged and the decoder with its metadata, now marked as having trained
-        /// confidence heads (`StructureDecoderConfig.ConfidenceMetadataKey` = "trained") and with the last
+        /// confidence heads (`StructureDecoderCheckpoint.ConfidenceMetadataKey` = "trained") and with the last
         /// validation's verdict on pTM (`PtmMetadataKey`), both as safetensors.
         override _.Export(folder: string) =
             (use _ = torch.NewDisposeScope()
@@ -271,9 +271,9 @@ module ConfidenceTraining =
             // set for pLDDT); otherwise the scripts leave it out.
             let meta =
                 metadata
-                |> Map.add StructureDecoderConfig.ConfidenceMetadataKey "trained"
+                |> Map.add StructureDecoderCheckpoint.ConfidenceMetadataKey "trained"
                 |> Map.add
-                    StructureDecoderConfig.PtmMetadataKey
+                    StructureDecoderCheckpoint.PtmMetadataKey
                     (if ptmPearson >= 0.5 then "informative" else "uninformative")
 
             use _ = torch.NewDisposeScope()

@@ -553,18 +553,11 @@ module Stage2Training =
 
         /// Writes `encoder.safetensors` (the frozen encoder, ESM's keys) and `decoder.safetensors` (ESM's keys, plus
         /// `sequence_embed.weight` with sequence input). The decoder's metadata records "heads", "head_width" (read
-        /// back by `StructureDecoder.load`) and "sequence_input".
+        /// back by `StructureDecoderCheckpoint.load`) and "sequence_input".
         override _.Export(folder: string) =
             let meta (pairs: (string * string) list) = readOnlyDict pairs
 
-            Checkpoint.save
-                (Path.Combine(folder, "encoder.safetensors"))
-                encoder
-                (meta
-                    [
-                        "v_heads", string encoder.Config.VHeads
-                        "layers", string encoder.Config.Layers
-                    ])
+            StructureEncoderCheckpoint.save (Path.Combine(folder, "encoder.safetensors")) encoder
 
             Checkpoint.save
                 (Path.Combine(folder, "decoder.safetensors"))
@@ -574,7 +567,7 @@ module Stage2Training =
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
                         "sequence_input", (if config.SequenceInput then "true" else "false")
-                        StructureDecoderConfig.ConfidenceMetadataKey, "trained"
+                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
                     ])
 
         interface IDisposable with
@@ -610,7 +603,7 @@ module Stage2Training =
                 config.ValidChains
                 config.ValidLength
 
-        use encoder = StructureEncoder.load config.Encoder
+        use encoder = StructureEncoderCheckpoint.load config.Encoder
         use task = new Task(config, encoder, device, trainExamples, validExamples)
         Trainer.run config.Trainer task out resume (Stage2TrainConfig.toJson config)
 

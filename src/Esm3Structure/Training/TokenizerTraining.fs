@@ -79,15 +79,7 @@ module TokenizerTrainConfig =
     /// AdamW 4e-4, β (0.9, 0.95), wd 0.01, clip 1, warm-up 300, cosine to 10 %, 5k steps.
     let small =
         {
-            Encoder =
-                { StructureEncoderConfig.Esm3 with
-                    DModel = 128L
-                    VHeads = 16L
-                    Layers = 2
-                    DOut = 64L
-                    ExpansionRatio = 3.0
-                    Quantizer = QuantizerConfig.small
-                }
+            Encoder = StructureEncoderConfig.small
             Decoder =
                 {
                     DModel = 128L
@@ -168,7 +160,7 @@ module TokenizerTrainConfig =
     /// GPU-sized: a step here takes minutes.
     let esm3Open =
         { small with
-            Encoder = StructureEncoderConfig.Esm3
+            Encoder = StructureEncoderConfig.esm3
             Decoder = StructureDecoderConfig.esm3
             CropLength = 512
             ValidLength = 512
@@ -264,7 +256,7 @@ module TokenizerTrainConfig =
     /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: TokenizerTrainConfig) =
         [
-            yield! Validation.within "Encoder" (StructureEncoderConfig.Validate c.Encoder)
+            yield! Validation.within "Encoder" (StructureEncoderConfig.validate c.Encoder)
             yield! Validation.within "Decoder" (StructureDecoderConfig.validate c.Decoder)
             yield! Validation.within "Trainer" (TrainerConfig.validate c.Trainer)
             yield! TrainerConfig.validateData 2 c.CropLength c.ValidChains c.ValidLength
@@ -706,20 +698,11 @@ module TokenizerTraining =
 
         /// Writes `encoder.safetensors` and `decoder.safetensors` (ESM's keys, no prefix). Head counts cannot be
         /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
-        /// latter to `StructureDecoderConfig.ofKeyShapesWith`).
+        /// latter to `StructureDecoderCheckpoint.ofKeyShapesWith`).
         override _.Export(folder: string) =
             let meta (pairs: (string * string) list) = readOnlyDict pairs
 
-            Checkpoint.save
-                (Path.Combine(folder, "encoder.safetensors"))
-                model.Encoder
-                (meta
-                    [
-                        "v_heads", string config.Encoder.VHeads
-                        "layers", string config.Encoder.Layers
-                        if config.Encoder.Quantizer.Kind = QuantizerKind.Finite then
-                            StructureEncoder.FiniteLevelsMetadataKey, String.Join(",", config.Encoder.Quantizer.Levels)
-                    ])
+            StructureEncoderCheckpoint.save (Path.Combine(folder, "encoder.safetensors")) model.Encoder
 
             use _ = torch.NewDisposeScope()
 
@@ -730,12 +713,12 @@ module TokenizerTraining =
                     [
                         "heads", string config.Decoder.Heads
                         "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
-                        StructureDecoderConfig.ConfidenceMetadataKey, "untrained"
+                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained"
                         match config.Decoder.StructureModule with
                         | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
                         | None -> ()
                         if config.Decoder.ChainFrames then
-                            StructureDecoderConfig.ChainFramesMetadataKey, "true"
+                            StructureDecoderCheckpoint.ChainFramesMetadataKey, "true"
                     ])
 
         interface IDisposable with

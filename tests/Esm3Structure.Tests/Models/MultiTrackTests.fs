@@ -175,7 +175,7 @@ let tests =
             }
 
             test "ESM3-open's key table has §9.4's shapes and 1,401,735,748 parameters" {
-                let table = dict (MultiTrackConfig.keyShapes MultiTrackConfig.esm3)
+                let table = dict (MultiTrackCheckpoint.expectedKeys MultiTrackConfig.esm3)
                 let shape k = table.[k]
                 Expect.equal (shape "encoder.sequence_embed.weight") [| 64L; 1536L |] "sequence"
                 Expect.equal (shape "encoder.structure_tokens_embed.weight") [| 4101L; 1536L |] "structure"
@@ -188,8 +188,8 @@ let tests =
                 Expect.equal (shape "transformer.blocks.5.ffn.3.weight") [| 1536L; 4096L |] "ffn 3"
                 Expect.equal (shape "output_heads.function_head.3.weight") [| 2080L; 1536L |] "function head"
                 Expect.isFalse (table.ContainsKey "transformer.blocks.1.geom_attn.proj.weight") "block 1: plain"
-                Expect.equal (MultiTrackConfig.parameterCount MultiTrackConfig.esm3) 1_401_735_748L "parameters"
-                Expect.equal table.Count (MultiTrackConfig.keyShapes MultiTrackConfig.esm3).Length "no duplicate"
+                Expect.equal (MultiTrackCheckpoint.parameterCount MultiTrackConfig.esm3) 1_401_735_748L "parameters"
+                Expect.equal table.Count (MultiTrackCheckpoint.expectedKeys MultiTrackConfig.esm3).Length "no duplicate"
             }
 
             test "the module's state_dict is exactly ESM3's key table (T8)" {
@@ -219,13 +219,13 @@ let tests =
                 for (k, a), (_, b) in List.zip (List.sortBy fst ours) (List.sortBy fst esm) do
                     Expect.equal a b ("ESM's shape of " + k)
 
-                Expect.equal (MultiTrackConfig.keyShapes esmConfig) esm "the table: ESM's keys in ESM's order"
+                Expect.equal (MultiTrackCheckpoint.expectedKeys esmConfig) esm "the table: ESM's keys in ESM's order"
 
                 // Other sizes: the module against the table (checked against ESM's file just above).
                 for config in [ tiny; { tiny with GeometricLayers = 2 }; MultiTrackConfig.small ] do
                     use model = new MultiTrackModel(config, g)
                     let ours = Checkpoint.keyShapes model |> List.sortBy fst
-                    let table = MultiTrackConfig.keyShapes config |> List.sortBy fst
+                    let table = MultiTrackCheckpoint.expectedKeys config |> List.sortBy fst
                     Expect.equal (ours |> List.map fst) (table |> List.map fst) "keys"
 
                     for (k, a), (_, b) in List.zip ours table do

@@ -17,10 +17,10 @@ let private root = Cli.repositoryRoot AppContext.BaseDirectory
 let private shipped (relative: string) = Path.Combine(root, relative)
 
 let private encoder =
-    lazy (StructureEncoder.load (shipped ModelFiles.DefaultEncoderPath))
+    lazy (StructureEncoderCheckpoint.load (shipped ModelFiles.DefaultEncoderPath))
 
 let private decoder =
-    lazy (StructureDecoder.load (shipped ModelFiles.DefaultDecoderPath))
+    lazy (StructureDecoderCheckpoint.load (shipped ModelFiles.DefaultDecoderPath))
 
 let private chain name =
     StructureFile.read (Data.small name) None

@@ -60,13 +60,17 @@ let tests =
                 use _ = torch.NewDisposeScope()
                 use plain = decoder false 1UL
                 use withSeq = decoder true 1UL
-                let esm = StructureDecoderConfig.expectedKeys tiny
+                let esm = StructureDecoderCheckpoint.expectedKeys tiny
                 Expect.equal (keys plain |> List.map fst) (esm |> List.map fst) "plain keys"
                 Expect.isFalse plain.SequenceInput "plain"
                 Expect.isTrue withSeq.SequenceInput "conditioned"
-                let expected = StructureDecoderConfig.expectedKeysWith true tiny
+                let expected = StructureDecoderCheckpoint.expectedKeysWith true tiny
                 Expect.equal (keys withSeq |> List.map fst) (expected |> List.map fst) "conditioned keys"
-                Expect.equal (List.last expected) (StructureDecoderConfig.SequenceEmbedKey, [| 21L; 32L |]) "last key"
+
+                Expect.equal
+                    (List.last expected)
+                    (StructureDecoderCheckpoint.SequenceEmbedKey, [| 21L; 32L |])
+                    "last key"
 
                 for (n, s), (_, e) in List.zip (keys withSeq) expected do
                     Expect.sequenceEqual s e n
@@ -74,17 +78,17 @@ let tests =
                 // Without sequence input the module's own state dict (names and shapes) is the table; with it, the
                 // table grows by 21 × 1280 = 26,880 on ESM's released sizes, whose count is 618,552,905
                 // (ESM3-REFERENCE.md §1, from the shapes of esm3_structure_decoder_v0.pth).
-                for (n, s), (_, e) in List.zip (keys plain) (StructureDecoderConfig.expectedKeysWith false tiny) do
+                for (n, s), (_, e) in List.zip (keys plain) (StructureDecoderCheckpoint.expectedKeysWith false tiny) do
                     Expect.sequenceEqual s e ("plain " + n)
 
                 let count (table: (string * int64[]) list) =
                     table |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
 
                 let esm3 = StructureDecoderConfig.esm3
-                Expect.equal (count (StructureDecoderConfig.expectedKeysWith false esm3)) 618_552_905L "ESM's count"
+                Expect.equal (count (StructureDecoderCheckpoint.expectedKeysWith false esm3)) 618_552_905L "ESM's count"
 
                 Expect.equal
-                    (count (StructureDecoderConfig.expectedKeysWith true esm3))
+                    (count (StructureDecoderCheckpoint.expectedKeysWith true esm3))
                     (618_552_905L + 21L * 1280L)
                     "ESM's count + 21 × 1280"
             }
@@ -167,7 +171,7 @@ let tests =
                 use withSeq = decoder true 9UL
                 let path = dir.File "seq.safetensors"
                 Checkpoint.save path withSeq (readOnlyDict [ "head_width", "16" ])
-                use loaded = StructureDecoder.load path
+                use loaded = StructureDecoderCheckpoint.load path
                 Expect.isTrue loaded.SequenceInput "sequence input"
                 Expect.equal loaded.Config tiny "sizes, heads from head_width"
                 use g = new torch.Generator(10UL)
@@ -185,14 +189,14 @@ let tests =
                 use plain = new StructureDecoder(esmLike)
                 let esmPath = dir.File "esm.safetensors"
                 Checkpoint.save esmPath plain null
-                use plainLoaded = StructureDecoder.load esmPath
+                use plainLoaded = StructureDecoderCheckpoint.load esmPath
                 Expect.isFalse plainLoaded.SequenceInput "ESM's decoder"
                 Expect.equal plainLoaded.Config esmLike "ESM sizes"
                 // a bad head_width is a named error
                 let bad = dir.File "bad.safetensors"
                 Checkpoint.save bad withSeq (readOnlyDict [ "head_width", "x" ])
 
-                match InputError.catch (fun () -> StructureDecoder.load bad |> ignore) with
+                match InputError.catch (fun () -> StructureDecoderCheckpoint.load bad |> ignore) with
                 | Ok() -> failtest "expected an InputException"
                 | Error e -> Expect.stringContains (string e.Location) "head_width" "names the metadata field"
             }

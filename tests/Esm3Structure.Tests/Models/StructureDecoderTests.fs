@@ -27,7 +27,7 @@ let private tiny =
         ChainFrames = false
     }
 
-/// Loadable with ESM's d_head 64 (so `StructureDecoder.load` infers it back).
+/// Loadable with ESM's d_head 64 (so `StructureDecoderCheckpoint.load` infers it back).
 let private loadable = { tiny with DModel = 64L; Heads = 1L }
 
 let private decoder (config: StructureDecoderConfig) (dtype: torch.ScalarType) (seed: uint64) =
@@ -220,9 +220,14 @@ let tests =
         "Models/StructureDecoder"
         [
             test "esm3 preset: ESM's key/shape table (§7.7) and 618,552,905 parameters, computed without allocating" {
-                let keys = StructureDecoderConfig.expectedKeys StructureDecoderConfig.esm3
+                let keys = StructureDecoderCheckpoint.expectedKeys StructureDecoderConfig.esm3
                 Expect.equal keys.Length (1 + 30 * 10 + 1 + 6 + 5 + 6) "key count"
-                Expect.equal (StructureDecoderConfig.parameterCount StructureDecoderConfig.esm3) 618_552_905L "params"
+
+                Expect.equal
+                    (StructureDecoderCheckpoint.parameterCount StructureDecoderConfig.esm3)
+                    618_552_905L
+                    "params"
+
                 let table = dict keys
 
                 let expected =
@@ -279,12 +284,12 @@ let tests =
                 let actual = Checkpoint.keyShapes m |> List.map (fun (k, s) -> k, List.ofArray s)
 
                 let expected =
-                    StructureDecoderConfig.expectedKeys tiny
+                    StructureDecoderCheckpoint.expectedKeys tiny
                     |> List.map (fun (k, s) -> k, List.ofArray s)
 
                 Expect.equal actual expected "keys and shapes"
                 let counted = m.parameters () |> Seq.sumBy (fun p -> p.numel ())
-                Expect.equal counted (StructureDecoderConfig.parameterCount tiny) "parameter count"
+                Expect.equal counted (StructureDecoderCheckpoint.parameterCount tiny) "parameter count"
             }
 
             test "validate names each bad field" {
@@ -504,7 +509,7 @@ let tests =
                 use source = decoder loadable torch.float32 8UL
                 let first = dir.File "first.safetensors"
                 Checkpoint.save first source null
-                use loaded = StructureDecoder.load first
+                use loaded = StructureDecoderCheckpoint.load first
                 Expect.equal loaded.Config loadable "inferred config"
                 let second = dir.File "second.safetensors"
                 Checkpoint.save second loaded null
@@ -523,18 +528,18 @@ let tests =
                 use source = decoder tiny torch.float32 11UL // d 48, 3 heads of 16
                 let pth = dir.File "decoder.pth"
                 PyTorchCheckpoint.write pth (Checkpoint.stateDict source)
-                use loaded = StructureDecoder.loadWith (Some 3L) pth
+                use loaded = StructureDecoderCheckpoint.loadWith (Some 3L) pth
                 Expect.equal loaded.Config tiny "sizes from the shapes, heads from --heads"
                 let tokens = batch (new torch.Generator(12UL))
                 let a, b = source.forward tokens, loaded.forward tokens
                 Tol.close "backbone" 0.0 b.Backbone a.Backbone
                 Tol.close "pLDDT" 0.0 b.Plddt a.Plddt
-                let e = expectInputError (fun () -> StructureDecoder.load pth |> ignore)
+                let e = expectInputError (fun () -> StructureDecoderCheckpoint.load pth |> ignore)
                 Expect.stringContains e.Message "--heads" "the error names the option"
                 Expect.equal e.File pth "and the file"
 
                 let e =
-                    expectInputError (fun () -> StructureDecoder.loadWith (Some 5L) pth |> ignore)
+                    expectInputError (fun () -> StructureDecoderCheckpoint.loadWith (Some 5L) pth |> ignore)
 
                 Expect.stringContains e.Message "--heads 5 does not divide" e.Message
             }
@@ -544,10 +549,10 @@ let tests =
                 use m = decoder tiny torch.float32 10UL
                 let sd = Checkpoint.stateDict m
                 let shapes = sd |> List.map (fun (k, t) -> k, t.shape)
-                Expect.equal (StructureDecoderConfig.ofKeyShapesWith 16L "m" shapes) tiny "d_head 16"
+                Expect.equal (StructureDecoderCheckpoint.ofKeyShapesWith 16L "m" shapes) tiny "d_head 16"
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderConfig.ofStateDict "m" sd |> ignore)
+                    expectInputError (fun () -> StructureDecoderCheckpoint.ofStateDict "m" sd |> ignore)
 
                 Expect.equal e.Location (InputLocation.Field "embed.weight") ("48 is no multiple of 64: " + e.Message)
 
@@ -556,7 +561,7 @@ let tests =
                     |> List.filter (fun (k, _) -> k <> "pairwise_classification_head.linear1.weight")
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderConfig.ofKeyShapesWith 16L "m" noPair |> ignore)
+                    expectInputError (fun () -> StructureDecoderCheckpoint.ofKeyShapesWith 16L "m" noPair |> ignore)
 
                 Expect.equal e.Location (InputLocation.Field "pairwise_classification_head.linear1.weight") e.Message
             }
@@ -577,24 +582,31 @@ let tests =
                             else
                                 k, t))
 
-                let e = expectInputError (fun () -> StructureDecoder.load misShaped |> ignore)
+                let e =
+                    expectInputError (fun () -> StructureDecoderCheckpoint.load misShaped |> ignore)
+
                 Expect.stringContains e.Message "plddt_head.output.weight: expected [50, 64], got [49, 64]" "mis-shaped"
                 Expect.equal e.File misShaped "file"
 
                 let missing =
                     edited dir path (List.filter (fun (k, _) -> k <> "affine_output_projection.proj.bias"))
 
-                let e = expectInputError (fun () -> StructureDecoder.load missing |> ignore)
+                let e =
+                    expectInputError (fun () -> StructureDecoderCheckpoint.load missing |> ignore)
+
                 Expect.stringContains e.Message "missing keys: affine_output_projection.proj.bias" "missing"
 
                 let extra =
                     edited dir path (fun ts -> ts @ [ "plddt_head.extra", torch.zeros ([| 2L |]) ])
 
-                let e = expectInputError (fun () -> StructureDecoder.load extra |> ignore)
+                let e = expectInputError (fun () -> StructureDecoderCheckpoint.load extra |> ignore)
                 Expect.stringContains e.Message "unexpected keys: plddt_head.extra" "unexpected"
 
                 let noEmbed = edited dir path (List.filter (fun (k, _) -> k <> "embed.weight"))
-                let e = expectInputError (fun () -> StructureDecoder.load noEmbed |> ignore)
+
+                let e =
+                    expectInputError (fun () -> StructureDecoderCheckpoint.load noEmbed |> ignore)
+
                 Expect.equal e.Location (InputLocation.Field "embed.weight") e.Message
             }
 
@@ -602,7 +614,7 @@ let tests =
 
             test "confidence heads: trained unless the file says otherwise or is one of our stage-1 exports" {
                 let trained (pairs: (string * string) list) =
-                    StructureDecoderConfig.confidenceTrainedOf (Map.ofList pairs)
+                    StructureDecoderCheckpoint.confidenceTrainedOf (Map.ofList pairs)
 
                 Expect.isTrue (trained []) "ESM's files carry no metadata"
                 Expect.isFalse (trained [ "heads", "4"; "head_width", "32" ]) "an older stage-1 export"
@@ -611,11 +623,11 @@ let tests =
                 Expect.isFalse
                     (trained
                         [
-                            StructureDecoderConfig.ConfidenceMetadataKey, "untrained"
+                            StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained"
                             "sequence_input", "true"
                         ])
                     "the key decides"
 
-                Expect.isTrue (trained [ StructureDecoderConfig.ConfidenceMetadataKey, "trained" ]) "trained"
+                Expect.isTrue (trained [ StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained" ]) "trained"
             }
         ]

@@ -19,7 +19,7 @@ let private chain name =
 /// 1mvo_A), in `dtype`.
 let private smallWith (neighbourGeometry: bool) (dtype: torch.ScalarType) (seed: uint64) =
     let config =
-        { StructureEncoderConfig.Esm3 with
+        { StructureEncoderConfig.esm3 with
             NeighbourGeometry = neighbourGeometry
             DModel = 24L
             VHeads = 4L
@@ -278,12 +278,12 @@ let tests =
                 for key in [ "neighbour_geometry_proj.weight"; "sequence_step_proj.weight" ] do
                     Expect.contains names key key
 
-                use loaded = StructureEncoder.load path
+                use loaded = StructureEncoderCheckpoint.load path
                 // Knn is not in the file (the loader gives ESM's 16), and the SwiGLU ratio is read back as hidden / d
                 // (the same hidden width after ESM's rounding to 256).
                 let expected =
                     { m.Config with
-                        Knn = StructureEncoderConfig.Esm3.Knn
+                        Knn = StructureEncoderConfig.esm3.Knn
                         ExpansionRatio = loaded.Config.ExpansionRatio
                     }
 
@@ -301,7 +301,7 @@ let tests =
                 let quantizer = QuantizerConfig.finite [ 8; 5; 5; 5 ]
 
                 let config =
-                    { StructureEncoderConfig.Esm3 with
+                    { StructureEncoderConfig.esm3 with
                         DModel = 24L
                         VHeads = 4L
                         DOut = quantizer.Dim
@@ -313,8 +313,8 @@ let tests =
                 Init.reset g m
                 m.eval ()
                 let path = dir.File "encoder.safetensors"
-                Checkpoint.save path m (readOnlyDict [ StructureEncoder.FiniteLevelsMetadataKey, "8,5,5,5" ])
-                use loaded = StructureEncoder.load path
+                Checkpoint.save path m (readOnlyDict [ StructureEncoderCheckpoint.FiniteLevelsMetadataKey, "8,5,5,5" ])
+                use loaded = StructureEncoderCheckpoint.load path
                 Expect.equal loaded.Config.Quantizer quantizer "levels read back"
                 let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
                 let tokens = (m.forward bb).Tokens
@@ -327,14 +327,14 @@ let tests =
                 Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
 
                 let bad = dir.File "bad.safetensors"
-                Checkpoint.save bad m (readOnlyDict [ StructureEncoder.FiniteLevelsMetadataKey, "8,5" ])
+                Checkpoint.save bad m (readOnlyDict [ StructureEncoderCheckpoint.FiniteLevelsMetadataKey, "8,5" ])
 
-                match InputError.catch (fun () -> StructureEncoder.load bad |> ignore) with
+                match InputError.catch (fun () -> StructureEncoderCheckpoint.load bad |> ignore) with
                 | Ok() -> failtest "expected an InputException"
                 | Error e ->
                     Expect.equal
                         e.Location
-                        (InputLocation.Field("__metadata__." + StructureEncoder.FiniteLevelsMetadataKey))
+                        (InputLocation.Field("__metadata__." + StructureEncoderCheckpoint.FiniteLevelsMetadataKey))
                         e.Message
             }
         ]

@@ -122,7 +122,7 @@ let tests =
                 use decoder = new StructureDecoder(decoderConfig)
                 Init.reset (new torch.Generator(7UL)) decoder
                 let keys = Checkpoint.stateDict decoder |> List.map (fun (k, t) -> k, t.shape)
-                Expect.sequenceEqual keys (StructureDecoderConfig.expectedKeys decoderConfig) "keys in order"
+                Expect.sequenceEqual keys (StructureDecoderCheckpoint.expectedKeys decoderConfig) "keys in order"
                 use dir = new TempDir()
                 let path = dir.File "decoder.safetensors"
 
@@ -131,7 +131,7 @@ let tests =
                     decoder
                     (readOnlyDict [ "head_width", "12"; StructureModuleConfig.RoundsMetadataKey, "3" ])
 
-                use loaded = StructureDecoder.load path
+                use loaded = StructureDecoderCheckpoint.load path
                 Expect.equal loaded.Config decoderConfig "inferred config"
                 let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 4097L |]).unsqueeze 0L
                 Tol.close "backbone" 0.0 (loaded.forward(tokens).Backbone) (decoder.forward(tokens).Backbone)
@@ -179,7 +179,12 @@ let tests =
                 use absolute = new StructureDecoder({ config with ChainFrames = false })
                 use dir = new TempDir()
                 let path = dir.File "decoder.safetensors"
-                Checkpoint.save path chained (readOnlyDict [ StructureDecoderConfig.ChainFramesMetadataKey, "true" ])
+
+                Checkpoint.save
+                    path
+                    chained
+                    (readOnlyDict [ StructureDecoderCheckpoint.ChainFramesMetadataKey, "true" ])
+
                 Checkpoint.load path absolute
                 let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 4097L |]).unsqueeze 0L
                 let steps = absolute.forward(tokens).Frames
@@ -188,18 +193,18 @@ let tests =
                 Tol.close "R" 0.0 frames.R expected.R
                 Tol.close "T" 0.0 frames.T expected.T
 
-                use loaded = StructureDecoder.load path
+                use loaded = StructureDecoderCheckpoint.load path
                 Expect.equal loaded.Config config "ChainFrames read from the metadata"
 
                 let bad = dir.File "bad.safetensors"
-                Checkpoint.save bad chained (readOnlyDict [ StructureDecoderConfig.ChainFramesMetadataKey, "yes" ])
+                Checkpoint.save bad chained (readOnlyDict [ StructureDecoderCheckpoint.ChainFramesMetadataKey, "yes" ])
 
-                match InputError.catch (fun () -> StructureDecoder.load bad |> ignore) with
+                match InputError.catch (fun () -> StructureDecoderCheckpoint.load bad |> ignore) with
                 | Ok() -> failtest "expected an InputException"
                 | Error e ->
                     Expect.equal
                         e.Location
-                        (InputLocation.Field("__metadata__." + StructureDecoderConfig.ChainFramesMetadataKey))
+                        (InputLocation.Field("__metadata__." + StructureDecoderCheckpoint.ChainFramesMetadataKey))
                         e.Message
 
                 let both =

@@ -33,7 +33,7 @@ let tests =
                 try
                     let path = Path.Combine(dir, "enc.safetensors")
                     TokenizerFixtures.writeEncoder path 5UL
-                    use loaded = StructureEncoder.load path
+                    use loaded = StructureEncoderCheckpoint.load path
                     let c, e = loaded.Config, TokenizerFixtures.smallEncoderConfig
                     Expect.equal c.DModel e.DModel "d"
                     Expect.equal c.VHeads e.VHeads "vector heads"
@@ -87,7 +87,7 @@ let tests =
                     Safetensors.write bad tensors null
 
                     let e =
-                        raises<InputException> "mis-shaped" (fun () -> StructureEncoder.load bad |> ignore)
+                        raises<InputException> "mis-shaped" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
 
                     Expect.stringContains e.Message "pre_vq_proj.weight" "names the tensor"
                     Expect.equal e.Error.File bad "names the file"
@@ -103,7 +103,7 @@ let tests =
                     Safetensors.write bad ratio null
 
                     let e =
-                        raises<InputException> "2-D scale" (fun () -> StructureEncoder.load bad |> ignore)
+                        raises<InputException> "2-D scale" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
 
                     Expect.equal
                         e.Error.Location
@@ -114,7 +114,7 @@ let tests =
                     TokenizerFixtures.writeDecoder dec 1UL
 
                     let e =
-                        raises<InputException> "decoder" (fun () -> StructureEncoder.load dec |> ignore)
+                        raises<InputException> "decoder" (fun () -> StructureEncoderCheckpoint.load dec |> ignore)
 
                     Expect.stringContains e.Message "not a structure encoder" "says what is wrong"
                 finally

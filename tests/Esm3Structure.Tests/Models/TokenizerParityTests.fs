@@ -81,7 +81,7 @@ let tests =
                 use _ = torch.NewDisposeScope()
                 use _ = torch.no_grad ()
                 let io = readIo ()
-                use encoder = StructureEncoder.load (file "encoder.pth")
+                use encoder = StructureEncoderCheckpoint.load (file "encoder.pth")
 
                 let check (prefix: string) (dtype: torch.ScalarType) (u: float) =
                     let out =
@@ -115,7 +115,7 @@ let tests =
                 let tokens = wrapped io
 
                 for name, heads, d in decoders do
-                    use decoder = StructureDecoder.loadWith heads (file (name + ".pth"))
+                    use decoder = StructureDecoderCheckpoint.loadWith heads (file (name + ".pth"))
                     Expect.equal decoder.Config.Heads (defaultArg heads 1L) (name + ": heads")
 
                     let check (prefix: string) (dtype: torch.ScalarType) (u: float) =
@@ -148,12 +148,12 @@ let tests =
                 let io = readIo ()
                 let tokens = wrapped io
 
-                use wrong = StructureDecoder.load (file "decoder-d64-h4.pth")
+                use wrong = StructureDecoderCheckpoint.load (file "decoder-d64-h4.pth")
                 let off = Tol.maxAbsDiff (wrong.forward tokens).Backbone io.["decoder-d64-h4.bb"]
                 Expect.isGreaterThan off 1.0 "64-wide heads on a 16-wide decoder: more than 1 Å off ESM"
 
                 try
-                    StructureDecoder.load (file "decoder-d96-h4.pth") |> ignore
+                    StructureDecoderCheckpoint.load (file "decoder-d96-h4.pth") |> ignore
                     failtest "a d 96 decoder without head metadata loaded with no --heads"
                 with :? InputException as e ->
                     Expect.stringContains e.Message "--heads" "the error names --heads"

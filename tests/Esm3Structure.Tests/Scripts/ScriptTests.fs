@@ -114,7 +114,7 @@ let tests =
 
                 use _ = TorchSharp.torch.NewDisposeScope()
                 let io = Esm3Structure.Tests.Models.TokenizerParityTests.readIo ()
-                use encoder = StructureEncoder.load (esm "encoder.pth")
+                use encoder = StructureEncoderCheckpoint.load (esm "encoder.pth")
 
                 let clear, wrong =
                     Esm3Structure.Tests.Models.TokenizerParityTests.esmTokenMismatches

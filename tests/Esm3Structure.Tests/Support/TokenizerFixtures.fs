@@ -13,7 +13,7 @@ module TokenizerFixtures =
     /// d 24, 4 vector heads, 2 blocks, 64 × 8 codes, 10 position bins; ESM's k = 16 (a file cannot say k, so a
     /// loaded encoder has ESM's).
     let smallEncoderConfig =
-        { StructureEncoderConfig.Esm3 with
+        { StructureEncoderConfig.esm3 with
             DModel = 24L
             VHeads = 4L
             DOut = 8L

@@ -230,10 +230,14 @@ let tests =
                     Expect.isTrue (t.eq(before.[name]).all().ToBoolean()) ("encoder tensor unchanged: " + name)
 
                 // the decoder loads with ESM's loader (sizes from its shapes and metadata, sequence input)
-                use decoder = StructureDecoder.load (Path.Combine(ckpt, "decoder.safetensors"))
+                use decoder =
+                    StructureDecoderCheckpoint.load (Path.Combine(ckpt, "decoder.safetensors"))
+
                 Expect.equal decoder.Config config.Decoder "decoder sizes"
                 Expect.isTrue decoder.SequenceInput "sequence input"
-                use encoder = StructureEncoder.load (Path.Combine(ckpt, "encoder.safetensors"))
+
+                use encoder =
+                    StructureEncoderCheckpoint.load (Path.Combine(ckpt, "encoder.safetensors"))
 
                 // decode a chain through the exported files: finite atoms, pLDDT in [0, 1]
                 use _ = torch.no_grad ()
@@ -278,7 +282,7 @@ let tests =
                             }
                     }
 
-                use encoder = StructureEncoder.load encoderPath
+                use encoder = StructureEncoderCheckpoint.load encoderPath
 
                 let snapshot =
                     Checkpoint.stateDict encoder |> List.map (fun (n, t) -> n, t.detach().clone())

@@ -50,8 +50,12 @@ let tests =
                 let step =
                     Path.Combine(dir.Path, "checkpoints", sprintf "step-%06d" preset.Trainer.Steps)
 
-                use encoder = StructureEncoder.load (Path.Combine(step, "encoder.safetensors"))
-                use decoder = StructureDecoder.load (Path.Combine(step, "decoder.safetensors"))
+                use encoder =
+                    StructureEncoderCheckpoint.load (Path.Combine(step, "encoder.safetensors"))
+
+                use decoder =
+                    StructureDecoderCheckpoint.load (Path.Combine(step, "decoder.safetensors"))
+
                 let trips = train |> Array.map (RoundTrip.ofChain encoder decoder)
                 let summary = RoundTrip.summarize preset.Encoder.Quantizer.Codes trips
 

@@ -202,13 +202,15 @@ let tests =
                 let shapes = header.Entries |> List.map (fun e -> e.Name, e.Shape)
 
                 Expect.equal
-                    (StructureDecoderConfig.ofKeyShapesWith headWidth "decoder.safetensors" shapes)
+                    (StructureDecoderCheckpoint.ofKeyShapesWith headWidth "decoder.safetensors" shapes)
                     tiny.Decoder
                     "the decoder's sizes from its file"
 
                 // what the scripts load: the head count from the metadata, not ESM's 64-wide default
-                use loaded = StructureDecoder.load (Path.Combine(ckpt, "decoder.safetensors"))
-                Expect.equal loaded.Config tiny.Decoder "StructureDecoder.load reads the head width"
+                use loaded =
+                    StructureDecoderCheckpoint.load (Path.Combine(ckpt, "decoder.safetensors"))
+
+                Expect.equal loaded.Config tiny.Decoder "StructureDecoderCheckpoint.load reads the head width"
 
                 // token ids through the exported decoder's embeddings = the training path's projected codes
                 use task = new TokenizerTraining.Task(tiny, torch.CPU, [||], [||])
@@ -318,10 +320,11 @@ let tests =
                     (File.ReadAllBytes(Path.Combine(tokenizer, "encoder.safetensors")))
                     "the encoder file unchanged"
 
-                use old = StructureDecoder.load (Path.Combine(tokenizer, "decoder.safetensors"))
+                use old =
+                    StructureDecoderCheckpoint.load (Path.Combine(tokenizer, "decoder.safetensors"))
 
                 use trained =
-                    StructureDecoder.load (Path.Combine(report.Checkpoint, "decoder.safetensors"))
+                    StructureDecoderCheckpoint.load (Path.Combine(report.Checkpoint, "decoder.safetensors"))
 
                 Expect.isFalse old.ConfidenceTrained "stage 1: confidence untrained"
                 Expect.isTrue trained.ConfidenceTrained "after the confidence stage: trained"
@@ -330,7 +333,7 @@ let tests =
                     (Safetensors.readHeader (Path.Combine(report.Checkpoint, "decoder.safetensors"))).Metadata
 
                 Expect.equal
-                    meta.[StructureDecoderConfig.PtmMetadataKey]
+                    meta.[StructureDecoderCheckpoint.PtmMetadataKey]
                     (if validation.["ptm_pearson"] >= 0.5 then
                          "informative"
                      else

@@ -438,14 +438,18 @@ let tests =
 
                 // --preset esm3-open: ESM's released sizes (parameter counts of ESM's files), valid configs.
                 let tokenizer = TokenizerTrainConfig.preset "esm3-open"
-                Expect.equal tokenizer.Encoder StructureEncoderConfig.Esm3 "tokenizer: ESM's released encoder"
-                Expect.equal (StructureDecoderConfig.parameterCount tokenizer.Decoder) 618_552_905L "and decoder"
+                Expect.equal tokenizer.Encoder StructureEncoderConfig.esm3 "tokenizer: ESM's released encoder"
+                Expect.equal (StructureDecoderCheckpoint.parameterCount tokenizer.Decoder) 618_552_905L "and decoder"
                 Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate tokenizer)) "tokenizer esm3-open valid"
                 let stage2 = Stage2TrainConfig.preset "esm3-open"
                 Expect.equal stage2.Decoder StructureDecoderConfig.esm3 "stage 2: ESM's released decoder"
                 Expect.isFalse stage2.SequenceInput "with ESM's keys only"
                 let multiTrack = MultiTrackTrainConfig.preset "esm3-open"
-                Expect.equal (MultiTrackConfig.parameterCount multiTrack.Model) 1_401_735_748L "multi-track: ESM3-open"
+
+                Expect.equal
+                    (MultiTrackCheckpoint.parameterCount multiTrack.Model)
+                    1_401_735_748L
+                    "multi-track: ESM3-open"
 
                 Expect.isEmpty
                     (Validation.errors (MultiTrackTrainConfig.validate multiTrack))

@@ -13,7 +13,7 @@ open Esm3Structure.Tests
 
 /// A tiny encoder config (d 32, 4 vector heads, 2 blocks, k 16, 4096 × 128 codes).
 let private tiny =
-    { StructureEncoderConfig.Esm3 with
+    { StructureEncoderConfig.esm3 with
         DModel = 32L
         VHeads = 4L
     }
@@ -89,7 +89,7 @@ let tests =
             }
 
             test "the FLOP count: ESM's sizes by hand, and the pruned last feed-forward" {
-                let c = StructureEncoderConfig.Esm3
+                let c = StructureEncoderConfig.esm3
                 let d, v, e, f = 1024.0, 128.0, 16.0, 4096.0
                 // Per neighbourhood slot: proj, out_proj, pair terms over E keys, SwiGLU (ESM3-REFERENCE.md §4.4, §5.6).
                 let attention = 2.0 * d * 15.0 * v + 2.0 * 3.0 * v * d + 18.0 * v * e
