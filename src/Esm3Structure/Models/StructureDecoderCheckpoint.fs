@@ -326,3 +326,29 @@ module StructureDecoderCheckpoint =
 
     /// `loadWith None`: the head count from our metadata, else ESM's 64-wide heads.
     let load (path: string) : StructureDecoder = loadWith None path
+
+    /// What a decoder file records beyond its tensors: "heads" and "head_width" (no state dict records them), the
+    /// structure module's rounds and `ChainFramesMetadataKey` when `config` has them, then `status` (confidence
+    /// heads, the pTM verdict, sequence input, or a file's own metadata), which wins on a repeated key.
+    let metadataOf (config: StructureDecoderConfig) (status: (string * string) list) : Map<string, string> =
+        [
+            "heads", string config.Heads
+            "head_width", string (config.DModel / config.Heads)
+            match config.StructureModule with
+            | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
+            | None -> ()
+            if config.ChainFrames then
+                ChainFramesMetadataKey, "true"
+        ]
+        @ status
+        |> Map.ofList
+
+    /// Writes a decoder's tensors (ESM's keys, no prefix) as safetensors with `metadataOf config status`: the one
+    /// writer of decoder files, for every training stage.
+    let save
+        (path: string)
+        (tensors: seq<string * torch.Tensor>)
+        (config: StructureDecoderConfig)
+        (status: (string * string) list)
+        =
+        Safetensors.write path tensors (readOnlyDict (Map.toList (metadataOf config status)))

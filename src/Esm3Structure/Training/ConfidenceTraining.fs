@@ -269,19 +269,18 @@ module ConfidenceTraining =
 
             // pTM counts as informative when its validated correlation with the chains' LDDT-CA reaches 0.5 (the bar
             // set for pLDDT); otherwise the scripts leave it out.
-            let meta =
-                metadata
-                |> Map.add StructureDecoderCheckpoint.ConfidenceMetadataKey "trained"
-                |> Map.add
-                    StructureDecoderCheckpoint.PtmMetadataKey
-                    (if ptmPearson >= 0.5 then "informative" else "uninformative")
-
             use _ = torch.NewDisposeScope()
 
-            Safetensors.write
+            StructureDecoderCheckpoint.save
                 (Path.Combine(folder, "decoder.safetensors"))
                 (Checkpoint.stateDict decoder)
-                (readOnlyDict (Map.toList meta))
+                decoder.Config
+                [
+                    yield! Map.toList metadata
+                    StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
+                    StructureDecoderCheckpoint.PtmMetadataKey,
+                    (if ptmPearson >= 0.5 then "informative" else "uninformative")
+                ]
 
         interface IDisposable with
             member _.Dispose() =

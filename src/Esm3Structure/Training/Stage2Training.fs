@@ -555,20 +555,16 @@ module Stage2Training =
         /// `sequence_embed.weight` with sequence input). The decoder's metadata records "heads", "head_width" (read
         /// back by `StructureDecoderCheckpoint.load`) and "sequence_input".
         override _.Export(folder: string) =
-            let meta (pairs: (string * string) list) = readOnlyDict pairs
-
             StructureEncoderCheckpoint.save (Path.Combine(folder, "encoder.safetensors")) encoder
 
-            Checkpoint.save
+            StructureDecoderCheckpoint.save
                 (Path.Combine(folder, "decoder.safetensors"))
-                decoder
-                (meta
-                    [
-                        "heads", string config.Decoder.Heads
-                        "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
-                        "sequence_input", (if config.SequenceInput then "true" else "false")
-                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
-                    ])
+                (Checkpoint.stateDict decoder)
+                config.Decoder
+                [
+                    "sequence_input", (if config.SequenceInput then "true" else "false")
+                    StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
+                ]
 
         interface IDisposable with
             member _.Dispose() =

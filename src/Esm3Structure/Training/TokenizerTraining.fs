@@ -700,26 +700,15 @@ module TokenizerTraining =
         /// read from tensor shapes, so each file's metadata records them ("v_heads"; "heads", "head_width": pass the
         /// latter to `StructureDecoderCheckpoint.ofKeyShapesWith`).
         override _.Export(folder: string) =
-            let meta (pairs: (string * string) list) = readOnlyDict pairs
-
             StructureEncoderCheckpoint.save (Path.Combine(folder, "encoder.safetensors")) model.Encoder
 
             use _ = torch.NewDisposeScope()
 
-            Safetensors.write
+            StructureDecoderCheckpoint.save
                 (Path.Combine(folder, "decoder.safetensors"))
                 (model.ExportDecoderState())
-                (meta
-                    [
-                        "heads", string config.Decoder.Heads
-                        "head_width", string (config.Decoder.DModel / config.Decoder.Heads)
-                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained"
-                        match config.Decoder.StructureModule with
-                        | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
-                        | None -> ()
-                        if config.Decoder.ChainFrames then
-                            StructureDecoderCheckpoint.ChainFramesMetadataKey, "true"
-                    ])
+                config.Decoder
+                [ StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained" ]
 
         interface IDisposable with
             member _.Dispose() =

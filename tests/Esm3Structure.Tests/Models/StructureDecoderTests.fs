@@ -219,6 +219,43 @@ let tests =
     testList
         "Models/StructureDecoder"
         [
+            test "file metadata: head counts and optional parts from the config, the caller's status wins" {
+                let plain = StructureDecoderCheckpoint.metadataOf StructureDecoderConfig.small []
+
+                Expect.equal
+                    plain
+                    (Map.ofList
+                        [
+                            "heads", string StructureDecoderConfig.small.Heads
+                            "head_width",
+                            string (StructureDecoderConfig.small.DModel / StructureDecoderConfig.small.Heads)
+                        ])
+                    "no structure module, no chain frames: head counts only"
+
+                let module3 =
+                    { StructureDecoderConfig.small with
+                        StructureModule =
+                            Some
+                                { StructureModuleConfig.alphaFold2 StructureDecoderConfig.small.DModel with
+                                    Iterations = 3
+                                }
+                        ChainFrames = true
+                    }
+
+                let full =
+                    StructureDecoderCheckpoint.metadataOf
+                        module3
+                        [
+                            "head_width", "12"
+                            StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
+                        ]
+
+                Expect.equal full.[StructureModuleConfig.RoundsMetadataKey] "3" "rounds"
+                Expect.equal full.[StructureDecoderCheckpoint.ChainFramesMetadataKey] "true" "chain frames"
+                Expect.equal full.["head_width"] "12" "status wins"
+                Expect.equal full.[StructureDecoderCheckpoint.ConfidenceMetadataKey] "trained" "status"
+            }
+
             test "esm3 preset: ESM's key/shape table (§7.7) and 618,552,905 parameters, computed without allocating" {
                 let keys = StructureDecoderCheckpoint.expectedKeys StructureDecoderConfig.esm3
                 Expect.equal keys.Length (1 + 30 * 10 + 1 + 6 + 5 + 6) "key count"
