@@ -13,14 +13,6 @@ open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tokenizers
 
-/// Runs `f` and returns the exception of type 'E it raises (fails the test otherwise).
-let private raises<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
-    try
-        f ()
-        failtestf "%s: no exception" what
-    with :? 'E as e ->
-        e
-
 [<Tests>]
 let tests =
     testList

@@ -45,21 +45,6 @@ let private sequences =
         (let data = Data.root.Value
          Corpus.sequences data "train" |> Array.map snd, Corpus.sequences data "valid" |> Array.map snd)
 
-/// Delegates to a task and throws at step `crashAt` (1-based).
-type private Crashing(inner: TrainingTask, crashAt: int) =
-    inherit TrainingTask()
-    override _.Model = inner.Model
-    override _.Generators = inner.Generators
-
-    override _.Step(step: int) =
-        if step + 1 = crashAt then
-            failwith "simulated crash"
-
-        inner.Step step
-
-    override _.Evaluate() = inner.Evaluate()
-    override _.Export(folder: string) = inner.Export folder
-
 [<Tests>]
 let tests =
     testList
@@ -227,7 +212,7 @@ let tests =
 
                 let runWith (out: string) (crashAt: int) (resume: bool) =
                     use task = new CausalLmTraining.Task(tiny, torch.CPU, fst encoded, snd encoded)
-                    let t: TrainingTask = if crashAt > 0 then Crashing(task, crashAt) else task
+                    let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
                     Trainer.run tiny.Trainer t out resume "{}"
 
                 let whole = runWith a.Path 0 false

@@ -72,21 +72,6 @@ let private examples =
          let providers = TrackProviders.withStructureEncoder encoder
          chains.Value |> Array.map (MultiTrackData.ofChain providers))
 
-/// Delegates to a task and throws at step `crashAt` (1-based).
-type private Crashing(inner: TrainingTask, crashAt: int) =
-    inherit TrainingTask()
-    override _.Model = inner.Model
-    override _.Generators = inner.Generators
-
-    override _.Step(step: int) =
-        if step + 1 = crashAt then
-            failwith "simulated crash"
-
-        inner.Step step
-
-    override _.Evaluate() = inner.Evaluate()
-    override _.Export(folder: string) = inner.Export folder
-
 [<Tests>]
 let tests =
     testList
@@ -278,7 +263,7 @@ let tests =
                     use task =
                         new MultiTrackTraining.Task(c, torch.CPU, examples.Value.[1..], examples.Value.[..0])
 
-                    let t: TrainingTask = if crashAt > 0 then Crashing(task, crashAt) else task
+                    let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
                     Trainer.run c.Trainer t out resume "{}"
 
                 let whole = runWith a.Path 0 false

@@ -62,21 +62,6 @@ let private chains =
          |> Array.truncate 4
          |> Array.map (fun n -> StructureFile.read (Data.small n) None))
 
-/// Delegates to the tokenizer task and throws at step `crashAt` (1-based).
-type private Crashing(inner: TrainingTask, crashAt: int) =
-    inherit TrainingTask()
-    override _.Model = inner.Model
-    override _.Generators = inner.Generators
-
-    override _.Step(step: int) =
-        if step + 1 = crashAt then
-            failwith "simulated crash"
-
-        inner.Step step
-
-    override _.Evaluate() = inner.Evaluate()
-    override _.Export(folder: string) = inner.Export folder
-
 let private examples () =
     let train = chains.Value.[1..] |> Array.map TokenizerData.ofChain
     let valid = [| TokenizerData.crop 0 50 (TokenizerData.ofChain chains.Value.[0]) |]
@@ -362,7 +347,7 @@ let tests =
 
                 let runWith (out: string) (crashAt: int) (resume: bool) =
                     use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
-                    let t: TrainingTask = if crashAt > 0 then Crashing(task, crashAt) else task
+                    let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
                     Trainer.run c.Trainer t out resume "{}"
 
                 let whole = runWith a.Path 0 false

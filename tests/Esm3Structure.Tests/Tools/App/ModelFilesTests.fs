@@ -7,14 +7,6 @@ open TorchSharp
 open Esm3Structure.App
 open Esm3Structure.Tests
 
-/// Runs `f` and returns the exception of type 'E it raises (fails the test otherwise).
-let private raises<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
-    try
-        f ()
-        failtestf "%s: no exception" what
-    with :? 'E as e ->
-        e
-
 [<Tests>]
 let tests =
     testList
