@@ -4,7 +4,7 @@
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
 // 2,000 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
-//       [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone] [--bypass-quantizer] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
+//       [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone] [--bypass-quantizer] [--global-layers N] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -23,6 +23,7 @@ type Args =
     | Fape of weight: float
     | Losses of recipe: string
     | Bypass_Quantizer
+    | Global_Layers of int
     | Learning_Rate of float
     | Data of dir: string
     | Out of dir: string
@@ -39,6 +40,8 @@ type Args =
             | Losses _ ->
                 "the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
+            | Global_Layers _ ->
+                "residue-level encoder blocks after the neighbourhood stack (default 0: ESM's local tokens)"
             | Learning_Rate _ -> "Adam's learning rate (default: the model's)"
             | Data _ -> "corpus folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "run folder (default: runs/overfit); an earlier run there is replaced"
@@ -73,6 +76,10 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                     Fape = args.GetResult(Fape, defaultValue = preset.Weights.Fape)
                 }
             BypassQuantizer = args.Contains Bypass_Quantizer
+            Encoder =
+                { preset.Encoder with
+                    GlobalLayers = args.GetResult(Global_Layers, defaultValue = preset.Encoder.GlobalLayers)
+                }
             ValidChains = chains.Length
             Trainer =
                 { preset.Trainer with

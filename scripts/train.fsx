@@ -20,7 +20,7 @@
 //                                   [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
-//                                   [--neighbour-geometry] [--chain-frames] [--crop-curriculum STEP:LEN,…]
+//                                   [--neighbour-geometry] [--global-layers N] [--chain-frames] [--crop-curriculum STEP:LEN,…]
 //                                   [--pair-residues N] [--fsq LEVELS] [--init DIR]
 //                                   [--seed N] [--checkpoint-every N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
@@ -55,6 +55,7 @@ type Args =
     | Learning_Rate of float
     | Warmup of steps: int
     | Neighbour_Geometry
+    | Global_Layers of int
     | Chain_Frames
     | Crop_Curriculum of stages: string
     | Pair_Residues of int
@@ -96,6 +97,8 @@ type Args =
             | Warmup _ -> "steps of linear warm-up to the peak learning rate (default: the preset's)"
             | Neighbour_Geometry ->
                 "tokenizer stage 1: the encoder also sees each neighbour's pose and its residue's sequence steps (default: ESM's offsets only)"
+            | Global_Layers _ ->
+                "tokenizer stage 1: N residue-level blocks after the encoder's neighbourhood stack, so tokens see the whole chain (default 0: ESM's local tokens)"
             | Chain_Frames ->
                 "tokenizer stage 1: compose the affine head's frames along the chain (default: ESM's global frames)"
             | Crop_Curriculum _ ->
@@ -168,6 +171,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--heads", args.Contains Heads
             "--bypass-quantizer", args.Contains Bypass_Quantizer
             "--neighbour-geometry", args.Contains Neighbour_Geometry
+            "--global-layers", args.Contains Global_Layers
             "--chain-frames", args.Contains Chain_Frames
             "--crop-curriculum", args.Contains Crop_Curriculum
             "--pair-residues", args.Contains Pair_Residues
@@ -260,6 +264,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
                         { preset.Encoder with
                             NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
+                            GlobalLayers = args.GetResult(Global_Layers, defaultValue = preset.Encoder.GlobalLayers)
                             Quantizer = quantizer
                             DOut = quantizer.Dim
                         }

@@ -192,6 +192,28 @@ module TokenizerAblations =
              |> List.map (fun (name, _) -> Ablation.variant name (TokenizerTrainConfig.withLosses name))
              |> Array.ofList)
 
+    /// What a token sees: ESM's neighbourhood alone ("esm") against 1 and 2 residue-level blocks over the whole
+    /// chain after it (`StructureEncoderConfig.GlobalLayers`).
+    let context =
+        let globalLayers (n: int) =
+            Ablation.variant (sprintf "global-%d" n) (fun (c: TokenizerTrainConfig) ->
+                { c with
+                    Encoder = { c.Encoder with GlobalLayers = n }
+                })
+
+        ablation "context" [| Ablation.variant "esm" id; globalLayers 1; globalLayers 2 |]
+
+    /// The peak learning rate (AdamW, the preset's warm-up and cosine): the preset's 4e-4 ("esm", the paper's stage-1
+    /// rate) against 1e-3 and 2e-3.
+    let learningRate =
+        let rate (name: string) (lr: float) =
+            Ablation.variant name (fun (c: TokenizerTrainConfig) ->
+                { c with
+                    Trainer = { c.Trainer with LearningRate = lr }
+                })
+
+        ablation "learning-rate" [| Ablation.variant "esm" id; rate "lr1e-3" 1e-3; rate "lr2e-3" 2e-3 |]
+
     /// Every built-in ablation.
     let all =
         [|
@@ -202,6 +224,8 @@ module TokenizerAblations =
             commitment
             recipe
             losses
+            context
+            learningRate
         |]
 
     /// A built-in ablation by name.

@@ -45,16 +45,27 @@ module StructureDecoderConfig =
             ChainFrames = false
         }
 
-    /// A CPU-trainable decoder: d 256, 4 heads (d_head 64), 4 layers, ESM's pairwise head.
+    /// The CPU-trainable decoder of the tokenizer's `small` training preset (the shipped tokenizer's): d 128, 4 heads
+    /// (d_head 32), 4 layers, pairwise head 32 → 64.
     let small =
         {
-            DModel = 256L
+            DModel = 128L
             Heads = 4L
             Layers = 4
-            PairwiseDownproject = 128L
-            PairwiseHidden = 128L
+            PairwiseDownproject = 32L
+            PairwiseHidden = 64L
             StructureModule = None
             ChainFrames = false
+        }
+
+    /// The decoder of the `smoke` training presets (minutes on a CPU): d 64, 2 heads, 2 layers, pairwise 16 → 32.
+    let smoke =
+        { small with
+            DModel = 64L
+            Heads = 2L
+            Layers = 2
+            PairwiseDownproject = 16L
+            PairwiseHidden = 32L
         }
 
     /// Distogram bins: pairwise channels 0 … 63 (the first of ESM's `pairwise_bins`).

@@ -220,6 +220,12 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         else
             None
 
+    let globalTransformer =
+        if config.GlobalLayers > 0 then
+            Some(new TransformerStack(StructureEncoderConfig.globalStack config))
+        else
+            None
+
     do
         this.RegisterComponents()
 
@@ -228,6 +234,9 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
             this.register_module ("neighbour_geometry_proj", neighbours)
             this.register_module ("sequence_step_proj", steps)
         | None -> ()
+
+        globalTransformer
+        |> Option.iter (fun stack -> this.register_module ("global_transformer", stack) |> ignore)
 
     member _.Config = config
     member _.Codebook = codebook
@@ -344,9 +353,37 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         // The query residue of each neighbourhood (slot 0): the last block's feed-forward runs on it alone.
         let query = transformer.ForwardAt(z0, context, 0L).reshape(b, l, config.DModel)
         let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
+        let real = framed.logical_and (padding.logical_not ())
+
+        let query =
+            match globalTransformer with
+            | Some stack ->
+                // Every real residue of the same chain is a key; unframed and padded rows are neither keys nor kept.
+                let allowed =
+                    match sequence with
+                    | Some ids -> AttentionMask.sameSequence(ids).logical_and(AttentionMask.keyPadding real)
+                    | None -> AttentionMask.keyPadding real
+
+                let context =
+                    {
+                        Mask = AttentionMask.Allowed allowed
+                        Geometry =
+                            Some
+                                {
+                                    Frames = bf.Frames |> Frame.toType query.dtype
+                                    Framed = real
+                                    // ESM's geometric attention turns `sequence_id` into a +1 bias, not a mask;
+                                    // chain ids mask, so packed chains go there as well.
+                                    SequenceId = sequence
+                                    ChainId = sequence
+                                }
+                    }
+
+                stack.forward(query, context).masked_fill(real.logical_not().unsqueeze -1L, (0.0).ToScalar())
+            | None -> query
+
         let zPre = pre_vq_proj.forward query // [B, L, DOut]
         lap "encoder"
-        let real = framed.logical_and (padding.logical_not ())
         let q = codebook.Quantize(zPre, real)
         lap "quantizer"
 

@@ -69,6 +69,12 @@ module StructureEncoderCheckpoint =
         if FeedForward.swigluHidden ratio d <> ffn.[1] then
             fail ffnKey (sprintf "hidden width %d is not a multiple of 256 (ESM's SwiGLU rounding)" ffn.[1])
 
+        // Our residue-level blocks (not ESM's keys): their count from the highest `global_transformer.blocks.{i}`.
+        let globalLayers =
+            match Checkpoint.blockCount "global_transformer.blocks" keys.Names with
+            | Ok n -> n
+            | Error key -> fail key "block index out of range"
+
         let config =
             { StructureEncoderConfig.esm3 with
                 DModel = d
@@ -78,6 +84,7 @@ module StructureEncoderCheckpoint =
                 ExpansionRatio = ratio
                 PositionBins = bins
                 NeighbourGeometry = keys.Contains "neighbour_geometry_proj.weight"
+                GlobalLayers = globalLayers
                 Quantizer =
                     { StructureEncoderConfig.esm3.Quantizer with
                         Codes = codebook.[0]

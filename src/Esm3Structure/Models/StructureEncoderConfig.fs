@@ -27,6 +27,12 @@ type StructureEncoderConfig =
         /// ESM's inputs (ESM: false): ESM's layer 0 sees only sequence offsets, so the geometry reaches the
         /// residual stream only through the attention, which at small scale learns it slowly.
         NeighbourGeometry: bool
+        /// Residue-level blocks after the neighbourhood stack (`global_transformer`, `StructureEncoderConfig.globalStack`):
+        /// each residue's vector attends to every residue of its chain (plain attention with rotary positions, then
+        /// geometric attention on the residues' own frames), so that a token can say where its residue sits in the
+        /// whole fold, not only what its 16 neighbours look like. Not ESM's (ESM: 0): ESM's tokens are local, and
+        /// decoding them is a folding problem that ESM solves at GPU scale.
+        GlobalLayers: int
         Quantizer: QuantizerConfig
     }
 
@@ -46,6 +52,7 @@ module StructureEncoderConfig =
             GeometricImplementation = GeometricAttentionImpl.MemoryEfficient
             GeometricTerms = GeometricTerms.Both
             NeighbourGeometry = false
+            GlobalLayers = 0
             Quantizer = QuantizerConfig.esm3
         }
 
@@ -61,6 +68,24 @@ module StructureEncoderConfig =
             Quantizer = QuantizerConfig.small
         }
 
+    /// Head width of the global blocks' plain attention (the `small` decoder's).
+    let globalHeadWidth = 32L
+
+    /// The encoder of the `smoke` training preset (minutes on a CPU): d 64, 8 vector heads, 1 block, a 128 × 32
+    /// codebook.
+    let smoke =
+        { small with
+            DModel = 64L
+            VHeads = 8L
+            Layers = 1
+            DOut = 32L
+            Quantizer =
+                { QuantizerConfig.small with
+                    Codes = 128L
+                    Dim = 32L
+                }
+        }
+
     /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: StructureEncoderConfig) : Result<StructureEncoderConfig, string list> =
         [
@@ -74,6 +99,13 @@ module StructureEncoderConfig =
                 "Knn must be at least 1"
             if c.PositionBins < 1L then
                 "PositionBins must be at least 1"
+            if c.GlobalLayers < 0 then
+                "GlobalLayers must be at least 0"
+            if c.GlobalLayers > 0 && c.DModel % globalHeadWidth <> 0L then
+                sprintf
+                    "DModel (%d) must be a multiple of %d with GlobalLayers (heads of that width)"
+                    c.DModel
+                    globalHeadWidth
             if c.Quantizer.Dim <> c.DOut then
                 sprintf "Quantizer.Dim (%d) must equal DOut (%d)" c.Quantizer.Dim c.DOut
             yield! Validation.within "Quantizer" (QuantizerConfig.validate c.Quantizer)
@@ -97,4 +129,18 @@ module StructureEncoderConfig =
             ScaleResidue = false
             PlainAttention = false
             FinalNorm = false
+        }
+
+    /// The residue-level stack of `GlobalLayers` blocks: plain attention (heads of `globalHeadWidth`, QK LayerNorm,
+    /// ESM's rotary positions) then geometric attention (`VHeads`, unframed residues zeroed), biased SwiGLU of the
+    /// encoder's ratio, no residual scale, no final norm (`pre_vq_proj` follows, as after the neighbourhood stack).
+    let globalStack (c: StructureEncoderConfig) : TransformerStackConfig =
+        { stack c with
+            Heads = max 1L (c.DModel / globalHeadWidth)
+            Layers = c.GlobalLayers
+            GeometricLayers = c.GlobalLayers
+            MaskAndZeroFrameless = true
+            QkLayerNorm = true
+            Rotary = Some RotaryConfig.Esm
+            PlainAttention = true
         }

@@ -80,14 +80,8 @@ module Stage2TrainConfig =
         {
             Encoder = ""
             Decoder =
-                {
-                    DModel = 128L
-                    Heads = 4L
+                { StructureDecoderConfig.small with
                     Layers = 6
-                    PairwiseDownproject = 32L
-                    PairwiseHidden = 64L
-                    StructureModule = None
-                    ChainFrames = false
                 }
             SequenceInput = true
             Weights = unitWeights
@@ -107,16 +101,7 @@ module Stage2TrainConfig =
     /// "smoke": decoder 2 × 64 (2 heads), pairwise 16 → 32, crop 64, batch 4, 300 steps (warm-up 30).
     let smoke =
         { small with
-            Decoder =
-                {
-                    DModel = 64L
-                    Heads = 2L
-                    Layers = 2
-                    PairwiseDownproject = 16L
-                    PairwiseHidden = 32L
-                    StructureModule = None
-                    ChainFrames = false
-                }
+            Decoder = StructureDecoderConfig.smoke
             CropLength = 64
             ValidChains = 16
             ValidLength = 128

@@ -80,16 +80,7 @@ module TokenizerTrainConfig =
     let small =
         {
             Encoder = StructureEncoderConfig.small
-            Decoder =
-                {
-                    DModel = 128L
-                    Heads = 4L
-                    Layers = 4
-                    PairwiseDownproject = 32L
-                    PairwiseHidden = 64L
-                    StructureModule = None
-                    ChainFrames = false
-                }
+            Decoder = StructureDecoderConfig.small
             Weights = unitWeights
             CropLength = 128
             ValidChains = 32
@@ -105,28 +96,8 @@ module TokenizerTrainConfig =
     /// 16 → 32, crop 64, batch 4, 300 steps (warm-up 30).
     let smoke =
         { small with
-            Encoder =
-                { small.Encoder with
-                    DModel = 64L
-                    VHeads = 8L
-                    Layers = 1
-                    DOut = 32L
-                    Quantizer =
-                        { QuantizerConfig.small with
-                            Codes = 128L
-                            Dim = 32L
-                        }
-                }
-            Decoder =
-                {
-                    DModel = 64L
-                    Heads = 2L
-                    Layers = 2
-                    PairwiseDownproject = 16L
-                    PairwiseHidden = 32L
-                    StructureModule = None
-                    ChainFrames = false
-                }
+            Encoder = StructureEncoderConfig.smoke
+            Decoder = StructureDecoderConfig.smoke
             CropLength = 64
             ValidChains = 16
             ValidLength = 128
