@@ -1,0 +1,123 @@
+namespace Esm3Structure.Training
+
+open System
+open System.IO
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Nn
+open Esm3Structure.Structure
+
+/// Encoder, straight-through codes mapped to the decoder's width, and decoder: the stage-1 model. Keys: `encoder.*`
+/// (ESM's `StructureTokenEncoder`), `decoder.*` (ESM's `StructureTokenDecoder`) and the training-only
+/// `post_quant_proj.{weight,bias}` [d, DOut] (folded into the decoder's code embeddings on export).
+type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as this =
+    inherit torch.nn.Module<TokenizerBatch, StructureDecoderOutput>("TokenizerModel")
+
+    let encoder = new StructureEncoder(config.Encoder, generator)
+    let decoder = new StructureDecoder(config.Decoder)
+    let post_quant_proj = torch.nn.Linear(config.Encoder.DOut, config.Decoder.DModel)
+
+    do
+        this.RegisterComponents()
+        Init.reset generator this
+        decoder.ZeroFinalLayers()
+
+    member _.Encoder = encoder
+    member _.Decoder = decoder
+
+    /// Encodes, quantizes (straight-through) and decodes a batch. Shapes: batch [B, L, …] -> encoding, decoder output
+    member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore, true)
+
+    /// `Run`, calling `lap` after the encoder ("encoder"), the codebook ("quantizer") and the decoder ("decoder");
+    /// without `confidence` the decoder leaves out pLDDT, pAE and pTM (null; `StructureDecoder.DecodeResidues`).
+    member _.RunTimed(batch: TokenizerBatch, lap: string -> unit, confidence: bool) =
+        let encoding =
+            encoder.EncodeTimed(batch.Backbone, batch.ResidueIndex, batch.Padding, null, lap)
+
+        let latent =
+            if config.BypassQuantizer then
+                encoding.Z
+            else
+                encoding.Quantized
+
+        let x = post_quant_proj.forward latent
+        let decoded = decoder.DecodeResidues(x, batch.Padding, confidence)
+        lap "decoder"
+        encoding, decoded
+
+    /// Shapes: batch -> StructureDecoderOutput
+    override this.forward(batch: TokenizerBatch) = snd (this.Run batch)
+
+    /// Loads an exported tokenizer (`folder`/encoder.safetensors and decoder.safetensors, strictly: every key and
+    /// shape must fit this model's config) and recovers `post_quant_proj`, which the export folded into the
+    /// decoder's code embeddings, by least squares from the codes to those rows (exact up to rounding: the rows
+    /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. A
+    /// missing file or a model of other sizes raises an `InputException` naming the file and "--init".
+    member _.InitialiseFrom(folder: string) =
+        let fileOf (stem: string) =
+            match TensorFile.inFolder folder stem with
+            | Some file -> file
+            | None ->
+                InputError.raise
+                    (Path.Combine(folder, stem + ".safetensors"))
+                    InputLocation.Whole
+                    "--init: no such file (a tokenizer folder holds encoder and decoder, .safetensors or .pth)"
+
+        let encoderFile = fileOf "encoder"
+        let decoderFile = fileOf "decoder"
+
+        let load (file: string) (m: torch.nn.Module) =
+            try
+                Checkpoint.load file m
+            with :? InputException as e ->
+                InputError.raise
+                    e.Error.File
+                    e.Error.Location
+                    ("--init: the model does not fit this run's config (a different preset or option?): "
+                     + e.Error.Message)
+
+        load encoderFile encoder
+        load decoderFile decoder
+
+        use _ = torch.no_grad ()
+        use _scope = torch.NewDisposeScope()
+        let codes = encoder.Codebook.Codes.detach ()
+        let k, dOut = codes.shape.[0], codes.shape.[1]
+
+        let rows =
+            Checkpoint.stateDict decoder
+            |> List.find (fun (name, _) -> name = "embed.weight")
+            |> snd
+            |> fun embed -> embed.narrow(0L, 0L, k).to_type torch.float64
+
+        let x =
+            torch.cat (
+                [|
+                    codes.to_type torch.float64
+                    torch.ones ([| k; 1L |], dtype = torch.float64, device = codes.device)
+                |],
+                1L
+            )
+
+        let struct (solution, _, _, _) = torch.linalg.lstsq (x, rows) // [DOut + 1, d]
+
+        post_quant_proj.weight.copy_ (solution.narrow(0L, 0L, dOut).t()) |> ignore
+        post_quant_proj.bias.copy_ (solution.select (0L, dOut)) |> ignore
+
+    /// The decoder's state_dict with the code rows of `embed.weight` replaced by post_quant_proj(codes), so that
+    /// decoding token ids reproduces the training path; ESM's key set.
+    member _.ExportDecoderState() =
+        use _ = torch.no_grad ()
+        let codes = encoder.Codebook.Codes.detach ()
+        let rows = post_quant_proj.forward codes // [K, d]
+
+        Checkpoint.stateDict decoder
+        |> List.map (fun (name, t) ->
+            if name = "embed.weight" then
+                let folded = t.detach().clone()
+                folded.narrow(0L, 0L, rows.shape.[0]).copy_ rows |> ignore
+                name, folded
+            else
+                name, t)
