@@ -5,6 +5,7 @@ open System.IO
 open System.Text
 open System.Text.Json
 open Expecto
+open Esm3Structure.Tests
 open Esm3Structure
 
 type Mode =
@@ -41,12 +42,6 @@ let private settings =
         Nothing = null
     }
 
-/// The InputError `f` raises (fails the test when it raises none).
-let private inputError (f: unit -> unit) =
-    match InputError.catch f with
-    | Ok() -> failtest "expected an InputException"
-    | Error e -> e
-
 [<Tests>]
 let tests =
     testList
@@ -57,13 +52,19 @@ let tests =
                 Expect.equal (doc.RootElement.GetProperty("k").GetArrayLength()) 2 "parsed, comments skipped"
 
                 let e =
-                    inputError (fun () -> (Json.parseDocument "b.json" "{\n  \"k\": 1,\n  \"j\" 2\n}").Dispose())
+                    (raises<InputException> "input" (fun () ->
+                        (Json.parseDocument "b.json" "{\n  \"k\": 1,\n  \"j\" 2\n}").Dispose() |> ignore))
+                        .Error
 
                 Expect.equal e.File "b.json" "file"
                 Expect.equal e.Location (InputLocation.Line 3) "the line of the missing ':'"
                 Expect.stringStarts e.Message "not JSON: " "message"
                 Expect.isFalse (e.Message.Contains '\n') "one line"
-                let empty = inputError (fun () -> (Json.parseDocument "c.json" "").Dispose())
+
+                let empty =
+                    (raises<InputException> "input" (fun () -> (Json.parseDocument "c.json" "").Dispose() |> ignore))
+                        .Error
+
                 Expect.stringStarts empty.Message "not JSON: " "empty text"
             }
 

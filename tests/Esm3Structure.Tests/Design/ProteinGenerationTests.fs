@@ -10,8 +10,7 @@ open Esm3Structure.Structure
 open Esm3Structure.Tests
 open Esm3Structure.Tokenizers
 
-/// d 24, 3 heads, 4 vector heads, 2 layers: a random multi-track model that runs in milliseconds.
-let tinyConfig = Esm3Structure.Tests.Models.MultiTrackTests.tiny
+let private tinyConfig = MultiTrackFixtures.tiny
 
 let private chain = lazy (StructureFile.read (Data.small "1ubq_A") None)
 

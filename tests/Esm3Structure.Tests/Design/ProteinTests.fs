@@ -120,7 +120,8 @@ let tests =
             }
 
             test "FASTA: written and read back through the corpus reader" {
-                let dir = TokenizerFixtures.tempDir ()
+                use scratch = new TempDir()
+                let dir = scratch.Path
                 let path = IO.Path.Combine(dir, "p.fasta")
                 let long = String.replicate 3 chain.Value.Sequence // 228 letters: three lines of at most 80
                 Protein.write path [| Protein.ofSequence "a" long; Protein.ofSequence "b" "MK__L" |]

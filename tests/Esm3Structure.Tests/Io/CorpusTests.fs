@@ -7,12 +7,6 @@ open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Tests
 
-/// The InputError `f` raises (fails the test when it raises none).
-let private inputError (f: unit -> unit) =
-    match InputError.catch f with
-    | Ok() -> failtest "expected an InputException"
-    | Error e -> e
-
 /// A file `name` with `text` in `dir`; its path.
 let private write (dir: TempDir) (name: string) (text: string) =
     let path = dir.File name
@@ -93,19 +87,30 @@ let tests =
                 let missing =
                     write dir "missing.tsv" ("file\tpdb_id\tchain\tlength\tsplit\tatoms\n" + row)
 
-                let e = inputError (fun () -> Corpus.readIndex missing |> ignore)
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.readIndex missing |> ignore)).Error
+
                 Expect.equal (e.File, e.Location) (missing, InputLocation.Line 1) "missing column: the header"
                 Expect.equal e.Message "missing column 'chain_breaks'" "names the column"
                 let short = write dir "short.tsv" (header + row + "b_B.pdb.gz\tb\tB\t60\n")
-                let e = inputError (fun () -> Corpus.readIndex short |> ignore)
+
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.readIndex short |> ignore)).Error
+
                 Expect.equal e.Location (InputLocation.Line 3) "the short row"
                 Expect.equal e.Message "4 columns, expected 7" "counts"
                 let bad = write dir "bad.tsv" (header + row + row.Replace("\t50\t", "\t5O\t"))
-                let e = inputError (fun () -> Corpus.readIndex bad |> ignore)
+
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.readIndex bad |> ignore)).Error
+
                 Expect.equal e.Location (InputLocation.Line 3) "the bad row"
                 Expect.equal e.Message "column 'length' is not an integer: '5O'" "names the column and the text"
                 let empty = write dir "empty.tsv" ""
-                let e = inputError (fun () -> Corpus.readIndex empty |> ignore)
+
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.readIndex empty |> ignore)).Error
+
                 Expect.equal (e.File, e.Location) (empty, InputLocation.Line 1) "an empty file: no header"
             }
 
@@ -119,7 +124,10 @@ let tests =
                 Expect.equal (Corpus.readFasta path) [| "b_X", "MKVLA"; "a_Y", "GG"; "empty", ""; "c", "W" |] "records"
 
                 let orphan = write dir "orphan.fasta" "\nMKV\n>a\nG\n"
-                let e = inputError (fun () -> Corpus.readFasta orphan |> ignore)
+
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.readFasta orphan |> ignore)).Error
+
                 Expect.equal (e.File, e.Location) (orphan, InputLocation.Line 2) "sequence before any header"
             }
 
@@ -139,7 +147,10 @@ let tests =
                 Expect.equal (Corpus.sequences dir.Path "valid") [| "b_B", "MKV"; "c_C", "W" |] "index order"
                 Expect.equal (Corpus.sequences dir.Path "test") [||] "an empty split"
                 File.WriteAllText(fasta, ">a_A\nGG\n>b_B\nMKV\n")
-                let e = inputError (fun () -> Corpus.sequences dir.Path "valid" |> ignore)
+
+                let e =
+                    (raises<InputException> "input" (fun () -> Corpus.sequences dir.Path "valid" |> ignore)).Error
+
                 Expect.equal (e.File, e.Location) (fasta, InputLocation.Field "c_C") "names the entry"
             }
 

@@ -13,60 +13,6 @@ open Esm3Structure.Tests
 
 // ---- helpers ----
 
-/// Runs `f`, expecting an exception of type 'e, and returns it.
-let throws<'e when 'e :> exn> (what: string) (f: unit -> unit) : 'e =
-    try
-        f ()
-        failtestf "%s: expected %s, nothing was raised" what typeof<'e>.Name
-    with :? 'e as e ->
-        e
-
-/// Runs `f` with a fresh temporary folder, deleted afterwards.
-let withTempDir (f: string -> 'a) : 'a =
-    let dir =
-        Path.Combine(Path.GetTempPath(), "esm3-io-" + Guid.NewGuid().ToString("N"))
-
-    Directory.CreateDirectory dir |> ignore
-
-    try
-        f dir
-    finally
-        Directory.Delete(dir, true)
-
-/// The raw bytes of a tensor's elements (bitwise comparison).
-let rawBytes (t: torch.Tensor) : byte[] =
-    use c = t.contiguous ()
-    c.bytes.ToArray()
-
-let allDtypes =
-    [
-        torch.ScalarType.Bool
-        torch.ScalarType.Byte
-        torch.ScalarType.Int8
-        torch.ScalarType.Int16
-        torch.ScalarType.Int32
-        torch.ScalarType.Int64
-        torch.ScalarType.Float16
-        torch.ScalarType.BFloat16
-        torch.ScalarType.Float32
-        torch.ScalarType.Float64
-        torch.ScalarType.ComplexFloat32
-    ]
-
-/// Random values of a dtype over (most of) its range.
-let randomTensor (g: torch.Generator) (dt: torch.ScalarType) (shape: int64[]) : torch.Tensor =
-    let ints lo hi =
-        torch.randint(lo, hi, shape, dtype = Nullable torch.ScalarType.Int64, generator = g).``to``(dt)
-
-    match dt with
-    | torch.ScalarType.Bool -> ints 0L 2L
-    | torch.ScalarType.Byte -> ints 0L 256L
-    | torch.ScalarType.Int8 -> ints -128L 128L
-    | torch.ScalarType.Int16 -> ints -32768L 32768L
-    | torch.ScalarType.Int32 -> ints (int64 Int32.MinValue) (int64 Int32.MaxValue + 1L)
-    | torch.ScalarType.Int64 -> torch.randint (-(1L <<< 62), 1L <<< 62, shape, dtype = Nullable dt, generator = g)
-    | _ -> torch.randn (shape, dtype = dt, generator = g) * 100.0
-
 /// A safetensors file built from a header text and data bytes, with N = the header's UTF-8 length.
 let fileBytes (header: string) (data: byte[]) : byte[] =
     let h = Encoding.UTF8.GetBytes header
@@ -484,7 +430,7 @@ let tests =
                                 fs.SetLength 200_000_000L
 
                             let e =
-                                throws<InputException> "rejected" (fun () -> Safetensors.readHeader path |> ignore)
+                                raises<InputException> "rejected" (fun () -> Safetensors.readHeader path |> ignore)
 
                             Expect.equal e.Error.Location hl "location"
                             Expect.stringContains e.Error.Message "limit" "message")
@@ -506,7 +452,7 @@ let tests =
                         "header ok"
 
                     let e =
-                        throws<InputException> "read rejects" (fun () -> Safetensors.read path |> ignore)
+                        raises<InputException> "read rejects" (fun () -> Safetensors.read path |> ignore)
 
                     Expect.equal e.Error.Location (InputLocation.Field "u") "names the tensor"
                     Expect.stringContains e.Error.Message "U16" "names the dtype")
@@ -520,7 +466,7 @@ let tests =
                     Expect.equal (Safetensors.readHeader path).Entries.Length 1 "the header itself is fine"
 
                     let e =
-                        throws<InputException> "read rejects" (fun () -> Safetensors.read path |> ignore)
+                        raises<InputException> "read rejects" (fun () -> Safetensors.read path |> ignore)
 
                     Expect.equal
                         e.Error.Location
@@ -535,7 +481,7 @@ let tests =
                     Path.Combine(Path.GetTempPath(), "no-such-" + Guid.NewGuid().ToString("N") + ".safetensors")
 
                 let e =
-                    throws<InputException> "rejected" (fun () -> Safetensors.read path |> ignore)
+                    raises<InputException> "rejected" (fun () -> Safetensors.read path |> ignore)
 
                 Expect.equal e.Error.File path "file"
             }
@@ -623,7 +569,7 @@ let tests =
                             let bad = torch.zeros (2L, dtype = torch.ScalarType.ComplexFloat64)
 
                             let e =
-                                throws<ArgumentException> "rejected" (fun () ->
+                                raises<ArgumentException> "rejected" (fun () ->
                                     Safetensors.write path [ "ok", torch.ones (1L); "c", bad ] null)
 
                             Expect.stringContains e.Message path "names the path"
@@ -639,7 +585,7 @@ let tests =
                             let path = Path.Combine(dir, "missing", "w.safetensors")
 
                             let e =
-                                throws<IOException> "rejected" (fun () ->
+                                raises<IOException> "rejected" (fun () ->
                                     Safetensors.write path [ "x", torch.zeros (3L) ] null)
 
                             Expect.stringContains e.Message path "names the path"
@@ -655,7 +601,7 @@ let tests =
                             File.WriteAllText(Path.Combine(path, "keep.txt"), "keep")
 
                             let e =
-                                throws<IOException> "rejected" (fun () ->
+                                raises<IOException> "rejected" (fun () ->
                                     Safetensors.write path [ "x", torch.zeros (3L) ] null)
 
                             Expect.stringContains e.Message path "names the path"

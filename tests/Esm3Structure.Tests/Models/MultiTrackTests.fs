@@ -13,14 +13,7 @@ open Esm3Structure.Training
 open Esm3Structure.Tests
 open Esm3Structure.Tokenizers
 
-/// Small, all-different sizes: d 24, 3 heads (width 8), 4 vector heads, 2 layers (geometric attention in block 0).
-let tiny =
-    { MultiTrackConfig.esm3 with
-        DModel = 24L
-        Heads = 3L
-        VHeads = 4L
-        Layers = 2
-    }
+let private tiny = MultiTrackFixtures.tiny
 
 let private chain = lazy (StructureFile.read (Data.small "1ubq_A") None)
 
@@ -55,14 +48,6 @@ let private randomBatch (seed: uint64) =
         }
 
     { b with Tracks = tracks }
-
-/// The InputException `f` raises (fails the test when it raises none).
-let inputError (f: unit -> unit) : InputException =
-    try
-        f ()
-        failtest "expected an InputException"
-    with :? InputException as e ->
-        e
 
 let private allLogits (o: MultiTrackOutput) =
     [
@@ -281,7 +266,8 @@ let tests =
                     dir.File file
 
                 let failsWith (file: string) (fragments: string list) =
-                    let e = inputError (fun () -> MultiTrackCheckpoint.load file |> ignore)
+                    let e =
+                        raises<InputException> "input" (fun () -> MultiTrackCheckpoint.load file |> ignore)
 
                     for f in fragments do
                         Expect.stringContains e.Message f "names the problem"

@@ -52,11 +52,6 @@ let private batch (g: torch.Generator) =
 
     torch.tensor (Array.append a b, ReadOnlySpan<int64> [| 2L; 9L |])
 
-let private expectInputError (f: unit -> unit) =
-    match InputError.catch f with
-    | Ok() -> failtest "expected an InputException"
-    | Error e -> e
-
 /// A checkpoint whose tensors were edited, written next to `source`.
 let private edited
     (dir: TempDir)
@@ -121,13 +116,6 @@ let private oxygenConditioning (bb: torch.Tensor) =
     let aa = (a * a).sum(-1L)
     aa, cross * cross / aa, cross / (a.norm (-1, false) * w.norm (-1, false))
 
-/// Asserts |diff| <= tol elementwise (tol broadcast), reporting the worst ratio.
-let private within (what: string) (diff: torch.Tensor) (tol: torch.Tensor) =
-    let ratio = (diff.abs () / tol).max().ToDouble()
-
-    if not (ratio <= 1.0) then
-        failtestf "%s: |difference| reaches %g × its tolerance" what ratio
-
 let private oxygenTests =
     testList
         "D8 oxygen"
@@ -150,7 +138,7 @@ let private oxygenTests =
                         Expect.isTrue (early.isfinite().all().item<bool>()) "other O finite"
                         let oc = (early - bb.narrow(-3L, 0L, l - 1L).select(-2L, 2L)).norm(-1, false)
                         let aa, uu, sin = oxygenConditioning bb
-                        within "‖O − C‖" (oc - backboneLocal) (oxygenLengthTolerance dtype early aa uu sin)
+                        Tol.within "‖O − C‖" (oc - backboneLocal) (oxygenLengthTolerance dtype early aa uu sin)
                         // Replace every atom except CA_i, C_i, N_{i+1} of one residue i: O_i is unchanged.
                         let i = (c.Seed % uint64 (l - 1L)) |> int64
                         let noise = Draw.backbone g c.Batch l dtype
@@ -194,7 +182,7 @@ let private oxygenTests =
                         // float32: each coordinate carries ~ulp(scale) of rounding, and the frame's axes come
                         // from 1.3–1.5 Å differences of such coordinates, so the error is ~4e-7·scale here.
                         let baseTol = if f64 then 1e-12 * scale else 1e-5 * (1.0 + scale / 25.0)
-                        within "O" (early moved - early expected) (baseTol / sin.unsqueeze (-1L))
+                        Tol.within "O" (early moved - early expected) (baseTol / sin.unsqueeze (-1L))
 
             test "on 1ubq_A the inferred O lies close to the deposited O" {
                 use _ = torch.NewDisposeScope()
@@ -462,7 +450,10 @@ let tests =
                 use m = decoder tiny torch.float32 2UL
                 let tokens = batch (new torch.Generator(3UL))
                 tokens.[1L, 6L] <- torch.tensor 17L
-                let e = expectInputError (fun () -> m.forward tokens |> ignore)
+
+                let e =
+                    (raises<InputException> "decoder input" (fun () -> m.forward tokens |> ignore)).Error
+
                 Expect.equal e.Location (InputLocation.Field "row 1, position 6") e.Message
             }
 
@@ -483,7 +474,7 @@ let tests =
                 let expected = BackboneHead.ofProjection projection
                 Tol.close "frames = head(trunk)" 0.0 out.Frames.R expected.Frames.R
                 Tol.close "backbone = head(trunk)" 0.0 out.Backbone expected.Backbone
-                StructureHeadsTests.checkIdealGeometry torch.float64 projection out.Backbone
+                BackboneChecks.checkIdealGeometry torch.float64 projection out.Backbone
             }
 
             test "decode: N, CA, C and inferred O (none on the last residue), B = 100·pLDDT, finite" {
@@ -528,11 +519,18 @@ let tests =
                 let tokens = wrappedCodes (new torch.Generator(7UL)) 5
                 let masked = Array.copy tokens
                 masked.[3] <- StructureTokens.Mask
-                let e = expectInputError (fun () -> StructureDecoder.decode m masked |> ignore)
+
+                let e =
+                    (raises<InputException> "decoder input" (fun () -> StructureDecoder.decode m masked |> ignore))
+                        .Error
+
                 Expect.equal e.Location (InputLocation.Field "position 3") e.Message
                 let wild = Array.copy tokens
                 wild.[2] <- 5000L
-                let e = expectInputError (fun () -> StructureDecoder.decode m wild |> ignore)
+
+                let e =
+                    (raises<InputException> "decoder input" (fun () -> StructureDecoder.decode m wild |> ignore)).Error
+
                 Expect.equal e.Location (InputLocation.Field "position 2") e.Message
 
                 Expect.throwsT<ArgumentException>
@@ -571,12 +569,18 @@ let tests =
                 let a, b = source.forward tokens, loaded.forward tokens
                 Tol.close "backbone" 0.0 b.Backbone a.Backbone
                 Tol.close "pLDDT" 0.0 b.Plddt a.Plddt
-                let e = expectInputError (fun () -> StructureDecoderCheckpoint.load pth |> ignore)
+
+                let e =
+                    (raises<InputException> "decoder input" (fun () -> StructureDecoderCheckpoint.load pth |> ignore))
+                        .Error
+
                 Expect.stringContains e.Message "--heads" "the error names the option"
                 Expect.equal e.File pth "and the file"
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.loadWith (Some 5L) pth |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.loadWith (Some 5L) pth |> ignore))
+                        .Error
 
                 Expect.stringContains e.Message "--heads 5 does not divide" e.Message
             }
@@ -589,7 +593,9 @@ let tests =
                 Expect.equal (StructureDecoderCheckpoint.ofKeyShapesWith 16L "m" shapes) tiny "d_head 16"
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.ofStateDict "m" sd |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.ofStateDict "m" sd |> ignore))
+                        .Error
 
                 Expect.equal e.Location (InputLocation.Field "embed.weight") ("48 is no multiple of 64: " + e.Message)
 
@@ -598,7 +604,9 @@ let tests =
                     |> List.filter (fun (k, _) -> k <> "pairwise_classification_head.linear1.weight")
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.ofKeyShapesWith 16L "m" noPair |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.ofKeyShapesWith 16L "m" noPair |> ignore))
+                        .Error
 
                 Expect.equal e.Location (InputLocation.Field "pairwise_classification_head.linear1.weight") e.Message
             }
@@ -620,7 +628,9 @@ let tests =
                                 k, t))
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.load misShaped |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.load misShaped |> ignore))
+                        .Error
 
                 Expect.stringContains e.Message "plddt_head.output.weight: expected [50, 64], got [49, 64]" "mis-shaped"
                 Expect.equal e.File misShaped "file"
@@ -629,20 +639,27 @@ let tests =
                     edited dir path (List.filter (fun (k, _) -> k <> "affine_output_projection.proj.bias"))
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.load missing |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.load missing |> ignore))
+                        .Error
 
                 Expect.stringContains e.Message "missing keys: affine_output_projection.proj.bias" "missing"
 
                 let extra =
                     edited dir path (fun ts -> ts @ [ "plddt_head.extra", torch.zeros ([| 2L |]) ])
 
-                let e = expectInputError (fun () -> StructureDecoderCheckpoint.load extra |> ignore)
+                let e =
+                    (raises<InputException> "decoder input" (fun () -> StructureDecoderCheckpoint.load extra |> ignore))
+                        .Error
+
                 Expect.stringContains e.Message "unexpected keys: plddt_head.extra" "unexpected"
 
                 let noEmbed = edited dir path (List.filter (fun (k, _) -> k <> "embed.weight"))
 
                 let e =
-                    expectInputError (fun () -> StructureDecoderCheckpoint.load noEmbed |> ignore)
+                    (raises<InputException> "decoder input" (fun () ->
+                        StructureDecoderCheckpoint.load noEmbed |> ignore))
+                        .Error
 
                 Expect.equal e.Location (InputLocation.Field "embed.weight") e.Message
             }

@@ -16,57 +16,6 @@ let private cpu = torch.CPU
 let private projection (g: torch.Generator) (batch: int64[]) (dtype: torch.ScalarType) =
     torch.randn (Array.append batch [| 23L |], dtype = dtype, generator = g)
 
-/// Asserts |diff| <= tol elementwise (tol broadcast), reporting the worst ratio.
-let private within (what: string) (diff: torch.Tensor) (tol: torch.Tensor) =
-    let ratio = (diff.abs () / tol).max().ToDouble()
-
-    if not (ratio <= 1.0) then
-        failtestf "%s: |difference| reaches %g × its tolerance" what ratio
-
-/// sin of the angle between a and c. Shapes: [*, 3] -> [*, 1]
-let private sinAngle (a: torch.Tensor) (c: torch.Tensor) =
-    torch.linalg.cross(a, c, -1L).norm(-1, true)
-    / (a.norm (-1, true) * c.norm (-1, true))
-
-/// ‖N−CA‖ (Å), ‖CA−C‖ (Å) and ∠N-CA-C (degrees) of the ideal local backbone the library places
-/// (`BackboneHead.idealBackbone`), measured in float64.
-let private idealGeometry =
-    lazy
-        (use bb = BackboneHead.idealBackbone torch.float64 cpu
-         let u = bb.[0L] - bb.[1L]
-         let v = bb.[2L] - bb.[1L]
-         let nu, nv = u.norm().ToDouble(), v.norm().ToDouble()
-         let cos = (u * v).sum().ToDouble() / (nu * nv)
-         nu, nv, Math.Acos cos * 180.0 / Math.PI)
-
-/// D2: ‖N−CA‖ = 1.459151 Å, ‖CA−C‖ = 1.5251 Å, ∠N-CA-C = 111.113°, measured on the library's ideal backbone (the
-/// test "ideal backbone" checks those against ESM's BB_COORDINATES). The Gram–Schmidt ε = 1e-10 inside the square
-/// roots shortens the second axis by ε/(2 sin²∠(a, c)), which moves ‖N−CA‖ by ≈ 0.64 ε/sin² Å and the angle by
-/// ≈ 9.6 ε/sin² degrees; the float64 tolerances include that term. Shapes: projection [*, 23], backbone [*, 3, 3]
-let checkIdealGeometry (dtype: torch.ScalarType) (projection: torch.Tensor) (backbone: torch.Tensor) =
-    let f64 = dtype = torch.float64
-    let eps = Rotation.EsmFrameEps
-    let nCa, caC, angle = idealGeometry.Value
-
-    let s =
-        (sinAngle (projection.narrow (-1L, 3L, 3L)) (projection.narrow (-1L, 6L, 3L))).squeeze(-1L)
-
-    let illConditioned = eps / (s * s) // [*]
-    let tolA, tolDeg = if f64 then 1e-10, 1e-8 else 1e-5, 1e-3
-
-    let n, ca, cc =
-        backbone.select (-2L, 0L), backbone.select (-2L, 1L), backbone.select (-2L, 2L)
-
-    let u, v = n - ca, cc - ca
-    within "‖N−CA‖" (u.norm (-1, false) - nCa) (tolA + 0.1 * eps + 0.7 * illConditioned)
-    within "‖CA−C‖" (v.norm (-1, false) - caC) (torch.full_like (s, (tolA + eps).ToScalar()))
-    let cos = (u * v).sum(-1L) / (u.norm (-1, false) * v.norm (-1, false))
-
-    let degrees =
-        cos.clamp((-1.0).ToScalar(), (1.0).ToScalar()).acos() * (180.0 / Math.PI)
-
-    within "∠N-CA-C" (degrees - angle) (tolDeg + 20.0 * illConditioned)
-
 /// A seed and a length 2 … 30 for the pTM properties.
 type PairCase = { Seed: uint64; Length: int64 }
 
@@ -113,7 +62,7 @@ let private headProperties (dtype: torch.ScalarType) (name: string) =
             Props.property "D2: every residue has ESM's ideal N-CA, CA-C and N-CA-C" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let p = projection (c.Generator()) c.Batch dtype
-                checkIdealGeometry dtype p (BackboneHead.ofProjection p).Backbone)
+                BackboneChecks.checkIdealGeometry dtype p (BackboneHead.ofProjection p).Backbone)
 
             Props.property "D3: rotations are proper and the first column is −a/‖a‖" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
@@ -123,13 +72,13 @@ let private headProperties (dtype: torch.ScalarType) (name: string) =
                 // The Gram–Schmidt ε (1e-10) sits inside the square roots, so column k's squared norm is short of 1
                 // by ε/‖vₖ‖²: ‖v₀‖ ≈ 1, ‖v₁‖ ≈ sin∠(a, c), and the third column is short by the sum of both. Rounding
                 // in the second column grows as 1/sin∠(a, c).
-                let s = sinAngle a cc // [*, 1]
+                let s = BackboneChecks.sinAngle a cc // [*, 1]
                 let baseTol = if f64 then 1e-12 else 2e-6
                 let tolOrtho = baseTol / s + eps * (1.0 + 1.0 / (s * s)) // [*, 1]
                 let eye = torch.eye(3L, dtype = dtype).expand_as(r)
                 let rtr = r.transpose(-1L, -2L).matmul r
-                within "RᵀR − I" (rtr - eye) (tolOrtho.unsqueeze (-1L))
-                within "det R − 1" (torch.linalg.det r - 1.0) (tolOrtho.squeeze (-1L))
+                Tol.within "RᵀR − I" (rtr - eye) (tolOrtho.unsqueeze (-1L))
+                Tol.within "det R − 1" (torch.linalg.det r - 1.0) (tolOrtho.squeeze (-1L))
                 // The axis is formed as t − (â + t): rounding at |t| ≈ 10–40 Å (float32: ~4e-6).
                 let tolFirst = if f64 then 1e-12 + eps else 1e-5
                 Tol.close "first column" tolFirst (r.select (-1L, 0L)) (-a / a.norm (-1, true)))
@@ -138,7 +87,7 @@ let private headProperties (dtype: torch.ScalarType) (name: string) =
                 use _ = torch.NewDisposeScope()
                 let g = c.Generator()
                 let p = projection g c.Batch dtype
-                let s = sinAngle (p.narrow (-1L, 3L, 3L)) (p.narrow (-1L, 6L, 3L))
+                let s = BackboneChecks.sinAngle (p.narrow (-1L, 3L, 3L)) (p.narrow (-1L, 6L, 3L))
                 // Rescaling only moves roundings (of â + t, ĉ + t), amplified by 1/sin∠(a, c) in the second axis.
                 let tol = (if f64 then 1e-9 else 1e-5) / s.unsqueeze (-1L) // [*, 1, 1]
 
@@ -154,7 +103,7 @@ let private headProperties (dtype: torch.ScalarType) (name: string) =
                     let part = scaled.narrow (-1L, start, 3L)
                     part.mul_ ((alpha ()).ToScalar()) |> ignore
                     let f1 = (BackboneHead.ofProjection scaled).Frames
-                    within (sprintf "R (channels %d…)" start) (f1.R - f0.R) tol
+                    Tol.within (sprintf "R (channels %d…)" start) (f1.R - f0.R) tol
                     Tol.close (sprintf "T (channels %d…)" start) 0.0 f1.T f0.T)
 
             test "torsion logits are channels 9…22 as 7 × (sin, cos)" {
@@ -275,7 +224,7 @@ let tests =
                     )
 
                 Tol.close "coordinates (rows N, CA, C)" 0.0 bb esm
-                let nCa, caC, angle = idealGeometry.Value
+                let nCa, caC, angle = BackboneChecks.idealGeometry.Value
                 Expect.floatClose { absolute = 5e-8; relative = 0.0 } nCa 1.4591507 "‖N−CA‖ (Å)"
                 Expect.floatClose { absolute = 1e-12; relative = 0.0 } caC 1.5251 "‖CA−C‖ (Å)"
                 Expect.floatClose { absolute = 5e-6; relative = 0.0 } angle 111.11306 "∠N-CA-C (°)"

@@ -20,97 +20,93 @@ let tests =
         [
             test "encoder load infers the config of a saved small encoder and gives the same tokens" {
                 use _ = torch.NewDisposeScope()
-                let dir = TokenizerFixtures.tempDir ()
+                use scratch = new TempDir()
+                let dir = scratch.Path
 
-                try
-                    let path = Path.Combine(dir, "enc.safetensors")
-                    TokenizerFixtures.writeEncoder path 5UL
-                    use loaded = StructureEncoderCheckpoint.load path
-                    let c, e = loaded.Config, TokenizerFixtures.smallEncoderConfig
-                    Expect.equal c.DModel e.DModel "d"
-                    Expect.equal c.VHeads e.VHeads "vector heads"
-                    Expect.equal c.Layers e.Layers "layers"
-                    Expect.equal c.DOut e.DOut "DOut"
-                    Expect.equal c.Quantizer.Codes e.Quantizer.Codes "codes"
-                    Expect.equal c.PositionBins e.PositionBins "bins"
+                let path = Path.Combine(dir, "enc.safetensors")
+                TokenizerFixtures.writeEncoder path 5UL
+                use loaded = StructureEncoderCheckpoint.load path
+                let c, e = loaded.Config, TokenizerFixtures.smallEncoderConfig
+                Expect.equal c.DModel e.DModel "d"
+                Expect.equal c.VHeads e.VHeads "vector heads"
+                Expect.equal c.Layers e.Layers "layers"
+                Expect.equal c.DOut e.DOut "DOut"
+                Expect.equal c.Quantizer.Codes e.Quantizer.Codes "codes"
+                Expect.equal c.PositionBins e.PositionBins "bins"
 
-                    Expect.equal
-                        { c with
-                            ExpansionRatio = e.ExpansionRatio
-                        }
-                        e
-                        "the rest: ESM's defaults"
+                Expect.equal
+                    { c with
+                        ExpansionRatio = e.ExpansionRatio
+                    }
+                    e
+                    "the rest: ESM's defaults"
 
-                    Expect.equal
-                        (FeedForward.swigluHidden c.ExpansionRatio c.DModel)
-                        (FeedForward.swigluHidden e.ExpansionRatio e.DModel)
-                        "SwiGLU width"
+                Expect.equal
+                    (FeedForward.swigluHidden c.ExpansionRatio c.DModel)
+                    (FeedForward.swigluHidden e.ExpansionRatio e.DModel)
+                    "SwiGLU width"
 
-                    use original = TokenizerFixtures.smallEncoder 5UL
-                    let chain = StructureFile.read (Data.small "1ubq_A") None
-                    let a = StructureTokenizer.tokenize original chain
-                    let b = StructureTokenizer.tokenize loaded chain
-                    Expect.equal b.Tokens a.Tokens "same tokens"
-                    Expect.equal a.Tokens.Length (ProteinChain.length chain) "one token per residue"
-                    Expect.isEmpty a.MissingBackbone "1ubq_A has every backbone atom"
-                    Expect.isTrue (a.Tokens |> Array.forall (fun t -> t >= 0L && t < 64L)) "codes of the codebook"
-                    Expect.equal a.Sequence chain.Sequence "sequence"
-                    Expect.equal a.ResidueIndex chain.ResidueIndex "numbering"
-                finally
-                    Directory.Delete(dir, true)
+                use original = TokenizerFixtures.smallEncoder 5UL
+                let chain = StructureFile.read (Data.small "1ubq_A") None
+                let a = StructureTokenizer.tokenize original chain
+                let b = StructureTokenizer.tokenize loaded chain
+                Expect.equal b.Tokens a.Tokens "same tokens"
+                Expect.equal a.Tokens.Length (ProteinChain.length chain) "one token per residue"
+                Expect.isEmpty a.MissingBackbone "1ubq_A has every backbone atom"
+                Expect.isTrue (a.Tokens |> Array.forall (fun t -> t >= 0L && t < 64L)) "codes of the codebook"
+                Expect.equal a.Sequence chain.Sequence "sequence"
+                Expect.equal a.ResidueIndex chain.ResidueIndex "numbering"
             }
 
             test "encoder load names a mis-shaped tensor, and a decoder file is not an encoder" {
                 use _ = torch.NewDisposeScope()
-                let dir = TokenizerFixtures.tempDir ()
+                use scratch = new TempDir()
+                let dir = scratch.Path
 
-                try
-                    use m = TokenizerFixtures.smallEncoder 2UL
+                use m = TokenizerFixtures.smallEncoder 2UL
 
-                    let tensors =
-                        Checkpoint.stateDict m
-                        |> List.map (fun (n, t) ->
-                            if n = "pre_vq_proj.weight" then
-                                n, torch.zeros (8L, 25L)
-                            else
-                                n, t)
+                let tensors =
+                    Checkpoint.stateDict m
+                    |> List.map (fun (n, t) ->
+                        if n = "pre_vq_proj.weight" then
+                            n, torch.zeros (8L, 25L)
+                        else
+                            n, t)
 
-                    let bad = Path.Combine(dir, "bad.safetensors")
-                    Safetensors.write bad tensors null
+                let bad = Path.Combine(dir, "bad.safetensors")
+                Safetensors.write bad tensors null
 
-                    let e =
-                        raises<InputException> "mis-shaped" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
+                let e =
+                    raises<InputException> "mis-shaped" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
 
-                    Expect.stringContains e.Message "pre_vq_proj.weight" "names the tensor"
-                    Expect.equal e.Error.File bad "names the file"
+                Expect.stringContains e.Message "pre_vq_proj.weight" "names the tensor"
+                Expect.equal e.Error.File bad "names the file"
 
-                    let ratio =
-                        Checkpoint.stateDict m
-                        |> List.map (fun (n, t) ->
-                            if n = "transformer.blocks.0.geom_attn.distance_scale_per_head" then
-                                n, torch.zeros (4L, 2L)
-                            else
-                                n, t)
+                let ratio =
+                    Checkpoint.stateDict m
+                    |> List.map (fun (n, t) ->
+                        if n = "transformer.blocks.0.geom_attn.distance_scale_per_head" then
+                            n, torch.zeros (4L, 2L)
+                        else
+                            n, t)
 
-                    Safetensors.write bad ratio null
+                Safetensors.write bad ratio null
 
-                    let e =
-                        raises<InputException> "2-D scale" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
+                let e =
+                    raises<InputException> "2-D scale" (fun () -> StructureEncoderCheckpoint.load bad |> ignore)
 
-                    Expect.equal
-                        e.Error.Location
-                        (InputLocation.Field "transformer.blocks.0.geom_attn.distance_scale_per_head")
-                        "names the tensor the inference reads"
+                Expect.equal
+                    e.Error.Location
+                    (InputLocation.Field "transformer.blocks.0.geom_attn.distance_scale_per_head")
+                    "names the tensor the inference reads"
 
-                    let dec = Path.Combine(dir, "dec.safetensors")
-                    TokenizerFixtures.writeDecoder dec 1UL
+                let dec = Path.Combine(dir, "dec.safetensors")
+                TokenizerFixtures.writeDecoder dec 1UL
 
-                    let e =
-                        raises<InputException> "decoder" (fun () -> StructureEncoderCheckpoint.load dec |> ignore)
+                let e =
+                    raises<InputException> "decoder" (fun () -> StructureEncoderCheckpoint.load dec |> ignore)
 
-                    Expect.stringContains e.Message "not a structure encoder" "says what is wrong"
-                finally
-                    Directory.Delete(dir, true)
+                Expect.stringContains e.Message "not a structure encoder" "says what is wrong"
             }
 
             test "a residue without backbone gets MASK, is listed, and decoding refuses it" {

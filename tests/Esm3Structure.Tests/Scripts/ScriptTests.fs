@@ -7,6 +7,7 @@ open Expecto
 open TorchSharp
 open Esm3Structure.Models
 open Esm3Structure.App
+open Esm3Structure.Tests
 
 /// The repository root (holding Research.sln), above the test binary.
 let private root = Esm3Structure.App.Cli.repositoryRoot AppContext.BaseDirectory
@@ -33,7 +34,7 @@ let runScript (script: string) (args: string list) =
 /// the test process exits).
 let private tokenizerFiles =
     lazy
-        (let dir = Esm3Structure.Tests.TokenizerFixtures.tempDir ()
+        (let dir = (new TempDir()).Path
 
          AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
              try
@@ -94,7 +95,7 @@ let tests =
             test
                 "tokenize.fsx and decode.fsx on ESM's own .pth files: real chains to JSON with ESM's tokens, and ESM's tokens back to a PDB with ESM's coordinates (decode.fsx --heads 4 on a 24-wide decoder)" {
                 let dir, _, _ = tokenizerFiles.Value
-                let esm = Esm3Structure.Tests.Models.TokenizerParityTests.file
+                let esm = TokenizerParity.file
                 let json = Path.Combine(dir, "tokens.json")
                 let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
                 let other = Esm3Structure.Tests.Data.small "1mvo_A"
@@ -113,14 +114,14 @@ let tests =
                 Expect.equal chains.[0].Tokens.Length ubqChain.Sequence.Length "one token per residue"
 
                 use _ = TorchSharp.torch.NewDisposeScope()
-                let io = Esm3Structure.Tests.Models.TokenizerParityTests.readIo ()
+                let io = TokenizerParity.readIo ()
                 use encoder = StructureEncoderCheckpoint.load (esm "encoder.pth")
 
                 let clear, wrong =
-                    Esm3Structure.Tests.Models.TokenizerParityTests.esmTokenMismatches
+                    TokenizerParity.esmTokenMismatches
                         io
                         ""
-                        Esm3Structure.Tests.Models.TokenizerParityTests.u32
+                        TokenizerParity.u32
                         encoder
                         (TorchSharp.torch.tensor(chains.[0].Tokens).unsqueeze 0L)
 
@@ -157,11 +158,9 @@ let tests =
                 Expect.equal back.ResidueIndex ubqChain.ResidueIndex "numbering"
                 let bb = io.["decoder-d96-h4.bb"]
                 let scale = bb.abs().max().ToDouble()
-                // ESM's float32 coordinates and ours differ by rounding (TokenizerParityTests.tolerance), then the PDB
+                // ESM's float32 coordinates and ours differ by rounding (TokenizerParity.tolerance), then the PDB
                 // rounds to 0.0005 Å.
-                let tol =
-                    0.0005
-                    + Esm3Structure.Tests.Models.TokenizerParityTests.tolerance 96L 6e-8 scale
+                let tol = 0.0005 + TokenizerParity.tolerance 96L 6e-8 scale
 
                 for i in 0 .. back.Sequence.Length - 1 do
                     for a in 0..2 do
@@ -511,8 +510,7 @@ let tests =
                 do
                     use g = new torch.Generator(21UL)
 
-                    use m =
-                        new MultiTrackModel(Esm3Structure.Tests.Design.ProteinGenerationTests.tinyConfig, g)
+                    use m = new MultiTrackModel(MultiTrackFixtures.tiny, g)
 
                     MultiTrackCheckpoint.save model m
 

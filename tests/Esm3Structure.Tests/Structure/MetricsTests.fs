@@ -6,7 +6,7 @@ open FsCheck.FSharp
 open TorchSharp
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Structure.StructureTestKit
+open Esm3Structure.Tests.StructureTestKit
 
 let private config = { Props.baseConfig with maxTest = 30 }
 

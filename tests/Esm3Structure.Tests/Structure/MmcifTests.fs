@@ -123,14 +123,19 @@ let private goldenTests =
 
             test "6yfy: a missing chain id names the chains present; a ligand-only chain is an error" {
                 let p = cifPath "6yfy.cif.gz"
-                let e = expectInput "chain Z" (fun () -> Mmcif.read p (Some "Z"))
+
+                let e =
+                    raises<InputException> "chain Z" (fun () -> Mmcif.read p (Some "Z") |> ignore)
+
                 expectNames "chain Z" p (InputLocation.Field "chain") e
                 Expect.stringContains e.Message "'Z' not found" "names the chain"
 
                 for c in [ "A"; "C"; "I" ] do
                     Expect.stringContains e.Message (sprintf "'%s'" c) (sprintf "lists chain %s" c)
 
-                let e2 = expectInput "chain I" (fun () -> Mmcif.read p (Some "I"))
+                let e2 =
+                    raises<InputException> "chain I" (fun () -> Mmcif.read p (Some "I") |> ignore)
+
                 expectNames "chain I" p (InputLocation.Field "chain") e2
             }
         ]
@@ -408,7 +413,9 @@ let private ruleTests =
                 let text =
                     "data_x\n_atom_site.label_atom_id CA\n_atom_site.label_comp_id GLY\n_atom_site.label_asym_id A\n_atom_site.label_seq_id 1\n_atom_site.Cartn_x 1\n_atom_site.Cartn_y 2\n_atom_site.Cartn_z 3\n"
                 // One CA atom: read, then rejected for lack of a complete backbone (not for lack of a loop).
-                let e = expectInput "single row" (fun () -> Mmcif.parse "single" text None)
+                let e =
+                    raises<InputException> "single row" (fun () -> Mmcif.parse "single" text None |> ignore)
+
                 expectNames "single row" "single" (InputLocation.Field "chain 'A'") e
             }
 
@@ -453,7 +460,7 @@ let private badInputTests =
                 use dir = new TempDir()
                 let p = writeText dir "empty.cif" ""
 
-                expectInput "empty" (fun () -> Mmcif.read p None)
+                raises<InputException> "empty" (fun () -> Mmcif.read p None |> ignore)
                 |> expectNames "empty" p InputLocation.Whole
             }
 
@@ -462,7 +469,7 @@ let private badInputTests =
                 let text = ubq.Value.Substring(0, ubq.Value.IndexOf "loop_\n_atom_site.")
                 let p = writeText dir "noatoms.cif" text
 
-                expectInput "no loop" (fun () -> Mmcif.read p None)
+                raises<InputException> "no loop" (fun () -> Mmcif.read p None |> ignore)
                 |> expectNames "no loop" p (InputLocation.Field "_atom_site")
             }
 
@@ -485,7 +492,7 @@ let private badInputTests =
 
                 let p = writeText dir "noy.cif" text
 
-                expectInput "no Cartn_y" (fun () -> Mmcif.read p None)
+                raises<InputException> "no Cartn_y" (fun () -> Mmcif.read p None |> ignore)
                 |> expectNames "no Cartn_y" p (InputLocation.Field "_atom_site.Cartn_y")
             }
 
@@ -494,7 +501,7 @@ let private badInputTests =
                 let at = ubq.Value.IndexOf "27.886 26.463"
                 let text = ubq.Value.Substring(0, at + 4)
                 let p = writeText dir "cut.cif" text
-                let e = expectInput "cut" (fun () -> Mmcif.read p None)
+                let e = raises<InputException> "cut" (fun () -> Mmcif.read p None |> ignore)
                 expectNames "cut" p (InputLocation.Line(text.Split('\n').Length)) e
                 Expect.stringContains e.Message "mid-row" "says why"
             }
@@ -508,7 +515,7 @@ let private badInputTests =
 
                     Expect.notEqual text ubq.Value "the row was changed"
                     let p = writeText dir "nan.cif" text
-                    let e = expectInput bad (fun () -> Mmcif.read p None)
+                    let e = raises<InputException> bad (fun () -> Mmcif.read p None |> ignore)
                     expectNames bad p (InputLocation.Line(lineOf text ("2 C CA . MET Apoly A . ? " + bad))) e
                     Expect.stringContains e.Message col "names the column"
             }
@@ -518,7 +525,7 @@ let private badInputTests =
                 let quote = ubq.Value.Replace("_cell.entry_id 1UBQ", "_cell.entry_id '1UBQ")
                 let p = writeText dir "quote.cif" quote
 
-                expectInput "quote" (fun () -> Mmcif.read p None)
+                raises<InputException> "quote" (fun () -> Mmcif.read p None |> ignore)
                 |> expectNames "quote" p (InputLocation.Line(lineOf quote "'1UBQ"))
 
                 let field =
@@ -526,7 +533,7 @@ let private badInputTests =
 
                 let p2 = writeText dir "field.cif" field
 
-                expectInput "text field" (fun () -> Mmcif.read p2 None)
+                raises<InputException> "text field" (fun () -> Mmcif.read p2 None |> ignore)
                 |> expectNames "text field" p2 (InputLocation.Line(lineOf field ";never"))
             }
 
@@ -534,19 +541,19 @@ let private badInputTests =
                 use dir = new TempDir()
                 let pdb = writeText dir "pdb.cif" (File.ReadAllText(Data.small "1ubq_A"))
 
-                expectInput "pdb as cif" (fun () -> Mmcif.read pdb None)
+                raises<InputException> "pdb as cif" (fun () -> Mmcif.read pdb None |> ignore)
                 |> expectNames "pdb as cif" pdb (InputLocation.Line 1)
 
                 let bin = dir.File "bin.cif"
                 File.WriteAllBytes(bin, Array.append (Encoding.ASCII.GetBytes "data_x\n#\n") [| 0uy; 1uy; 2uy; 200uy |])
 
-                expectInput "binary" (fun () -> Mmcif.read bin None)
+                raises<InputException> "binary" (fun () -> Mmcif.read bin None |> ignore)
                 |> expectNames "binary" bin (InputLocation.Line 3)
 
                 let gz = File.ReadAllBytes(cifPath "6yfy.cif.gz")
                 let cut = dir.File "cut.cif.gz"
                 File.WriteAllBytes(cut, gz.[.. gz.Length * 2 / 3])
-                let e = expectInput "cut gzip" (fun () -> Mmcif.read cut None)
+                let e = raises<InputException> "cut gzip" (fun () -> Mmcif.read cut None |> ignore)
                 Expect.equal e.Error.File cut "names the file"
             }
 

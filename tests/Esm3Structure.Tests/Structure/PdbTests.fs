@@ -534,12 +534,13 @@ let private badInputTests =
 
                 for name, bytes in [ "empty.pdb", [||]; "blank.pdb", Encoding.ASCII.GetBytes "  \n\n  \n" ] do
                     let p = writeBytes dir name bytes
-                    let e = expectInput name (fun () -> Pdb.read p None)
+                    let e = raises<InputException> name (fun () -> Pdb.read p None |> ignore)
                     expectNames name p InputLocation.Whole e
                     Expect.stringContains e.Message "empty" "says empty"
 
                 let e =
-                    expectInput "empty gzip" (fun () -> Pdb.read (writeBytes dir "e.pdb.gz" (gzip [||])) None)
+                    raises<InputException> "empty gzip" (fun () ->
+                        Pdb.read (writeBytes dir "e.pdb.gz" (gzip [||])) None |> ignore)
 
                 Expect.stringContains e.Message "empty" "empty after decompression"
             }
@@ -553,7 +554,7 @@ let private badInputTests =
                     String.Join("\n", Array.append lines.[.. lineNo - 2] [| line.Substring(0, 42) |])
 
                 let p = writeBytes dir "cut.pdb" (Encoding.ASCII.GetBytes cut)
-                let e = expectInput "cut" (fun () -> Pdb.read p None)
+                let e = raises<InputException> "cut" (fun () -> Pdb.read p None |> ignore)
                 expectNames "cut" p (InputLocation.Line lineNo) e
                 Expect.stringContains e.Message "truncated" "says truncated"
             }
@@ -566,7 +567,8 @@ let private badInputTests =
                     let p = writeBytes dir (sprintf "cut%d.pdb.gz" keep) gz.[.. keep - 1]
 
                     let e =
-                        expectInput (sprintf "gzip cut to %d bytes" keep) (fun () -> Pdb.read p None)
+                        raises<InputException> (sprintf "gzip cut to %d bytes" keep) (fun () ->
+                            Pdb.read p None |> ignore)
 
                     Expect.equal e.Error.File p "names the file"
                     Expect.stringContains e.Message p "message names the file"
@@ -601,11 +603,11 @@ let private badInputTests =
                 bytes.[1] <- 0x0Auy
                 bytes.[2] <- 0x00uy
                 let p = writeBytes dir "garbage.pdb" bytes
-                let e = expectInput "garbage" (fun () -> Pdb.read p None)
+                let e = raises<InputException> "garbage" (fun () -> Pdb.read p None |> ignore)
                 expectNames "garbage" p (InputLocation.Line 2) e
                 // Text without any atom record.
                 let t = writeBytes dir "text.pdb" (Encoding.ASCII.GetBytes "hello\nworld\n")
-                let e2 = expectInput "text" (fun () -> Pdb.read t None)
+                let e2 = raises<InputException> "text" (fun () -> Pdb.read t None |> ignore)
                 expectNames "text" t InputLocation.Whole e2
             }
 
@@ -624,7 +626,7 @@ let private badInputTests =
                     let lines = ubq.Value.Split('\n')
                     lines.[lineNo - 1] <- broken
                     let p = writeBytes dir "nan.pdb" (Encoding.ASCII.GetBytes(String.Join("\n", lines)))
-                    let e = expectInput bad (fun () -> Pdb.read p None)
+                    let e = raises<InputException> bad (fun () -> Pdb.read p None |> ignore)
                     expectNames bad p (InputLocation.Line lineNo) e
                     Expect.stringContains e.Message what "names the column"
             }
@@ -635,13 +637,16 @@ let private badInputTests =
                 lines.[lineNo - 1] <- line.Remove(22, 4).Insert(22, "  x1")
 
                 let e =
-                    expectInput "resSeq" (fun () -> Pdb.parse "resseq" (String.Join("\n", lines)) None)
+                    raises<InputException> "resSeq" (fun () ->
+                        Pdb.parse "resseq" (String.Join("\n", lines)) None |> ignore)
 
                 expectNames "resSeq" "resseq" (InputLocation.Line lineNo) e
             }
 
             test "a missing chain lists the chains present" {
-                let e = expectInput "chain Z" (fun () -> Pdb.read (Data.small "1ubq_A") (Some "Z"))
+                let e =
+                    raises<InputException> "chain Z" (fun () -> Pdb.read (Data.small "1ubq_A") (Some "Z") |> ignore)
+
                 expectNames "chain Z" (Data.small "1ubq_A") (InputLocation.Field "chain") e
                 Expect.stringContains e.Message "'Z' not found" "names the chain"
                 Expect.stringContains e.Message "'A'" "lists chain A"
@@ -656,7 +661,9 @@ let private badInputTests =
                             atom 3 "N" "GLY" 'A' 3 7.0 0.0 0.0
                         ]
 
-                let e = expectInput "ca only" (fun () -> Pdb.parse "caonly" text None)
+                let e =
+                    raises<InputException> "ca only" (fun () -> Pdb.parse "caonly" text None |> ignore)
+
                 expectNames "ca only" "caonly" (InputLocation.Field "chain 'A'") e
                 Expect.stringContains e.Message "no complete backbone" "says why"
             }
@@ -695,7 +702,10 @@ let private badInputTests =
             test "residue numbers that wrap after 9999 are an error naming the line where a number comes back" {
                 // Line 1 HEADER, lines 2-4 residue 1 (N, CA, C), residues 2…9999 and 0 on lines 5…10003.
                 let text = Encoding.ASCII.GetString(Checks.FuzzLarge.largePdb 10050 false)
-                let e = expectInput "wrapped" (fun () -> Pdb.parse "wrapped" text None)
+
+                let e =
+                    raises<InputException> "wrapped" (fun () -> Pdb.parse "wrapped" text None |> ignore)
+
                 expectNames "wrapped" "wrapped" (InputLocation.Line 10004) e
                 Expect.stringContains e.Message "residue 1 of chain 'A' appears again" "names the residue"
                 Expect.stringContains e.Message "first on line 2" "names its first line"
@@ -710,7 +720,9 @@ let private badInputTests =
                         @ [ atom 9 "CB" "ALA" 'A' 1 0.5 0.5 0.5 ]
                     )
 
-                let e = expectInput "split residue" (fun () -> Pdb.parse "split" text None)
+                let e =
+                    raises<InputException> "split residue" (fun () -> Pdb.parse "split" text None |> ignore)
+
                 expectNames "split residue" "split" (InputLocation.Line 9) e
                 Expect.isFalse (e.Message.Contains "wrap") "no wrap hint below 9999"
                 // The same residue number in another chain is another residue.
@@ -724,7 +736,7 @@ let private badInputTests =
                 let p =
                     Path.Combine(Path.GetTempPath(), "esm3-no-such-file-" + Guid.NewGuid().ToString("N") + ".pdb")
 
-                let e = expectInput "missing" (fun () -> Pdb.read p None)
+                let e = raises<InputException> "missing" (fun () -> Pdb.read p None |> ignore)
                 expectNames "missing" p InputLocation.Whole e
             }
         ]

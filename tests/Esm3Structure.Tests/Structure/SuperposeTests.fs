@@ -7,7 +7,7 @@ open TorchSharp
 open Esm3Structure.Geometry
 open Esm3Structure.Structure
 open Esm3Structure.Tests
-open Esm3Structure.Tests.Structure.StructureTestKit
+open Esm3Structure.Tests.StructureTestKit
 
 let private config = { Props.baseConfig with maxTest = 40 }
 

@@ -56,3 +56,12 @@ type TempDir() =
                 Directory.Delete(dir, true)
             with _ ->
                 ()
+
+/// Scratch folders for tests.
+[<AutoOpen>]
+module Scratch =
+
+    /// Runs `f` with a fresh temporary folder (a `TempDir`), deleted afterwards.
+    let withTempDir (f: string -> 'a) : 'a =
+        use dir = new TempDir()
+        f dir.Path

@@ -7,13 +7,20 @@ open Esm3Structure.Training
 [<AutoOpen>]
 module Faults =
 
-    /// Runs `f` and returns the exception of type 'E it raises (fails the test otherwise).
+    /// Runs `f` and returns the exception of type 'E it raises; fails the test, naming `what`, when it raises
+    /// nothing or an exception of another type.
     let raises<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
-        try
-            f ()
-            failtestf "%s: no exception" what
-        with :? 'E as e ->
-            e
+        let outcome =
+            try
+                f ()
+                None
+            with e ->
+                Some e
+
+        match outcome with
+        | None -> failtestf "%s: expected %s, but nothing was raised" what typeof<'E>.Name
+        | Some(:? 'E as e) -> e
+        | Some e -> failtestf "%s: expected %s, got %s: %s" what typeof<'E>.Name (e.GetType().Name) e.Message
 
 /// Delegates to a training task and throws at step `crashAt` (1-based): a run killed part-way, for resume tests.
 type CrashingTask(inner: TrainingTask, crashAt: int) =

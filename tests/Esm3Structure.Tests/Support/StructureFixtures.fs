@@ -156,21 +156,6 @@ module StructureFixtures =
 
         m.ToArray()
 
-    /// Runs `f`, expecting an `InputException`; fails the test on success or on any other exception.
-    let expectInput (what: string) (f: unit -> 'a) : InputException =
-        let outcome =
-            try
-                f () |> ignore
-                Choice1Of3()
-            with
-            | :? InputException as e -> Choice2Of3 e
-            | e -> Choice3Of3 e
-
-        match outcome with
-        | Choice1Of3() -> failtestf "%s: expected an InputException, but reading succeeded" what
-        | Choice2Of3 e -> e
-        | Choice3Of3 e -> failtestf "%s: expected an InputException, got %s: %s" what (e.GetType().Name) e.Message
-
     /// Asserts that an InputException names the file and the expected location, and that its message says so.
     let expectNames (what: string) (file: string) (location: InputLocation) (e: InputException) =
         Expect.equal e.Error.File file (what + ": file in the error")

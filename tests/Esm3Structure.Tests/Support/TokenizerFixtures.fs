@@ -52,9 +52,3 @@ module TokenizerFixtures =
         use m = new StructureDecoder(StructureDecoderConfig.small)
         Init.reset g m
         Checkpoint.save path m null
-
-    /// A fresh temporary folder.
-    let tempDir () =
-        let d = Path.Combine(Path.GetTempPath(), "esm3-tok-" + Guid.NewGuid().ToString("N"))
-        Directory.CreateDirectory d |> ignore
-        d

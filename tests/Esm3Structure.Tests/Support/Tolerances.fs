@@ -35,3 +35,10 @@ module Tol =
 
         if not (d <= tol) then
             failtestf "%s: max |difference| %g exceeds %g" what d tol
+
+    /// Asserts |diff| <= tol elementwise (tol broadcast), reporting the worst ratio.
+    let within (what: string) (diff: torch.Tensor) (tol: torch.Tensor) =
+        let ratio = (diff.abs () / tol).max().ToDouble()
+
+        if not (ratio <= 1.0) then
+            failtestf "%s: |difference| reaches %g × its tolerance" what ratio

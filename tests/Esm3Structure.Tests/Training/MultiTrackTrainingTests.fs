@@ -116,7 +116,7 @@ let tests =
 
                 let fails (bad: MultiTrackExample) (field: string) =
                     let ex =
-                        Models.MultiTrackTests.inputError (fun () -> MultiTrackData.check bad |> ignore)
+                        raises<InputException> "input" (fun () -> MultiTrackData.check bad |> ignore)
 
                     Expect.equal ex.Error.File e.Name "names the example"
                     Expect.equal ex.Error.Location (InputLocation.Field field) "names the track"

@@ -32,46 +32,44 @@ let tests =
             }
 
             test "the scripts' loaders: device first, then the weights (given or shipped), loaded on the device" {
-                let dir = TokenizerFixtures.tempDir ()
+                use scratch = new TempDir()
+                let dir = scratch.Path
 
-                try
-                    let enc = Path.Combine(dir, "e.safetensors")
-                    let dec = Path.Combine(dir, "d.safetensors")
-                    TokenizerFixtures.writeEncoder enc 3UL
-                    TokenizerFixtures.writeDecoder dec 4UL
-                    // The repository root is found above the script folder (tests run inside the checkout).
-                    let scriptDir = AppContext.BaseDirectory
-                    use e = ModelFiles.loadEncoderFor scriptDir enc "cpu"
-                    Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
-                    Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
-                    use d = ModelFiles.loadDecoderFor scriptDir dec 0 "CPU"
-                    Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
+                let enc = Path.Combine(dir, "e.safetensors")
+                let dec = Path.Combine(dir, "d.safetensors")
+                TokenizerFixtures.writeEncoder enc 3UL
+                TokenizerFixtures.writeDecoder dec 4UL
+                // The repository root is found above the script folder (tests run inside the checkout).
+                let scriptDir = AppContext.BaseDirectory
+                use e = ModelFiles.loadEncoderFor scriptDir enc "cpu"
+                Expect.equal e.Config.DModel TokenizerFixtures.smallEncoderConfig.DModel "the given encoder"
+                Expect.equal (e.parameters () |> Seq.head).device_type DeviceType.CPU "on the device"
+                use d = ModelFiles.loadDecoderFor scriptDir dec 0 "CPU"
+                Expect.isGreaterThan (d.parameters () |> Seq.length) 0 "the given decoder"
 
-                    let bad =
-                        raises<exn> "bad device" (fun () ->
-                            ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu" |> ignore)
+                let bad =
+                    raises<exn> "bad device" (fun () ->
+                        ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "tpu" |> ignore)
 
-                    Expect.stringContains bad.Message "unknown device 'tpu'" "the device is checked before the file"
+                Expect.stringContains bad.Message "unknown device 'tpu'" "the device is checked before the file"
 
-                    let missing =
-                        raises<exn> "missing file" (fun () ->
-                            ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu" |> ignore)
+                let missing =
+                    raises<exn> "missing file" (fun () ->
+                        ModelFiles.loadEncoderFor scriptDir "/nonexistent.safetensors" "cpu" |> ignore)
 
-                    Expect.stringContains missing.Message "/nonexistent.safetensors" "names the file"
+                Expect.stringContains missing.Message "/nonexistent.safetensors" "names the file"
 
-                    let root = Cli.repositoryRoot scriptDir
+                let root = Cli.repositoryRoot scriptDir
 
-                    Expect.isTrue (File.Exists(Path.Combine(root, ModelFiles.DefaultDecoderPath))) "shipped"
-                    // no weights given: the shipped decoder (d 128, 4 heads of 32)
-                    use shipped = ModelFiles.loadDecoderFor scriptDir null 0 "cpu"
-                    Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
-                    Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
+                Expect.isTrue (File.Exists(Path.Combine(root, ModelFiles.DefaultDecoderPath))) "shipped"
+                // no weights given: the shipped decoder (d 128, 4 heads of 32)
+                use shipped = ModelFiles.loadDecoderFor scriptDir null 0 "cpu"
+                Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
+                Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
 
-                    Expect.stringContains
-                        (ModelFiles.weightsUsage "encoder" ModelFiles.DefaultEncoderPath)
-                        ModelFiles.DefaultEncoderPath
-                        "usage names the default"
-                finally
-                    Directory.Delete(dir, true)
+                Expect.stringContains
+                    (ModelFiles.weightsUsage "encoder" ModelFiles.DefaultEncoderPath)
+                    ModelFiles.DefaultEncoderPath
+                    "usage names the default"
             }
         ]

@@ -1,6 +1,6 @@
 /// Random rigid motions, point clouds and chains for the superposition and metric tests, plus the CA reader for the
 /// real-data checks. Everything random takes an explicit generator.
-module Esm3Structure.Tests.Structure.StructureTestKit
+module Esm3Structure.Tests.StructureTestKit
 
 open System
 open System.IO
