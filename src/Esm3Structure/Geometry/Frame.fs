@@ -140,6 +140,12 @@ module Frame =
     /// Global to local: `Rᵀ (x − T)`. Shapes: f [*], x [*, 3] -> [*, 3]
     let invertApply (f: Frame) (x: torch.Tensor) = Rotation.invertApply f.R (x - f.T)
 
+    /// Global to local for N points per frame: `Rᵀ (xₙ − T)` for every row of `x`, as one [N, 3] × [3, 3] product
+    /// per frame (`Rotation.invertApplyEach`); the inverse of `applyEach`.
+    /// Shapes: f [*], x [*, N, 3] -> [*, N, 3] (batch dims broadcast)
+    let invertApplyEach (f: Frame) (x: torch.Tensor) =
+        Rotation.invertApplyEach f.R (x - f.T.unsqueeze -2L)
+
     /// Rotation only: `R v` (for directions, not points). Shapes: f [*], v [*, 3] -> [*, 3]
     let rotate (f: Frame) (v: torch.Tensor) = Rotation.apply f.R v
 

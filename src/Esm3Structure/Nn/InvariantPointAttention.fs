@@ -109,7 +109,7 @@ type InvariantPointAttention(config: InvariantPointAttentionConfig) as this =
         // Local points [B, L, H·P·3] -> global [B, H, L, 3P]
         let globalPoints (x: torch.Tensor) (p: int64) =
             let local = x.view (b, l, h * p, 3L)
-            let g = Rotation.applyEach frames.R local + frames.T.unsqueeze 2L // [B, L, H·P, 3]
+            let g = Frame.applyEach frames local // [B, L, H·P, 3]
             g.view(b, l, h, p * 3L).permute(0L, 2L, 1L, 3L)
 
         let qS = heads (q.forward s) config.ScalarQk
@@ -147,7 +147,7 @@ type InvariantPointAttention(config: InvariantPointAttentionConfig) as this =
         let a = logits.softmax (-1L)
         let oS = a.matmul(vS).permute(0L, 2L, 1L, 3L).reshape(b, l, -1L) // [B, L, H·Cv]
         let oGlobal = a.matmul(vP).permute(0L, 2L, 1L, 3L).reshape(b, l, -1L, 3L) // [B, L, H·Pv, 3]
-        let oLocal = Rotation.invertApplyEach frames.R (oGlobal - frames.T.unsqueeze 2L) // [B, L, H·Pv, 3]
+        let oLocal = Frame.invertApplyEach frames oGlobal // [B, L, H·Pv, 3]
         let norms = (oLocal.square().sum(-1L) + 1e-8).sqrt() // [B, L, H·Pv]
         out.forward (torch.cat ([| oS; oLocal.reshape (b, l, -1L); norms |], -1L))
 

@@ -161,7 +161,7 @@ module StructureLosses =
             let frames = (Frame.ofBackbone x).Frames
             let points = x.reshape (b, -1L, 3L) // [B, 3L, 3]
             // Frame i's view of atom j: R_iᵀ (x_j − t_i). [B, L, 3L, 3]
-            Rotation.invertApplyEach frames.R (points.unsqueeze 1L - frames.T.unsqueeze 2L)
+            Frame.invertApplyEach frames (points.unsqueeze 1L)
 
         let error =
             ((local predicted - local (target.detach ())).square().sum(-1L) + FapeEps).sqrt() // [B, L, 3L]

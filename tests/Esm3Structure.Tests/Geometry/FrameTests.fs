@@ -111,7 +111,16 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let tol = 8.0 * eps * (scale p + f.T.abs().max().ToDouble())
                 Tol.close "each = broadcast" tol each (Frame.apply (Frame.unsqueeze -1L f) p)
                 let back = Frame.invertApply (Frame.unsqueeze -1L f) each
-                Tol.close "invertApply undoes it" (pointTol * (scale p + f.T.abs().max().ToDouble())) back p)
+                Tol.close "invertApply undoes it" (pointTol * (scale p + f.T.abs().max().ToDouble())) back p
+                // invertApplyEach computes the same Rᵀ (x − T), again in a product order of the backend's choosing.
+                let backEach = Frame.invertApplyEach f each
+                Tol.close "invertApplyEach = invertApply broadcast" tol backEach back
+
+                Tol.close
+                    "invertApplyEach undoes applyEach"
+                    (pointTol * (scale p + f.T.abs().max().ToDouble()))
+                    backEach
+                    p)
 
             Props.property
                 "backbone frames put CA at 0, C on −x, N in the xy-plane with y > 0"
