@@ -65,13 +65,12 @@ let tests =
 
                 use m = TokenizerFixtures.smallEncoder 2UL
 
-                let tensors =
+                // The encoder's state dict with one tensor replaced.
+                let replaced (name: string) (value: torch.Tensor) =
                     Checkpoint.stateDict m
-                    |> List.map (fun (n, t) ->
-                        if n = "pre_vq_proj.weight" then
-                            n, torch.zeros (8L, 25L)
-                        else
-                            n, t)
+                    |> List.map (fun (n, t) -> if n = name then n, value else n, t)
+
+                let tensors = replaced "pre_vq_proj.weight" (torch.zeros (8L, 25L))
 
                 let bad = Path.Combine(dir, "bad.safetensors")
                 Safetensors.write bad tensors null
@@ -83,12 +82,7 @@ let tests =
                 Expect.equal e.Error.File bad "names the file"
 
                 let ratio =
-                    Checkpoint.stateDict m
-                    |> List.map (fun (n, t) ->
-                        if n = "transformer.blocks.0.geom_attn.distance_scale_per_head" then
-                            n, torch.zeros (4L, 2L)
-                        else
-                            n, t)
+                    replaced "transformer.blocks.0.geom_attn.distance_scale_per_head" (torch.zeros (4L, 2L))
 
                 Safetensors.write bad ratio null
 
