@@ -496,7 +496,7 @@ module Stage2Training =
                     )
                 )
 
-            Init.reset generator decoder
+            Init.initialise generator decoder
             decoder.``to`` device |> ignore
             encoder.``to`` device |> ignore
             encoder.eval ()

@@ -67,7 +67,7 @@ let private examples =
              }
 
          use encoder = new StructureEncoder(encoderConfig, g)
-         Nn.Init.reset g encoder
+         Nn.Init.initialise g encoder
          encoder.eval ()
          let providers = TrackProviders.withStructureEncoder encoder
          chains.Value |> Array.map (MultiTrackData.ofChain providers))

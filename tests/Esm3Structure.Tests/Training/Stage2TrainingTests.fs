@@ -38,7 +38,7 @@ let private writeEncoder (path: string) =
     use _ = torch.NewDisposeScope()
     use g = new torch.Generator(11UL)
     use encoder = new StructureEncoder(config, g)
-    Init.reset g encoder
+    Init.initialise g encoder
     encoder.train ()
     let b = TokenizerData.batch [| TokenizerData.ofChain chains.Value.[1] |]
     encoder.Encode(b.Backbone, b.ResidueIndex, b.Padding, null) |> ignore
