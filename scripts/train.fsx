@@ -327,7 +327,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | "random" ->
                     use g = new torch.Generator(uint64 config.Trainer.Seed)
                     let e = new StructureEncoder(TokenizerTrainConfig.small.Encoder, g)
-                    Esm3Structure.Nn.Init.reset g e
+                    Esm3Structure.Nn.Init.initialise g e
                     e
                 | given ->
                     ModelFiles.resolveWeights

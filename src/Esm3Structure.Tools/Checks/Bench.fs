@@ -194,7 +194,7 @@ module Bench =
             (measureWith: (unit -> unit) -> 'a)
             : 'a =
             use layer = new GeometricAttention(config)
-            Init.reset (new torch.Generator(3UL)) layer
+            Init.initialise (new torch.Generator(3UL)) layer
             use _ = torch.NewDisposeScope()
             let g = new torch.Generator(5UL)
             let s = torch.randn ([| 1L; length; config.DModel |], generator = g)

@@ -132,12 +132,12 @@ module TokenizeBench =
             2L * ffnHidden config
         |]
 
-    /// An encoder of `config` with deterministic random weights (`Init.reset` from `seed`; random codes), in eval
+    /// An encoder of `config` with deterministic random weights (`IInitialise` from `seed`; random codes), in eval
     /// mode: ESM's real sizes without its weights.
     let randomEncoder (config: StructureEncoderConfig) (seed: uint64) : StructureEncoder =
         let g = new torch.Generator(seed)
         let m = new StructureEncoder(config, g)
-        Init.reset g m
+        Init.initialise g m
         m.eval ()
         m
 

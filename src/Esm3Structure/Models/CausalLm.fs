@@ -77,6 +77,14 @@ type CausalLm(config: CausalLmConfig) as this =
 
     member _.Config = config
 
+    /// PyTorch's defaults, in key order: `embed` N(0, 1), the trunk's own rules, `head` uniform in ±1/sqrt(d) with
+    /// bias 0 (training then sets the bias to the unigram log-probabilities, `SetOutputBias`).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.embedding generator embed
+            Init.initialise generator transformer
+            Init.linear generator head
+
     /// Sets the output bias to the given log-probabilities (e.g. the unigram distribution) so that training
     /// starts from the unigram model. Non-finite entries become −30. Shapes: logProbs [64]
     member _.SetOutputBias(logProbs: float[]) =

@@ -189,14 +189,22 @@ type MultiTrackInputEncoder(dModel: int64) as this =
 
     do this.RegisterComponents()
 
-    /// Sets row 0 of the function and residue tables to zero (their padding rows; after a re-initialisation).
-    member _.ZeroPaddingRows() =
-        use _ = torch.no_grad ()
+    /// PyTorch's defaults, in key order: embeddings N(0, 1), the function and residue-annotation tables with their
+    /// padding row 0 (`padding_idx` 0: the absent annotation adds nothing), the pLDDT projections uniform in
+    /// ±1/sqrt(16) (biases 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.embedding generator sequence_embed
+            Init.linear generator plddt_projection
+            Init.linear generator structure_per_res_plddt_projection
+            Init.embedding generator structure_tokens_embed
+            Init.embedding generator ss8_embed
+            Init.embedding generator sasa_embed
 
-        for m in function_embed do
-            (m :?> Modules.Embedding).weight.[0L].zero_() |> ignore
+            for m in function_embed do
+                Init.embeddingPadded generator 0L (m :?> Modules.Embedding)
 
-        residue_embed.weight.[0L].zero_() |> ignore
+            Init.embeddingPadded generator 0L residue_embed
 
     /// The summed input embedding. Coordinates are not read (they feed the geometric attention).
     /// Shapes: input tracks [B, L, …] -> [B, L, d], in the parameters' dtype
@@ -253,6 +261,23 @@ type MultiTrackOutputHeads(dModel: int64) as this =
 
     do this.RegisterComponents()
 
+    /// Each head's PyTorch defaults, in key order: `0` and `3` uniform in ±1/sqrt(d) (biases 0), `2` (LayerNorm)
+    /// weight 1, bias 0.
+    interface IInitialise with
+        member _.Initialise generator =
+            for h in
+                [
+                    sequence_head
+                    structure_head
+                    ss8_head
+                    sasa_head
+                    function_head
+                    residue_head
+                ] do
+                Init.linear generator (h.[0] :?> Modules.Linear)
+                Init.layerNorm (h.[2] :?> Modules.LayerNorm)
+                Init.linear generator (h.[3] :?> Modules.Linear)
+
     /// Shapes: x [B, L, d] (post-norm), preNorm [B, L, d] -> MultiTrackOutput
     override _.forward(x: torch.Tensor, preNorm: torch.Tensor) =
         {
@@ -281,17 +306,26 @@ type MultiTrackModel(config: MultiTrackConfig, generator: torch.Generator) as th
     let transformer = new TransformerStack(MultiTrackConfig.stack config)
     let output_heads = new MultiTrackOutputHeads(config.DModel)
 
+    // Each part's own rules, in key order.
+    let initialise (generator: torch.Generator) =
+        Init.initialise generator encoder
+        Init.initialise generator transformer
+        Init.initialise generator output_heads
+
     do
         this.RegisterComponents()
 
         // A null generator: every value is about to be loaded (`MultiTrackCheckpoint.load`), so the
-        // re-initialisation (a pass over every parameter, 30 s at ESM3-open's size here) is skipped.
+        // initialisation (a pass over every parameter, 30 s at ESM3-open's size here) is skipped.
         if not (isNull generator) then
-            Init.reset generator this
-
-        encoder.ZeroPaddingRows()
+            initialise generator
 
     member _.Config = config
+
+    /// The encoder's, the trunk's and the heads' own rules, in key order (the constructor applies them unless
+    /// its generator is null).
+    interface IInitialise with
+        member _.Initialise generator = initialise generator
 
     /// The summed input embedding of `input` after the structure overrides. Shapes: -> [B, L, d]
     member _.EmbedInputs(input: MultiTrackInput) =

@@ -114,10 +114,17 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     /// True when the decoder owns the residue embedding `sequence_embed` (stage-2 sequence conditioning).
     member _.SequenceInput = sequenceInput
 
-    /// With a structure module, applies its AlphaFold2 "final" initialisation (`StructureModule.ZeroFinalLayers`);
-    /// nothing otherwise. Training calls it after `Init.reset`.
-    member _.ZeroFinalLayers() =
-        structureModule |> Option.iter (fun m -> m.ZeroFinalLayers())
+    /// Embeddings N(0, 1) (`embed`, `sequence_embed`), then the trunk's, the heads' and the structure module's own
+    /// rules (its AlphaFold2 zero final layers included), in key order.
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.embedding generator embed
+            Init.initialise generator decoder_stack
+            Init.initialise generator affine_output_projection
+            Init.initialise generator pairwise_classification_head
+            Init.initialise generator plddt_head
+            structureModule |> Option.iter (fun m -> Init.initialise generator m)
+            sequenceEmbed |> Option.iter (Init.embedding generator)
 
     /// The token embeddings (`embed`). Shapes: tokens [B, L] int64 -> [B, L, d]
     member _.Embed(tokens: torch.Tensor) = embed.forward tokens

@@ -169,6 +169,11 @@ type RelativePositionEmbedding(bins: int64, dModel: int64) as this =
         torch.nn.init.normal_ (embedding.weight, 0.0, 0.02) |> ignore
         this.RegisterComponents()
 
+    /// N(0, 1), PyTorch's embedding default and the rule every initialised encoder has trained from (it replaces the
+    /// constructor's N(0, 0.02)).
+    interface IInitialise with
+        member _.Initialise generator = Init.embedding generator embedding
+
     /// Shapes: query [N] int64, keys [N, E] int64 -> [N, E, d]
     override _.forward(query: torch.Tensor, keys: torch.Tensor) =
         let offset =
@@ -240,6 +245,22 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
 
     member _.Config = config
     member _.Codebook = codebook
+
+    /// In key order: the stack's, `pre_vq_proj` (PyTorch's linear default), the codebook's, the position
+    /// embedding's, the neighbour-geometry projections (PyTorch's linear default) and the global stack's own rules.
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.initialise generator transformer
+            Init.linear generator pre_vq_proj
+            Init.initialise generator codebook
+            Init.initialise generator relative_positional_embedding
+
+            neighbourGeometry
+            |> Option.iter (fun (neighbours, steps) ->
+                Init.linear generator neighbours
+                Init.linear generator steps)
+
+            globalTransformer |> Option.iter (Init.initialise generator)
 
     /// Encodes backbones. `residueIndex` defaults to the row index (plain sequence separations); `padding` marks
     /// padded rows (default none); `sequenceId` separates packed chains (default one per row).

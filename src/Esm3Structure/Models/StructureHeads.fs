@@ -200,6 +200,13 @@ type Dim6RotStructureHead(dModel: int64) as this =
 
     do this.RegisterComponents()
 
+    /// PyTorch's defaults: `ffn1`, `proj` uniform in ±1/sqrt(d) (biases 0), `norm` weight 1 (bias 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.linear generator ffn1
+            Init.layerNorm norm
+            Init.linear generator proj
+
     /// proj(LN(GELU(ffn1 x))), GELU exact (erf). Shapes: x [*, d] -> [*, 23]
     override _.forward(x: torch.Tensor) =
         proj.forward (norm.forward (torch.nn.functional.gelu (ffn1.forward x)))
@@ -215,6 +222,14 @@ type PairwisePredictionHead(inputDim: int64, downprojectDim: int64, hiddenDim: i
     let linear2 = torch.nn.Linear(hiddenDim, bins, hasBias = bias)
 
     do this.RegisterComponents()
+
+    /// PyTorch's defaults: the linear layers uniform in ±1/sqrt(fan_in) (biases 0), `norm` weight 1 (bias 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.linear generator downproject
+            Init.linear generator linear1
+            Init.layerNorm norm
+            Init.linear generator linear2
 
     /// The hidden pair states LN(GELU(linear1(pairFeatures(downproject x)))), with linear1 applied to the two
     /// halves of the features separately: W₁ = [Wₐ | W_b] gives W₁ f_ij = Wₐ (q_j ⊙ k_i) + W_b q_j − W_b k_i, so
@@ -277,6 +292,13 @@ type RegressionHead(embedDim: int64, outputDim: int64) as this =
     let output = torch.nn.Linear(embedDim, outputDim)
 
     do this.RegisterComponents()
+
+    /// PyTorch's defaults: `dense`, `output` uniform in ±1/sqrt(d) (biases 0), `norm` weight 1 (bias 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.linear generator dense
+            Init.layerNorm norm
+            Init.linear generator output
 
     /// output(LN(GELU(dense x))). Shapes: x [*, d] -> [*, out]
     override _.forward(x: torch.Tensor) =

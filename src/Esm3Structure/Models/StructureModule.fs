@@ -2,6 +2,7 @@ namespace Esm3Structure.Models
 
 open System
 open TorchSharp
+open TorchSharp.Modules
 open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Nn
@@ -118,18 +119,21 @@ type StructureModule(config: StructureModuleConfig) as this =
 
     member _.Config = config
 
-    /// AlphaFold2's "final" initialisation (supplement 1.11.4): zero weights and biases for the attention's output
-    /// projection, the transition's last layer and the backbone update, so that every round starts as the
-    /// identity update. Call after any generic re-initialisation (`Init.reset`).
-    member _.ZeroFinalLayers() =
-        use _ = torch.no_grad ()
-
-        let final: torch.nn.Module list =
-            [ ipa.OutputProjection; transition.[4] :?> torch.nn.Module; backbone_update ]
-
-        for m in final do
-            for p in m.parameters () do
-                p.zero_ () |> ignore
+    /// PyTorch's defaults (LayerNorms weight 1, bias 0; linear layers uniform in ±1/sqrt(fan_in), biases 0), the
+    /// attention's own rules, and AlphaFold2's "final" layers (supplement §1.11.4): the attention's output
+    /// projection (its rule), the last transition layer and `backbone_update` start at zero (no draw), so every
+    /// round starts as the identity update.
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.layerNorm input_norm
+            Init.linear generator input_proj
+            Init.initialise generator ipa
+            Init.layerNorm ipa_norm
+            Init.linear generator (transition.[0] :?> Linear)
+            Init.linear generator (transition.[2] :?> Linear)
+            Init.zeroLinear (transition.[4] :?> Linear)
+            Init.layerNorm transition_norm
+            Init.zeroLinear backbone_update
 
     /// The frames after every round, in Å (the last is the prediction). `allowed` marks the residues attention may
     /// read. Shapes: s [B, L, d], allowed [B, L] bool -> Iterations × Frame [B, L]

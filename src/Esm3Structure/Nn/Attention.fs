@@ -165,6 +165,16 @@ type MultiHeadAttention(config: AttentionConfig) as this =
 
     member _.Config = config
 
+    /// PyTorch's defaults: LayerNorms weight 1 (bias 0); `layernorm_qkv.1` and `out_proj` uniform in ±1/sqrt(d)
+    /// (biases 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.layerNorm (layernorm_qkv.[0] :?> LayerNorm)
+            Init.linear generator (layernorm_qkv.[1] :?> Linear)
+            Init.linear generator out_proj
+            Init.layerNormOrIdentity q_ln
+            Init.layerNormOrIdentity k_ln
+
     /// Shapes: x [B, L, d] -> [B, L, d]. `mask` is broadcast to [B, H, L, L].
     override _.forward(x: torch.Tensor, mask: AttentionMask) =
         Shape.expect "x" [| -1L; -1L; d |] x

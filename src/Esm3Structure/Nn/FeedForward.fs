@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open TorchSharp.Modules
 open Esm3Structure.Tensors
 
 /// The kinds of feed-forward network ESM uses.
@@ -75,3 +76,13 @@ module FeedForward =
                 ("2", m (new SwiGluGate())),
                 ("3", m (torch.nn.Linear(f, d, hasBias = config.Bias)))
             )
+
+    /// Initialises a network made by `create` by PyTorch's defaults: the LayerNorm weight 1 and bias 0, the two
+    /// linear layers uniform in ±1/sqrt(fan_in) (biases 0), in key order.
+    let initialise (generator: torch.Generator) (ffn: torch.nn.Module<torch.Tensor, torch.Tensor>) =
+        match ffn with
+        | :? Sequential as s when s.Count = 4 ->
+            Init.layerNorm (s.[0] :?> LayerNorm)
+            Init.linear generator (s.[1] :?> Linear)
+            Init.linear generator (s.[3] :?> Linear)
+        | _ -> raise (ArgumentException("expected a feed-forward network made by FeedForward.create", "ffn"))

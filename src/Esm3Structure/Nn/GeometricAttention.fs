@@ -497,6 +497,16 @@ type GeometricAttention(config: GeometricAttentionConfig) as this =
     /// The configuration this layer was built with.
     member _.Config = config
 
+    /// ESM's: both per-head scales 0 (softplus → ln 2), `s_norm` weight 1 (bias 0), `proj` and `out_proj` PyTorch's
+    /// linear default (uniform in ±1/sqrt(fan_in), biases 0).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.zeros distance_scale_per_head
+            Init.zeros rotation_scale_per_head
+            Init.layerNorm s_norm
+            Init.linear generator proj
+            Init.linear generator out_proj
+
     /// The current parameters (the live tensors, not copies).
     member _.Weights: GeometricAttentionWeights =
         {

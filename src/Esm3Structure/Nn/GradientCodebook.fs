@@ -43,6 +43,11 @@ type GradientCodebook(config: QuantizerConfig, generator: torch.Generator) as th
         with get () = needsInit
         and set v = needsInit <- v
 
+    /// The codes uniform in ±1/sqrt(D) (a redraw of the constructor's N(0, 1): the rule every initialised model has
+    /// trained from; a frozen codebook stays frozen).
+    override _.InitialiseParameters generator =
+        Init.uniformFanIn generator codebook.weight
+
     override _.Config = config
     override _.Codes = codebook.weight
     override _.RestartCount = restarts

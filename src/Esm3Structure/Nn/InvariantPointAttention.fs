@@ -2,6 +2,7 @@ namespace Esm3Structure.Nn
 
 open System
 open TorchSharp
+open TorchSharp.Modules
 open Esm3Structure
 open Esm3Structure.Geometry
 open Esm3Structure.Tensors
@@ -79,20 +80,40 @@ type InvariantPointAttention(config: InvariantPointAttentionConfig) as this =
     let q_points = torch.nn.Linear(d, h * config.PointQk * 3L)
     let k_points = torch.nn.Linear(d, h * config.PointQk * 3L)
     let v_points = torch.nn.Linear(d, h * config.PointV * 3L)
-    // softplus⁻¹(1) = ln(e − 1): γ_h starts at 1 (AlphaFold2 supplement §1.8.2). Init.reset sets 1-D
-    // non-weight parameters to 0 (γ = ln 2), which only rescales the point term at the start.
+
     let head_weights =
-        torch.nn.Parameter(torch.full ([| h |], (Math.Log(Math.E - 1.0)).ToScalar(), dtype = torch.float32))
+        torch.nn.Parameter(
+            torch.full ([| h |], InvariantPointAttention.HeadWeightStart.ToScalar(), dtype = torch.float32)
+        )
 
     let relative_position = torch.nn.Embedding(2L * config.MaxOffset + 1L, h)
     let out = torch.nn.Linear(InvariantPointAttentionConfig.outputWidth config, d)
 
     do this.RegisterComponents()
 
+    /// softplus⁻¹(1) = ln(e − 1): the head weights' start, so that γ_h starts at 1 (AlphaFold2 supplement §1.8.2).
+    static member HeadWeightStart: float = Math.Log(Math.E - 1.0)
+
     member _.Config = config
 
     /// The output projection (`out`), which AlphaFold2 initialises to zero.
-    member _.OutputProjection: torch.nn.Module = out
+    member _.OutputProjection: Linear = out
+
+    /// AlphaFold2's rules (supplement §1.8.2, §1.11.4): `head_weights` softplus⁻¹(1); the six input projections
+    /// PyTorch's linear default (uniform in ±1/sqrt(d), biases 0); `out` zero ("final", no draw), so the layer
+    /// starts by adding nothing. `relative_position` is uniform in ±1/sqrt(H), the rule training has always drawn
+    /// it by (the bias rows as a fan-in-H matrix, not an embedding's N(0, 1)).
+    interface IInitialise with
+        member _.Initialise generator =
+            Init.constant InvariantPointAttention.HeadWeightStart head_weights
+            Init.linear generator q
+            Init.linear generator k
+            Init.linear generator v
+            Init.linear generator q_points
+            Init.linear generator k_points
+            Init.linear generator v_points
+            Init.uniformFanIn generator relative_position.weight
+            Init.zeroLinear out
 
     /// Attention of every residue over the allowed residues of its row. `frames` are in the module's length unit
     /// (the structure module's: nm). Shapes: s [B, L, d], frames [B, L], allowed [B, L] bool (keys that may be

@@ -57,6 +57,12 @@ type ReparameterisedCodebook(config: QuantizerConfig, generator: torch.Generator
         with get () = needsInit
         and set v = needsInit <- v
 
+    /// The base uniform in ±1/sqrt(D) and `linear_proj` PyTorch's linear default with bias 0 (a redraw of the
+    /// constructor's values: the rules every initialised model has trained from; frozen parts stay frozen).
+    override _.InitialiseParameters generator =
+        Init.uniformFanIn generator codebook.weight
+        Init.linear generator linear_proj
+
     override _.Config = config
     override _.Codes = linear_proj.forward (codebook.weight)
     override _.RestartCount = 0L

@@ -207,6 +207,17 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
 
     member _.Config = config
 
+    /// Each sub-layer's own rules (`MultiHeadAttention`, `GeometricAttention`, `FeedForward.initialise`).
+    interface IInitialise with
+        member _.Initialise generator =
+            if not (isNull attn) then
+                Init.initialise generator (box attn :?> IInitialise)
+
+            if not (isNull geom_attn) then
+                Init.initialise generator (box geom_attn :?> IInitialise)
+
+            FeedForward.initialise generator ffn
+
     /// The geometric sub-layer's input.
     member private _.GeometricInput(x: torch.Tensor, context: BlockContext) =
         match context.Geometry with
@@ -295,6 +306,14 @@ type TransformerStack(config: TransformerStackConfig) as this =
             scope.MoveToOuter(block.forward (h, context))
 
     member _.Config = config
+
+    /// Every block's own rules, then the final LayerNorm (weight 1).
+    interface IInitialise with
+        member _.Initialise generator =
+            for block in blocks do
+                Init.initialise generator block
+
+            Init.layerNormOrIdentity norm
 
     /// The normalised output and the stream before the final norm.
     /// Shapes: x [B, L, d] -> [B, L, d], [B, L, d]

@@ -102,6 +102,14 @@ type VectorQuantizer(name: string) =
     /// Codes re-seeded so far (dead-code restarts).
     abstract RestartCount: int64
 
+    /// Sets the learned parameters by the quantizer's own rules, drawing from `generator`; nothing by default (the
+    /// EMA and finite quantizers hold buffers only, set at construction).
+    abstract InitialiseParameters: generator: torch.Generator -> unit
+    default _.InitialiseParameters _ = ()
+
+    interface IInitialise with
+        member this.Initialise generator = this.InitialiseParameters generator
+
     /// ESM's `dictionary_lookup`. Shapes: indices [*] int64 -> [*, D]
     member this.DictionaryLookup(indices: torch.Tensor) = Codebook.lookup this.Codes indices
 

@@ -207,7 +207,7 @@ module CausalLmTraining =
 
         do
             use generator = new torch.Generator(uint64 config.Trainer.Seed)
-            Init.reset generator model
+            Init.initialise generator model
             model.SetOutputBias(CausalLmData.unigramLogProbs train)
             model.``to`` device |> ignore
 

@@ -21,8 +21,9 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
 
     do
         this.RegisterComponents()
-        Init.reset generator this
-        decoder.ZeroFinalLayers()
+        Init.initialise generator encoder
+        Init.initialise generator decoder
+        Init.linear generator post_quant_proj
 
     member _.Encoder = encoder
     member _.Decoder = decoder

@@ -20,7 +20,7 @@ let private designer () =
     let model = new MultiTrackModel(tinyConfig, g)
     let encoder = TokenizerFixtures.smallEncoder 5UL
     let decoder = new StructureDecoder(StructureDecoderConfig.small)
-    Esm3Structure.Nn.Init.reset g decoder
+    Esm3Structure.Nn.Init.initialise g decoder
     decoder.ConfidenceTrained <- false
 
     {

@@ -220,7 +220,7 @@ let tests =
                 "a structure decoded from tokens: the decoder's backbone, pLDDT and pTM only as the decoder's metadata allows" {
                 use decoder = new StructureDecoder(StructureDecoderConfig.small)
                 use g = new torch.Generator(3UL)
-                Esm3Structure.Nn.Init.reset g decoder
+                Esm3Structure.Nn.Init.initialise g decoder
                 decoder.eval ()
 
                 let p =

@@ -76,7 +76,7 @@ let private boolsOf (t: torch.Tensor) =
 let private smallDecoder (seed: uint64) =
     let g = new torch.Generator(seed)
     let m = new StructureDecoder(StructureDecoderConfig.small)
-    Init.reset g m
+    Init.initialise g m
     m.eval ()
     m
 

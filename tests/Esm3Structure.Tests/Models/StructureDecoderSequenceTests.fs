@@ -25,7 +25,7 @@ let private tiny =
 let private decoder (sequenceInput: bool) (seed: uint64) =
     let m = new StructureDecoder(tiny, sequenceInput)
     use g = new torch.Generator(seed)
-    Init.reset g m
+    Init.initialise g m
     m.eval ()
     m
 

@@ -33,7 +33,7 @@ let private loadable = { tiny with DModel = 64L; Heads = 1L }
 let private decoder (config: StructureDecoderConfig) (dtype: torch.ScalarType) (seed: uint64) =
     let m = new StructureDecoder(config)
     m.``to`` dtype |> ignore
-    Init.reset (new torch.Generator(seed)) m
+    Init.initialise (new torch.Generator(seed)) m
     m
 
 /// BOS, codes drawn from the generator, EOS. Shapes: -> [n + 2]

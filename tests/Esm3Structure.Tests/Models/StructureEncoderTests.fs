@@ -35,7 +35,7 @@ let private smallOf (neighbourGeometry: bool, globalLayers: int) (dtype: torch.S
 
     let g = new torch.Generator(seed)
     let m = new StructureEncoder(config, g)
-    Init.reset g m
+    Init.initialise g m
 
     do
         use _ = torch.no_grad ()
@@ -374,7 +374,7 @@ let tests =
 
                 let g = new torch.Generator(3UL)
                 use m = new StructureEncoder(config, g)
-                Init.reset g m
+                Init.initialise g m
                 m.eval ()
                 let path = dir.File "encoder.safetensors"
                 Checkpoint.save path m (readOnlyDict [ StructureEncoderCheckpoint.FiniteLevelsMetadataKey, "8,5,5,5" ])

@@ -266,7 +266,7 @@ let tests =
                 for bias in [ false; true ] do
                     let head = new PairwisePredictionHead(12L, 10L, 14L, 9L, bias)
                     head.``to`` torch.float64 |> ignore
-                    Init.reset g head
+                    Init.initialise g head
                     let sd = head.state_dict ()
 
                     let p (name: string) =
@@ -308,7 +308,7 @@ let tests =
 
                 let head = make ()
                 head.``to`` torch.float64 |> ignore
-                Init.reset (new torch.Generator(11UL)) head
+                Init.initialise (new torch.Generator(11UL)) head
                 let swapped = make ()
                 swapped.``to`` torch.float64 |> ignore
                 let sd = head.state_dict ()

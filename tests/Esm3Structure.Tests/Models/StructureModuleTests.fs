@@ -24,8 +24,20 @@ let private attention =
 let private ipa (dtype: torch.ScalarType) (seed: uint64) =
     let m = new InvariantPointAttention(attention)
     m.``to`` dtype |> ignore
-    Init.reset (new torch.Generator(seed)) m
+    let g = new torch.Generator(seed)
+    Init.initialise g m
+    // AlphaFold2 starts `out` at zero (the layer adds nothing); these tests need an output that depends on the input.
+    Init.linear g m.OutputProjection
     m
+
+/// Every parameter moved by N(0, 0.1²) noise from `seed`: the final layers that AlphaFold2 starts at zero (which make
+/// every round the identity update) then move the frames too.
+let private perturb (seed: uint64) (m: torch.nn.Module) =
+    use _ = torch.no_grad ()
+    let g = new torch.Generator(seed)
+
+    for p in m.parameters () do
+        p.add_ (0.1 * torch.randn (p.shape, dtype = p.dtype, generator = g)) |> ignore
 
 /// Every frame of `f` moved by one rigid motion g: g ∘ T_i. Shapes: Frame [B, L] -> Frame [B, L]
 let private movedBy (g: Frame) (f: Frame) = Frame.compose (Frame.unsqueeze 1L g) f
@@ -96,7 +108,8 @@ let tests =
                     }
 
                 use m = new StructureModule(config)
-                Init.reset (new torch.Generator(5UL)) m
+                Init.initialise (new torch.Generator(5UL)) m
+                perturb 15UL m
 
                 let s =
                     torch.randn ([| 2L; 9L; attention.DModel |], generator = new torch.Generator(6UL))
@@ -120,7 +133,8 @@ let tests =
                     }
 
                 use decoder = new StructureDecoder(decoderConfig)
-                Init.reset (new torch.Generator(7UL)) decoder
+                Init.initialise (new torch.Generator(7UL)) decoder
+                perturb 17UL decoder
                 let keys = Checkpoint.stateDict decoder |> List.map (fun (k, t) -> k, t.shape)
                 Expect.sequenceEqual keys (StructureDecoderCheckpoint.expectedKeys decoderConfig) "keys in order"
                 use dir = new TempDir()
@@ -149,8 +163,7 @@ let tests =
                         }
                     )
 
-                Init.reset (new torch.Generator(2UL)) m
-                m.ZeroFinalLayers()
+                Init.initialise (new torch.Generator(2UL)) m
                 let s = torch.randn ([| 2L; 7L; 24L |], generator = new torch.Generator(3UL))
                 let rounds = m.Rounds(s, torch.ones ([| 2L; 7L |], dtype = torch.ScalarType.Bool))
                 let identity = Frame.identity [| 2L; 7L |] torch.float32 torch.CPU
@@ -175,7 +188,7 @@ let tests =
                     }
 
                 use chained = new StructureDecoder(config)
-                Init.reset (new torch.Generator(5UL)) chained
+                Init.initialise (new torch.Generator(5UL)) chained
                 use absolute = new StructureDecoder({ config with ChainFrames = false })
                 use dir = new TempDir()
                 let path = dir.File "decoder.safetensors"

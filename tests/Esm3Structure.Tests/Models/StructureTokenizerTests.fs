@@ -136,7 +136,7 @@ let tests =
                 let t = StructureTokenizer.tokenize encoder chain
                 let g = new torch.Generator(9UL)
                 use decoder = new StructureDecoder(StructureDecoderConfig.small)
-                Init.reset g decoder
+                Init.initialise g decoder
                 decoder.eval ()
 
                 let d =

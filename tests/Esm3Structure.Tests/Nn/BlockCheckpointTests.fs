@@ -86,6 +86,13 @@ let private cases: (string * (unit -> torch.nn.Module) * (torch.nn.Module -> tor
         (fun m -> (m :?> CausalLm).forward(torch.tensor([| 0L; 5L; 9L; 2L |]).unsqueeze 0L))
     ]
 
+/// A block's own rules: `IInitialise`, or `FeedForward.initialise` for the feed-forward network (a `Sequential`).
+let private initialise (generator: torch.Generator) (m: torch.nn.Module) =
+    match box m with
+    | :? IInitialise as i -> i.Initialise generator
+    | :? torch.nn.Module<torch.Tensor, torch.Tensor> as ffn -> FeedForward.initialise generator ffn
+    | _ -> failwithf "no initialisation rules for %s" (m.GetType().Name)
+
 [<Tests>]
 let tests =
     testList
@@ -99,7 +106,7 @@ let tests =
                     use _ = torch.NewDisposeScope()
                     use dir = new TempDir()
                     let source = create ()
-                    Init.reset (new torch.Generator(17UL)) source
+                    initialise (new torch.Generator(17UL)) source
                     // Non-default values everywhere, including the geometric per-head scales.
                     for struct (_, p) in source.named_parameters () do
                         use _ = torch.no_grad ()

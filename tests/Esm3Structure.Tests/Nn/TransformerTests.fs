@@ -21,11 +21,11 @@ let private tinyGeometric =
         VHeads = 4L
     }
 
-/// A float64 stack with random weights (`Init.reset`) and non-zero geometric scales, so both score terms matter.
+/// A float64 stack with random weights (`Init.initialise`) and non-zero geometric scales, so both score terms matter.
 let private randomStack (config: TransformerStackConfig) (g: torch.Generator) =
     let m = new TransformerStack(config)
     m.``to`` (torch.float64) |> ignore
-    Init.reset g m
+    Init.initialise g m
 
     for struct (name, p) in m.named_parameters () do
         if name.EndsWith "_per_head" then
@@ -100,7 +100,7 @@ let tests =
 
                 use block = new TransformerBlock(config)
                 block.``to`` (torch.float64) |> ignore
-                Init.reset (new torch.Generator(4UL)) block
+                Init.initialise (new torch.Generator(4UL)) block
 
                 let x =
                     torch.randn ([| 2L; 5L; 24L |], dtype = torch.float64, generator = new torch.Generator(1UL))
@@ -117,11 +117,11 @@ let tests =
                     (h + ffn.forward h / 2.5)
             }
 
-            test "Init.reset is deterministic for a seed and differs across seeds" {
+            test "Init.initialise is deterministic for a seed and differs across seeds" {
                 use a = new TransformerStack(tiny)
                 use b = new TransformerStack(tiny)
-                Init.reset (new torch.Generator(3UL)) a
-                Init.reset (new torch.Generator(3UL)) b
+                Init.initialise (new torch.Generator(3UL)) a
+                Init.initialise (new torch.Generator(3UL)) b
 
                 let same =
                     Seq.forall2
@@ -131,7 +131,7 @@ let tests =
                         (b.parameters ())
 
                 Expect.isTrue same "same seed, same parameters"
-                Init.reset (new torch.Generator(4UL)) b
+                Init.initialise (new torch.Generator(4UL)) b
 
                 Expect.isFalse
                     (a

@@ -29,7 +29,7 @@ module TokenizerFixtures =
     let smallEncoder (seed: uint64) =
         let g = new torch.Generator(seed)
         let m = new StructureEncoder(smallEncoderConfig, g)
-        Init.reset g m
+        Init.initialise g m
 
         do
             use _ = torch.no_grad ()
@@ -50,5 +50,5 @@ module TokenizerFixtures =
     let writeDecoder (path: string) (seed: uint64) =
         let g = new torch.Generator(seed)
         use m = new StructureDecoder(StructureDecoderConfig.small)
-        Init.reset g m
+        Init.initialise g m
         Checkpoint.save path m null

@@ -67,7 +67,7 @@ let private examples =
              }
 
          use encoder = new StructureEncoder(encoderConfig, g)
-         Nn.Init.reset g encoder
+         Nn.Init.initialise g encoder
          encoder.eval ()
          let providers = TrackProviders.withStructureEncoder encoder
          chains.Value |> Array.map (MultiTrackData.ofChain providers))
@@ -77,29 +77,6 @@ let tests =
     testList
         "Training/MultiTrackTraining"
         [
-            test "presets are valid and the config serialises to JSON" {
-                for c in [ MultiTrackTrainConfig.small; MultiTrackTrainConfig.smoke; tiny ] do
-                    Expect.isEmpty (Validation.errors (MultiTrackTrainConfig.validate c)) "valid"
-
-                let json =
-                    JsonDocument.Parse(MultiTrackTrainConfig.toJson MultiTrackTrainConfig.small).RootElement
-
-                Expect.equal (json.GetProperty("Model").GetProperty("DModel").GetInt64()) 192L "d"
-                Expect.equal (json.GetProperty("CropLength").GetInt32()) 128 "crop"
-                Expect.equal (json.GetProperty("Trainer").GetProperty("BatchSize").GetInt32()) 16 "batch"
-                let seq = json.GetProperty("Masking").GetProperty("Sequence")
-                Expect.equal (seq.GetProperty("Schedule").GetString()) "betalinear30" "schedule"
-
-                Expect.equal
-                    (json.GetProperty("Masking").GetProperty("Ss8").GetProperty("Dropout").GetDouble())
-                    0.9
-                    "dropout"
-
-                Expect.isNonEmpty
-                    (Validation.errors (MultiTrackTrainConfig.validate { tiny with CropLength = 0 }))
-                    "bad crop"
-            }
-
             test "examples come from chains and providers; a wrong track is an InputException naming it" {
                 let e = examples.Value.[0]
                 let c = chains.Value.[0]

@@ -38,7 +38,7 @@ let private writeEncoder (path: string) =
     use _ = torch.NewDisposeScope()
     use g = new torch.Generator(11UL)
     use encoder = new StructureEncoder(config, g)
-    Init.reset g encoder
+    Init.initialise g encoder
     encoder.train ()
     let b = TokenizerData.batch [| TokenizerData.ofChain chains.Value.[1] |]
     encoder.Encode(b.Backbone, b.ResidueIndex, b.Padding, null) |> ignore
@@ -91,100 +91,6 @@ let tests =
     testList
         "Training/Stage2Training"
         [
-            test "presets are valid once an encoder is named; the config serialises with its stage" {
-                Expect.isEmpty
-                    (Validation.errors
-                     <| Stage2TrainConfig.validate
-                         { Stage2TrainConfig.small with
-                             Encoder = "e"
-                         })
-                    "small"
-
-                Expect.isEmpty
-                    (Validation.errors
-                     <| Stage2TrainConfig.validate
-                         { Stage2TrainConfig.smoke with
-                             Encoder = "e"
-                         })
-                    "smoke"
-
-                let errors = Validation.errors (Stage2TrainConfig.validate Stage2TrainConfig.small)
-                Expect.exists errors (fun e -> e.StartsWith "Encoder") "no encoder named"
-                Expect.equal Stage2TrainConfig.small.Decoder.Layers 6 "6 blocks"
-                Expect.equal Stage2TrainConfig.small.Decoder.DModel 128L "width 128"
-                Expect.equal Stage2TrainConfig.small.Trainer.Steps 2000 "2k steps"
-
-                let json =
-                    JsonDocument
-                        .Parse(
-                            Stage2TrainConfig.toJson
-                                { Stage2TrainConfig.small with
-                                    Encoder = "enc"
-                                }
-                        )
-                        .RootElement
-
-                Expect.equal (json.GetProperty("Stage").GetInt32()) 2 "stage"
-                Expect.equal (json.GetProperty("Encoder").GetString()) "enc" "encoder path"
-                Expect.equal (json.GetProperty("Decoder").GetProperty("Layers").GetInt32()) 6 "layers"
-
-                let stage1 =
-                    JsonDocument.Parse(TokenizerTrainConfig.toJson TokenizerTrainConfig.smoke).RootElement
-
-                Expect.equal (stage1.GetProperty("Stage").GetInt32()) 1 "stage 1 records its stage"
-            }
-
-            test "examples: backbone-only files keep slots 0–3 only; batches wrap tokens in BOS/EOS and pad" {
-                use _ = torch.NewDisposeScope()
-                let chain = chains.Value.[0]
-                let full = Stage2Data.ofChain true chain
-                let bbOnly = Stage2Data.ofChain false chain
-                let l = full.Length
-                Expect.isTrue (full.Atom14Mask |> Array.exists id) "atoms"
-
-                for i in 0 .. l - 1 do
-                    for k in 0..13 do
-                        Expect.equal full.Atom14Mask.[i * 14 + k] chain.Atom14Mask.[i, k] "full: the file's atoms"
-                        Expect.equal bbOnly.Atom14Mask.[i * 14 + k] (chain.Atom14Mask.[i, k] && k < 4) "backbone only"
-
-                let a = Stage2Data.crop 3 5 full
-                let b = Stage2Data.crop 10 3 full
-                let ta = [| 1L; 2L; 3L; 4L; 5L |]
-                let tb = [| 6L; 7L; 8L |]
-                let batch = Stage2Data.batch [| a; b |] [| ta; tb |]
-
-                Expect.sequenceEqual
-                    (batch.Tokens.data<int64>().ToArray())
-                    [|
-                        StructureTokens.Bos
-                        1L
-                        2L
-                        3L
-                        4L
-                        5L
-                        StructureTokens.Eos
-                        StructureTokens.Bos
-                        6L
-                        7L
-                        8L
-                        StructureTokens.Eos
-                        StructureTokens.Pad
-                        StructureTokens.Pad
-                    |]
-                    "token rows"
-
-                let seqIn = batch.SequenceInput.data<int64>().ToArray()
-                Expect.equal seqIn.[0] -1L "BOS has no residue"
-                Expect.equal seqIn.[1] full.Restypes.[3] "residue 3"
-                Expect.sequenceEqual seqIn.[11..13] [| -1L; -1L; -1L |] "EOS and PAD have no residue"
-                Expect.sequenceEqual batch.Atom14.shape [| 2L; 5L; 14L; 3L |] "atom14"
-                Expect.isFalse (batch.Atom14Mask.[1L, 4L].any().ToBoolean()) "no atoms in padding"
-
-                Expect.throwsT<ArgumentException>
-                    (fun () -> Stage2Data.batch [| a |] [| tb |] |> ignore)
-                    "token count must match"
-            }
-
             test "a tiny stage-2 run lowers the loss, keeps the encoder frozen, and writes checkpoints that load" {
                 use _ = torch.NewDisposeScope()
                 use dir = new TempDir()

@@ -13,7 +13,7 @@ open Esm3Structure.App
 let private decoder (seed: uint64) =
     let g = new torch.Generator(seed)
     let m = new StructureDecoder(StructureDecoderConfig.small)
-    Init.reset g m
+    Init.initialise g m
     m.eval ()
     m
 
