@@ -5,7 +5,6 @@ open System.Collections.Generic
 open System.Text.RegularExpressions
 open TorchSharp
 open Esm3Structure
-open Esm3Structure.Io
 
 /// ESM3's function-keyword track (evolutionaryscale/esm `esm/tokenization/function_tokenizer.py`,
 /// `esm/utils/function/tfidf.py`, `esm/utils/function/lsh.py`; ESM3-REFERENCE.md §8.5). Per residue, the labels
@@ -364,109 +363,6 @@ module FunctionTokenizer =
             Array.init (n - 2) (fun r -> decodeRow (r + 1))
         else
             Array.init n decodeRow
-
-    // ---- files ----
-
-    /// Loads the tokenizer's files (formats in the module's summary); `interProPath` may be null or empty for none.
-    /// Every problem raises an `InputException` naming the file and the line, term or tensor: an empty or repeated
-    /// term, a count mismatch between terms and `idf`, a non-positive or non-finite IDF, `hyperplanes` not
-    /// [8, 8, V] or not finite, a missing or unexpected tensor, a malformed InterPro line. The returned data owns a
-    /// tensor detached from any dispose scope: dispose the data (it is `IDisposable`) when done.
-    let load (keywordsPath: string) (tensorsPath: string) (interProPath: string) : FunctionTokenizerData =
-        let lines = FunctionTokenizerFiles.readLines keywordsPath
-
-        let terms =
-            if lines.Length > 0 && lines.[lines.Length - 1] = "" then
-                lines.[.. lines.Length - 2]
-            else
-                lines
-
-        let interPro =
-            if String.IsNullOrEmpty interProPath then
-                Dictionary<string, string[]>() :> IReadOnlyDictionary<_, _>
-            else
-                FunctionTokenizerFiles.readInterPro interProPath
-
-        let file = Safetensors.read tensorsPath
-        let tensors = dict file.Tensors
-
-        try
-            for name, _ in file.Tensors do
-                if name <> "idf" && name <> "hyperplanes" then
-                    InputError.raise
-                        tensorsPath
-                        (InputLocation.Field name)
-                        "unexpected tensor (expected only 'idf' and 'hyperplanes')"
-
-            for name in [ "idf"; "hyperplanes" ] do
-                if not (tensors.ContainsKey name) then
-                    InputError.raise tensorsPath (InputLocation.Field name) "missing tensor"
-
-            let idfT = tensors.["idf"]
-            let h = tensors.["hyperplanes"]
-            let v = int64 terms.Length
-
-            if idfT.shape <> [| v |] then
-                InputError.raise
-                    tensorsPath
-                    (InputLocation.Field "idf")
-                    (sprintf "expected [%d] (one per term of %s), got %s" v keywordsPath (Tensors.Shape.show idfT.shape))
-
-            if h.shape <> [| int64 Depth; int64 BitsPerToken; v |] then
-                InputError.raise
-                    tensorsPath
-                    (InputLocation.Field "hyperplanes")
-                    (sprintf "expected [8, 8, %d], got %s" v (Tensors.Shape.show h.shape))
-
-            let idf = FunctionTokenizerFiles.toFloats tensorsPath "idf" idfT
-            let planes = FunctionTokenizerFiles.toFloats tensorsPath "hyperplanes" h
-
-            if planes |> Array.exists (fun x -> not (Double.IsFinite x)) then
-                InputError.raise tensorsPath (InputLocation.Field "hyperplanes") "non-finite value"
-
-            match KeywordVocabulary.problem terms idf with
-            | Some(i, message) when message.StartsWith "IDF" ->
-                InputError.raise tensorsPath (InputLocation.Field "idf") (sprintf "entry %d: %s" i message)
-            | Some(i, message) -> InputError.raise keywordsPath (InputLocation.Line(i + 1)) message
-            | None -> ()
-
-            {
-                Vocabulary = createVocabulary keywordsPath terms idf interPro
-                Tables =
-                    {
-                        Hyperplanes =
-                            torch
-                                .tensor(planes, dtype = torch.float64)
-                                .reshape(int64 Depth, int64 BitsPerToken, v)
-                                .DetachFromDisposeScope()
-                    }
-            }
-        finally
-            for _, t in file.Tensors do
-                t.Dispose()
-
-    /// Writes the files `load` reads (each atomically); `interProPath` may be null or empty to skip the InterPro file.
-    /// A keyword of an InterPro entry containing a comma, tab or line break raises an `ArgumentException`.
-    let save (keywordsPath: string) (tensorsPath: string) (interProPath: string) (data: FunctionTokenizerData) : unit =
-        let vocab = data.Vocabulary
-        FunctionTokenizerFiles.writeLines keywordsPath vocab.Terms
-        use idf = torch.tensor (vocab.Idf, dtype = torch.float64)
-        use h = data.Tables.Hyperplanes.to_type torch.float64
-        Safetensors.write tensorsPath [ "idf", idf; "hyperplanes", h ] null
-
-        if not (String.IsNullOrEmpty interProPath) then
-            let lines =
-                vocab.InterProKeywords
-                |> Seq.sortBy (fun kv -> kv.Key)
-                |> Seq.map (fun kv ->
-                    for k in kv.Value do
-                        if k.IndexOfAny [| ','; '\t'; '\n'; '\r' |] >= 0 then
-                            raise (ArgumentException(sprintf "%s: keyword '%s' contains a separator" kv.Key k, "data"))
-
-                    kv.Key + "\t" + String.Join(",", kv.Value))
-                |> Array.ofSeq
-
-            FunctionTokenizerFiles.writeLines interProPath lines
 
     /// A small deterministic tokenizer for tests and demos: terms `kw0`, `kw1`, … with IDF in [1, 5); `interProCount`
     /// entries `IPR000001`, … each mapped to 1–4 terms (plus, for every third entry, a term outside the vocabulary);

@@ -6,7 +6,7 @@ open TorchSharp
 
 /// The keyword vocabulary of the function track: terms (index = term id), each term's IDF weight, and the keywords of
 /// each InterPro entry. Built by `FunctionTokenizer.createVocabulary` (which validates) or loaded by
-/// `FunctionTokenizer.load`.
+/// `FunctionTokenizerFiles.load`.
 [<Sealed>]
 type KeywordVocabulary internal (terms: string[], idf: float[], interProKeywords: IReadOnlyDictionary<string, string[]>)
     =
@@ -67,7 +67,7 @@ type FunctionToken =
     | Hash of values: int[]
 
 /// Checks on a `KeywordVocabulary`'s terms and IDF weights, shared by `FunctionTokenizer.createVocabulary` and
-/// `FunctionTokenizer.load`.
+/// `FunctionTokenizerFiles.load`.
 module internal KeywordVocabulary =
 
     /// The first problem with terms and IDF, if any: (term index, message).
