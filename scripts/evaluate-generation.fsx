@@ -109,7 +109,7 @@ Cli.run<Args>
             }
 
         let config =
-            { GenerationConfig.Esm GenerationTrack.Sequence with
+            { GenerationConfig.esm3 GenerationTrack.Sequence with
                 Steps = steps
                 Strategy = strategy
                 Schedule = schedule

@@ -47,11 +47,11 @@ Cli.run<Args> "fuzz.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             | None -> raise (ArgumentException(sprintf "--format: unknown format '%s'" name))
 
     let config =
-        { Fuzz.defaultConfig with
-            Cases = args.GetResult(Cases, defaultValue = Fuzz.defaultConfig.Cases)
-            Seed = args.GetResult(Seed, defaultValue = Fuzz.defaultConfig.Seed)
-            MaxInputBytes = args.GetResult(Max_Bytes, defaultValue = Fuzz.defaultConfig.MaxInputBytes)
-            TimeLimitMs = args.GetResult(Time_Limit, defaultValue = Fuzz.defaultConfig.TimeLimitMs)
+        { FuzzConfig.defaults with
+            Cases = args.GetResult(Cases, defaultValue = FuzzConfig.defaults.Cases)
+            Seed = args.GetResult(Seed, defaultValue = FuzzConfig.defaults.Seed)
+            MaxInputBytes = args.GetResult(Max_Bytes, defaultValue = FuzzConfig.defaults.MaxInputBytes)
+            TimeLimitMs = args.GetResult(Time_Limit, defaultValue = FuzzConfig.defaults.TimeLimitMs)
         }
 
     let data =

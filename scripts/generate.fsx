@@ -122,7 +122,7 @@ Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filte
     GenerationPrompt.checkSteps track steps masked
 
     let config =
-        { GenerationConfig.Esm track with
+        { GenerationConfig.esm3 track with
             Steps = steps
             Temperature = temperature
             TopP = topP

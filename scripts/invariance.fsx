@@ -28,8 +28,8 @@ Cli.run<Args> "invariance.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args -
         args.GetResult(Data, defaultValue = System.IO.Path.Combine(Cli.sharedData __SOURCE_DIRECTORY__, "small"))
 
     let config =
-        { InvarianceConfig.Default with
-            Motions = args.GetResult(Motions, defaultValue = InvarianceConfig.Default.Motions)
+        { InvarianceConfig.defaults with
+            Motions = args.GetResult(Motions, defaultValue = InvarianceConfig.defaults.Motions)
             Seed = uint64 (args.GetResult(Seed, defaultValue = 0))
             Device = Cli.device (args.GetResult(Device, defaultValue = "cpu"))
         }

@@ -60,7 +60,7 @@ Cli.run<Args> "pair-head-probe.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun a
     let batch = TokenizerData.batch examples
 
     let small =
-        { PairHeadProbeConfig.Small with
+        { PairHeadProbeConfig.small with
             Steps = steps
             LogEvery = max 1 (steps / 10)
         }

@@ -38,7 +38,7 @@ using (var model = new MultiTrackModel(MultiTrackConfigModule.small, generator))
 {
     var designer = ProteinDesigner.Of(model, null, null);
     var prompt = ProteinModule.ofSequence("prompt", "MKVLAAGG");
-    var config = GenerationConfig.Esm(GenerationTrack.Ss8);
+    var config = GenerationConfigModule.esm3(GenerationTrack.Ss8);
     Protein[] samples = ProteinGeneration.generate(designer, config, 0, null, new[] { prompt, prompt });
     Protein[] back = ProteinModule.ofJson("memory.json", ProteinModule.toJson(samples));
     bool same = back.Length == 2 && back[0].SecondaryStructure == samples[0].SecondaryStructure;

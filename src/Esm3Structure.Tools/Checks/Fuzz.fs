@@ -19,17 +19,6 @@ open Esm3Structure.App
 /// `ExcessAllocation` is a reader bug.
 module Fuzz =
 
-    /// 2000 ms per case, allocation ≤ 64 × input + 4 MiB, inputs grown to at most 256 KiB.
-    let defaultConfig: FuzzConfig =
-        {
-            Cases = 500
-            Seed = 1
-            TimeLimitMs = 2000
-            AllocationFactor = 64L
-            AllocationSlack = 4L <<< 20
-            MaxInputBytes = 256 <<< 10
-        }
-
     /// Reads a case with the format's reader(s); returns the bytes of the native tensors it produced (which the
     /// managed allocation counter does not see).
     let private readWith (format: FuzzFormat) (path: string) : int64 =

@@ -78,6 +78,21 @@ type FuzzConfig =
         MaxInputBytes: int
     }
 
+/// Presets of `FuzzConfig`.
+module FuzzConfig =
+
+    /// 2000 ms per case, allocation ≤ 64 × input + 4 MiB, inputs grown to at most 256 KiB.
+    let defaults: FuzzConfig =
+        {
+            Cases = 500
+            Seed = 1
+            TimeLimitMs = 2000
+            AllocationFactor = 64L
+            AllocationSlack = 4L <<< 20
+            MaxInputBytes = 256 <<< 10
+        }
+
+
 /// A seed input: a real file's name (for messages) and bytes.
 type FuzzSeed =
     {

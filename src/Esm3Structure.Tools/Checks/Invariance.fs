@@ -28,8 +28,11 @@ type InvarianceConfig =
         Device: torch.Device
     }
 
+/// Presets of `InvarianceConfig`.
+module InvarianceConfig =
+
     /// 8 motions per chain, translations of σ = 100 Å, seed 0, CPU.
-    static member Default =
+    let defaults =
         {
             Motions = 8
             Seed = 0UL

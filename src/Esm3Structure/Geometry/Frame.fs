@@ -39,8 +39,11 @@ type BackboneFrameOptions =
         MaskDegenerate: bool
     }
 
+/// Presets of `BackboneFrameOptions`.
+module BackboneFrameOptions =
+
     /// ESM's construction exactly (`build_affine3d_from_coordinates`).
-    static member Esm =
+    let esm3 =
         {
             Eps = Rotation.EsmFrameEps
             MaxCoordinate = 1e6
@@ -48,10 +51,7 @@ type BackboneFrameOptions =
         }
 
     /// ESM's construction, plus masking of degenerate residues (the safe choice for untrusted input).
-    static member Strict =
-        { BackboneFrameOptions.Esm with
-            MaskDegenerate = true
-        }
+    let strict = { esm3 with MaskDegenerate = true }
 
 /// Pure functions over `Frame`s. Conventions and formulas: ESM3-REFERENCE.md §2.1–2.6
 /// (evolutionaryscale/esm `esm/utils/structure/affine3d.py`), here in any float dtype (ESM forces float32).
@@ -361,6 +361,6 @@ module Frame =
             Mask = framed
         }
 
-    /// `ofBackboneWith BackboneFrameOptions.Esm`. Shapes: [*, L, 3, 3] -> Frames [*, L], Mask [*, L]
+    /// `ofBackboneWith BackboneFrameOptions.esm3`. Shapes: [*, L, 3, 3] -> Frames [*, L], Mask [*, L]
     let ofBackbone (backbone: torch.Tensor) =
-        ofBackboneWith BackboneFrameOptions.Esm backbone
+        ofBackboneWith BackboneFrameOptions.esm3 backbone

@@ -61,7 +61,7 @@ type CausalLm(config: CausalLmConfig) as this =
 
     let transformer =
         new TransformerStack(
-            { TransformerStackConfig.Esm3 with
+            { TransformerStackConfig.esm3 with
                 DModel = config.DModel
                 Heads = config.Heads
                 Layers = config.Layers

@@ -188,7 +188,7 @@ type GenerationTrack =
     | Ss8
     | Sasa
 
-/// ESM's `GenerationConfig` (evolutionaryscale/esm `esm/sdk/api.py`), with its defaults in `GenerationConfig.Esm`.
+/// ESM's `GenerationConfig` (evolutionaryscale/esm `esm/sdk/api.py`), with its defaults in `GenerationConfig.esm3`.
 type GenerationConfig =
     {
         Track: GenerationTrack
@@ -208,9 +208,12 @@ type GenerationConfig =
         ConditionOnCoordinatesOnly: bool
     }
 
+/// Presets of `GenerationConfig`.
+module GenerationConfig =
+
     /// ESM's defaults for `track`: 20 steps, cosine schedule, random strategy, temperature 1 annealed, top-p 1, no
     /// invalid ids, conditioning on coordinates only.
-    static member Esm(track: GenerationTrack) =
+    let esm3 (track: GenerationTrack) =
         {
             Track = track
             Steps = 20

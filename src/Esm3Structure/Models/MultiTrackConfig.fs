@@ -90,7 +90,7 @@ module MultiTrackConfig =
 
     /// The trunk's `TransformerStackConfig` (ESM3: no biases, qk-LayerNorm, rotary, SwiGLU, unframed rows zeroed).
     let stack (c: MultiTrackConfig) : TransformerStackConfig =
-        { TransformerStackConfig.Esm3 with
+        { TransformerStackConfig.esm3 with
             DModel = c.DModel
             Heads = c.Heads
             VHeads = c.VHeads

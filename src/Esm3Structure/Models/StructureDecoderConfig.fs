@@ -89,7 +89,7 @@ module StructureDecoderConfig =
 
     /// The trunk's settings: ESM's `TransformerStack(d, H, 1, n_layers, scale_residue=False, n_layers_geom=0)`.
     let stack (c: StructureDecoderConfig) : TransformerStackConfig =
-        { TransformerStackConfig.Esm3 with
+        { TransformerStackConfig.esm3 with
             DModel = c.DModel
             Heads = c.Heads
             VHeads = 1L

@@ -115,7 +115,7 @@ module StructureEncoderConfig =
     /// The geometric encoder stack's configuration: geometric attention only, biased, SwiGLU, no residual scale,
     /// no final norm (ESM's `GeometricEncoderStack`).
     let stack (c: StructureEncoderConfig) : TransformerStackConfig =
-        { TransformerStackConfig.Esm3 with
+        { TransformerStackConfig.esm3 with
             DModel = c.DModel
             Heads = 1L
             VHeads = c.VHeads
@@ -141,6 +141,6 @@ module StructureEncoderConfig =
             GeometricLayers = c.GlobalLayers
             MaskAndZeroFrameless = true
             QkLayerNorm = true
-            Rotary = Some RotaryConfig.Esm
+            Rotary = Some RotaryConfig.esm3
             PlainAttention = true
         }

@@ -106,18 +106,21 @@ type AttentionConfig =
         Rotary: RotaryConfig option
     }
 
+/// Presets and checks of `AttentionConfig`.
+module AttentionConfig =
+
     /// ESM3's trunk attention (d 1536, 24 heads).
-    static member Esm3 =
+    let esm3 =
         {
             DModel = 1536L
             Heads = 24L
             Bias = false
             QkLayerNorm = true
-            Rotary = Some RotaryConfig.Esm
+            Rotary = Some RotaryConfig.esm3
         }
 
     /// The config, or the errors naming each bad field (`Validation`).
-    static member Validate(c: AttentionConfig) =
+    let validate (c: AttentionConfig) =
         [
             if c.DModel <= 0L then
                 "DModel must be positive"
@@ -137,7 +140,7 @@ type AttentionConfig =
 type MultiHeadAttention(config: AttentionConfig) as this =
     inherit torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor>("MultiHeadAttention")
 
-    do Validation.check "attention" (AttentionConfig.Validate config) |> ignore
+    do Validation.check "attention" (AttentionConfig.validate config) |> ignore
 
     let d = config.DModel
 

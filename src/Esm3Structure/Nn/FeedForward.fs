@@ -23,8 +23,11 @@ type FeedForwardConfig =
         Kind: FeedForwardKind
     }
 
+/// Presets of `FeedForwardConfig`.
+module FeedForwardConfig =
+
     /// ESM3's trunk feed-forward (d 1536, r 8/3, no biases, SwiGLU).
-    static member Esm3 =
+    let esm3 =
         {
             DModel = 1536L
             ExpansionRatio = 8.0 / 3.0

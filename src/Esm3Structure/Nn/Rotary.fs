@@ -20,8 +20,11 @@ type RotaryConfig =
         Style: RotaryStyle
     }
 
+/// Presets of `RotaryConfig`.
+module RotaryConfig =
+
     /// ESM's rotary embedding: NeoX half-split, base 10000, the full head width rotated (ESM3-REFERENCE.md §3.1).
-    static member Esm =
+    let esm3 =
         {
             Base = 10000.0
             Style = RotaryStyle.HalfSplit

@@ -26,8 +26,11 @@ type TransformerBlockConfig =
         ResidualScale: float
     }
 
+/// Checks of `TransformerBlockConfig`.
+module TransformerBlockConfig =
+
     /// The config, or the errors naming each bad field (`Validation`).
-    static member Validate(c: TransformerBlockConfig) =
+    let validate (c: TransformerBlockConfig) =
         [
             if c.ResidualScale <= 0.0 then
                 "ResidualScale must be positive"
@@ -36,7 +39,7 @@ type TransformerBlockConfig =
             if c.UsePlainAttention then
                 yield!
                     Validation.errors (
-                        AttentionConfig.Validate
+                        AttentionConfig.validate
                             {
                                 DModel = c.DModel
                                 Heads = c.Heads
@@ -84,28 +87,6 @@ type TransformerStackConfig =
         FinalNorm: bool
     }
 
-    /// ESM3-open's trunk (`esm3_sm_open_v1`): d 1536, 24 heads, 256 vector heads, 48 layers, geometric attention in
-    /// block 0, residual scale sqrt(48/36).
-    static member Esm3 =
-        {
-            DModel = 1536L
-            Heads = 24L
-            VHeads = 256L
-            Layers = 48
-            GeometricLayers = 1
-            MaskAndZeroFrameless = true
-            GeometricImplementation = GeometricAttentionImpl.Reference
-            GeometricTerms = GeometricTerms.Both
-            Bias = false
-            QkLayerNorm = true
-            Rotary = Some RotaryConfig.Esm
-            FeedForward = FeedForwardKind.SwiGlu
-            ExpansionRatio = 8.0 / 3.0
-            ScaleResidue = true
-            PlainAttention = true
-            FinalNorm = true
-        }
-
     /// ESM's residual scale: sqrt(Layers / 36) when ScaleResidue, else 1 (ESM3-REFERENCE.md §3.4).
     static member ResidualScaleOf(c: TransformerStackConfig) =
         if c.ScaleResidue then
@@ -140,6 +121,31 @@ type TransformerStackConfig =
             ResidualScale = TransformerStackConfig.ResidualScaleOf c
         }
 
+/// Presets of `TransformerStackConfig`.
+module TransformerStackConfig =
+
+    /// ESM3-open's trunk (`esm3_sm_open_v1`): d 1536, 24 heads, 256 vector heads, 48 layers, geometric attention in
+    /// block 0, residual scale sqrt(48/36).
+    let esm3 =
+        {
+            DModel = 1536L
+            Heads = 24L
+            VHeads = 256L
+            Layers = 48
+            GeometricLayers = 1
+            MaskAndZeroFrameless = true
+            GeometricImplementation = GeometricAttentionImpl.Reference
+            GeometricTerms = GeometricTerms.Both
+            Bias = false
+            QkLayerNorm = true
+            Rotary = Some RotaryConfig.esm3
+            FeedForward = FeedForwardKind.SwiGlu
+            ExpansionRatio = 8.0 / 3.0
+            ScaleResidue = true
+            PlainAttention = true
+            FinalNorm = true
+        }
+
 /// The frames a geometric sub-layer reads (ESM's `affine`, `affine_mask`, `sequence_id`, `chain_id`).
 type FrameContext =
     {
@@ -172,7 +178,7 @@ type TransformerBlock(config: TransformerBlockConfig) as this =
     inherit torch.nn.Module<torch.Tensor, BlockContext, torch.Tensor>("TransformerBlock")
 
     do
-        Validation.check "transformer block" (TransformerBlockConfig.Validate config)
+        Validation.check "transformer block" (TransformerBlockConfig.validate config)
         |> ignore
 
     let attn: torch.nn.Module<torch.Tensor, AttentionMask, torch.Tensor> =

@@ -23,8 +23,11 @@ type PairHeadProbeConfig =
         Seed: int64
     }
 
+/// Presets of `PairHeadProbeConfig`.
+module PairHeadProbeConfig =
+
     /// The `small` tokenizer's head (d 128, P 32, H 64), both terms at ESM's weight 1, Adam at 1e-3 for 1,000 steps.
-    static member Small =
+    let small =
         {
             DModel = 128L
             Downproject = 32L

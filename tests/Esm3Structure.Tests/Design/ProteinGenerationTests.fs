@@ -64,7 +64,7 @@ let tests =
                             Sequence = s.Substring(0, 10) + String('_', 30) + s.Substring 40
                         }
 
-                    let config = sampled (GenerationConfig.Esm GenerationTrack.Sequence)
+                    let config = sampled (GenerationConfig.esm3 GenerationTrack.Sequence)
                     let out = (ProteinGeneration.generate d config 0 null [| prompt |]).[0]
                     Expect.equal out.Sequence.Length s.Length "length"
                     Expect.equal (out.Sequence.Substring(0, 10)) (s.Substring(0, 10)) "prefix kept"
@@ -88,7 +88,7 @@ let tests =
                 try
                     let a = Protein.ofSequence "a" (String('_', 30))
                     let b = Protein.ofSequence "b" ("MKV" + String('_', 20))
-                    let config = sampled (GenerationConfig.Esm GenerationTrack.Sequence)
+                    let config = sampled (GenerationConfig.esm3 GenerationTrack.Sequence)
 
                     let run seed prompts =
                         ProteinGeneration.generate d config seed null prompts
@@ -109,7 +109,7 @@ let tests =
 
                 try
                     let prompt = Protein.ofSequence "s" chain.Value.Sequence
-                    let config = sampled (GenerationConfig.Esm GenerationTrack.Structure)
+                    let config = sampled (GenerationConfig.esm3 GenerationTrack.Structure)
                     let calls = Collections.Generic.List<int * int * int>()
 
                     let out =
@@ -275,7 +275,7 @@ let tests =
                     let chains = [| chain.Value; StructureFile.read (Data.small "1lcd_A") None |]
 
                     let config =
-                        { GenerationConfig.Esm GenerationTrack.Sequence with
+                        { GenerationConfig.esm3 GenerationTrack.Sequence with
                             Steps = 3
                         }
 

@@ -130,7 +130,7 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                     // ε = 0: the exact construction. ESM's ε = 1e-10 inside the square root shifts the axes by ~1e-10.
                     let frames =
                         Frame.ofBackboneWith
-                            { BackboneFrameOptions.Esm with
+                            { BackboneFrameOptions.esm3 with
                                 Eps = 0.0
                             }
                             bb
@@ -316,7 +316,7 @@ let tests =
                 let esm = Frame.ofBackbone bb
                 Expect.isTrue (esm.Frames.R.isfinite().all().ToBoolean()) "finite"
                 Expect.sequenceEqual (esm.Mask.data<bool>().ToArray()) [| true; true; true |] "ESM keeps them framed"
-                let strict = Frame.ofBackboneWith BackboneFrameOptions.Strict bb
+                let strict = Frame.ofBackboneWith BackboneFrameOptions.strict bb
                 Expect.sequenceEqual (strict.Mask.data<bool>().ToArray()) [| false; false; true |] "strict masks them"
                 Expect.isTrue (strict.Frames.R.isfinite().all().ToBoolean()) "finite"
             }

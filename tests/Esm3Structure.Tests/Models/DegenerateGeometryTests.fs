@@ -113,11 +113,11 @@ let tests =
                 for dtype in [ torch.float32; torch.float64 ] do
                     let clean =
                         Frame.ofBackboneWith
-                            BackboneFrameOptions.Strict
+                            BackboneFrameOptions.strict
                             (ProteinChain.backbone dtype (StructureFile.read (Data.small "1ubq_A") None))
 
                     let bb = ProteinChain.backbone dtype (Degenerate.chain.Force())
-                    let strict = Frame.ofBackboneWith BackboneFrameOptions.Strict bb
+                    let strict = Frame.ofBackboneWith BackboneFrameOptions.strict bb
                     let before = boolsOf clean.Mask
                     let after = boolsOf strict.Mask
                     Expect.isTrue (Array.forall id before) "1ubq_A: every residue framed before the damage"

@@ -185,7 +185,7 @@ let tests =
                     let prompt = promptOf io name
 
                     let config =
-                        { GenerationConfig.Esm track with
+                        { GenerationConfig.esm3 track with
                             Steps = int (io.[name + ".steps"].[0L].ToInt64())
                             Strategy = UnmaskStrategy.Entropy
                             Temperature = 0.0
@@ -223,7 +223,7 @@ let tests =
                 let prompt = { prompt with Sequence = sequence }
 
                 let config =
-                    { GenerationConfig.Esm GenerationTrack.Sequence with
+                    { GenerationConfig.esm3 GenerationTrack.Sequence with
                         Steps = 7
                         TopP = 0.9
                     }

@@ -36,7 +36,7 @@ let private properties =
             Props.property "causal: the output at i does not change when any token after i changes" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let g = c.Generator()
-                let m = randomModule (small (Some RotaryConfig.Esm)) c.Seed
+                let m = randomModule (small (Some RotaryConfig.esm3)) c.Seed
                 let l = 9L
                 let x = torch.randn ([| 2L; l; 24L |], dtype = torch.float64, generator = g)
                 let i = int64 (c.Seed % uint64 (l - 1L))
@@ -76,7 +76,7 @@ let private properties =
                         "zero weight on padded keys"
 
                     Tol.close "rows sum to 1" 1e-12 (w.sum (-1L)) (torch.ones ([| 2L; 3L; l |], dtype = torch.float64))
-                    let m = randomModule (small (Some RotaryConfig.Esm)) c.Seed
+                    let m = randomModule (small (Some RotaryConfig.esm3)) c.Seed
                     let x = torch.randn ([| 2L; l; 24L |], dtype = torch.float64, generator = g)
                     let junk = x.clone ()
 
@@ -110,7 +110,7 @@ let private properties =
             Props.property "packed sequences (ESM's seq_id mask) do not see each other" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let g = c.Generator()
-                let m = randomModule (small (Some RotaryConfig.Esm)) c.Seed
+                let m = randomModule (small (Some RotaryConfig.esm3)) c.Seed
                 let l, cut = 10L, 3L + int64 (c.Seed % 5UL)
                 let seqId = torch.arange(l).ge(cut.ToScalar()).to_type(torch.int64).unsqueeze(0L)
                 let mask = AttentionMask.Allowed(AttentionMask.sameSequence seqId)
@@ -179,7 +179,7 @@ let tests =
             test "state_dict keys and shapes are ESM's" {
                 use m =
                     new MultiHeadAttention(
-                        { AttentionConfig.Esm3 with
+                        { AttentionConfig.esm3 with
                             DModel = 64L
                             Heads = 4L
                         }
@@ -201,7 +201,7 @@ let tests =
 
                 use plain =
                     new MultiHeadAttention(
-                        { AttentionConfig.Esm3 with
+                        { AttentionConfig.esm3 with
                             DModel = 64L
                             Heads = 4L
                             QkLayerNorm = false
@@ -228,7 +228,7 @@ let tests =
                 Expect.throwsC
                     (fun () ->
                         new MultiHeadAttention(
-                            { AttentionConfig.Esm3 with
+                            { AttentionConfig.esm3 with
                                 DModel = 10L
                                 Heads = 3L
                             }

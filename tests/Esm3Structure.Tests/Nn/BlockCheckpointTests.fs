@@ -14,7 +14,7 @@ let private cases: (string * (unit -> torch.nn.Module) * (torch.nn.Module -> tor
         torch.randn ([| 2L; 5L; 24L |], generator = new torch.Generator(8UL))
 
     let attention =
-        { AttentionConfig.Esm3 with
+        { AttentionConfig.esm3 with
             DModel = 24L
             Heads = 3L
         }
@@ -26,7 +26,7 @@ let private cases: (string * (unit -> torch.nn.Module) * (torch.nn.Module -> tor
         }
 
     let stack =
-        { TransformerStackConfig.Esm3 with
+        { TransformerStackConfig.esm3 with
             DModel = 24L
             Heads = 3L
             VHeads = 4L
@@ -59,7 +59,7 @@ let private cases: (string * (unit -> torch.nn.Module) * (torch.nn.Module -> tor
         "FeedForward (SwiGLU, biased)",
         (fun () ->
             FeedForward.create
-                { FeedForwardConfig.Esm3 with
+                { FeedForwardConfig.esm3 with
                     DModel = 24L
                     Bias = true
                 }

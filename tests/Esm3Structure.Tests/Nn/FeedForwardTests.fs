@@ -22,7 +22,7 @@ let tests =
                 use _ = torch.NewDisposeScope()
 
                 let config =
-                    { FeedForwardConfig.Esm3 with
+                    { FeedForwardConfig.esm3 with
                         DModel = 16L
                         ExpansionRatio = 4.0
                         Bias = true
@@ -52,7 +52,7 @@ let tests =
             test "state_dict keys are ESM's (0 LayerNorm, 1 and 3 linear)" {
                 use ffn =
                     FeedForward.create
-                        { FeedForwardConfig.Esm3 with
+                        { FeedForwardConfig.esm3 with
                             DModel = 32L
                         }
 

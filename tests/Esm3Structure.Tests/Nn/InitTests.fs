@@ -140,7 +140,7 @@ let private multiTrack =
     }
 
 let private stack =
-    { TransformerStackConfig.Esm3 with
+    { TransformerStackConfig.esm3 with
         DModel = 24L
         Heads = 3L
         VHeads = 4L
@@ -154,7 +154,7 @@ let private families: (string * (unit -> torch.nn.Module)) list =
         "MultiHeadAttention",
         (fun () ->
             new MultiHeadAttention(
-                { AttentionConfig.Esm3 with
+                { AttentionConfig.esm3 with
                     DModel = 24L
                     Heads = 3L
                     Bias = true
@@ -163,7 +163,7 @@ let private families: (string * (unit -> torch.nn.Module)) list =
         "MultiHeadAttention (no QK LayerNorm)",
         (fun () ->
             new MultiHeadAttention(
-                { AttentionConfig.Esm3 with
+                { AttentionConfig.esm3 with
                     DModel = 24L
                     Heads = 3L
                     QkLayerNorm = false

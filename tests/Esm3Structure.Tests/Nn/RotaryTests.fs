@@ -16,7 +16,7 @@ let private scores (config: RotaryConfig) (q: torch.Tensor) (k: torch.Tensor) (l
     torch.einsum ("blhd,bmhd->hlm", qr, kr) // [H, L, L]
 
 let private properties (style: RotaryStyle) (dtype: torch.ScalarType) (name: string) =
-    let config = { RotaryConfig.Esm with Style = style }
+    let config = { RotaryConfig.esm3 with Style = style }
     let relTol = if dtype = torch.float64 then 1e-10 else 1e-5
 
     testList
@@ -75,7 +75,7 @@ let tests =
                    torch.TensorIndex.Single 0L,
                    torch.TensorIndex.Single 1L] <- torch.tensor (1.0, dtype = torch.float64)
 
-                let y = (Rotary.apply RotaryConfig.Esm x).select(1L, 2L).reshape(-1L)
+                let y = (Rotary.apply RotaryConfig.esm3 x).select(1L, 2L).reshape(-1L)
 
                 let expected =
                     torch.tensor ([| Math.Cos 2.0; Math.Cos 0.02; Math.Sin 2.0; Math.Sin 0.02 |], dtype = torch.float64)
@@ -85,7 +85,7 @@ let tests =
 
             test "float32 tables equal ESM's float32 recipe" {
                 use _ = torch.NewDisposeScope()
-                let cos, sin = Rotary.tables RotaryConfig.Esm 7L 64L torch.float32 torch.CPU
+                let cos, sin = Rotary.tables RotaryConfig.esm3 7L 64L torch.float32 torch.CPU
 
                 let inv =
                     1.0f
@@ -98,7 +98,7 @@ let tests =
 
             test "odd head width is rejected with a clear error" {
                 Expect.throwsC
-                    (fun () -> Rotary.tables RotaryConfig.Esm 3L 5L torch.float32 torch.CPU |> ignore)
+                    (fun () -> Rotary.tables RotaryConfig.esm3 3L 5L torch.float32 torch.CPU |> ignore)
                     (fun e -> Expect.stringContains e.Message "even" "message")
             }
         ]

@@ -7,7 +7,7 @@ open Esm3Structure.Nn
 open Esm3Structure.Tests
 
 let private tiny =
-    { TransformerStackConfig.Esm3 with
+    { TransformerStackConfig.esm3 with
         DModel = 24L
         Heads = 3L
         Layers = 3
@@ -56,7 +56,7 @@ let tests =
             test "ESM3's residual scale is sqrt(48/36)" {
                 Expect.floatClose
                     Accuracy.veryHigh
-                    (TransformerStackConfig.ResidualScaleOf TransformerStackConfig.Esm3)
+                    (TransformerStackConfig.ResidualScaleOf TransformerStackConfig.esm3)
                     1.1547005383792515
                     "s"
 

@@ -24,7 +24,7 @@ let tests =
                 use _ = torch.NewDisposeScope()
 
                 let config =
-                    { PairHeadProbeConfig.Small with
+                    { PairHeadProbeConfig.small with
                         DistogramWeight = 0.0
                         Steps = 400
                         LogEvery = 400

@@ -26,7 +26,7 @@ let private seeds (scratch: string) (format: FuzzFormat) : FuzzSeed[] =
     | FuzzFormat.Tokens -> [| FuzzMutators.tokensSeed () |]
 
 let private config =
-    { Fuzz.defaultConfig with
+    { FuzzConfig.defaults with
         Cases = 500
         Seed = 20261123
         MaxInputBytes = 128 <<< 10
@@ -65,7 +65,7 @@ let private fuzzTest (format: FuzzFormat) =
 let private outcomeOf (format: FuzzFormat) (bytes: byte[]) =
     use dir = new TempDir()
     let path = dir.File("case" + (if format = FuzzFormat.Pdb then ".pdb" else ".cif"))
-    (Fuzz.runCase Fuzz.defaultConfig format path 0 "regression" "none" bytes).Outcome
+    (Fuzz.runCase FuzzConfig.defaults format path 0 "regression" "none" bytes).Outcome
 
 [<Tests>]
 let tests =
@@ -97,12 +97,15 @@ let tests =
                 use dir = new TempDir()
                 let bytes = File.ReadAllBytes(Data.small "1ubq_A")
                 let path = dir.File "case.pdb"
-                let ok = Fuzz.runCase Fuzz.defaultConfig FuzzFormat.Pdb path 0 "1ubq_A" "none" bytes
+
+                let ok =
+                    Fuzz.runCase FuzzConfig.defaults FuzzFormat.Pdb path 0 "1ubq_A" "none" bytes
+
                 Expect.equal ok.Outcome FuzzOutcome.Valid "intact PDB"
                 Expect.isGreaterThan ok.AllocatedBytes (int64 bytes.Length) "allocation is measured"
 
                 let strict =
-                    { Fuzz.defaultConfig with
+                    { FuzzConfig.defaults with
                         AllocationFactor = 0L
                         AllocationSlack = 1024L
                     }
@@ -117,8 +120,8 @@ let tests =
 
                 match FuzzLarge.largeInputs FuzzFormat.Tokens FuzzLarge.MillionResidues dir.Path with
                 | [ input ] ->
-                    let case = Fuzz.runLarge Fuzz.defaultConfig dir.Path 0 input
-                    let line = Fuzz.largeLine Fuzz.defaultConfig input case
+                    let case = Fuzz.runLarge FuzzConfig.defaults dir.Path 0 input
+                    let line = Fuzz.largeLine FuzzConfig.defaults input case
                     Expect.isTrue (Fuzz.largeOk input case) line
                     Expect.equal case.Outcome FuzzOutcome.Valid line
                     Expect.isGreaterThan case.AllocatedBytes (int64 input.Bytes.Length) "allocation is measured"

@@ -20,7 +20,7 @@ let tests =
 
                 let rows =
                     Invariance.run
-                        { InvarianceConfig.Default with
+                        { InvarianceConfig.defaults with
                             Motions = 3
                             Seed = 5UL
                         }
