@@ -15,6 +15,80 @@ module StructureEncoderCheckpoint =
     [<Literal>]
     let FiniteLevelsMetadataKey = "fsq_levels"
 
+    /// Every state-dict key with its shape, in PyTorch's order, computed without building the model: per block
+    /// `transformer.blocks.{i}.geom_attn.*` and `.ffn.*` (biased, ESM3-REFERENCE.md §5), `pre_vq_proj.*`, the
+    /// codebook's (by kind: ESM's EMA `embeddings`, `N`, `z_avg`; a gradient codebook's `codebook.weight`, plus
+    /// `linear_proj.*` when reparameterised; a finite quantizer's grid as `embeddings`),
+    /// `relative_positional_embedding.embedding.weight`, then our options' (`neighbour_geometry_proj.*`,
+    /// `sequence_step_proj.*`, `global_transformer.blocks.{i}.*`).
+    let expectedKeys (c: StructureEncoderConfig) : (string * int64[]) list =
+        let d, v = c.DModel, c.VHeads
+        let f = FeedForward.swigluHidden c.ExpansionRatio d
+        let k, dim = c.Quantizer.Codes, c.DOut
+
+        // ESM's geometric attention: 15 V projected channels (rotation and distance queries, keys, values), 3 V out.
+        let geometric (b: string) =
+            [
+                b + "geom_attn.distance_scale_per_head", [| v |]
+                b + "geom_attn.rotation_scale_per_head", [| v |]
+                b + "geom_attn.s_norm.weight", [| d |]
+                b + "geom_attn.s_norm.bias", [| d |]
+                b + "geom_attn.proj.weight", [| 15L * v; d |]
+                b + "geom_attn.proj.bias", [| 15L * v |]
+                b + "geom_attn.out_proj.weight", [| d; 3L * v |]
+                b + "geom_attn.out_proj.bias", [| d |]
+            ]
+
+        let feedForward (b: string) =
+            [
+                b + "ffn.0.weight", [| d |]
+                b + "ffn.0.bias", [| d |]
+                b + "ffn.1.weight", [| 2L * f; d |]
+                b + "ffn.1.bias", [| 2L * f |]
+                b + "ffn.3.weight", [| d; f |]
+                b + "ffn.3.bias", [| d |]
+            ]
+
+        [
+            for i in 0 .. c.Layers - 1 do
+                let b = sprintf "transformer.blocks.%d." i
+                yield! geometric b
+                yield! feedForward b
+            "pre_vq_proj.weight", [| dim; d |]
+            "pre_vq_proj.bias", [| dim |]
+            match c.Quantizer.Kind with
+            | QuantizerKind.Ema ->
+                "codebook.embeddings", [| k; dim |]
+                "codebook.N", [| k |]
+                "codebook.z_avg", [| k; dim |]
+            | QuantizerKind.Gradient -> "codebook.codebook.weight", [| k; dim |]
+            | QuantizerKind.Reparameterised ->
+                "codebook.codebook.weight", [| k; dim |]
+                "codebook.linear_proj.weight", [| dim; dim |]
+                "codebook.linear_proj.bias", [| dim |]
+            | _ -> "codebook.embeddings", [| k; dim |] // Finite: its grid
+            "relative_positional_embedding.embedding.weight", [| 2L * c.PositionBins + 2L; d |]
+            if c.NeighbourGeometry then
+                "neighbour_geometry_proj.weight", [| d; NeighbourGeometry.Width |]
+                "neighbour_geometry_proj.bias", [| d |]
+                "sequence_step_proj.weight", [| d; NeighbourGeometry.StepWidth |]
+                "sequence_step_proj.bias", [| d |]
+            for i in 0 .. c.GlobalLayers - 1 do
+                let b = sprintf "global_transformer.blocks.%d." i
+                b + "attn.layernorm_qkv.0.weight", [| d |]
+                b + "attn.layernorm_qkv.0.bias", [| d |]
+                b + "attn.layernorm_qkv.1.weight", [| 3L * d; d |]
+                b + "attn.layernorm_qkv.1.bias", [| 3L * d |]
+                b + "attn.out_proj.weight", [| d; d |]
+                b + "attn.out_proj.bias", [| d |]
+                b + "attn.q_ln.weight", [| d |]
+                b + "attn.q_ln.bias", [| d |]
+                b + "attn.k_ln.weight", [| d |]
+                b + "attn.k_ln.bias", [| d |]
+                yield! geometric b
+                yield! feedForward b
+        ]
+
     /// Infers an encoder's sizes from the (name, shape) list of an ESM-format state dict: d from
     /// `relative_positional_embedding.embedding.weight` [2·bins + 2, d] (which gives the bins too), Layers from the
     /// highest `transformer.blocks.{i}` + 1, VHeads from `transformer.blocks.0.geom_attn.distance_scale_per_head`
@@ -148,7 +222,7 @@ module StructureEncoderCheckpoint =
         let model = new StructureEncoder(config, new torch.Generator(0UL))
 
         try
-            let mismatch = Checkpoint.mismatchesOfShapes (Checkpoint.keyShapes model) shapes
+            let mismatch = Checkpoint.mismatchesOfShapes (expectedKeys config) shapes
 
             let problems =
                 [

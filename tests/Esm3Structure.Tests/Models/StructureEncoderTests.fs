@@ -114,6 +114,52 @@ let tests =
                     Expect.sequenceEqual got expected (sprintf "residue %d" i)
             }
 
+            test "StructureEncoderCheckpoint.expectedKeys is the built encoder's state dict, in order, for every option" {
+                let q = StructureEncoderConfig.smoke.Quantizer
+
+                let configs =
+                    [
+                        "esm3", StructureEncoderConfig.esm3
+                        "small", StructureEncoderConfig.small
+                        "smoke with neighbour geometry and 2 global layers",
+                        { StructureEncoderConfig.smoke with
+                            NeighbourGeometry = true
+                            GlobalLayers = 2
+                        }
+                        "gradient codebook",
+                        { StructureEncoderConfig.smoke with
+                            Quantizer =
+                                { q with
+                                    Kind = QuantizerKind.Gradient
+                                    Restart = NoRestart
+                                }
+                        }
+                        "reparameterised codebook",
+                        { StructureEncoderConfig.smoke with
+                            Quantizer =
+                                { q with
+                                    Kind = QuantizerKind.Reparameterised
+                                    Restart = NoRestart
+                                }
+                        }
+                        "finite scalar quantizer",
+                        { StructureEncoderConfig.smoke with
+                            Quantizer = QuantizerConfig.finite [ 8; 5; 5; 5 ]
+                            DOut = 4L
+                        }
+                    ]
+
+                for name, config in configs do
+                    use m = new StructureEncoder(config, null)
+                    let built = Checkpoint.keyShapes m |> List.map (fun (n, s) -> n, List.ofArray s)
+
+                    let expected =
+                        StructureEncoderCheckpoint.expectedKeys config
+                        |> List.map (fun (n, s) -> n, List.ofArray s)
+
+                    Expect.equal expected built name
+            }
+
             test "state_dict keys are ESM's (order and shapes)" {
                 use m = small torch.float32 1UL
                 let keys = Checkpoint.keyShapes m |> List.map fst
