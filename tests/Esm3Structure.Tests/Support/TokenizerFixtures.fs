@@ -6,6 +6,8 @@ open TorchSharp
 open Esm3Structure.Io
 open Esm3Structure.Models
 open Esm3Structure.Nn
+open Esm3Structure.Structure
+open Esm3Structure.Training
 
 /// Small encoder and decoder files with random weights (what the script tests also use).
 module TokenizerFixtures =
@@ -52,3 +54,62 @@ module TokenizerFixtures =
         use m = new StructureDecoder(StructureDecoderConfig.small)
         Init.initialise g m
         Checkpoint.save path m null
+
+    /// The tokenizer's smoke preset shrunk further: a stage-1 run of a few seconds.
+    let tinyTrainConfig =
+        let smoke = TokenizerTrainConfig.smoke
+
+        { smoke with
+            Encoder =
+                { smoke.Encoder with
+                    DModel = 32L
+                    VHeads = 4L
+                    DOut = 16L
+                    Quantizer =
+                        { smoke.Encoder.Quantizer with
+                            Codes = 32L
+                            Dim = 16L
+                        }
+                }
+            Decoder =
+                {
+                    DModel = 32L
+                    Heads = 2L
+                    Layers = 1
+                    PairwiseDownproject = 8L
+                    PairwiseHidden = 16L
+                    StructureModule = None
+                    ChainFrames = false
+                }
+            CropLength = 40
+            ValidChains = 1
+            ValidLength = 50
+            Trainer =
+                { smoke.Trainer with
+                    Steps = 16
+                    BatchSize = 2
+                    LearningRate = 3e-3
+                    WarmupSteps = 2
+                    EvalEvery = 8
+                    CheckpointEvery = 8
+                    LogEvery = 1
+                    Seed = 5
+                    Progress = ProgressMode.Silent
+                }
+        }
+
+    /// The first four chains of the small test set.
+    let smallChains =
+        lazy
+            (Data.smallNames.Value
+             |> Array.truncate 4
+             |> Array.map (fun n -> StructureFile.read (Data.small n) None))
+
+    /// Training examples of the 2nd to 4th small chains, and the first cut to 50 residues for validation.
+    let trainingExamples () =
+        let train = smallChains.Value.[1..] |> Array.map TokenizerData.ofChain
+
+        let valid =
+            [| TokenizerData.crop 0 50 (TokenizerData.ofChain smallChains.Value.[0]) |]
+
+        train, valid

@@ -13,159 +13,24 @@ open Esm3Structure.Training
 open Esm3Structure.Tests
 open Esm3Structure.Tokenizers
 
-/// The smoke preset shrunk further: a run of a few seconds.
-let private tiny =
-    let smoke = TokenizerTrainConfig.smoke
-
-    { smoke with
-        Encoder =
-            { smoke.Encoder with
-                DModel = 32L
-                VHeads = 4L
-                DOut = 16L
-                Quantizer =
-                    { smoke.Encoder.Quantizer with
-                        Codes = 32L
-                        Dim = 16L
-                    }
-            }
-        Decoder =
-            {
-                DModel = 32L
-                Heads = 2L
-                Layers = 1
-                PairwiseDownproject = 8L
-                PairwiseHidden = 16L
-                StructureModule = None
-                ChainFrames = false
-            }
-        CropLength = 40
-        ValidChains = 1
-        ValidLength = 50
-        Trainer =
-            { smoke.Trainer with
-                Steps = 16
-                BatchSize = 2
-                LearningRate = 3e-3
-                WarmupSteps = 2
-                EvalEvery = 8
-                CheckpointEvery = 8
-                LogEvery = 1
-                Seed = 5
-                Progress = ProgressMode.Silent
-            }
-    }
-
-let private chains =
-    lazy
-        (Data.smallNames.Value
-         |> Array.truncate 4
-         |> Array.map (fun n -> StructureFile.read (Data.small n) None))
-
-let private examples () =
-    let train = chains.Value.[1..] |> Array.map TokenizerData.ofChain
-    let valid = [| TokenizerData.crop 0 50 (TokenizerData.ofChain chains.Value.[0]) |]
-    train, valid
-
 [<Tests>]
 let tests =
     testList
         "Training/TokenizerTraining"
         [
-            test "presets are valid and the config serialises to JSON" {
-                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.small)) "small"
-                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.smoke)) "smoke"
-                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate tiny)) "tiny"
-
-                let json =
-                    JsonDocument.Parse(TokenizerTrainConfig.toJson TokenizerTrainConfig.smoke).RootElement
-
-                Expect.equal (json.GetProperty("CropLength").GetInt32()) 64 "crop"
-                Expect.equal (json.GetProperty("Trainer").GetProperty("Steps").GetInt32()) 300 "steps"
-
-                Expect.equal
-                    (json.GetProperty("Encoder").GetProperty("Quantizer").GetProperty("Codes").GetInt64())
-                    128L
-                    "codes"
-            }
-
             test
-                "loss recipes: esm leaves ESM's weights, the others change only their terms; an unknown name is refused" {
-                let small = TokenizerTrainConfig.small
-
-                let weights name =
-                    (TokenizerTrainConfig.withLosses name small).Weights
-
-                Expect.equal (weights "esm") small.Weights "esm"
-
-                Expect.equal
-                    (weights " Linear ")
-                    { small.Weights with
-                        LinearBeyondClamp = true
-                    }
-                    "linear"
-
-                Expect.equal
-                    (weights "fape-pair-heads")
-                    { small.Weights with
-                        Distance = 0.0
-                        Direction = 0.0
-                        Fape = 1.0
-                    }
-                    "fape-pair-heads"
-
-                Expect.equal
-                    (weights "fape-alone")
-                    { small.Weights with
-                        Distance = 0.0
-                        Direction = 0.0
-                        BinnedDirection = 0.0
-                        Distogram = 0.0
-                        Fape = 1.0
-                    }
-                    "fape-alone"
-
-                let message =
-                    try
-                        TokenizerTrainConfig.withLosses "fape" small |> ignore
-                        "no error"
-                    with :? ArgumentException as e ->
-                        e.Message
-
-                Expect.stringContains message "unknown loss recipe 'fape' (expected esm or linear" "unknown recipe"
-            }
-
-            test "the sampler is a pure function of (seed, step); crops are contiguous and at most the crop length" {
-                use _ = torch.NewDisposeScope()
-                let train, _ = examples ()
-                let a = TokenizerData.sample 5 3 4 30 train
-                let b = TokenizerData.sample 5 3 4 30 train
-                let c = TokenizerData.sample 5 4 4 30 train
-                Expect.equal a b "same step, same crops"
-                Expect.notEqual a c "next step, other crops"
-
-                for e in a do
-                    Expect.isLessThanOrEqual e.Length 30 "crop length"
-                    let source = train |> Array.find (fun t -> t.Name = e.Name)
-                    let i0 = Array.IndexOf(source.ResidueIndex, e.ResidueIndex.[0])
-                    Expect.sequenceEqual e.ResidueIndex source.ResidueIndex.[i0 .. i0 + e.Length - 1] "contiguous"
-
-                let batch = TokenizerData.batch a
-                let l = a |> Array.map (fun e -> e.Length) |> Array.max
-                Expect.equal batch.Backbone.shape [| 4L; int64 l; 3L; 3L |] "backbone shape"
-
-                Expect.equal
-                    (batch.Padding.logical_not().sum().ToInt64())
-                    (a |> Array.sumBy (fun e -> int64 e.Length))
-                    "real rows"
-            }
-
-            test "a tiny run lowers the loss and writes ESM-format checkpoints that load into fresh modules" {
+                "a TokenizerFixtures.tinyTrainConfig run lowers the loss and writes ESM-format checkpoints that load into fresh modules" {
                 use _ = torch.NewDisposeScope()
                 use dir = new TempDir()
 
                 let report =
-                    TokenizerTraining.trainOn tiny torch.CPU chains.Value.[1..] chains.Value.[..0] dir.Path false
+                    TokenizerTraining.trainOn
+                        TokenizerFixtures.tinyTrainConfig
+                        torch.CPU
+                        TokenizerFixtures.smallChains.Value.[1..]
+                        TokenizerFixtures.smallChains.Value.[..0]
+                        dir.Path
+                        false
 
                 let losses = report.History |> Array.map (fun r -> r.Loss)
                 let early = Array.average losses.[0..3]
@@ -178,8 +43,11 @@ let tests =
                 Expect.isGreaterThanOrEqual validation.["perplexity"] 1.0 "perplexity"
                 let ckpt = report.Checkpoint
                 use generator = new torch.Generator(1UL)
-                use encoder = new StructureEncoder(tiny.Encoder, generator)
-                use decoder = new StructureDecoder(tiny.Decoder)
+
+                use encoder =
+                    new StructureEncoder(TokenizerFixtures.tinyTrainConfig.Encoder, generator)
+
+                use decoder = new StructureDecoder(TokenizerFixtures.tinyTrainConfig.Decoder)
                 Checkpoint.load (Path.Combine(ckpt, "encoder.safetensors")) encoder
                 Checkpoint.load (Path.Combine(ckpt, "decoder.safetensors")) decoder
                 let header = Safetensors.readHeader (Path.Combine(ckpt, "decoder.safetensors"))
@@ -188,17 +56,22 @@ let tests =
 
                 Expect.equal
                     (StructureDecoderCheckpoint.ofKeyShapesWith headWidth "decoder.safetensors" shapes)
-                    tiny.Decoder
+                    TokenizerFixtures.tinyTrainConfig.Decoder
                     "the decoder's sizes from its file"
 
                 // what the scripts load: the head count from the metadata, not ESM's 64-wide default
                 use loaded =
                     StructureDecoderCheckpoint.load (Path.Combine(ckpt, "decoder.safetensors"))
 
-                Expect.equal loaded.Config tiny.Decoder "StructureDecoderCheckpoint.load reads the head width"
+                Expect.equal
+                    loaded.Config
+                    TokenizerFixtures.tinyTrainConfig.Decoder
+                    "StructureDecoderCheckpoint.load reads the head width"
 
                 // token ids through the exported decoder's embeddings = the training path's projected codes
-                use task = new TokenizerTraining.Task(tiny, torch.CPU, [||], [||])
+                use task =
+                    new TokenizerTraining.Task(TokenizerFixtures.tinyTrainConfig, torch.CPU, [||], [||])
+
                 Checkpoint.load (Path.Combine(ckpt, "model.safetensors")) task.Tokenizer
                 encoder.eval ()
                 decoder.eval ()
@@ -206,7 +79,10 @@ let tests =
                 use _ = torch.no_grad ()
 
                 let batch =
-                    TokenizerData.batch [| TokenizerData.crop 0 30 (TokenizerData.ofChain chains.Value.[0]) |]
+                    TokenizerData.batch
+                        [|
+                            TokenizerData.crop 0 30 (TokenizerData.ofChain TokenizerFixtures.smallChains.Value.[0])
+                        |]
 
                 let encoding, trained = task.Tokenizer.Run batch
 
@@ -222,7 +98,14 @@ let tests =
 
                 // --init: a new run from the exported files recovers post_quant_proj and the training path
                 use restarted =
-                    new TokenizerTraining.Task({ tiny with InitFrom = ckpt }, torch.CPU, [||], [||])
+                    new TokenizerTraining.Task(
+                        { TokenizerFixtures.tinyTrainConfig with
+                            InitFrom = ckpt
+                        },
+                        torch.CPU,
+                        [||],
+                        [||]
+                    )
 
                 restarted.Tokenizer.eval ()
                 let again, continued = restarted.Tokenizer.Run batch
@@ -235,9 +118,12 @@ let tests =
                 Tol.close "--init: the training path's hidden states" 1e-4 continued.Hidden trained.Hidden
 
                 let wider =
-                    { tiny with
+                    { TokenizerFixtures.tinyTrainConfig with
                         InitFrom = ckpt
-                        Decoder = { tiny.Decoder with DModel = 64L }
+                        Decoder =
+                            { TokenizerFixtures.tinyTrainConfig.Decoder with
+                                DModel = 64L
+                            }
                     }
 
                 match
@@ -253,10 +139,16 @@ let tests =
                 use _ = torch.NewDisposeScope()
                 use stage1 = new TempDir()
                 use dir = new TempDir()
-                let train, valid = examples ()
+                let train, valid = TokenizerFixtures.trainingExamples ()
 
                 let tokenizer =
-                    (TokenizerTraining.trainOn tiny torch.CPU chains.Value.[1..] chains.Value.[..0] stage1.Path false)
+                    (TokenizerTraining.trainOn
+                        TokenizerFixtures.tinyTrainConfig
+                        torch.CPU
+                        TokenizerFixtures.smallChains.Value.[1..]
+                        TokenizerFixtures.smallChains.Value.[..0]
+                        stage1.Path
+                        false)
                         .Checkpoint
 
                 let c =
@@ -266,7 +158,7 @@ let tests =
                         ValidChains = 1
                         ValidLength = 50
                         Trainer =
-                            { tiny.Trainer with
+                            { TokenizerFixtures.tinyTrainConfig.Trainer with
                                 Steps = 16
                                 LearningRate = 1e-2
                             }
@@ -325,7 +217,13 @@ let tests =
                          "uninformative")
                     "the pTM verdict follows the last validation"
 
-                Expect.equal meta.["head_width"] (string (tiny.Decoder.DModel / tiny.Decoder.Heads)) "metadata kept"
+                Expect.equal
+                    meta.["head_width"]
+                    (string (
+                        TokenizerFixtures.tinyTrainConfig.Decoder.DModel
+                        / TokenizerFixtures.tinyTrainConfig.Decoder.Heads
+                    ))
+                    "metadata kept"
             }
 
             test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
@@ -334,16 +232,16 @@ let tests =
                 use b = new TempDir()
 
                 let c =
-                    { tiny with
+                    { TokenizerFixtures.tinyTrainConfig with
                         Trainer =
-                            { tiny.Trainer with
+                            { TokenizerFixtures.tinyTrainConfig.Trainer with
                                 Steps = 10
                                 CheckpointEvery = 4
                                 EvalEvery = 5
                             }
                     }
 
-                let train, valid = examples ()
+                let train, valid = TokenizerFixtures.trainingExamples ()
 
                 let runWith (out: string) (crashAt: int) (resume: bool) =
                     use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
@@ -369,83 +267,4 @@ let tests =
                     Expect.floatClose agree v w ("final validation " + k)
             }
 
-            test "crop curriculum: the length at each step, and stages that never start or go backwards are refused" {
-                let curriculum = [ 100, 128; 300, 256 ]
-                let at = Crops.lengthAt 64 curriculum
-
-                Expect.sequenceEqual
-                    ([ 0; 99; 100; 299; 300; 4999 ] |> List.map at)
-                    [ 64; 64; 128; 128; 256; 256 ]
-                    "lengths"
-
-                let small = TokenizerTrainConfig.small
-
-                Expect.isEmpty
-                    (Validation.errors
-                     <| TokenizerTrainConfig.validate
-                         { small with
-                             CropCurriculum = curriculum
-                         })
-                    "valid"
-
-                let late =
-                    Validation.errors
-                    <| TokenizerTrainConfig.validate
-                        { small with
-                            CropCurriculum = [ 5000, 256 ]
-                        }
-
-                Expect.exists
-                    late
-                    (fun e -> e.Contains "CropCurriculum" && e.Contains "never starts")
-                    "after the budget"
-
-                let backwards =
-                    Validation.errors
-                    <| TokenizerTrainConfig.validate
-                        { small with
-                            CropCurriculum = [ 300, 256; 100, 128 ]
-                        }
-
-                Expect.exists backwards (fun e -> e.Contains "ascending") "not ascending"
-
-                let one =
-                    Validation.errors (TokenizerTrainConfig.validate { small with PairResidues = 1 })
-
-                Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
-            }
-
-            test "pair subsampling: distinct ascending positions from (seed, step); all positions give the full losses" {
-                let a = TokenizerData.pairPositions 0 7 16 100
-                Expect.equal a.Length 16 "count"
-                Expect.equal (Array.distinct a).Length 16 "distinct"
-                Expect.sequenceEqual a (Array.sort a) "ascending"
-                Expect.isTrue (a |> Array.forall (fun i -> i >= 0L && i < 100L)) "in range"
-                Expect.sequenceEqual (TokenizerData.pairPositions 0 7 16 100) a "same (seed, step), same draw"
-                Expect.notEqual (TokenizerData.pairPositions 0 8 16 100) a "another step, another draw"
-                Expect.sequenceEqual (TokenizerData.pairPositions 0 7 0 5) [| 0L .. 4L |] "0 = all"
-
-                use _ = torch.NewDisposeScope()
-                let train, _ = examples ()
-                use model = new TokenizerModel(tiny, new torch.Generator(1UL))
-                let b = TokenizerData.batch (Array.truncate 2 train)
-                let encoding, out = model.Run b
-                let l = b.Mask.shape.[1]
-                let _, full = TokenizerTraining.losses tiny.Weights encoding out b
-
-                let _, all =
-                    TokenizerTraining.lossesOn tiny.Weights encoding out b (torch.arange (l))
-
-                for (name, x), (_, y) in Array.zip full all do
-                    Tol.close name 0.0 y x
-
-                let some = torch.tensor (TokenizerData.pairPositions 0 0 10 (int l))
-                let _, part = TokenizerTraining.lossesOn tiny.Weights encoding out b some
-
-                let term name (terms: (string * torch.Tensor)[]) =
-                    terms |> Array.find (fst >> (=) name) |> snd
-
-                Expect.notEqual ((term "distogram" part).ToDouble()) ((term "distogram" full).ToDouble()) "a subset"
-                Tol.close "commitment unchanged" 0.0 (term "commitment" part) (term "commitment" full)
-            }
         ]

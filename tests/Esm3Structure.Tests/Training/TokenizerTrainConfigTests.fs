@@ -1,0 +1,133 @@
+module Esm3Structure.Tests.Training.TokenizerTrainConfigTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open Esm3Structure
+open TorchSharp
+open Esm3Structure.Io
+open Esm3Structure.Models
+open Esm3Structure.Structure
+open Esm3Structure.Training
+open Esm3Structure.Tests
+open Esm3Structure.Tokenizers
+
+[<Tests>]
+let tests =
+    testList
+        "Training/TokenizerTrainConfig"
+        [
+            test "presets are valid and the config serialises to JSON" {
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.small)) "small"
+                Expect.isEmpty (Validation.errors (TokenizerTrainConfig.validate TokenizerTrainConfig.smoke)) "smoke"
+
+                Expect.isEmpty
+                    (Validation.errors (TokenizerTrainConfig.validate TokenizerFixtures.tinyTrainConfig))
+                    "TokenizerFixtures.tinyTrainConfig"
+
+                let json =
+                    JsonDocument.Parse(TokenizerTrainConfig.toJson TokenizerTrainConfig.smoke).RootElement
+
+                Expect.equal (json.GetProperty("CropLength").GetInt32()) 64 "crop"
+                Expect.equal (json.GetProperty("Trainer").GetProperty("Steps").GetInt32()) 300 "steps"
+
+                Expect.equal
+                    (json.GetProperty("Encoder").GetProperty("Quantizer").GetProperty("Codes").GetInt64())
+                    128L
+                    "codes"
+            }
+
+            test "crop curriculum: the length at each step, and stages that never start or go backwards are refused" {
+                let curriculum = [ 100, 128; 300, 256 ]
+                let at = Crops.lengthAt 64 curriculum
+
+                Expect.sequenceEqual
+                    ([ 0; 99; 100; 299; 300; 4999 ] |> List.map at)
+                    [ 64; 64; 128; 128; 256; 256 ]
+                    "lengths"
+
+                let small = TokenizerTrainConfig.small
+
+                Expect.isEmpty
+                    (Validation.errors
+                     <| TokenizerTrainConfig.validate
+                         { small with
+                             CropCurriculum = curriculum
+                         })
+                    "valid"
+
+                let late =
+                    Validation.errors
+                    <| TokenizerTrainConfig.validate
+                        { small with
+                            CropCurriculum = [ 5000, 256 ]
+                        }
+
+                Expect.exists
+                    late
+                    (fun e -> e.Contains "CropCurriculum" && e.Contains "never starts")
+                    "after the budget"
+
+                let backwards =
+                    Validation.errors
+                    <| TokenizerTrainConfig.validate
+                        { small with
+                            CropCurriculum = [ 300, 256; 100, 128 ]
+                        }
+
+                Expect.exists backwards (fun e -> e.Contains "ascending") "not ascending"
+
+                let one =
+                    Validation.errors (TokenizerTrainConfig.validate { small with PairResidues = 1 })
+
+                Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
+            }
+
+            test
+                "loss recipes: esm leaves ESM's weights, the others change only their terms; an unknown name is refused" {
+                let small = TokenizerTrainConfig.small
+
+                let weights name =
+                    (TokenizerTrainConfig.withLosses name small).Weights
+
+                Expect.equal (weights "esm") small.Weights "esm"
+
+                Expect.equal
+                    (weights " Linear ")
+                    { small.Weights with
+                        LinearBeyondClamp = true
+                    }
+                    "linear"
+
+                Expect.equal
+                    (weights "fape-pair-heads")
+                    { small.Weights with
+                        Distance = 0.0
+                        Direction = 0.0
+                        Fape = 1.0
+                    }
+                    "fape-pair-heads"
+
+                Expect.equal
+                    (weights "fape-alone")
+                    { small.Weights with
+                        Distance = 0.0
+                        Direction = 0.0
+                        BinnedDirection = 0.0
+                        Distogram = 0.0
+                        Fape = 1.0
+                    }
+                    "fape-alone"
+
+                let message =
+                    try
+                        TokenizerTrainConfig.withLosses "fape" small |> ignore
+                        "no error"
+                    with :? ArgumentException as e ->
+                        e.Message
+
+                Expect.stringContains message "unknown loss recipe 'fape' (expected esm or linear" "unknown recipe"
+            }
+
+        ]
