@@ -20,14 +20,21 @@ let private framedRows (mask: torch.Tensor) (x: torch.Tensor) (trailing: int) =
     flat.index (mask.reshape (-1L))
 
 let private properties (dtype: torch.ScalarType) (name: string) =
-    let f64 = dtype = torch.float64
-    // Tolerances of ESM3-REFERENCE.md §12.1. Point errors grow with coordinate magnitude (float32 has a 7.6e-6
-    // spacing at 100 Å), so point tolerances are relative to 1 + max |coordinate|.
-    let rotTol = if f64 then 1e-12 else 2e-6
-    let pointTol = if f64 then 1e-13 else 1e-6
-    let scale (x: torch.Tensor) = 1.0 + x.abs().max().ToDouble()
-    /// The dtype's machine epsilon (spacing at 1), the unit of the derived tolerances.
-    let eps = if f64 then Math.Pow(2.0, -52.0) else Math.Pow(2.0, -23.0)
+    // Derived bounds: u is the unit roundoff; random rotations' entries lie within e of exact rotations
+    // (GeoTol.quatMatrixEntry). Point errors grow with coordinate magnitude, so point bounds scale with max |x|.
+    let u = Tol.unitRoundoff dtype
+    let e = GeoTol.quatMatrixEntry dtype
+    let maxAbs (x: torch.Tensor) = x.abs().max().ToDouble()
+
+    /// Bound on Rᵀ(R p + T − T) − p and R(Rᵀ(p − T)) + T − p, entrywise, with M = max|p| + max|T|. Exactly,
+    /// (RᵀR − I)p or (RRᵀ − I)(p − T), entries ≤ 3·defect·M (orthogonality defects measured in float64). Rounding:
+    /// R p rounds γ₃·Σ|rᵢₖpₖ| ≤ 3√3u·M, each add or subtract of T u·2M (values ≤ √3M + M); that error (≤ 16u·M in
+    /// 2-norm) passes through Rᵀ unchanged, and the second product rounds 3√3u·M: ≤ 25u·M in all.
+    let pointRoundTrip (f: Frame) (p: torch.Tensor) =
+        let defect =
+            max (GeoTol.orthogonalityDefect f.R) (GeoTol.orthogonalityDefect (f.R.transpose (-1L, -2L)))
+
+        (3.0 * defect + 25.0 * u) * (maxAbs p + maxAbs f.T)
 
     testList
         name
@@ -43,7 +50,20 @@ let private properties (dtype: torch.ScalarType) (name: string) =
 
                 let left = Frame.compose (Frame.compose a b) d
                 let right = Frame.compose a (Frame.compose b d)
-                closeFrames "(a∘b)∘c" (10.0 * rotTol) (pointTol * scale left.T) left right)
+                // Both sides share the rounded inputs, so only the products' roundings count. R: each 3×3 product
+                // rounds 3u per entry (3 products, 2 sums on Σ|aᵢₖbₖⱼ| ≤ 1); the inner product's error reaches an
+                // entry of the outer one through a unit row or column (≤ √3·3u): 3u + 3√3u ≈ 8.2u per side.
+                // T, with m = max |Tᵢ| of the inputs: a rigid step R t + t' rounds ≤ 3√3u·m + u·(√3m + m) ≈ 7u·m on
+                // values ≤ 2.8m; the two sides chain two such steps and carry the first step's error (≤ √3·7u·m in
+                // 2-norm) and the inner product's R error (√3·3u per entry on |t|₂ ≤ √3m): ≤ 30u·m per side.
+                let m = [ a; b; d ] |> List.map (fun f -> maxAbs f.T) |> List.max
+
+                closeFrames
+                    "(a∘b)∘c"
+                    (Tol.derived dtype (2.0 * (3.0 + 3.0 * sqrt 3.0)) 1.0)
+                    (Tol.derived dtype 60.0 m)
+                    left
+                    right)
 
             Props.property "compose applies right first: (a∘b)(p) = a(b(p))" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
@@ -54,15 +74,24 @@ let private properties (dtype: torch.ScalarType) (name: string) =
 
                 let p = Draw.points g c.Batch 10.0 dtype
                 let direct = Frame.apply a (Frame.apply b p)
-                Tol.close "p" (pointTol * scale direct) (Frame.apply (Frame.compose a b) p) direct)
+                // As in associativity with m = max |p|, |Ta|, |Tb| (two rigid steps per side, and the composed
+                // R's 3u rounding applied to |p|₂ ≤ √3m): ≤ 30u·m per side.
+                let m = max (maxAbs p) (max (maxAbs a.T) (maxAbs b.T))
+                Tol.close "(a∘b)(p)" (Tol.derived dtype 60.0 m) (Frame.apply (Frame.compose a b) p) direct)
 
             Props.property "T ∘ T⁻¹ = T⁻¹ ∘ T = identity" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let f = Frame.random c.Batch 10.0 dtype cpu (c.Generator())
                 let id = Frame.identity c.Batch dtype cpu
-                let tolT = rotTol * (1.0 + f.T.abs().max().ToDouble()) * 10.0
-                closeFrames "T∘T⁻¹" (10.0 * rotTol) tolT (Frame.compose f (Frame.invert f)) id
-                closeFrames "T⁻¹∘T" (10.0 * rotTol) tolT (Frame.compose (Frame.invert f) f) id)
+                // R Rᵀ and Rᵀ R: products of two near-rotations e from rotations (GeoTol.productEntry).
+                let tolR = GeoTol.productEntry dtype e e
+                // T∘T⁻¹: R(−Rᵀt) + t = (I − RRᵀ)t + roundings: (RRᵀ − I) has entries ≤ 2√3e (GeoTol.properError),
+                // so ≤ 6e·m on max |t| = m; Rᵀt rounds 3√3u·m, R carries that (≤ 9u·m in 2-norm) and rounds
+                // 3√3u·m again, and + t rounds u·2m: ≤ (6e + 22u)·m.
+                let m = maxAbs f.T
+                closeFrames "T∘T⁻¹" tolR ((6.0 * e + 22.0 * u) * m) (Frame.compose f (Frame.invert f)) id
+                // T⁻¹∘T: Rᵀt + (−Rᵀt), the same product computed twice (in orders the backend may choose): ≤ 2·3√3u·m.
+                closeFrames "T⁻¹∘T" tolR (Tol.derived dtype (6.0 * sqrt 3.0) m) (Frame.compose (Frame.invert f) f) id)
 
             Props.property "invertApply (apply p) = p, and apply (invertApply p) = p" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
@@ -70,15 +99,15 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let f = Frame.random c.Batch 10.0 dtype cpu g
                 let p = Draw.points g c.Batch 30.0 dtype
 
-                let scale _ =
-                    1.0 + p.abs().max().ToDouble() + f.T.abs().max().ToDouble()
+                let tol = pointRoundTrip f p
+                Tol.close "T⁻¹(T(p))" tol (Frame.invertApply f (Frame.apply f p)) p
+                Tol.close "T(T⁻¹(p))" tol (Frame.apply f (Frame.invertApply f p)) p
 
-                Tol.close "T⁻¹(T(p))" (pointTol * scale p) (Frame.invertApply f (Frame.apply f p)) p
-                Tol.close "T(T⁻¹(p))" (pointTol * scale p) (Frame.apply f (Frame.invertApply f p)) p
-
+                // Rᵀp + (−Rᵀt) against Rᵀ(p − t), the same linear map: roundings only. Left: two products 3√3u·M
+                // each and the sum u·2M; right: p − t u·M, carried by Rᵀ, and one product 3√3u·M: ≤ 21u·M.
                 Tol.close
                     "invert = invertApply"
-                    (pointTol * scale p)
+                    (Tol.derived dtype 21.0 (maxAbs p + maxAbs f.T))
                     (Frame.apply (Frame.invert f) p)
                     (Frame.invertApply f p))
 
@@ -87,7 +116,10 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let f = Frame.random c.Batch 10.0 dtype cpu (c.Generator())
                 closeFrames "12" 0.0 0.0 (Frame.ofTensor12 (Frame.toTensor12 f)) f
                 closeFrames "4x4" 0.0 0.0 (Frame.ofMatrix4 (Frame.toMatrix4 f)) f
-                closeFrames "7" (10.0 * rotTol) 0.0 (Frame.ofTensor7 (Frame.toTensor7 f)) f
+                // R → q → R: ofMatrix's components carry 2.5e + 13u (see QuaternionTests' quatTol), toMatrix moves by
+                // ≤ 4|δq|₂ ≤ 8·max|δqᵢ| and adds its own e, and R itself is e from the rotation both approximate.
+                let tol7 = 2.0 * e + 8.0 * (2.5 * e + Tol.derived dtype 13.0 1.0)
+                closeFrames "7" tol7 0.0 (Frame.ofTensor7 (Frame.toTensor7 f)) f
                 Expect.sequenceEqual (Frame.toTensor12 f).shape (Array.append c.Batch [| 12L |]) "12 shape")
 
             Props.property "one frame applied to several points via unsqueeze broadcasts" (fun (c: GeoCase) ->
@@ -108,19 +140,22 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 Expect.sequenceEqual each.shape p.shape "shape"
                 // Both are R x + T with the three products summed in an order of the backend's choosing: a few
                 // roundings of the largest term each (|R x| ≤ |x|, plus |T|).
-                let tol = 8.0 * eps * (scale p + f.T.abs().max().ToDouble())
+                // Each side: γ₃·Σ|rᵢₖxₖ| ≤ 3√3u·max|x| and u·(√3 max|x| + max|T|) for + T: ≤ 7u·M, M = max|x| + max|T|.
+                let tol = Tol.derived dtype 14.0 (maxAbs p + maxAbs f.T)
                 Tol.close "each = broadcast" tol each (Frame.apply (Frame.unsqueeze -1L f) p)
                 let back = Frame.invertApply (Frame.unsqueeze -1L f) each
-                Tol.close "invertApply undoes it" (pointTol * (scale p + f.T.abs().max().ToDouble())) back p
-                // invertApplyEach computes the same Rᵀ (x − T), again in a product order of the backend's choosing.
+                Tol.close "invertApply undoes it" (pointRoundTrip f p) back p
+                // invertApplyEach computes the same Rᵀ (x − T), again in a product order of the backend's choosing:
+                // each side rounds x − T (u·M) and the product (3√3u·(max|x| + max|T|)), with max|x| ≤ M·(1 + 3e).
                 let backEach = Frame.invertApplyEach f each
-                Tol.close "invertApplyEach = invertApply broadcast" tol backEach back
 
                 Tol.close
-                    "invertApplyEach undoes applyEach"
-                    (pointTol * (scale p + f.T.abs().max().ToDouble()))
+                    "invertApplyEach = invertApply broadcast"
+                    (Tol.derived dtype 14.0 (maxAbs each + maxAbs f.T))
                     backEach
-                    p)
+                    back
+
+                Tol.close "invertApplyEach undoes applyEach" (pointRoundTrip f p) backEach p)
 
             Props.property
                 "backbone frames put CA at 0, C on −x, N in the xy-plane with y > 0"
@@ -141,21 +176,61 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                     let n, ca, cc =
                         local.select (-2L, 0L), local.select (-2L, 1L), local.select (-2L, 2L)
 
-                    let tol = if f64 then 1e-12 * scale bb else 5e-7 * scale bb
-                    Tol.close "CA" tol ca (torch.zeros_like ca)
+                    // The frame is built from the rounded bond vectors a = CA − C and b = N − CA, and invertApply
+                    // forms the same differences (x − CA), so the coordinates' magnitude (~200 Å) never enters: the
+                    // bounds scale with the bond length ℓ = max(|a|, |b|) ≈ 1.5 Å. CA − CA is exactly 0.
+                    let d (x: torch.Tensor) = x.to_type torch.float64
+
+                    let aVec, bVec =
+                        d (bb.select (-2L, 1L) - bb.select (-2L, 2L)), d (bb.select (-2L, 0L) - bb.select (-2L, 1L))
+
+                    let sinMin = (BackboneChecks.sinAngle aVec bVec).min().ToDouble()
+                    let bondMax = max (maxAbs (aVec.norm (-1, false))) (maxAbs (bVec.norm (-1, false)))
+                    Tol.close "CA" 0.0 ca (torch.zeros_like ca)
                     let bond = (bb.select (-2L, 2L) - bb.select (-2L, 1L)).norm(-1, false)
-                    Tol.close "C.x = −|C − CA|" tol (cc.select (-1L, 0L)) (-bond)
-                    Tol.close "C.y, C.z = 0" tol (cc.narrow (-1L, 1L, 2L)) (torch.zeros_like (cc.narrow (-1L, 1L, 2L)))
-                    Tol.close "N.z = 0" tol (n.select (-1L, 2L)) (torch.zeros_like (n.select (-1L, 2L)))
+                    // C.x = −x̂·a with x̂ = a/|a| (4u relative) and a 3-term dot product (3u), against |a| (3u): 10u·ℓ.
+                    Tol.close "C.x = −|C − CA|" (Tol.derived dtype 10.0 bondMax) (cc.select (-1L, 0L)) (-bond)
+                    // C.y = ê₁·a, C.z = ê₂·a, N.z = ê₂·b: orthogonalities of the computed axes. b − (x̂·b)x̂ errs 16u|b|
+                    // per entry (RotationTests' Gram–Schmidt count) and |x̂|² = 1 ± 8u, so x̂·ê₁ ≤ (8 + √3·16)u/sin;
+                    // ê₂ = x̂ × ê₁ is orthogonal to both within ~4u; each dot product adds 3u: ≤ (40/sin + 10)u·ℓ.
+                    let orthoTol = Tol.derived dtype (40.0 / sinMin + 10.0) bondMax
+
+                    Tol.close
+                        "C.y, C.z = 0"
+                        orthoTol
+                        (cc.narrow (-1L, 1L, 2L))
+                        (torch.zeros_like (cc.narrow (-1L, 1L, 2L)))
+
+                    Tol.close "N.z = 0" orthoTol (n.select (-1L, 2L)) (torch.zeros_like (n.select (-1L, 2L)))
                     Expect.isTrue (n.select(-1L, 1L).gt((0.0).ToScalar()).all().ToBoolean()) "N.y > 0"
-                    // float32: bond vectors are differences of coordinates up to ~200 Å, so their directions carry ~1e-5 error.
-                    Expect.isLessThanOrEqual
+                    // Gram–Schmidt of the rounded bond vectors: entries within 56u/sin + 18u of a rotation (RotationTests).
+                    let gsEntry = Tol.derived dtype (56.0 / sinMin + 18.0) 1.0
+
+                    Tol.atMost
+                        "backbone frames: proper"
+                        (GeoTol.properError dtype gsEntry)
                         (Rotation.properError frames.Frames.R)
-                        (if f64 then 1e-12 else 2e-5)
-                        "proper"
+
+                    // ESM's ε inside the square roots, to first order: x̂ shrinks by ε/(2|a|²); so (x̂·b)x̂ shrinks by ε/|a|²,
+                    // which leaves a component |b| cos · ε/|a|² along x̂ in ũ = b − (x̂·b)x̂, i.e. |cot| ε/|a|² in ê₁; ê₁
+                    // shrinks by ε/(2|ũ|²), |ũ| = |b| sin; ê₂ = x̂ × ê₁ moves by the sum. Entries move ≤
+                    // ε·(1/(2|ũ|²) + (½ + |cot|)/|a|²), a deterministic shift (no rounding in it); plus each side's
+                    // rounding, 2·gsEntry.
+                    let perp =
+                        (BackboneChecks.sinAngle aVec bVec * bVec.norm (-1, true)).min().ToDouble()
+
+                    let aMin = aVec.norm(-1, false).min().ToDouble()
+
+                    let cos =
+                        (aVec * bVec).sum(-1L, true) / (aVec.norm (-1, true) * bVec.norm (-1, true))
+
+                    let cotMax = (cos.abs () / BackboneChecks.sinAngle aVec bVec).max().ToDouble()
+
+                    let epsShift =
+                        Rotation.EsmFrameEps * (0.5 / (perp * perp) + (0.5 + cotMax) / (aMin * aMin))
 
                     let esm = Frame.ofBackbone bb
-                    Tol.close "ESM ε changes R by < 1e-9" (if f64 then 1e-9 else 2e-5) esm.Frames.R frames.Frames.R)
+                    Tol.close "ESM ε changes R by ε/|ũ|²" (epsShift + 2.0 * gsEntry) esm.Frames.R frames.Frames.R)
 
             Props.property
                 "backbone frames are equivariant: frames(Q x + s) = (Q, s) ∘ frames(x)"
@@ -168,9 +243,42 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                     let before = Frame.ofBackbone bb
                     let after = Frame.ofBackbone moved
                     let expected = Frame.compose motion before.Frames
-                    // float32: coordinates up to ~200 Å after the motion (σ = 50 Å), see §12.1 G7 with that scale.
-                    Tol.close "R" (if f64 then 1e-12 else 5e-5) after.Frames.R expected.R
-                    Tol.close "T" (if f64 then 1e-10 else 5e-4) after.Frames.T expected.T)
+                    // Here the coordinates' magnitude S = max |x|, max |Q x + s| (up to ~250 Å) does enter: the moved
+                    // atoms are rounded independently (3√3u·S for Q x, u·S more for + s, ≤ 7u·S per entry) and then
+                    // differenced into bonds, so a and b lie within √3·(2·7u·S + u·ℓ) ≈ 26u·S (2-norm) of Q a and Q b.
+                    // That turns x̂ by ≤ 26u·S/|a|, ê₁ by ≤ (26u·S/|b| + 26u·S/|a|)/sin and ê₂ by their sum. Q's own
+                    // non-orthogonality (3·defect per entry of Q a against a rotation) and each side's Gram–Schmidt
+                    // rounding (gsEntry, RotationTests) and the composition's product (3u + √3·gsEntry) add on top.
+                    let d (x: torch.Tensor) = x.to_type torch.float64
+
+                    let aVec, bVec =
+                        d (bb.select (-2L, 1L) - bb.select (-2L, 2L)), d (bb.select (-2L, 0L) - bb.select (-2L, 1L))
+
+                    let sinMin = (BackboneChecks.sinAngle aVec bVec).min().ToDouble()
+
+                    let aMin, bMin =
+                        aVec.norm(-1, false).min().ToDouble(), bVec.norm(-1, false).min().ToDouble()
+
+                    let sMax = max (maxAbs bb) (maxAbs moved)
+                    let shift = 26.0 * u * sMax
+                    let turn = shift / aMin + (shift / bMin + shift / aMin) / sinMin
+                    let gsEntry = Tol.derived dtype (56.0 / sinMin + 18.0) 1.0
+                    let defect = GeoTol.orthogonalityDefect motion.R
+
+                    let tolR =
+                        2.0 * turn
+                        + 3.0 * defect / sinMin
+                        + gsEntry
+                        + GeoTol.productEntry dtype gsEntry e
+
+                    Tol.close "equivariance R" tolR after.Frames.R expected.R
+                    // T: the moved CA (Frame.apply) against Q·CA + s (Frame.compose): the same rigid step R x + s
+                    // computed twice, possibly in different orders: ≤ 2·(3√3u·max|x| + u·S).
+                    Tol.close
+                        "equivariance T"
+                        (2.0 * (3.0 * sqrt 3.0 * u * maxAbs bb + u * sMax))
+                        after.Frames.T
+                        expected.T)
 
             Props.property
                 "missing or NaN atoms give a false mask and finite frames; other frames are unchanged"
@@ -255,10 +363,17 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                     }
 
                 let scanned = Frame.chain steps
-                // Both orders are at most L − 1 compositions deep: each adds about one rotation tolerance to the
-                // rotations, and that rotation error times the largest position to the translations.
-                let depth = float c.Length
-                closeFrames "chain" (10.0 * rotTol * depth) (10.0 * rotTol * depth * scale expected.T) scanned expected)
+                // Both sides multiply the same L rounded steps, in different trees of L − 1 products. In the spectral
+                // norm, which rotations preserve, each product adds its rounding F (entries ≤ 3u, ‖F‖₂ ≤ 9u) and
+                // carries earlier errors unchanged (up to the steps' 1 + O(e) norms): R errs ≤ 9u·(L − 1) per side.
+                // T: each step R t + t' carries the earlier R error times |t_step|₂ ≤ √3·m (m = max |step T|), i.e.
+                // ≤ 9u·k·√3m at step k, summed ≤ 8u·m·L²; and rounds 3√3u·m + u·√3M (M = max |Tₖ| of the chain).
+                let l = float c.Length
+                let m = maxAbs steps.T
+                let bigM = maxAbs expected.T
+                let tolR = 2.0 * Tol.derived dtype (9.0 * (l - 1.0)) 1.0
+                let tolT = 2.0 * u * (8.0 * m * l * l + l * (6.0 * m + 2.0 * bigM))
+                closeFrames "chain" tolR tolT scanned expected)
         ]
 
 [<Tests>]

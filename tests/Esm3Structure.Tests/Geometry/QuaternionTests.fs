@@ -13,7 +13,13 @@ let private upToSign (a: torch.Tensor) (b: torch.Tensor) =
     torch.minimum((a - b).abs().amax([| -1L |]), (a + b).abs().amax([| -1L |])).max().ToDouble()
 
 let private properties (dtype: torch.ScalarType) (name: string) =
-    let tol = if dtype = torch.float64 then 1e-12 else 2e-6
+    // The matrix of a quaternion has entries within e of the exact rotation (21 roundings on values ≤ 1, derived in
+    // GeoTol.quatMatrixEntry); the bounds below count what each property adds to that.
+    let e = GeoTol.quatMatrixEntry dtype
+    // quat(M(q)) against q: ofMatrix keeps the largest candidate (2|qᵢ| ≥ 1 divides it), so each component carries
+    // 2.5e + 13u (two entries' errors halved, 1.5e + 7u from the square root of 1 ± r₀₀ ± r₁₁ ± r₂₂ ≥ 1, 4u from
+    // normalising), and q/|q|, which M(q) rotates by, is 4u from q.
+    let quatTol = 2.5 * e + Tol.derived dtype 17.0 1.0
 
     testList
         name
@@ -21,13 +27,14 @@ let private properties (dtype: torch.ScalarType) (name: string) =
             Props.property "the matrix of a unit quaternion is orthonormal with det +1" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let r = Quaternion.toMatrix (Quaternion.random c.Batch dtype cpu (c.Generator()))
-                let err = Rotation.properError r
-                Expect.isLessThanOrEqual err (10.0 * tol) "RᵀR = I, det R = 1")
+                Tol.atMost "RᵀR = I, det R = 1" (GeoTol.properError dtype e) (Rotation.properError r))
 
             Props.property "double cover: M(-q) = M(q)" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let q = Quaternion.random c.Batch dtype cpu (c.Generator())
-                Tol.close "M(-q)" tol (Quaternion.toMatrix (-q)) (Quaternion.toMatrix q))
+                // Exact: negation is exact, so −q normalises to −(q/|q|) and every product of two components is the
+                // same number.
+                Tol.close "M(-q)" 0.0 (Quaternion.toMatrix (-q)) (Quaternion.toMatrix q))
 
             Props.property "homomorphism: M(q1 ⊗ q2) = M(q1) M(q2)" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
@@ -35,9 +42,12 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let q1 = Quaternion.random c.Batch dtype cpu g
                 let q2 = Quaternion.random c.Batch dtype cpu g
 
+                // q1 ⊗ q2 rounds 4 products and 3 sums per component on Σ|aᵢbⱼ| ≤ 1: 4u each, ≤ 8u in 2-norm, which
+                // moves M by ≤ 4·8u per entry (M's gradient on the unit sphere is ≤ 4|q|), plus toMatrix's e; the
+                // right side is a product of two matrices e from rotations (GeoTol.productEntry).
                 Tol.close
                     "M(q1 q2)"
-                    (10.0 * tol)
+                    (e + Tol.derived dtype 32.0 1.0 + GeoTol.productEntry dtype e e)
                     (Quaternion.toMatrix (Quaternion.multiply q1 q2))
                     (Quaternion.toMatrix q1 |> fun m -> m.matmul (Quaternion.toMatrix q2)))
 
@@ -45,9 +55,10 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 use _ = torch.NewDisposeScope()
                 let q = Quaternion.random c.Batch dtype cpu (c.Generator())
 
+                // Exact: conjugation negates x, y, z, and 2(xy − zw) of q* is 2(xy + zw) of q with the same roundings.
                 Tol.close
                     "M(q*)"
-                    tol
+                    0.0
                     (Quaternion.toMatrix (Quaternion.conjugate q))
                     ((Quaternion.toMatrix q).transpose(-1L, -2L)))
 
@@ -56,7 +67,7 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let q = Quaternion.random c.Batch dtype cpu (c.Generator())
                 let back = Quaternion.ofMatrix (Quaternion.toMatrix q)
                 let err = upToSign back q
-                Expect.isLessThanOrEqual err (if dtype = torch.float64 then 1e-10 else 1e-5) "q recovered up to sign"
+                Tol.atMost "q recovered up to sign" quatTol err
                 Expect.isTrue ((back.select(-1L, 0L).ge((0.0).ToScalar())).all().ToBoolean()) "w >= 0")
 
             Props.property "round trip holds near 180° (w ≈ 0), where the naive formula fails" (fun (c: GeoCase) ->
@@ -69,17 +80,21 @@ let private properties (dtype: torch.ScalarType) (name: string) =
 
                 let back = Quaternion.ofMatrix (Quaternion.toMatrix flat)
 
-                Expect.isLessThanOrEqual
-                    (upToSign back flat)
-                    (if dtype = torch.float64 then 1e-10 else 1e-5)
-                    "q recovered up to sign")
+                // Near 180° the largest candidate is one of x, y, z: the same bound.
+                Tol.atMost "q recovered up to sign (180°)" quatTol (upToSign back flat))
 
             Props.property "rotate q v = M(q) v" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let g = c.Generator()
                 let q = Quaternion.random c.Batch dtype cpu g
                 let v = Draw.points g c.Batch 10.0 dtype
-                Tol.close "q v q*" (100.0 * tol) (Quaternion.rotate q v) (Rotation.apply (Quaternion.toMatrix q) v))
+                // q v q*: normalising q errs 4u per component (≤ 8u in 2-norm), which turns v by ≤ 2·8u·|v|₂; the two
+                // Hamilton products round 4u·Σ|pᵢqⱼ| ≤ 4u·|v|₂ per component each (unit quaternions carry the first
+                // error unchanged): 16√3u + 2·4·√3u·√3 max|v| ≈ 49u·max|v|. M(q) v: M's entries err e, so
+                // ≤ √3e·|v|₂ = 3e·max|v|, and the product rounds 3u·√3 max|v|.
+                let m = v.abs().max().ToDouble()
+                let tol = (3.0 * e + Tol.derived dtype 55.0 1.0) * m
+                Tol.close "q v q*" tol (Quaternion.rotate q v) (Rotation.apply (Quaternion.toMatrix q) v))
         ]
 
 [<Tests>]
