@@ -45,37 +45,17 @@ let private writeEncoder (path: string) =
     encoder.eval ()
     Checkpoint.save path encoder null
 
-/// The smoke preset shrunk to a run of a few seconds.
+/// The smoke preset shrunk to a run of a few seconds: the tiny stage-1 run's decoder, crops and trainer.
 let private tiny (encoder: string) =
-    let smoke = Stage2TrainConfig.smoke
+    let stage1 = TokenizerFixtures.tinyTrainConfig
 
-    { smoke with
+    { Stage2TrainConfig.smoke with
         Encoder = encoder
-        Decoder =
-            {
-                DModel = 32L
-                Heads = 2L
-                Layers = 1
-                PairwiseDownproject = 8L
-                PairwiseHidden = 16L
-                StructureModule = None
-                ChainFrames = false
-            }
-        CropLength = 40
-        ValidChains = 1
-        ValidLength = 50
-        Trainer =
-            { smoke.Trainer with
-                Steps = 16
-                BatchSize = 2
-                LearningRate = 3e-3
-                WarmupSteps = 2
-                EvalEvery = 8
-                CheckpointEvery = 8
-                LogEvery = 1
-                Seed = 5
-                Progress = ProgressMode.Silent
-            }
+        Decoder = stage1.Decoder
+        CropLength = stage1.CropLength
+        ValidChains = stage1.ValidChains
+        ValidLength = stage1.ValidLength
+        Trainer = stage1.Trainer
     }
 
 /// Train chains 1–3 (chain 2 read as backbone-only), valid chain 0.
