@@ -21,7 +21,7 @@
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--global-layers N] [--chain-frames] [--crop-curriculum STEP:LEN,…]
-//                                   [--pair-residues N] [--fsq LEVELS] [--init DIR]
+//                                   [--pair-residues N] [--fsq LEVELS] [--init DIR] [--separate-coordinates]
 //                                   [--seed N] [--checkpoint-every N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -61,6 +61,7 @@ type Args =
     | Pair_Residues of int
     | Fsq of levels: string
     | Init of dir: string
+    | Separate_Coordinates
     | Seed of int
     | Checkpoint_Every of int
     | Pth
@@ -108,7 +109,9 @@ type Args =
             | Fsq _ ->
                 "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
             | Init _ ->
-                "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); confidence: the tokenizer whose heads are trained"
+                "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); multitrack: from this multi-track model's (e.g. models/multitrack); confidence: the tokenizer whose heads are trained"
+            | Separate_Coordinates ->
+                "multitrack: hide coordinates on their own schedule (Table S6: cubic, spans half the time, dropout 0.5) instead of also wherever structure tokens are hidden (the default, ours)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Pth ->
@@ -182,6 +185,9 @@ Cli.run<Args> "train.fsx" argv (fun args ->
         for flag, given in flags do
             if given then
                 invalidArg flag (reason flag)
+
+    if model <> "multitrack" && args.Contains Separate_Coordinates then
+        invalidArg "separate-coordinates" "--separate-coordinates is for --model multitrack"
 
     let refuseStage1Flags () =
         refuse (stage1Flags @ [ ("--init", args.Contains Init) ]) (sprintf "%s is for --model tokenizer --stage 1")
@@ -310,7 +316,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             Stage2Training.train config device data (outOr "tokenizer-stage2") resume
         | "tokenizer", n -> invalidArg "stage" (sprintf "--stage must be 1 or 2 (got %d)" n)
         | "multitrack", _ ->
-            refuseStage1Flags ()
+            refuse stage1Flags (sprintf "%s is for --model tokenizer --stage 1")
 
             if args.Contains Stage then
                 invalidArg "stage" "--stage is for --model tokenizer"
@@ -319,6 +325,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
             let config =
                 { preset with
+                    Masking =
+                        { preset.Masking with
+                            NestCoordinates =
+                                preset.Masking.NestCoordinates && not (args.Contains Separate_Coordinates)
+                        }
+                    ValidMasking =
+                        { preset.ValidMasking with
+                            NestCoordinates =
+                                preset.ValidMasking.NestCoordinates && not (args.Contains Separate_Coordinates)
+                        }
+                    InitFrom = args.GetResult(Init, defaultValue = preset.InitFrom)
                     Trainer = trainer preset.Trainer
                 }
 

@@ -20,6 +20,9 @@ type MultiTrackTrainConfig =
         ValidLength: int
         /// Chains per validation batch.
         ValidBatchSize: int
+        /// A multi-track model (a folder holding `multitrack.safetensors` or `.pth`, or the file itself) whose weights
+        /// the run starts from, with the same sizes; "" = a fresh initialisation.
+        InitFrom: string
         Trainer: TrainerConfig
     }
 
@@ -41,6 +44,7 @@ module MultiTrackTrainConfig =
             ValidChains = 32
             ValidLength = 256
             ValidBatchSize = 8
+            InitFrom = ""
             Trainer =
                 { TrainerConfig.small with
                     Steps = 10000

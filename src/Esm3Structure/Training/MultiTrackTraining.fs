@@ -53,6 +53,33 @@ module MultiTrackTraining =
 
         Array.append [| "loss", (if batches > 0 then loss / float batches else nan) |] (MaskedLm.metrics stats)
 
+    /// Copies the weights of the multi-track model at `source` (a folder holding `multitrack.safetensors` or `.pth`,
+    /// or the file) into `model`; a missing file or different sizes raise an `InputException` naming the file and
+    /// the `--init` option.
+    let initialiseFrom (source: string) (model: MultiTrackModel) =
+        let file =
+            if Directory.Exists source then
+                match TensorFile.inFolder source "multitrack" with
+                | Some file -> file
+                | None ->
+                    InputError.raise
+                        (Path.Combine(source, "multitrack.safetensors"))
+                        InputLocation.Whole
+                        "--init: no such file (a multi-track model folder holds multitrack.safetensors or .pth)"
+            elif File.Exists source then
+                source
+            else
+                InputError.raise source InputLocation.Whole "--init: no such file or folder"
+
+        try
+            Checkpoint.load file model
+        with :? InputException as e ->
+            InputError.raise
+                e.Error.File
+                e.Error.Location
+                ("--init: the model does not fit this run's config (a different preset?): "
+                 + e.Error.Message)
+
     /// The masked-LM task for `Trainer`: batches from `train`, validation on `valid` (already cut). Exports
     /// `multitrack.safetensors` (ESM3's keys) into every checkpoint.
     type Task
@@ -60,7 +87,12 @@ module MultiTrackTraining =
         inherit TrainingTask()
         let generator = new torch.Generator(uint64 config.Trainer.Seed)
         let model = new MultiTrackModel(config.Model, generator)
-        do model.``to`` device |> ignore
+
+        do
+            if config.InitFrom <> "" then
+                initialiseFrom config.InitFrom model
+
+            model.``to`` device |> ignore
 
         /// The model being trained.
         member _.MultiTrack = model
