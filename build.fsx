@@ -74,6 +74,19 @@ let private closingCounts (lines: string list) =
         else
             None)
 
+/// The native kernels every test run uses, whatever this machine's CPU. libtorch picks its vectorised kernels and
+/// MKL its BLAS code paths by the CPU's instruction sets, and a different path rounds differently; a chaotic run (the
+/// overfit test's training) then ends elsewhere on another CPU. Pinned to AVX2 (which every x86-64 CI machine has):
+/// ATen's dispatch (`ATEN_CPU_CAPABILITY`), MKL's conditional numerical reproducibility (`MKL_CBWR`, same results
+/// on every AVX2 CPU at a fixed thread count) and oneDNN's (`ONEDNN_MAX_CPU_ISA`). Set at process start, as the
+/// native libraries read them once.
+let pinnedKernels =
+    [
+        "ATEN_CPU_CAPABILITY", "avx2"
+        "MKL_CBWR", "AVX2"
+        "ONEDNN_MAX_CPU_ISA", "AVX2"
+    ]
+
 /// Runs the Expecto suite and the C# consumer check; prints one closing line `N passed, N failed` for both.
 let test (extra: string list) =
     build ()
@@ -82,7 +95,8 @@ let test (extra: string list) =
         run "dotnet" [ "run"; "--project"; csharpProject; "-c"; configuration; "--no-build" ]
 
     let testCode, lines =
-        run
+        runWith
+            pinnedKernels
             "dotnet"
             ([ "run"; "--project"; testProject; "-c"; configuration; "--no-build"; "--" ]
              @ extra)
@@ -122,7 +136,7 @@ let properties (args: string list) =
 
                 let code, lines =
                     runWith
-                        [ "ESM3_PROPERTY_SEED", "random" ]
+                        (("ESM3_PROPERTY_SEED", "random") :: pinnedKernels)
                         "dotnet"
                         ([
                             "run"

@@ -58,27 +58,15 @@ module MultiTrackTraining =
     /// the `--init` option.
     let initialiseFrom (source: string) (model: MultiTrackModel) =
         let file =
-            if Directory.Exists source then
-                match TensorFile.inFolder source "multitrack" with
-                | Some file -> file
-                | None ->
-                    InputError.raise
-                        (Path.Combine(source, "multitrack.safetensors"))
-                        InputLocation.Whole
-                        "--init: no such file (a multi-track model folder holds multitrack.safetensors or .pth)"
-            elif File.Exists source then
+            if File.Exists source then
                 source
             else
-                InputError.raise source InputLocation.Whole "--init: no such file or folder"
+                TrainerCheckpoint.initFile
+                    source
+                    "multitrack"
+                    "a multi-track model folder holds multitrack.safetensors or .pth"
 
-        try
-            Checkpoint.load file model
-        with :? InputException as e ->
-            InputError.raise
-                e.Error.File
-                e.Error.Location
-                ("--init: the model does not fit this run's config (a different preset?): "
-                 + e.Error.Message)
+        TrainerCheckpoint.initialise file model
 
     /// The masked-LM task for `Trainer`: batches from `train`, validation on `valid` (already cut). Exports
     /// `multitrack.safetensors` (ESM3's keys) into every checkpoint.

@@ -57,30 +57,11 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. A
     /// missing file or a model of other sizes raises an `InputException` naming the file and "--init".
     member _.InitialiseFrom(folder: string) =
-        let fileOf (stem: string) =
-            match TensorFile.inFolder folder stem with
-            | Some file -> file
-            | None ->
-                InputError.raise
-                    (Path.Combine(folder, stem + ".safetensors"))
-                    InputLocation.Whole
-                    "--init: no such file (a tokenizer folder holds encoder and decoder, .safetensors or .pth)"
-
-        let encoderFile = fileOf "encoder"
-        let decoderFile = fileOf "decoder"
-
-        let load (file: string) (m: torch.nn.Module) =
-            try
-                Checkpoint.load file m
-            with :? InputException as e ->
-                InputError.raise
-                    e.Error.File
-                    e.Error.Location
-                    ("--init: the model does not fit this run's config (a different preset or option?): "
-                     + e.Error.Message)
-
-        load encoderFile encoder
-        load decoderFile decoder
+        let holds = "a tokenizer folder holds encoder and decoder, .safetensors or .pth"
+        let encoderFile = TrainerCheckpoint.initFile folder "encoder" holds
+        let decoderFile = TrainerCheckpoint.initFile folder "decoder" holds
+        TrainerCheckpoint.initialise encoderFile encoder
+        TrainerCheckpoint.initialise decoderFile decoder
 
         use _ = torch.no_grad ()
         use _scope = torch.NewDisposeScope()

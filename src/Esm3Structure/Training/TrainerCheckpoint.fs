@@ -19,6 +19,29 @@ module TrainerCheckpoint =
     [<Literal>]
     let KeepCheckpoints = 2
 
+    /// The release file `stem` (.safetensors, .pth or .pt) of a model folder a run starts from (`--init`), or an
+    /// `InputException` naming the file and the option; `holds` says what such a folder holds.
+    let initFile (folder: string) (stem: string) (holds: string) =
+        match TensorFile.inFolder folder stem with
+        | Some file -> file
+        | None ->
+            InputError.raise
+                (Path.Combine(folder, stem + ".safetensors"))
+                InputLocation.Whole
+                (sprintf "--init: no such file (%s)" holds)
+
+    /// Copies the weights in `file` into `m` strictly (every key and shape must fit); a mismatch raises an
+    /// `InputException` naming the file and the `--init` option.
+    let initialise (file: string) (m: torch.nn.Module) =
+        try
+            Checkpoint.load file m
+        with :? InputException as e ->
+            InputError.raise
+                e.Error.File
+                e.Error.Location
+                ("--init: the model does not fit this run's config (a different preset or option?): "
+                 + e.Error.Message)
+
     /// `<out>/checkpoints`
     let checkpointsFolder (out: string) = Path.Combine(out, "checkpoints")
 

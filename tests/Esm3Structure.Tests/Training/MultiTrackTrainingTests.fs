@@ -219,6 +219,42 @@ let tests =
                     0.0
                     (loaded.forward batch.Inputs).SequenceLogits
                     (task.MultiTrack.forward batch.Inputs).SequenceLogits
+
+                // --init: a new run starts from the exported model's weights, from its folder or its file
+                for source in [ report.Checkpoint; file ] do
+                    use continued =
+                        new MultiTrackTraining.Task({ tiny with InitFrom = source }, torch.CPU, train, valid)
+
+                    continued.MultiTrack.eval ()
+
+                    Tol.close
+                        (sprintf "--init %s: the exported model's logits" (Path.GetFileName source))
+                        0.0
+                        (continued.MultiTrack.forward batch.Inputs).SequenceLogits
+                        (loaded.forward batch.Inputs).SequenceLogits
+
+                let refused (config: MultiTrackTrainConfig) =
+                    match
+                        InputError.catch (fun () ->
+                            new MultiTrackTraining.Task(config, torch.CPU, train, valid) |> ignore)
+                    with
+                    | Ok() -> failtestf "--init %s must be refused" config.InitFrom
+                    | Error e ->
+                        Expect.stringContains e.Message "--init" "names the option"
+                        e.File
+
+                let wider =
+                    { tiny with
+                        InitFrom = report.Checkpoint
+                        Model = { tiny.Model with DModel = 64L }
+                    }
+
+                Expect.equal (refused wider) file "a model of other sizes: names the file"
+
+                Expect.equal
+                    (refused { tiny with InitFrom = dir.Path })
+                    (Path.Combine(dir.Path, "multitrack.safetensors"))
+                    "a folder without the model: names the file it looked for"
             }
 
             test "a crashed multi-track run resumed from its checkpoint ends with the uninterrupted run's loss" {
