@@ -148,6 +148,11 @@ module Corpus =
     let readSplit (dataDir: string) (split: string) (limit: int) : ProteinChain[] =
         entriesOf dataDir split limit |> Array.map (readEntry dataDir)
 
+    /// A training run's chains: the train split (at most `trainLimit`, ≤ 0: all) and the first `validChains` of the
+    /// valid split (`readSplit`).
+    let readTrainValid (dataDir: string) (trainLimit: int) (validChains: int) : ProteinChain[] * ProteinChain[] =
+        readSplit dataDir "train" trainLimit, readSplit dataDir "valid" validChains
+
     /// The named entries of a shared data folder ("1smx_B": index names), each read with its index chain. A name
     /// the index lacks raises an InputException naming `index.tsv` and the name.
     let readNamed (dataDir: string) (names: string[]) : ProteinChain[] =

@@ -91,194 +91,9 @@ type DsspResult =
 [<RequireQualifiedAccess>]
 module Dssp =
 
-    // Constants of DSSP (Kabsch & Sander 1983; values and float32 precision as in PDB-REDO/dssp v4.2.2 src/dssp.cpp).
-
-    /// q1·q2·f = 0.42 e · 0.20 e · 332 Å·kcal/mol (Kabsch & Sander 1983), stored as float32 like DSSP.
-    [<Literal>]
-    let CouplingConstant = -27.888f
-
-    /// An H-bond counts when its energy is below this (kcal/mol).
-    [<Literal>]
-    let MaxHBondEnergy = -0.5
-
-    /// The lowest energy DSSP reports (kcal/mol); also used when two atoms are closer than 0.5 Å.
-    [<Literal>]
-    let MinHBondEnergy = -9.9f
-
-    /// Only residue pairs whose CAs are closer than this (Å) are tested for H-bonds.
-    [<Literal>]
-    let CaCutoff = 9.0f
-
-    /// A C(i)–N(i+1) distance over this (Å) is a chain break.
-    [<Literal>]
-    let MaxPeptideBondLength = 2.5f
-
     /// κ above this (degrees) is a bend.
     [<Literal>]
     let BendAngle = 70.0f
-
-    [<Literal>]
-    let private MinimalDistance = 0.5f
-
-    [<Struct>]
-    type private P = { X: float32; Y: float32; Z: float32 }
-
-    let private sub (a: P) (b: P) =
-        {
-            X = a.X - b.X
-            Y = a.Y - b.Y
-            Z = a.Z - b.Z
-        }
-
-    let private dot (a: P) (b: P) = a.X * b.X + a.Y * b.Y + a.Z * b.Z
-
-    let private dist (a: P) (b: P) =
-        let d = sub a b
-        MathF.Sqrt(dot d d)
-
-    /// DSSP's energy for N-H(donor) → O=C(acceptor), in float32 distances and float64 sums as DSSP computes it.
-    let private energyOf (n: P) (h: P) (c: P) (o: P) : float =
-        let dHO = dist h o
-        let dHC = dist h c
-        let dNC = dist n c
-        let dNO = dist n o
-
-        let e =
-            if
-                dHO < MinimalDistance
-                || dHC < MinimalDistance
-                || dNC < MinimalDistance
-                || dNO < MinimalDistance
-            then
-                float MinHBondEnergy
-            else
-                let k = float CouplingConstant
-                k / float dHO - k / float dHC + k / float dNC - k / float dNO
-
-        let e = Math.Round(e * 1000.0, MidpointRounding.AwayFromZero) / 1000.0
-        if e < float MinHBondEnergy then float MinHBondEnergy else e
-
-    /// DSSP's electrostatic H-bond energy (kcal/mol) for N-H of a donor and C=O of an acceptor, each point given as
-    /// x, y, z: E = 0.084 · 332 · (1/r(ON) + 1/r(CH) − 1/r(OH) − 1/r(CN)), rounded to 0.001 and clamped at -9.9.
-    /// Shapes: donorN, donorH, acceptorC, acceptorO [3] -> scalar
-    let hbondEnergy (donorN: float32[]) (donorH: float32[]) (acceptorC: float32[]) (acceptorO: float32[]) : float =
-        let p (what: string) (v: float32[]) =
-            if isNull v || v.Length <> 3 then
-                raise (ArgumentException(sprintf "%s must have 3 coordinates" what, what))
-
-            { X = v.[0]; Y = v.[1]; Z = v.[2] }
-
-        energyOf (p "donorN" donorN) (p "donorH" donorH) (p "acceptorC" acceptorC) (p "acceptorO" acceptorO)
-
-    /// The backbone of the used residues (those with N, CA, C and O), in chain order.
-    type private Backbone =
-        {
-            Orig: int[]
-            N: P[]
-            CA: P[]
-            C: P[]
-            O: P[]
-            H: P[]
-            Proline: bool[]
-            Break: bool[]
-            /// DSSP's residue number: +1 per residue, +1 more at each break.
-            Number: int[]
-        }
-
-    let private backbone (chain: ProteinChain) : Backbone =
-        let l = ProteinChain.length chain
-        let mask = chain.Atom37Mask
-        let xyz = chain.Atom37
-
-        let complete i =
-            mask.[i, ResidueConstants.nIndex]
-            && mask.[i, ResidueConstants.caIndex]
-            && mask.[i, ResidueConstants.cIndex]
-            && mask.[i, ResidueConstants.oIndex]
-
-        let orig =
-            [|
-                for i in 0 .. l - 1 do
-                    if complete i then
-                        i
-            |]
-
-        let atom (a: int) =
-            orig
-            |> Array.map (fun i ->
-                {
-                    X = xyz.[i, a, 0]
-                    Y = xyz.[i, a, 1]
-                    Z = xyz.[i, a, 2]
-                })
-
-        let n = atom ResidueConstants.nIndex
-        let c = atom ResidueConstants.cIndex
-        let o = atom ResidueConstants.oIndex
-        let m = orig.Length
-        let proline = orig |> Array.map (fun i -> chain.Sequence.[i] = 'P')
-
-        let brk =
-            Array.init m (fun k -> k > 0 && dist c.[k - 1] n.[k] > MaxPeptideBondLength)
-
-        let number = Array.zeroCreate m
-        let mutable nr = 0
-
-        for k in 0 .. m - 1 do
-            nr <- nr + (if brk.[k] then 2 else 1)
-            number.[k] <- nr
-
-        // H = N + unit(C - O) of the previous used residue (none for prolines and the first residue), as DSSP places
-        // it: DSSP 4 does this across breaks too.
-        let h =
-            Array.init m (fun k ->
-                if k = 0 || proline.[k] then
-                    n.[k]
-                else
-                    let co = sub c.[k - 1] o.[k - 1]
-                    let d = dist c.[k - 1] o.[k - 1]
-
-                    {
-                        X = n.[k].X + co.X / d
-                        Y = n.[k].Y + co.Y / d
-                        Z = n.[k].Z + co.Z / d
-                    })
-
-        {
-            Orig = orig
-            N = n
-            CA = atom ResidueConstants.caIndex
-            C = c
-            O = o
-            H = h
-            Proline = proline
-            Break = brk
-            Number = number
-        }
-
-    /// True when no break lies between used residues a and b (a ≤ b), DSSP's NoChainBreak.
-    let private noBreak (bb: Backbone) (a: int) (b: int) =
-        a <= b && bb.Number.[b] - bb.Number.[a] = b - a
-
-    /// The residue pairs (i < j) whose CAs are closer than `CaCutoff`, in DSSP's scan order.
-    let private nearPairs (bb: Backbone) =
-        let m = bb.Orig.Length
-        let pairs = ResizeArray<struct (int * int)>()
-
-        for i in 0 .. m - 2 do
-            let ci = bb.CA.[i]
-
-            for j in i + 1 .. m - 1 do
-                if dist ci bb.CA.[j] < CaCutoff then
-                    pairs.Add(struct (i, j))
-
-        pairs
-
-    let private energyAt (bb: Backbone) (donor: int) (acceptor: int) =
-        if bb.Proline.[donor] then
-            0.0
-        else
-            energyOf bb.N.[donor] bb.H.[donor] bb.C.[acceptor] bb.O.[acceptor]
 
     type private Ladder =
         {
@@ -312,10 +127,10 @@ module Dssp =
     /// Runs DSSP on a chain and returns the SS8 letters with the intermediate tables (see `DsspResult`).
     let compute (chain: ProteinChain) : DsspResult =
         let l = ProteinChain.length chain
-        let bb = backbone chain
+        let bb = DsspHBonds.backbone chain
         let m = bb.Orig.Length
         let orig = bb.Orig
-        let pairs = nearPairs bb
+        let pairs = DsspHBonds.nearPairs bb
 
         // H-bonds: each residue keeps its two best acceptors (as donor) and two best donors (as acceptor).
         let accP = Array2D.create m 2 -1
@@ -334,7 +149,7 @@ module Dssp =
                 en.[at, 1] <- e
 
         let calc (donor: int) (acceptor: int) =
-            let e = energyAt bb donor acceptor
+            let e = DsspHBonds.energyAt bb donor acceptor
             keep accP accE donor acceptor e
             keep donP donE acceptor donor e
 
@@ -346,8 +161,8 @@ module Dssp =
 
         /// N-H(d) → O(a) counts.
         let bond (d: int) (a: int) =
-            (accP.[d, 0] = a && accE.[d, 0] < MaxHBondEnergy)
-            || (accP.[d, 1] = a && accE.[d, 1] < MaxHBondEnergy)
+            (accP.[d, 0] = a && accE.[d, 0] < DsspHBonds.MaxHBondEnergy)
+            || (accP.[d, 1] = a && accE.[d, 1] < DsspHBonds.MaxHBondEnergy)
 
         // Bridges, then ladders.
         let testBridge (i: int) (j: int) =
@@ -356,8 +171,8 @@ module Dssp =
                 && i + 1 < m
                 && j >= 1
                 && j + 1 < m
-                && noBreak bb (i - 1) (i + 1)
-                && noBreak bb (j - 1) (j + 1)
+                && DsspHBonds.noBreak bb (i - 1) (i + 1)
+                && DsspHBonds.noBreak bb (j - 1) (j + 1)
             then
                 let a, b, c = i - 1, i, i + 1
                 let d, e, f = j - 1, j, j + 1
@@ -429,8 +244,8 @@ module Dssp =
 
                 let skip =
                     la.Kind <> lb.Kind
-                    || not (noBreak bb (min ibi ibj) (max iei iej))
-                    || not (noBreak bb (min jbi jbj) (max jei jej))
+                    || not (DsspHBonds.noBreak bb (min ibi ibj) (max iei iej))
+                    || not (DsspHBonds.noBreak bb (min jbi jbj) (max jei jej))
                     || uGe ibj iei 6
                     || (iei >= ibj && ibi <= iej)
 
@@ -499,7 +314,7 @@ module Dssp =
             let n = t + 3
 
             for i in 0 .. m - 1 - n do
-                if noBreak bb i (i + n) && bond (i + n) i then
+                if DsspHBonds.noBreak bb i (i + n) && bond (i + n) i then
                     flags.[t, i + n] <- FlagEnd
 
                     for j in i + 1 .. i + n - 1 do
@@ -519,11 +334,17 @@ module Dssp =
         let kappa = Array.create m Single.NaN
 
         for k in 2 .. m - 3 do
-            if noBreak bb (k - 2) (k + 2) && orig.[k + 2] - orig.[k - 2] = 4 then
-                let v1 = sub bb.CA.[k] bb.CA.[k - 2]
-                let v2 = sub bb.CA.[k + 2] bb.CA.[k]
-                let x = dot v1 v1 * dot v2 v2
-                let ck = if x > 0.0f then dot v1 v2 / MathF.Sqrt x else 0.0f
+            if DsspHBonds.noBreak bb (k - 2) (k + 2) && orig.[k + 2] - orig.[k - 2] = 4 then
+                let v1 = DsspHBonds.sub bb.CA.[k] bb.CA.[k - 2]
+                let v2 = DsspHBonds.sub bb.CA.[k + 2] bb.CA.[k]
+                let x = DsspHBonds.dot v1 v1 * DsspHBonds.dot v2 v2
+
+                let ck =
+                    if x > 0.0f then
+                        DsspHBonds.dot v1 v2 / MathF.Sqrt x
+                    else
+                        0.0f
+
                 let sk = MathF.Sqrt(1.0f - ck * ck)
                 kappa.[k] <- MathF.Atan2(sk, ck) * float32 (180.0 / Math.PI)
 
@@ -611,7 +432,9 @@ module Dssp =
             Hydrogens = hydrogens
             AsDonor = asDonor
             AsAcceptor = listed donP donE false
-            HBonds = asDonor |> Array.collect (Array.filter (fun hb -> hb.Energy < MaxHBondEnergy))
+            HBonds =
+                asDonor
+                |> Array.collect (Array.filter (fun hb -> hb.Energy < DsspHBonds.MaxHBondEnergy))
             Turns = turns
             Kappa = kappaL
             Bend = bendL

@@ -299,16 +299,13 @@ module ConfidenceTraining =
         =
         Validation.check "confidence" (ConfidenceTrainConfig.validate config) |> ignore
 
-        let trainExamples = TokenizerData.trainingExamples train
-
-        let validExamples =
-            TokenizerData.validationExamples config.ValidChains config.ValidLength valid
+        let trainExamples, validExamples =
+            TokenizerData.examples config.ValidChains config.ValidLength train valid
 
         use task = new Task(config, device, trainExamples, validExamples)
         Trainer.run config.Trainer task out resume (ConfidenceTrainConfig.toJson config)
 
     /// Reads the train and valid splits of the corpus under `dataDir` and trains (see `trainOn`).
     let train (config: ConfidenceTrainConfig) (device: torch.Device) (dataDir: string) (out: string) (resume: bool) =
-        let train = Corpus.readSplit dataDir "train" 0
-        let valid = Corpus.readSplit dataDir "valid" config.ValidChains
+        let train, valid = Corpus.readTrainValid dataDir 0 config.ValidChains
         trainOn config device train valid out resume

@@ -158,6 +158,5 @@ module MultiTrackTraining =
         let examples (chains: ProteinChain[]) =
             chains |> Array.map (MultiTrackData.ofChain providers)
 
-        let train = Corpus.readSplit dataDir "train" trainLimit |> examples
-        let valid = Corpus.readSplit dataDir "valid" config.ValidChains |> examples
-        trainOn config device train valid out resume
+        let train, valid = Corpus.readTrainValid dataDir trainLimit config.ValidChains
+        trainOn config device (examples train) (examples valid) out resume

@@ -102,6 +102,11 @@ module TokenizerData =
         |> Array.map ofChain
         |> Crops.firstWindows (fun (e: TokenizerExample) -> e.Length) crop count length
 
+    /// A run's examples: every train chain with at least 2 residues (`trainingExamples`) and the first
+    /// `validChains` valid chains cut to `validLength` (`validationExamples`).
+    let examples (validChains: int) (validLength: int) (train: ProteinChain[]) (valid: ProteinChain[]) =
+        trainingExamples train, validationExamples validChains validLength valid
+
     /// The batch's tensors on `device`. Shapes: as `batch`
     let toDevice (device: torch.Device) (b: TokenizerBatch) =
         {

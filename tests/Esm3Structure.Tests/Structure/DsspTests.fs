@@ -307,7 +307,7 @@ let tests =
                     let bonds = r.HBonds |> Array.map (fun hb -> hb.Donor, hb.Acceptor) |> Set
 
                     for hb in r.HBonds do
-                        Expect.isLessThan hb.Energy Dssp.MaxHBondEnergy "counted bonds are below -0.5"
+                        Expect.isLessThan hb.Energy DsspHBonds.MaxHBondEnergy "counted bonds are below -0.5"
 
                         Expect.contains
                             (r.AsDonor.[hb.Donor] |> Array.map (fun x -> x.Acceptor))
@@ -364,7 +364,7 @@ let tests =
                 let back (p: float[]) =
                     Array.map (fun x -> float (float32 x)) p
 
-                let e = Dssp.hbondEnergy (f32 n) (f32 h) (f32 c) (f32 o)
+                let e = DsspHBonds.hbondEnergy (f32 n) (f32 h) (f32 c) (f32 o)
 
                 let r (a: float[]) (b: float[]) =
                     Math.Sqrt(Array.sumBy (fun x -> x * x) (sub a b))
@@ -388,7 +388,7 @@ let tests =
 
             test "a linear N-H···O=C at 2.9 Å N···O has the textbook energy" {
                 let e =
-                    Dssp.hbondEnergy
+                    DsspHBonds.hbondEnergy
                         [| 0.0f; 0.0f; 0.0f |]
                         [| 1.0f; 0.0f; 0.0f |]
                         [| 4.13f; 0.0f; 0.0f |]
@@ -399,6 +399,6 @@ let tests =
 
                 Expect.isLessThan expected -2.8 "a strong bond"
                 Expect.isLessThanOrEqual (abs (e - expected)) 0.0006 "the formula"
-                Expect.isLessThan e Dssp.MaxHBondEnergy "counts"
+                Expect.isLessThan e DsspHBonds.MaxHBondEnergy "counts"
             }
         ]
