@@ -113,9 +113,133 @@ let private pairError (s1: float, c1: float) (s2: float, c2: float) = max (abs (
 
 let private unitPairs (sc: torch.Tensor) = sc / sc.norm (-1, true)
 
+/// Per residue type, the largest 2-norm of a default frame's translation (groups 1–7) and of an atom's position in
+/// its group's frame (the tables in float64, as arrays: tensors made here would belong to the first test's scope).
+let private tableNorms =
+    lazy
+        (use _ = torch.NewDisposeScope()
+         let d = AllAtom.defaultFrames torch.float64 cpu
+
+         let frameShift =
+             d.T.narrow(1L, 1L, 7L).norm(-1, false).amax([| -1L |]).data<float>().ToArray()
+
+         let lit = AllAtom.restypeAtom14GroupPositions
+
+         let atomMax =
+             Array.init 21 (fun r ->
+                 Seq.max
+                     [
+                         for k in 0..13 ->
+                             Math.Sqrt(
+                                 lit.[r, k, 0] * lit.[r, k, 0]
+                                 + lit.[r, k, 1] * lit.[r, k, 1]
+                                 + lit.[r, k, 2] * lit.[r, k, 2]
+                             )
+                     ])
+
+         frameShift, atomMax)
+
+/// `tableNorms` per residue. Shapes: restypes [*, L] -> [*, L], [*, L]
+let private tableRows (restypes: torch.Tensor) =
+    let shiftTable, atomTable = tableNorms.Value
+
+    let rows (table: float[]) =
+        (torch.tensor table).index_select(0L, restypes.flatten ()).reshape(restypes.shape)
+
+    rows shiftTable, rows atomTable
+
+/// Rounding bounds of `AllAtom.decodeAllAtom`, one scalar per residue (float64 [*, L]) bounding every entry of its 8
+/// group frames' R and T and of its 14 atoms, against the decoder in exact arithmetic on exact rotations; the inputs
+/// may carry their own errors: the backbone's R entries (eR, e.g. its distance from a rotation) and T entries (eT),
+/// and the (sin, cos) directions (eDirection). Step by step, as `torsionsToFrames` computes:
+/// - a local frame D_g·Rx: D_g's float64 entries sit within 4u₆₄ of a rotation and their cast adds u; the normalised
+///   (sin, cos) is within 4u per entry of a unit pair (a 2-term norm, its square root, the division), plus ε's
+///   shortening ε/(2|v|²) and the input's error, and so is Rx; their product is within GeoTol.productEntry of a
+///   rotation; its T is the table's, cast (u·|D_T|);
+/// - each composition (chi2 … chi4, then onto the backbone): R within √3·(e_a + e_b) + 3u (GeoTol.productEntry), T =
+///   R_a T_b + T_a within √3·e_a·|T_b| + √3·e_b,T + e_a,T + 3u·|T_b| + u·|T| (rows of R_a of 2-norm ≤ 1), with
+///   |T_b| ≤ k·max|D_T| after k steps;
+/// - each atom R x + T with |x| ≤ the residue type's largest table position: √3·(e_R + 3u)·|x| + e_T + u·|X|.
+/// Products of two error terms are left out (second order).
+let private decoderBound
+    (dtype: torch.ScalarType)
+    (eR: float)
+    (eT: torch.Tensor)
+    (eDirection: float)
+    (restypes: torch.Tensor)
+    (sinCos: torch.Tensor)
+    (frames: Frame)
+    (positions: torch.Tensor)
+    =
+    let u = Tol.unitRoundoff dtype
+    let u64 = Tol.unitRoundoff torch.float64
+    let sq3 = sqrt 3.0
+    let dT, litMax = tableRows restypes
+    let sc = sinCos.to_type torch.float64
+    let v2 = (sc * sc).sum(-1L).amin([| -1L |]) // [*, L]
+    let eRx = 4.0 * u + AllAtom.TorsionEps / (2.0 * v2) + eDirection
+    let local = sq3 * (u + 4.0 * u64 + eRx) + 3.0 * u
+    let localT = u * dT
+    let mutable chainR, chainT = local, localT
+
+    for k in 2..4 do
+        let nextR = sq3 * (chainR + local) + 3.0 * u
+
+        let nextT =
+            sq3 * chainR * dT + sq3 * localT + chainT + 3.0 * u * dT + u * float k * dT
+
+        chainR <- nextR
+        chainT <- nextT
+
+    let tB = 4.0 * dT
+    let frameT64 = frames.T.to_type(torch.float64).abs().amax([| -1L; -2L |]) // [*, L]
+    let frameR = sq3 * (eR + chainR) + 3.0 * u
+    let frameT = sq3 * eR * tB + sq3 * chainT + eT + 3.0 * u * tB + u * frameT64
+    let xMax = positions.to_type(torch.float64).abs().amax([| -1L; -2L |]) // [*, L]
+
+    {|
+        FrameR = frameR
+        FrameT = frameT
+        Atom = sq3 * (frameR + 3.0 * u) * litMax + frameT + u * xMax
+    |}
+
+/// Σᵢ |∂φ/∂xᵢ| of the dihedral a-b-c-d (Blondel & Karplus 1996): |∂φ/∂a| = 1/(|b₁| sin θ₁), |∂φ/∂d| =
+/// 1/(|b₃| sin θ₂), and ∂φ/∂b, ∂φ/∂c are combinations of those two with weights 1 + k₁, k₃ and 1 + k₃, k₁
+/// (k₁ = |b₁·b₂|/|b₂|², k₃ = |b₃·b₂|/|b₂|²): moving each atom by ≤ δ (2-norm) moves φ by ≤ that sum times δ, and
+/// (sin φ, cos φ) by as much per component (first order).
+let private dihedralSensitivity (p0: float[]) (p1: float[]) (p2: float[]) (p3: float[]) =
+    let sub (a: float[]) (b: float[]) = Array.map2 (-) a b
+
+    let dot (a: float[]) (b: float[]) =
+        Array.fold2 (fun s x y -> s + x * y) 0.0 a b
+
+    let cross (a: float[]) (b: float[]) =
+        [|
+            a.[1] * b.[2] - a.[2] * b.[1]
+            a.[2] * b.[0] - a.[0] * b.[2]
+            a.[0] * b.[1] - a.[1] * b.[0]
+        |]
+
+    let b1, b2, b3 = sub p1 p0, sub p2 p1, sub p3 p2
+    let nb2 = dot b2 b2
+
+    let n1, n2 =
+        Math.Sqrt(dot (cross b1 b2) (cross b1 b2)), Math.Sqrt(dot (cross b2 b3) (cross b2 b3))
+
+    let a = Math.Sqrt nb2 / n1
+    let d = Math.Sqrt nb2 / n2
+    let k1, k3 = abs (dot b1 b2) / nb2, abs (dot b3 b2) / nb2
+    2.0 * a * (1.0 + k1) + 2.0 * d * (1.0 + k3)
+
 let private properties (dtype: torch.ScalarType) (name: string) =
-    let f64 = dtype = torch.float64
-    let exact = if f64 then 1e-10 else 1e-4
+    let u = Tol.unitRoundoff dtype
+    let sq3 = sqrt 3.0
+    let d64 (x: torch.Tensor) = x.to_type torch.float64
+    let noError = torch.zeros (1L, dtype = torch.float64)
+
+    /// The largest |entry| over the last `k` dims. Shapes: [*, L, …] -> [*, L]
+    let maxOver (k: int) (x: torch.Tensor) =
+        (d64 x).abs().amax(Array.init k (fun i -> -1L - int64 i))
 
     testList
         name
@@ -124,17 +248,30 @@ let private properties (dtype: torch.ScalarType) (name: string) =
             <| fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let backbone, restypes, sinCos = inputs (c.Generator()) c.Batch dtype
+                let frames = AllAtom.torsionsToFrames backbone restypes sinCos
                 let atoms = AllAtom.decodeAllAtom backbone restypes sinCos
+                // Exact rotations keep every length; each atom is within decoderBound of the exact decoder's (√3 times
+                // per entry in 2-norm), the backbone's rotation within GeoTol.quatMatrixEntry of one; the tables'
+                // cast moves a reference length by ≤ 2u·max|x| (cross-group bonds: a child frame's origin is its
+                // origin atom's table position, the same float64 numbers).
+                let bound =
+                    decoderBound dtype (GeoTol.quatMatrixEntry dtype) noError 0.0 restypes sinCos frames atoms.Positions
+
+                let _, litMax = tableRows restypes
+
+                let tol =
+                    (2.0 * sq3 * bound.Atom + 2.0 * u * litMax).flatten().data<float>().ToArray()
+
                 let at = coordinates atoms.Positions
                 let types = restypes.reshape(-1L).data<int64>().ToArray()
                 let mutable worst = 0.0
 
                 for i in 0 .. types.Length - 1 do
                     for a, b, length in bonds.[int types.[i]] do
-                        worst <- max worst (abs (distance (at i a) (at i b) - length))
+                        worst <- max worst (abs (distance (at i a) (at i b) - length) / tol.[i])
 
-                if not (worst <= 0.01) then
-                    failtestf "bond length off by %g Å (limit 0.01)" worst
+                if not (worst <= 1.0) then
+                    failtestf "a bond length is off by %g × its rounding bound" worst
 
             Props.property "frames and atoms are equivariant under a rigid motion of the backbone"
             <| fun (c: GeoCase) ->
@@ -146,19 +283,39 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let frames = AllAtom.torsionsToFrames backbone restypes sinCos
                 let framesMoved = AllAtom.torsionsToFrames moved restypes sinCos
                 let expected = Frame.compose (Frame.unsqueeze -1L motion) frames
-                let scale = 1.0 + framesMoved.T.abs().max().ToDouble()
-                Tol.close "frame R" exact framesMoved.R expected.R
-                Tol.close "frame T" (exact * scale) framesMoved.T expected.T
+                // Composition is associative for any matrices, so only rounding separates (M∘B)∘G from M∘(B∘G), G the
+                // groups' frames in the backbone's (the same bits on both sides): each product within 3u on entries
+                // ≤ 1, each translation R_a T_b + T_a within 3u·|T_b| + u·|T| plus its inputs' errors as in
+                // decoderBound (|T_G| ≤ 4·max|D_T|); atoms R x + T likewise.
+                let dT, litMax = tableRows restypes
+                let tG = 4.0 * dT
+                let norm (t: torch.Tensor) = (d64 t).norm(-1, false)
+                let eR1, eT1 = 3.0 * u, 3.0 * u * norm backbone.T + u * maxOver 1 moved.T
+                let leftR = sq3 * eR1 + 3.0 * u
+                let leftT = sq3 * eR1 * tG + eT1 + 3.0 * u * tG + u * maxOver 2 framesMoved.T
+                let eRF, eTF = 3.0 * u, 3.0 * u * tG + u * maxOver 2 frames.T
+                let rightR = sq3 * eRF + 3.0 * u
+                let tF = (norm frames.T).amax([| -1L |])
+                let rightT = sq3 * eTF + 3.0 * u * tF + u * maxOver 2 expected.T
+                let perFrame (x: torch.Tensor) = x.unsqueeze(-1L).unsqueeze(-1L)
+                Tol.close "frame R" (leftR + rightR) framesMoved.R expected.R
+                Tol.within "frame T" (d64 (framesMoved.T - expected.T)) (perFrame (leftT + rightT))
                 let atoms = AllAtom.atom14Positions frames restypes
                 let atomsMoved = AllAtom.atom14Positions framesMoved restypes
                 let mask = atoms.Mask.unsqueeze (-1L)
                 let movedBack = Frame.apply (Frame.unsqueeze -1L motion) atoms.Positions
 
-                Tol.close
+                let leftAtom =
+                    sq3 * (leftR + 3.0 * u) * litMax + leftT + u * maxOver 2 atomsMoved.Positions
+
+                let atomF = sq3 * (eRF + 3.0 * u) * litMax + eTF + u * maxOver 2 atoms.Positions
+                let xF = (d64 atoms.Positions).norm(-1, false).amax([| -1L |])
+                let rightAtom = sq3 * atomF + 3.0 * u * xF + u * maxOver 2 movedBack
+
+                Tol.within
                     "atoms"
-                    (exact * scale)
-                    atomsMoved.Positions
-                    (torch.where (mask, movedBack, torch.zeros_like movedBack))
+                    (d64 (atomsMoved.Positions - torch.where (mask, movedBack, torch.zeros_like movedBack)))
+                    (perFrame (leftAtom + rightAtom))
 
             Props.property "N, CA, C are placed where the backbone frame says"
             <| fun (c: GeoCase) ->
@@ -168,9 +325,25 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 let atom k = atoms.Positions.select (-2L, k)
                 // ESM's construction (C on -x, origin CA, N in the xy-plane) from the built atoms gives the input.
                 let rebuilt = Frame.ofGramSchmidt 0.0 (atom 2L) (atom 1L) (atom 0L)
-                let scale = 1.0 + backbone.T.abs().max().ToDouble()
-                Tol.close "R from built N, CA, C" exact rebuilt.R backbone.R
-                Tol.close "CA = frame origin" (exact * scale) (atom 1L) backbone.T
+                // Group 0's frame is the backbone frame bit for bit (the identity default, composed exactly), so
+                // CA (table position (−0, 0, −0)) is its origin exactly. Gram–Schmidt of CA − C and N − CA gives
+                // the identity on the tables' atoms (C on −x, N in the xy-plane), so R·that: within its own rounding
+                // (56/sin + 18)·u, plus its inputs' errors — the atoms' placement (3u on |R||x| and u·|X| per entry,
+                // √3 times in 2-norm), the subtraction (u·|v|) and R's distance e from a rotation Q (√3·e·|v|) —
+                // turning x̂ by p_a = δa/|a| and ê₁ by (p_c + 2p_a)/sin; R itself is within e of Q.
+                Tol.close "CA = frame origin" 0.0 (atom 1L) backbone.T
+                let e = GeoTol.quatMatrixEntry dtype
+                let _, litMax = tableRows restypes
+                let xMax = maxOver 2 (atoms.Positions.narrow (-2L, 0L, 3L))
+                let place = sq3 * (3.0 * sq3 * u * litMax + u * xMax)
+                let a = d64 (atom 1L - atom 2L)
+                let cc = d64 (atom 0L - atom 1L)
+                let na, nc = a.norm (-1, false), cc.norm (-1, false)
+                let sin = (BackboneChecks.sinAngle a cc).squeeze(-1L)
+                let pa = (2.0 * place + sq3 * u * na + sq3 * e * na) / na
+                let pc = (2.0 * place + sq3 * u * nc + sq3 * e * nc) / nc
+                let tolR = (56.0 / sin + 18.0) * u + pa + (pc + 2.0 * pa) / sin + e
+                Tol.within "R from built N, CA, C" (d64 (rebuilt.R - backbone.R)) (tolR.unsqueeze(-1L).unsqueeze(-1L))
                 // and the distances are the residue type's reference ones.
                 let local =
                     Frame.invertApply (Frame.unsqueeze -1L backbone) (atoms.Positions.narrow (-2L, 0L, 3L))
@@ -181,34 +354,51 @@ let private properties (dtype: torch.ScalarType) (name: string) =
             <| fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let backbone, restypes, sinCos = inputs (c.Generator()) c.Batch dtype
+                let frames = AllAtom.torsionsToFrames backbone restypes sinCos
                 let atoms = AllAtom.decodeAllAtom backbone restypes sinCos
                 let want = unitPairs sinCos
+                // The exact decoder's atoms have exactly the input torsions; the built ones are within √3·decoderBound
+                // (2-norm) of them, which moves each measured (sin, cos) by ≤ dihedralSensitivity times that (first
+                // order, doubled); the wanted unit pair rounds 4u.
+                let bound =
+                    decoderBound dtype (GeoTol.quatMatrixEntry dtype) noError 0.0 restypes sinCos frames atoms.Positions
+
+                let atomError = (sq3 * bound.Atom).flatten().data<float>().ToArray()
                 let types = restypes.reshape(-1L).data<int64>().ToArray()
                 let position = coordinates atoms.Positions
                 let wanted = pairs want
                 let at (i: int) (r: int) (name: string) = position i (slot r name)
                 let mutable worst = 0.0
+                let mutable worstSensitivity = 0.0
                 let mutable checkedChis = 0
+
+                let check (i: int) (names: string[]) (measured: float * float) (target: float * float) =
+                    let p k = at i (int types.[i]) names.[k]
+                    let sens = dihedralSensitivity (p 0) (p 1) (p 2) (p 3)
+                    worstSensitivity <- max worstSensitivity sens
+                    let tol = 2.0 * sens * atomError.[i] + 4.0 * u
+                    worst <- max worst (pairError measured target / tol)
 
                 for i in 0 .. types.Length - 1 do
                     let r = int types.[i]
 
                     if r <> RC.unkRestypeIndex then
                         // psi rotates O, which sits opposite the psi-defining N(i+1): dihedral(N, CA, C, O) = psi + π.
+                        let names = [| "N"; "CA"; "C"; "O" |]
                         let s, c = dihedral (at i r "N") (at i r "CA") (at i r "C") (at i r "O")
-                        worst <- max worst (pairError (-s, -c) (wanted i 2))
+                        check i names (-s, -c) (wanted i 2)
 
                     for k, names in Array.indexed RC.chiAnglesAtoms.[r] do
                         let measured =
                             dihedral (at i r names.[0]) (at i r names.[1]) (at i r names.[2]) (at i r names.[3])
 
-                        worst <- max worst (pairError measured (wanted i (3 + k)))
+                        check i names measured (wanted i (3 + k))
                         checkedChis <- checkedChis + 1
 
                 Expect.isGreaterThan checkedChis 0 "some chis checked"
 
-                if not (worst <= exact * 10.0) then
-                    failtestf "measured torsion (sin, cos) off by %g" worst
+                if not (worst <= 1.0) then
+                    failtestf "a measured torsion (sin, cos) is off by %g × its rounding bound" worst
 
                 // The library's own measurement agrees and marks exactly the torsions that exist.
                 let measured = AllAtom.torsionsOfAtom14 restypes atoms
@@ -220,7 +410,16 @@ let private properties (dtype: torch.ScalarType) (name: string) =
                 Expect.isTrue (psiMask.eq(restypes.ne ((20L).ToScalar())).all().ToBoolean()) "psi mask"
                 let m = measured.Mask.narrow(-1L, 2L, 5L).unsqueeze(-1L)
                 let sel (x: torch.Tensor) = x.narrow(-2L, 2L, 5L).masked_select(m)
-                Tol.close "torsionsOfAtom14" (exact * 10.0) (sel measured.SinCos) (sel want)
+                // Its own differences of coordinates round ≤ 2u·max|X| per entry (2-norm √3 times), as if the atoms
+                // moved that much more; its products, atan2 and normalisation ≤ 10u; the wanted pair 4u.
+                let xMax = (d64 atoms.Positions).abs().max().ToDouble()
+                let worstAtom = Array.max atomError
+
+                Tol.close
+                    "torsionsOfAtom14"
+                    (2.0 * worstSensitivity * (worstAtom + 2.0 * sq3 * u * xMax) + 14.0 * u)
+                    (sel measured.SinCos)
+                    (sel want)
         ]
 
 /// Side-chain rebuild of a real chain from its own backbone frames and torsions.
@@ -333,17 +532,36 @@ let tests =
             properties torch.float64 "float64"
             properties torch.float32 "float32"
 
-            Props.property "float32 decoding matches float64 within 1e-4 Å"
+            Props.property "float32 decoding matches float64 within both decoders' rounding bounds"
             <| fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
                 let backbone, restypes, sinCos = inputs (c.Generator()) c.Batch torch.float64
                 let f64 = AllAtom.decodeAllAtom backbone restypes sinCos
 
-                let f32 =
-                    AllAtom.decodeAllAtom (Frame.toType torch.float32 backbone) restypes (sinCos.to_type torch.float32)
+                let backbone32, sinCos32 =
+                    Frame.toType torch.float32 backbone, sinCos.to_type torch.float32
 
+                let f32 = AllAtom.decodeAllAtom backbone32 restypes sinCos32
                 Expect.equal f32.Positions.dtype torch.float32 "dtype follows the input"
-                Tol.close "atom14" 1e-4 (f32.Positions.to_type torch.float64) f64.Positions
+                // Both against the exact decoder on the float64 inputs: float32 also carries its inputs' cast (u₃₂ on
+                // R's entries and on |T|, ≤ 2u₃₂ on each (sin, cos) direction).
+                let u32 = Tol.unitRoundoff torch.float32
+                let zero = torch.zeros (1L, dtype = torch.float64)
+                let frames64 = AllAtom.torsionsToFrames backbone restypes sinCos
+                let frames32 = AllAtom.torsionsToFrames backbone32 restypes sinCos32
+
+                let b64 =
+                    decoderBound torch.float64 0.0 zero 0.0 restypes sinCos frames64 f64.Positions
+
+                let castT = u32 * backbone.T.abs().amax([| -1L |])
+
+                let b32 =
+                    decoderBound torch.float32 u32 castT (2.0 * u32) restypes sinCos32 frames32 f32.Positions
+
+                Tol.within
+                    "atom14"
+                    (f32.Positions.to_type torch.float64 - f64.Positions)
+                    ((b32.Atom + b64.Atom).unsqueeze(-1L).unsqueeze(-1L))
 
             test "a real chain rebuilt from its own frames and torsions reproduces its side chains" {
                 use _ = torch.NewDisposeScope()
@@ -375,7 +593,7 @@ let tests =
                     cbCount <- cbCount + cb.sum().ToInt64()
                     // CA is exact: it is the backbone frame's origin.
                     let bbErr = err.narrow(-1L, 1L, 1L).max().ToDouble()
-                    Expect.isLessThan bbErr 1e-9 (name + ": CA exact")
+                    Expect.equal bbErr 0.0 (name + ": CA exact")
 
                     // The measured chis are the IUPAC dihedrals of the real atoms.
                     let types = ProteinChain.restypeIndices chain
@@ -454,10 +672,13 @@ let tests =
                 Expect.equal back.Atom14Mask chain.Atom14Mask "atom14 masks"
                 let got = ProteinChain.atom14 torch.float64 back
                 let m = atoms.Mask.unsqueeze (-1L)
+                // The chain holds float32 copies (u₃₂·|x|), PDB writes them to 3 decimals (≤ 5e-4) and reading the
+                // decimals back rounds u₆₄·|x|.
+                let xMax = atoms.Positions.abs().max().ToDouble()
 
                 Tol.close
                     "coordinates (PDB has 3 decimals)"
-                    6e-4
+                    (5e-4 + Tol.derived torch.float32 1.0 xMax + Tol.derived torch.float64 1.0 xMax)
                     (got.masked_select m)
                     (atoms.Positions.masked_select m)
             }

@@ -104,7 +104,19 @@ let tests =
                         |]
 
                     let area = cross |> Array.sumBy (fun x -> x * x) |> sqrt
-                    Expect.isLessThan area 1e-3 (sprintf "residue %d: |(N-CA)x(C-CA)|" i)
+
+                    let norm (x: float[]) =
+                        x |> Array.sumBy (fun y -> y * y) |> sqrt
+                    // Exactly 0 for N or C placed on CA; a collinear N = CA + 1.1 (CA − C) is rounded in float32 (the
+                    // difference, the product and the sum: ≤ u·(2.2·|CA − C| + |N|) per coordinate), which moves
+                    // (N − CA) × (C − CA) by ≤ √3 times that times |C − CA|; the cross product here rounds ≤ 8u₆₄.
+                    let nMax = n |> Array.map abs |> Array.max
+                    let placement = Tol.derived torch.float32 1.0 (2.2 * norm w + nMax)
+
+                    let tol =
+                        sqrt 3.0 * placement * norm w + Tol.derived torch.float64 8.0 (norm u * norm w)
+
+                    Expect.isLessThanOrEqual area tol (sprintf "residue %d: |(N-CA)x(C-CA)|" i)
             }
 
             test "Strict framing masks exactly the degenerate residues, with finite frames" {
@@ -127,9 +139,32 @@ let tests =
 
                     Expect.isTrue (allFinite strict.Frames.R) "R finite"
                     Expect.isTrue (allFinite strict.Frames.T) "T finite"
-                    // Every frame (masked ones hold the black-hole frame) is a proper rotation.
+                    // Every frame (masked ones hold the black-hole frame, built the same way from the means of the
+                    // framed atoms) is a proper rotation: Gram–Schmidt's entries are within (56/sin + 18)·u of a
+                    // rotation (Geometry/RotationTests; sin of its inputs, the smallest here), so det R within
+                    // GeoTol.properError of 1, less ESM's ε, which shortens x̂ by ε/(2|a|²) and ê₁ by ε/(2|c|² sin²),
+                    // so det = (|x̂||ê₁|)² by ≤ ε/|a|² + ε/(|c| sin)².
+                    let bb64 = bb.to_type torch.float64
+                    let framed = strict.Mask
+                    let pick (x: torch.Tensor) = x.index framed
+                    let atom k = bb64.select (-2L, k)
+
+                    // Per frame, the Gram–Schmidt inputs a = CA − C and c = N − CA: the framed residues', then the
+                    // black hole's (of the framed atoms' means).
+                    let inputs k =
+                        let x = atom k
+                        torch.cat ([| pick x; (pick x).mean([| 0L |], true) |], 0L)
+
+                    let a, c = inputs 1L - inputs 2L, inputs 0L - inputs 1L
+                    let sin = (BackboneChecks.sinAngle a c).squeeze(-1L)
+                    let u = Tol.unitRoundoff dtype
+                    let eps = Rotation.EsmFrameEps
+                    let na, nc = a.norm (-1, false), c.norm (-1, false)
+                    let rounding = GeoTol.properError dtype ((56.0 / sin.min().ToDouble() + 18.0) * u)
+                    let shortening = (eps / (na * na) + eps / (nc * nc * sin * sin)).max().ToDouble()
+                    let tol = rounding + shortening
                     let det = torch.linalg.det strict.Frames.R
-                    Expect.isTrue ((det - 1.0).abs().lt((1e-4).ToScalar()).all().ToBoolean()) "det R = 1 everywhere"
+                    Tol.atMost "det R = 1 everywhere" tol ((det - 1.0).abs().max().ToDouble())
 
                     // The ESM preset keeps them framed, but its frames are finite too (det-0 rotations).
                     let esm = Frame.ofBackbone bb

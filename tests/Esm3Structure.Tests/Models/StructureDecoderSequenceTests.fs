@@ -101,14 +101,17 @@ let tests =
                 use withSeq = decoder true 4UL
                 use plain = decoder false 4UL
                 let f = withSeq.forward t
-                Tol.close "conditioned: null sequence" 1e-6 (withSeq.DecodeTokens(t, null, null).Hidden) f.Hidden
+                // Exact: without a sequence DecodeTokens runs forward's operations (the embedding, the stack with no
+                // mask, the heads) on the same values; all −1 adds sequence_embed rows times 0, exactly 0; a plain
+                // decoder never reads the sequence.
+                Tol.close "conditioned: null sequence" 0.0 (withSeq.DecodeTokens(t, null, null).Hidden) f.Hidden
                 let none = torch.full_like (t, -1L)
-                Tol.close "conditioned: all −1" 1e-6 (withSeq.DecodeTokens(t, none, null).Hidden) f.Hidden
+                Tol.close "conditioned: all −1" 0.0 (withSeq.DecodeTokens(t, none, null).Hidden) f.Hidden
                 let r = restypes g
 
                 Tol.close
                     "plain ignores the sequence"
-                    1e-6
+                    0.0
                     (plain.DecodeTokens(t, r, null).Hidden)
                     (plain.forward t).Hidden
 
@@ -140,13 +143,16 @@ let tests =
                 r2.[1L, 6L] <- torch.tensor 3L
                 let b = m.DecodeTokens(t2, r2, padding)
 
+                // Exact: padded keys get weight exp(finfo.min − max) = 0 and contribute 0·v = 0 to every sum, and each
+                // position's other operations (embedding, LayerNorm, feed-forward) read its own row only; so the
+                // real rows see the same values in the same operations.
                 Tol.close
                     "row 1, positions 0..5"
-                    1e-5
+                    0.0
                     (b.Hidden.[1L].narrow(0L, 0L, 6L))
                     (a.Hidden.[1L].narrow(0L, 0L, 6L))
 
-                Tol.close "row 0" 1e-5 b.Hidden.[0L] a.Hidden.[0L]
+                Tol.close "row 0" 0.0 b.Hidden.[0L] a.Hidden.[0L]
             }
 
             test "allAtom places 14 finite slots per residue with the residue type's mask" {
@@ -160,8 +166,9 @@ let tests =
                 let atoms = StructureDecoder.allAtom out (r.clamp_min ((0L).ToScalar()))
                 Expect.sequenceEqual atoms.Positions.shape [| 2L; 8L; 14L; 3L |] "shape"
                 Expect.isTrue (atoms.Positions.isfinite().all().ToBoolean()) "finite"
-                // the CA slot is the frame origin
-                Tol.close "CA = frame origin" 1e-4 (atoms.Positions.select (2L, 1L)) out.Frames.T
+                // The CA slot is the frame origin, exactly: CA's reference position is (−0, 0, −0), so R·0 adds zeros
+                // to T.
+                Tol.close "CA = frame origin" 0.0 (atoms.Positions.select (2L, 1L)) out.Frames.T
             }
 
             test
@@ -179,9 +186,10 @@ let tests =
                 let r = restypes g
                 use _ = torch.no_grad ()
 
+                // The same weights (safetensors stores float32 bit for bit) in the same operations.
                 Tol.close
                     "same outputs"
-                    1e-6
+                    0.0
                     (loaded.DecodeTokens(t, r, null).Backbone)
                     (withSeq.DecodeTokens(t, r, null).Backbone)
                 // an ESM-format file (no metadata, d_head 64) still loads, without sequence input

@@ -121,8 +121,6 @@ let private oxygenTests =
         "D8 oxygen"
         [
             for dtype, name in Props.dtypes do
-                let f64 = dtype = torch.float64
-
                 Props.property (name + ": O_i depends only on CA_i, C_i and N_{i+1}; the last residue has none")
                 <| fun (c: BackboneCase) ->
                     use _ = torch.NewDisposeScope()
@@ -176,13 +174,29 @@ let private oxygenTests =
 
                     if l > 1L then
                         let early (t: torch.Tensor) = t.narrow (-2L, 0L, l - 1L)
-                        let scale = 1.0 + (early expected).abs().max().ToDouble()
-                        // Rounding in the frame's second axis grows as 1/sin∠(C − CA, N_{i+1} − C).
-                        let _, _, sin = oxygenConditioning bb
-                        // float32: each coordinate carries ~ulp(scale) of rounding, and the frame's axes come
-                        // from 1.3–1.5 Å differences of such coordinates, so the error is ~4e-7·scale here.
-                        let baseTol = if f64 then 1e-12 * scale else 1e-5 * (1.0 + scale / 25.0)
-                        Tol.within "O" (early moved - early expected) (baseTol / sin.unsqueeze (-1L))
+                        // Exactly equivariant under a rotation Q (ε's bias too: it depends on lengths and angles
+                        // only); the motion's matrix M is within e = GeoTol.quatMatrixEntry of Q per entry (3e in
+                        // 2-norm), which shifts every atom by E x: a common E·C plus ≤ 3e·1.6 Å on the bonds to C.
+                        // Left, O of the moved atoms: each moved atom rounds ≤ 3u·√3|x| + u·|Mx + t| per entry (√3
+                        // times in 2-norm), which with E's distortion turns x̂ by p_a = 2δ/|a| and ê₁ by
+                        // (p_b + 2p_a)/sin (a = C − CA, b = N_{i+1} − C), so R v by ≤ 3·(p_a + (p_b + 2p_a)/sin)·|v|;
+                        // C itself moves by δ; inferOxygen's own rounding u·(|O| + |v|·(16 + 8/sin)) (above).
+                        // Right, M o + t: o's own rounding (the same count at the original magnitudes), E on
+                        // O − C = R v (3e·|v|), and the product's rounding as for an atom. Doubled for second order.
+                        let u = Tol.unitRoundoff dtype
+                        let e = GeoTol.quatMatrixEntry dtype
+                        let aa, _, sin = oxygenConditioning bb
+                        let x = bb.to_type(torch.float64).abs().max().ToDouble()
+                        let x' = (Frame.apply motion bb).to_type(torch.float64).abs().max().ToDouble()
+                        let v = backboneLocal
+                        let delta = sqrt 3.0 * (3.0 * sqrt 3.0 * u * x + u * x') + 3.0 * e * 1.6
+                        let lengthB = (oxygenConditioning bb |> fun (_, uu, s) -> (uu / (s * s)).sqrt())
+                        let pa = 2.0 * delta / aa.sqrt ()
+                        let pb = 2.0 * delta / lengthB
+                        let own (mag: float) = u * (mag + v * (16.0 + 8.0 / sin))
+                        let left = delta + 3.0 * (pa + (pb + 2.0 * pa) / sin) * v + own x'
+                        let right = own x * (1.0 + 3.0 * e) + 3.0 * e * v + delta
+                        Tol.within "O" (early moved - early expected) (2.0 * (left + right).unsqueeze(-1L))
 
             test "on 1ubq_A the inferred O lies close to the deposited O" {
                 use _ = torch.NewDisposeScope()
@@ -368,8 +382,9 @@ let tests =
                 Expect.isTrue (out.Pae.le(31.75.ToScalar()).all().item<bool>()) "pAE ≤ 31.75"
                 Expect.isTrue (out.Ptm.gt(0.0.ToScalar()).all().item<bool>()) "pTM > 0"
                 Expect.isTrue (out.Ptm.le(1.0.ToScalar()).all().item<bool>()) "pTM ≤ 1"
-                // BOS row of the pAE map is a special-token row: uniform, 16 Å.
-                Tol.close "BOS row" 1e-5 (out.Pae.select (1L, 0L)) (torch.full ([| b; l |], (16.0).ToScalar()))
+                // BOS row of the pAE map is a special-token row: uniform, exactly 16 Å (weights exp(0)/64 = 1/64 on the
+                // exact binary centres 0.25 + 0.5k, whose partial sums never round).
+                Tol.close "BOS row" 0.0 (out.Pae.select (1L, 0L)) (torch.full ([| b; l |], (16.0).ToScalar()))
                 // The frames are the head's: backbone = frames applied to the ideal residue.
                 Tol.close "backbone = place frames" 0.0 out.Backbone (BackboneHead.place out.Frames)
                 // pAE/pTM from the logits with real = code tokens.

@@ -45,7 +45,7 @@ let tests =
 
                     Tol.close ("z " + string dtype) tolZ out.Z esmZ
                     let clear, wrong = esmTokenMismatches io prefix u encoder out.Tokens
-                    Expect.isGreaterThan clear 70 "tokens clear of a tie: most of 76"
+                    Expect.isGreaterThan clear 50 "tokens clear of a tie (beyond the derived bound): two thirds of 76"
                     Expect.equal wrong 0 "ESM's token wherever the nearest two codes are clearly apart"
 
                 check "" torch.float32 u32

@@ -17,7 +17,12 @@ let private scores (config: RotaryConfig) (q: torch.Tensor) (k: torch.Tensor) (l
 
 let private properties (style: RotaryStyle) (dtype: torch.ScalarType) (name: string) =
     let config = { RotaryConfig.esm3 with Style = style }
-    let relTol = if dtype = torch.float64 then 1e-10 else 1e-5
+    let u = Tol.unitRoundoff dtype
+    // Rounding of the rotation at position m (frequencies f ≤ 1, computed once, so exactly linear positions m·f̂ keep
+    // every identity below exact): the angle m·f̂ rounds ≤ u·m, cos and sin ≤ 2u more (≤ 1 ulp), and each rotated
+    // entry x_i c − x_j s rounds 3u on |x_i| + |x_j|: a pair moves by ≤ 2·(5u + u·m)·|pair| in 2-norm, a vector by
+    // ≤ 2·(5u + u·m)·|x|.
+    let vectorError (m: float) = 2.0 * (5.0 * u + u * m)
 
     testList
         name
@@ -32,15 +37,23 @@ let private properties (style: RotaryStyle) (dtype: torch.ScalarType) (name: str
                 let shift = 1L + int64 (c.Seed % 20UL)
                 let a = s.narrow(1L, 0L, length - shift).narrow(2L, 0L, length - shift)
                 let b = s.narrow(1L, shift, length - shift).narrow(2L, shift, length - shift)
-                Tol.close "scores(m+c, n+c) = scores(m, n)" (relTol * (1.0 + s.abs().max().ToDouble())) b a)
+                // Each score q_m·k_n: the rotated vectors' errors (vectorError at m, n < L) through the other's norm,
+                // and the D-term product D·u·|q||k|; both sides.
+                let qk = (q.norm (-1, false) * k.norm (-1, false)).max().ToDouble()
+                let perScore = (2.0 * vectorError (float (length - 1L)) + float dim * u) * qk
+                Tol.close "scores(m+c, n+c) = scores(m, n)" (2.0 * perScore) b a)
 
             Props.property "RoPE is an isometry per head" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()
 
                 let x =
                     torch.randn ([| 2L; 13L; 3L; 8L |], dtype = dtype, generator = c.Generator())
+                // vectorError at each position, plus both 8-term norms (squares, sum, square root: 6u relative each).
+                let norms = x.norm(-1, false).to_type torch.float64
+                let positions = torch.arange(13L, dtype = torch.float64).reshape(1L, 13L, 1L)
+                let tol = norms * (2.0 * (5.0 * u + u * positions) + 12.0 * u)
 
-                Tol.close "norms" (relTol * 10.0) ((Rotary.apply config x).norm(-1, false)) (x.norm (-1, false)))
+                Tol.within "norms" ((Rotary.apply config x).norm(-1, false).to_type torch.float64 - norms) tol)
 
             Props.property "position 0 is the identity" (fun (c: GeoCase) ->
                 use _ = torch.NewDisposeScope()

@@ -125,7 +125,7 @@ let tests =
                         encoder
                         (TorchSharp.torch.tensor(chains.[0].Tokens).unsqueeze 0L)
 
-                Expect.isGreaterThan clear 70 "tokens clear of a tie"
+                Expect.isGreaterThan clear 50 "tokens clear of a tie (beyond the derived bound)"
                 Expect.equal wrong 0 "ESM's encoder's tokens"
 
                 // ESM's tokens (the fixture's), decoded by ESM's 24-wide decoder: its coordinates, to the PDB's 3 decimals.
@@ -160,7 +160,7 @@ let tests =
                 let scale = bb.abs().max().ToDouble()
                 // ESM's float32 coordinates and ours differ by rounding (TokenizerParity.tolerance), then the PDB
                 // rounds to 0.0005 Å.
-                let tol = 0.0005 + TokenizerParity.tolerance 96L 6e-8 scale
+                let tol = 0.0005 + TokenizerParity.tolerance 96L TokenizerParity.u32 scale
 
                 for i in 0 .. back.Sequence.Length - 1 do
                     for a in 0..2 do

@@ -19,12 +19,26 @@ module TokenizerParity =
     let readIo () =
         (Safetensors.read (file "io.safetensors")).Tensors |> Map.ofList
 
-    /// Both sides run 2 blocks of width d, summed in different orders: rounding ~ d · blocks · 2 · u relative to the
-    /// largest value, u the dtype's unit roundoff (the bound the ESM3 parity test uses).
-    let tolerance (d: int64) (u: float) (scale: float) = float d * 2.0 * 2.0 * u * max 1.0 scale
+    /// The summed lengths of the reductions along the longest path of a 2-block tokenizer part of width d over the
+    /// fixture's L = 78 positions (1UBQ's 76 residues with BOS and EOS): per block the attention's LayerNorm, qkv,
+    /// q·k (≤ d), out_proj (4d) and its softmax and A·V (2L), the feed-forward's LayerNorm and input (2d) and
+    /// output (its SwiGLU width, 256·⌈(8d/3)/256⌉; the encoder's ratio 4 gives the same 256 at d 64, and its
+    /// geometric sub-layer over 16 neighbours reduces less than the plain attention counted here); then the heads:
+    /// the pairwise head's down-projection, hidden layers and bins (≤ 4d + 64) and pAE's and pTM's 64-bin and L-term
+    /// sums. The standard first-order model of a layered computation: each reduction of n terms rounds ≤ n·u relative
+    /// to its terms' magnitude, and the layers pass errors on with unit gain.
+    let reductions (d: int64) =
+        let l = 78.0
+        let hidden = float (Esm3Structure.Nn.FeedForward.swigluHidden (8.0 / 3.0) d)
+        let block = 6.0 * float d + 2.0 * l + hidden
+        2.0 * block + 4.0 * float d + 64.0 + 64.0 + l
+
+    /// Both sides (ESM's and ours, summed in different orders) within the reduction count's rounding, relative to
+    /// max(1 (post-LayerNorm activations), the output's largest value); u the dtype's unit roundoff.
+    let tolerance (d: int64) (u: float) (scale: float) = 2.0 * reductions d * u * max 1.0 scale
 
     /// Unit roundoffs of float32 and float64.
-    let u32, u64 = 6e-8, 1.1e-16
+    let u32, u64 = Tol.unitRoundoff torch.float32, Tol.unitRoundoff torch.float64
 
     /// Compares `tokens` [1, L] with ESM's (`prefix` "" for float32, "64." for float64) where ESM's nearest two codes
     /// are further apart than rounding can move them: z may differ from ESM's by `tolerance 64 u max|z|`, and then

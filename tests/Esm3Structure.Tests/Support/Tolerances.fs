@@ -42,11 +42,11 @@ module Tol =
         if not (value <= tol) then
             failtestf "%s: %g exceeds %g" what value tol
 
-    /// Asserts |diff| <= tol elementwise (tol broadcast), reporting the worst ratio.
+    /// Asserts |diff| <= tol elementwise (tol broadcast; a zero tolerance demands an exact zero), reporting the
+    /// worst ratio.
     let within (what: string) (diff: torch.Tensor) (tol: torch.Tensor) =
-        let ratio = (diff.abs () / tol).max().ToDouble()
-
-        if not (ratio <= 1.0) then
+        if not (diff.abs().le(tol).all().ToBoolean()) then
+            let ratio = (diff.abs () / tol).nan_to_num(0.0).max().ToDouble()
             failtestf "%s: |difference| reaches %g × its tolerance" what ratio
 
 /// Rounding bounds of the geometry primitives (src/Esm3Structure/Geometry), derived once here and used by the

@@ -263,7 +263,10 @@ let tests =
                 Expect.floatClose Accuracy.high (capped 3UL t) 0.0 "perfect"
                 let p = noisy 2UL 0.3 t
                 Expect.isGreaterThan (capped 3UL p) 0.0 "noisy"
+                // The same seed subsamples the same vectors; another seed others, so the loss moves (the first check
+                // alone compared the function with itself).
                 Expect.equal (capped 3UL p) (capped 3UL p) "deterministic in the seed"
+                Expect.notEqual (capped 4UL p) (capped 3UL p) "another seed, another subsample"
             }
 
             test "both losses are > 0 when one side-chain atom moves" {
