@@ -2,6 +2,7 @@ module Esm3Structure.Tests.Training.MultiTrackTrainingTests
 
 open System.IO
 open Expecto
+open Esm3Structure
 open TorchSharp
 open Esm3Structure.Io
 open Esm3Structure.Models
