@@ -89,21 +89,22 @@ let private pairs (sinCos: torch.Tensor) =
 let private distance (a: float[]) (b: float[]) =
     Math.Sqrt(Array.fold2 (fun s x y -> s + (x - y) * (x - y)) 0.0 a b)
 
+/// Vector arithmetic in doubles, written here independently of the library.
+let private sub (a: float[]) (b: float[]) = Array.map2 (-) a b
+
+let private dot (a: float[]) (b: float[]) =
+    Array.fold2 (fun s x y -> s + x * y) 0.0 a b
+
+let private cross (a: float[]) (b: float[]) =
+    [|
+        a.[1] * b.[2] - a.[2] * b.[1]
+        a.[2] * b.[0] - a.[0] * b.[2]
+        a.[0] * b.[1] - a.[1] * b.[0]
+    |]
+
 /// The IUPAC dihedral a-b-c-d, written here independently in doubles: atan2(|b₂| b₁·(b₂×b₃), (b₁×b₂)·(b₂×b₃)),
 /// returned as (sin, cos).
 let private dihedral (p0: float[]) (p1: float[]) (p2: float[]) (p3: float[]) =
-    let sub (a: float[]) (b: float[]) = Array.map2 (-) a b
-
-    let dot (a: float[]) (b: float[]) =
-        Array.fold2 (fun s x y -> s + x * y) 0.0 a b
-
-    let cross (a: float[]) (b: float[]) =
-        [|
-            a.[1] * b.[2] - a.[2] * b.[1]
-            a.[2] * b.[0] - a.[0] * b.[2]
-            a.[0] * b.[1] - a.[1] * b.[0]
-        |]
-
     let b1, b2, b3 = sub p1 p0, sub p2 p1, sub p3 p2
     let n1, n2 = cross b1 b2, cross b2 b3
     let angle = Math.Atan2(Math.Sqrt(dot b2 b2) * dot b1 n2, dot n1 n2)
@@ -208,18 +209,6 @@ let private decoderBound
 /// (k₁ = |b₁·b₂|/|b₂|², k₃ = |b₃·b₂|/|b₂|²): moving each atom by ≤ δ (2-norm) moves φ by ≤ that sum times δ, and
 /// (sin φ, cos φ) by as much per component (first order).
 let private dihedralSensitivity (p0: float[]) (p1: float[]) (p2: float[]) (p3: float[]) =
-    let sub (a: float[]) (b: float[]) = Array.map2 (-) a b
-
-    let dot (a: float[]) (b: float[]) =
-        Array.fold2 (fun s x y -> s + x * y) 0.0 a b
-
-    let cross (a: float[]) (b: float[]) =
-        [|
-            a.[1] * b.[2] - a.[2] * b.[1]
-            a.[2] * b.[0] - a.[0] * b.[2]
-            a.[0] * b.[1] - a.[1] * b.[0]
-        |]
-
     let b1, b2, b3 = sub p1 p0, sub p2 p1, sub p3 p2
     let nb2 = dot b2 b2
 

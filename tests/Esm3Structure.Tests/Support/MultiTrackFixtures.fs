@@ -61,17 +61,7 @@ module MultiTrackFixtures =
         lazy
             (use g = new torch.Generator(17UL)
 
-             let encoderConfig =
-                 { TokenizerTrainConfig.smoke.Encoder with
-                     DModel = 32L
-                     VHeads = 4L
-                     DOut = 16L
-                     Quantizer =
-                         { TokenizerTrainConfig.smoke.Encoder.Quantizer with
-                             Codes = 32L
-                             Dim = 16L
-                         }
-                 }
+             let encoderConfig = TokenizerFixtures.tinyEncoderConfig
 
              use encoder = new StructureEncoder(encoderConfig, g)
              Esm3Structure.Nn.Init.initialise g encoder

@@ -27,6 +27,20 @@ module TokenizerFixtures =
                 }
         }
 
+    /// The smoke encoder at d 32 with 4 vector heads and 32 × 16 EMA codes: the stage-1 encoder of the stage-2 and
+    /// multi-track training tests.
+    let tinyEncoderConfig =
+        { TokenizerTrainConfig.smoke.Encoder with
+            DModel = 32L
+            VHeads = 4L
+            DOut = 16L
+            Quantizer =
+                { TokenizerTrainConfig.smoke.Encoder.Quantizer with
+                    Codes = 32L
+                    Dim = 16L
+                }
+        }
+
     /// A small encoder with random weights (codes spread by N(0, 1), geometric scales random).
     let smallEncoder (seed: uint64) =
         let g = new torch.Generator(seed)

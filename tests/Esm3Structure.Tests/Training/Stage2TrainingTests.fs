@@ -23,17 +23,7 @@ let private chains =
 /// A tiny stage-1 encoder (1 block × 32, 4 vector heads, 32 × 16 EMA codes), its codebook initialised from one
 /// training-mode pass over a chain, as a stage-1 run would leave it; written to `path` with ESM's keys.
 let private writeEncoder (path: string) =
-    let config =
-        { TokenizerTrainConfig.smoke.Encoder with
-            DModel = 32L
-            VHeads = 4L
-            DOut = 16L
-            Quantizer =
-                { TokenizerTrainConfig.smoke.Encoder.Quantizer with
-                    Codes = 32L
-                    Dim = 16L
-                }
-        }
+    let config = TokenizerFixtures.tinyEncoderConfig
 
     use _ = torch.NewDisposeScope()
     use g = new torch.Generator(11UL)
