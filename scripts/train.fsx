@@ -62,6 +62,7 @@ type Args =
     | Fsq of levels: string
     | Init of dir: string
     | Separate_Coordinates
+    | Mask of spec: string
     | Seed of int
     | Checkpoint_Every of int
     | Pth
@@ -112,6 +113,8 @@ type Args =
                 "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); multitrack: from this multi-track model's (e.g. models/multitrack); confidence: the tokenizer whose heads are trained"
             | Separate_Coordinates ->
                 "multitrack: hide coordinates on their own schedule (Table S6: cubic, spans half the time, dropout 0.5) instead of also wherever structure tokens are hidden (the default, ours)"
+            | Mask _ ->
+                "multitrack: one track's training noise as TRACK=SCHEDULE[/DROPOUT] (e.g. coordinates=linear/0.25; schedules betalinear30, cosine, cubic, sqrt, linear, fixed:r; repeatable; validation keeps the preset's noise)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Pth ->
@@ -188,6 +191,9 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
     if model <> "multitrack" && args.Contains Separate_Coordinates then
         invalidArg "separate-coordinates" "--separate-coordinates is for --model multitrack"
+
+    if model <> "multitrack" && args.Contains Mask then
+        invalidArg "mask" "--mask is for --model multitrack"
 
     let refuseStage1Flags () =
         refuse (stage1Flags @ [ ("--init", args.Contains Init) ]) (sprintf "%s is for --model tokenizer --stage 1")
@@ -323,10 +329,47 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
             let preset = MultiTrackTrainConfig.preset presetName
 
+            /// `--mask TRACK=SCHEDULE[/DROPOUT]` applied over the preset's training noise, in the order given.
+            let withMask (masking: MaskingConfig) (spec: string) =
+                let fail (why: string) =
+                    invalidArg "mask" (sprintf "--mask '%s': %s" spec why)
+
+                match spec.Split('=', 2) with
+                | [| track; noise |] ->
+                    let scheduleName, dropout =
+                        match noise.Split('/', 2) with
+                        | [| name; d |] ->
+                            match
+                                Double.TryParse(
+                                    d,
+                                    Globalization.NumberStyles.Float,
+                                    Globalization.CultureInfo.InvariantCulture
+                                )
+                            with
+                            | true, p when p >= 0.0 && p <= 1.0 -> name, Some p
+                            | _ -> fail (sprintf "dropout must be a number in [0, 1], got '%s'" d)
+                        | _ -> noise, None
+
+                    let schedule =
+                        match NoiseSchedule.ofName scheduleName with
+                        | Ok s -> s
+                        | Error e -> fail e
+
+                    let setNoise (current: TrackNoise) =
+                        {
+                            Schedule = schedule
+                            Dropout = defaultArg dropout current.Dropout
+                        }
+
+                    match MaskingConfig.updateTrack track setNoise masking with
+                    | Ok m -> m
+                    | Error e -> fail e
+                | _ -> fail "expected TRACK=SCHEDULE[/DROPOUT], e.g. coordinates=linear/0.25"
+
             let config =
                 { preset with
                     Masking =
-                        { preset.Masking with
+                        { (args.GetResults Mask |> List.fold withMask preset.Masking) with
                             NestCoordinates =
                                 preset.Masking.NestCoordinates && not (args.Contains Separate_Coordinates)
                         }

@@ -49,6 +49,31 @@ module NoiseSchedule =
         | NoiseSchedule.Linear -> "linear"
         | NoiseSchedule.Fixed r -> sprintf "fixed:%g" r
 
+    /// The schedule of a name as `name` writes it ("fixed:r" with r in [0, 1]), or an error listing the names.
+    let ofName (text: string) : Result<NoiseSchedule, string> =
+        match text.Trim().ToLowerInvariant() with
+        | "betalinear30" -> Ok NoiseSchedule.BetaLinear30
+        | "cosine" -> Ok NoiseSchedule.Cosine
+        | "cubic" -> Ok NoiseSchedule.Cubic
+        | "sqrt" -> Ok NoiseSchedule.SquareRoot
+        | "linear" -> Ok NoiseSchedule.Linear
+        | fixedRate when fixedRate.StartsWith "fixed:" ->
+            match
+                Double.TryParse(
+                    fixedRate.Substring 6,
+                    Globalization.NumberStyles.Float,
+                    Globalization.CultureInfo.InvariantCulture
+                )
+            with
+            | true, r when r >= 0.0 && r <= 1.0 -> Ok(NoiseSchedule.Fixed r)
+            | _ -> Error(sprintf "fixed schedule rate must be a number in [0, 1], got '%s'" (fixedRate.Substring 6))
+        | other ->
+            Error(
+                sprintf
+                    "unknown noise schedule '%s' (expected betalinear30, cosine, cubic, sqrt, linear or fixed:r)"
+                    other
+            )
+
     /// `n` mask rates in [0, 1], float64 on the CPU. Beta(3, 9) is drawn as X/(X + Y) with X, Y sums of 3 and 9
     /// standard exponentials (−ln U, U in (0, 1]). The generator advances by the same amount for every schedule
     /// (n·14 uniforms), so changing one track's schedule does not shift another track's draws.
@@ -159,6 +184,47 @@ module MaskingConfig =
             CoordinateNoise = 0.0
             NestCoordinates = true
         }
+
+    /// The track names of `updateTrack`, in Table S6's order.
+    let trackNames =
+        [
+            "sequence"
+            "structure"
+            "coordinates"
+            "ss8"
+            "sasa"
+            "function"
+            "residue-annotations"
+        ]
+
+    /// The config with one track's noise passed through `update`; the track named as in `trackNames`, else an
+    /// error listing them.
+    let updateTrack
+        (track: string)
+        (update: TrackNoise -> TrackNoise)
+        (c: MaskingConfig)
+        : Result<MaskingConfig, string> =
+        match track.Trim().ToLowerInvariant() with
+        | "sequence" -> Ok { c with Sequence = update c.Sequence }
+        | "structure" ->
+            Ok
+                { c with
+                    Structure = update c.Structure
+                }
+        | "coordinates" ->
+            Ok
+                { c with
+                    Coordinates = update c.Coordinates
+                }
+        | "ss8" -> Ok { c with Ss8 = update c.Ss8 }
+        | "sasa" -> Ok { c with Sasa = update c.Sasa }
+        | "function" -> Ok { c with Function = update c.Function }
+        | "residue-annotations" ->
+            Ok
+                { c with
+                    ResidueAnnotations = update c.ResidueAnnotations
+                }
+        | other -> Error(sprintf "unknown track '%s' (expected %s)" other (String.Join(", ", trackNames)))
 
     /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: MaskingConfig) =

@@ -46,4 +46,54 @@ let tests =
                     0.0222
                     "low tail"
             }
+
+            test "schedule names read back as the schedules they name, and bad names and rates are refused" {
+                for schedule in
+                    [
+                        NoiseSchedule.BetaLinear30
+                        NoiseSchedule.Cosine
+                        NoiseSchedule.Cubic
+                        NoiseSchedule.SquareRoot
+                        NoiseSchedule.Linear
+                        NoiseSchedule.Fixed 0.25
+                        NoiseSchedule.Fixed 1.0
+                    ] do
+                    Expect.equal (NoiseSchedule.ofName (NoiseSchedule.name schedule)) (Ok schedule) "round trip"
+
+                Expect.equal (NoiseSchedule.ofName " Cosine ") (Ok NoiseSchedule.Cosine) "case and spaces"
+
+                for bad in [ "cosin"; "fixed:1.5"; "fixed:-0.1"; "fixed:x"; "" ] do
+                    Expect.isError (NoiseSchedule.ofName bad) bad
+            }
+
+            test "updateTrack replaces exactly the named track's noise and refuses unknown tracks" {
+                let noise =
+                    {
+                        Schedule = NoiseSchedule.Linear
+                        Dropout = 0.125
+                    }
+
+                let tracks (c: MaskingConfig) =
+                    [
+                        c.Sequence
+                        c.Structure
+                        c.Coordinates
+                        c.Ss8
+                        c.Sasa
+                        c.Function
+                        c.ResidueAnnotations
+                    ]
+
+                for i, name in List.indexed MaskingConfig.trackNames do
+                    match MaskingConfig.updateTrack name (fun _ -> noise) MaskingConfig.esm3 with
+                    | Ok c ->
+                        let expected =
+                            tracks MaskingConfig.esm3 |> List.mapi (fun j t -> if j = i then noise else t)
+
+                        Expect.equal (tracks c) expected name
+                        Expect.equal c.NestCoordinates MaskingConfig.esm3.NestCoordinates "other fields kept"
+                    | Error e -> failtest e
+
+                Expect.isError (MaskingConfig.updateTrack "coords" id MaskingConfig.esm3) "unknown track"
+            }
         ]
