@@ -103,9 +103,9 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         printfn ""
         printfn "geometric attention, float32, batch 1, %d repeats (median):" repeats
 
-        let rows = Bench.geometricAttention sizes lengths repeats (eprintfn "  %s")
+        let rows = GeometricAttentionBenchmark.sweep sizes lengths repeats (eprintfn "  %s")
 
-        printfn "%s" (Bench.formatGeometric ceiling rows)
+        printfn "%s" (GeometricAttentionBenchmark.format ceiling rows)
         printfn ""
 
         for label, _ in sizes do
@@ -140,9 +140,9 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             repeats
 
         let rows =
-            Bench.quantizerSearch vectors 4096L 128L budgets repeats (eprintfn "  %s")
+            QuantizerBench.search vectors 4096L 128L budgets repeats (eprintfn "  %s")
 
-        printfn "%s" (Bench.formatQuantizer ceiling rows)
+        printfn "%s" (QuantizerBench.format ceiling rows)
         let naive = rows |> List.head
 
         for r in List.tail rows do
@@ -243,8 +243,8 @@ Cli.run<Args> "bench.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             chains.Length
             repeats
 
-        let rows = Bench.trainSteps presets chains 1 repeats (eprintfn "  %s")
-        printfn "%s" (Bench.formatTrain ceiling rows)
+        let rows = TrainBench.steps presets chains 1 repeats (eprintfn "  %s")
+        printfn "%s" (TrainBench.format ceiling rows)
 
     if sections.Contains "load" then
         let config, label =

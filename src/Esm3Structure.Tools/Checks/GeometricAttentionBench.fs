@@ -25,6 +25,19 @@ type GeometricAttentionBenchmark =
         PairTensorBytes: int64
     }
 
+/// One row of the geometric attention benchmark.
+type GeometricAttentionBenchRow =
+    {
+        Sizes: string
+        Implementation: GeometricAttentionImpl
+        Length: int64
+        /// "forward" or "forward+backward".
+        Pass: string
+        Measurement: Measurement
+        ResiduesPerSecond: float
+        GFlops: float
+    }
+
 /// A small timing and memory comparison a benchmark script can call.
 module GeometricAttentionBenchmark =
 
@@ -82,3 +95,110 @@ module GeometricAttentionBenchmark =
             ScopeBytes = scopeBytes
             PairTensorBytes = batch * config.VHeads * length * length * 4L
         }
+
+    /// Approximate FLOPs of one geometric attention forward (projections, the three L² terms; the backward counted
+    /// as twice the forward).
+    let flops (config: GeometricAttentionConfig) (batch: int64) (length: int64) (backward: bool) =
+        let l, d, v = float length, float config.DModel, float config.VHeads
+        let projections = 2.0 * l * d * 15.0 * v + 2.0 * l * 3.0 * v * d
+        let pairs = 2.0 * v * l * l * 3.0 * 3.0 // rotation scores, distance scores, value sums
+        let forward = float batch * (projections + pairs)
+        if backward then 3.0 * forward else forward
+
+    /// Times geometric attention (float32, batch 1, random frames, ~10% unframed) for each size, implementation,
+    /// length and pass, then measures each cell's peak memory in a second sweep (after all timings, see
+    /// `Bench.peakBytes`). `sizes` pairs a label with a config (its Implementation is overridden).
+    let sweep
+        (sizes: (string * GeometricAttentionConfig) list)
+        (lengths: int64 list)
+        (repeats: int)
+        (progress: string -> unit)
+        =
+        let cells =
+            [
+                for label, config in sizes do
+                    for length in lengths do
+                        for impl in [ GeometricAttentionImpl.Reference; GeometricAttentionImpl.MemoryEfficient ] do
+                            for backward in [ false; true ] ->
+                                label, { config with Implementation = impl }, length, backward
+            ]
+
+        let run
+            (config: GeometricAttentionConfig)
+            (length: int64)
+            (backward: bool)
+            (measureWith: (unit -> unit) -> 'a)
+            : 'a =
+            use layer = new GeometricAttention(config)
+            Init.initialise (new torch.Generator(3UL)) layer
+            use _ = torch.NewDisposeScope()
+            let g = new torch.Generator(5UL)
+            let s = torch.randn ([| 1L; length; config.DModel |], generator = g)
+            let frames = Frame.random [| 1L; length |] 10.0 torch.float32 torch.CPU g
+            let framed = torch.rand([| 1L; length |], generator = g).gt((0.1).ToScalar())
+            let input = GeometricAttentionInput.Create(s, frames, framed)
+
+            measureWith (fun () ->
+                if backward then
+                    layer.zero_grad ()
+                    let x = s.detach().requires_grad_(true)
+                    let out = layer.forward { input with S = x }
+                    out.sum().backward()
+                else
+                    use _ = torch.no_grad ()
+                    layer.forward input |> ignore)
+
+        let times =
+            cells
+            |> List.map (fun (label, config, length, backward) ->
+                let ms = run config length backward (Bench.time 1 repeats)
+
+                progress (
+                    sprintf
+                        "%s %O L=%d %s: %.1f ms"
+                        label
+                        config.Implementation
+                        length
+                        (if backward then "fwd+bwd" else "fwd")
+                        ms
+                )
+
+                ms)
+
+        let peaks =
+            cells
+            |> List.map (fun (_, config, length, backward) -> run config length backward Bench.peakBytes)
+
+        List.zip3 cells times peaks
+        |> List.map (fun ((label, config, length, backward), ms, peak) ->
+            {
+                Sizes = label
+                Implementation = config.Implementation
+                Length = length
+                Pass = if backward then "forward+backward" else "forward"
+                Measurement = { Milliseconds = ms; PeakBytes = peak }
+                ResiduesPerSecond = float length / (ms / 1000.0)
+                GFlops = flops config 1L length backward / (ms * 1e6)
+            })
+
+    /// A Markdown table of geometric attention rows, with each row's share of the matmul ceiling.
+    let format (ceilingGFlops: float) (rows: GeometricAttentionBenchRow list) =
+        let header =
+            "| sizes | implementation | L | pass | ms | residues/s | peak MB | GFLOP/s | % of matmul |"
+
+        let rule = "|---|---|---:|---|---:|---:|---:|---:|---:|"
+
+        let line (r: GeometricAttentionBenchRow) =
+            sprintf
+                "| %s | %O | %d | %s | %.1f | %.0f | %.0f | %.1f | %.0f%% |"
+                r.Sizes
+                r.Implementation
+                r.Length
+                r.Pass
+                r.Measurement.Milliseconds
+                r.ResiduesPerSecond
+                (float r.Measurement.PeakBytes / 1048576.0)
+                r.GFlops
+                (100.0 * r.GFlops / ceilingGFlops)
+
+        String.Join("\n", header :: rule :: (rows |> List.map line))

@@ -99,7 +99,7 @@ module TokenizeBench =
         let e = min (int64 c.Knn) length
         let l, d, f = float length, float c.DModel, float (ffnHidden c)
         // Per neighbourhood: geometric attention on E slots (projections and the three E² pair terms).
-        let attention = Bench.geometricAttentionFlops (geometric c) 1L e false
+        let attention = GeometricAttentionBenchmark.flops (geometric c) 1L e false
         let ffn slots = 6.0 * d * f * float slots // [d → 2F] and [F → d]: 2·d·2F + 2·F·d per slot
 
         let blocks =
@@ -112,7 +112,7 @@ module TokenizeBench =
     /// matrix products only (2 per multiply-add). With E = min(Knn, length), d, V vector heads, F = SwiGLU width,
     /// D = DOut and K codes, per residue:
     /// every block runs geometric attention on its neighbourhood's E slots, 2·E·d·15V (proj) + 2·E·3V·d (out_proj)
-    /// + 18·V·E² (rotation scores, distances, value sums; `Bench.geometricAttentionFlops`); the SwiGLU, 6·d·F per
+    /// + 18·V·E² (rotation scores, distances, value sums; `GeometricAttentionBenchmark.flops`); the SwiGLU, 6·d·F per
     /// slot (2·d·2F in, 2·F·d out), runs on all E slots in blocks 1 … n−1 but on the query slot alone in the last
     /// block (only slot 0 is read: `TransformerStack.ForwardAt`); then pre_vq_proj 2·d·D and the codebook search
     /// 2·K·D. Not counted: LayerNorms, softmax, activations, gathers, the kNN graph (9·L² in all).
