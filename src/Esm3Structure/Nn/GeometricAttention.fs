@@ -328,6 +328,21 @@ module GeometricAttention =
             let count = weights_BLL.sum(-1L, true).clamp_min(1.0.ToScalar()) // [B, L, 1]
             weights_BLL.matmul t / count
 
+    /// Whether autograd records this forward: gradients are enabled and the input, its frames or a weight requires
+    /// them. The memory-light form then takes its autograd path (out-of-place, torch.cdist distances) instead of the
+    /// in-place inference path.
+    let tracksGradient (w: GeometricAttentionWeights) (input: GeometricAttentionInput) =
+        torch.is_grad_enabled ()
+        && ([
+                input.S
+                input.Frames.R
+                input.Frames.T
+                w.ProjWeight
+                w.RotationScale
+                w.DistanceScale
+            ]
+            |> List.exists _.requires_grad)
+
     /// The memory-light form for the queries at `queries` (start, count) of the L positions; every position is a
     /// key. Shapes: as `forward` -> [B, count, d]
     let private attendMemoryEfficient
@@ -362,17 +377,7 @@ module GeometricAttention =
         // rounding can make a true 0 slightly negative.
         let tiny = torch.finfo(input.S.dtype).tiny.ToScalar()
 
-        let needsGrad =
-            torch.is_grad_enabled ()
-            && ([
-                    input.S
-                    input.Frames.R
-                    input.Frames.T
-                    w.ProjWeight
-                    w.RotationScale
-                    w.DistanceScale
-                ]
-                |> List.exists _.requires_grad)
+        let needsGrad = tracksGradient w input
 
         let o_BVL3 =
             if needsGrad then

@@ -16,6 +16,16 @@ open Esm3Structure.Tokenizers
 
 let private tiny = MultiTrackFixtures.tiny
 
+/// The sizes ESM's reference script (Reference/esm3/generate.py) wrote its weights and outputs at: d 64, 1 head,
+/// 4 vector heads, 2 layers.
+let private esmSmall =
+    { MultiTrackConfig.esm3 with
+        DModel = 64L
+        Heads = 1L
+        VHeads = 4L
+        Layers = 2
+    }
+
 let private chain = lazy (StructureFile.read (Data.small "1ubq_A") None)
 
 /// A batch of two crops of 1ubq (11 and 9 residues) with random ids on every track (inside each vocabulary).
@@ -216,15 +226,8 @@ let tests =
                 // each ≤ n·u relative to max(1 (post-LayerNorm activations), the output's largest value); the
                 // coordinates are the same on both sides, so only the frames' own rounding adds (float32:
                 // measured 1–4e-6 relative, the bound 7e-4).
-                let esmConfig =
-                    { MultiTrackConfig.esm3 with
-                        DModel = 64L
-                        Heads = 1L
-                        VHeads = 4L
-                        Layers = 2
-                    }
 
-                let n = reductions esmConfig input.Sequence.shape.[1]
+                let n = reductions esmSmall input.Sequence.shape.[1]
 
                 let matches (prefix: string) (dtype: torch.ScalarType) (out: MultiTrackOutput) =
                     let u = Tol.unitRoundoff dtype
@@ -292,22 +295,15 @@ let tests =
                     PyTorchCheckpoint.entries pth
                     |> List.map (fun (name, stored) -> name, stored.Shape)
 
-                let esmConfig =
-                    { MultiTrackConfig.esm3 with
-                        DModel = 64L
-                        Heads = 1L
-                        VHeads = 4L
-                        Layers = 2
-                    }
 
-                use esmSized = new MultiTrackModel(esmConfig, g)
+                use esmSized = new MultiTrackModel(esmSmall, g)
                 let ours = Checkpoint.keyShapes esmSized
                 Expect.equal (ours |> List.map fst |> List.sort) (esm |> List.map fst |> List.sort) "ESM's keys"
 
                 for (k, a), (_, b) in List.zip (List.sortBy fst ours) (List.sortBy fst esm) do
                     Expect.equal a b ("ESM's shape of " + k)
 
-                Expect.equal (MultiTrackCheckpoint.expectedKeys esmConfig) esm "the table: ESM's keys in ESM's order"
+                Expect.equal (MultiTrackCheckpoint.expectedKeys esmSmall) esm "the table: ESM's keys in ESM's order"
 
                 // Other sizes: the module against the table (checked against ESM's file just above).
                 for config in [ tiny; { tiny with GeometricLayers = 2 }; MultiTrackConfig.small ] do

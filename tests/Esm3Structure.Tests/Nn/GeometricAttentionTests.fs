@@ -363,17 +363,7 @@ let private forwardBound
 
     // The memory-light form's autograd path takes torch.cdist, which computes each distance directly unless a
     // side has more than 25 points (PyTorch's `use_mm_for_euclid_dist_if_necessary`).
-    let autograd =
-        torch.is_grad_enabled ()
-        && ([
-                input.S
-                input.Frames.R
-                input.Frames.T
-                w.ProjWeight
-                w.RotationScale
-                w.DistanceScale
-            ]
-            |> List.exists _.requires_grad)
+    let autograd = GeometricAttention.tracksGradient w input
 
     let rounding =
         match cfg.Implementation with
@@ -442,6 +432,18 @@ let private forwardBound
 
     (k + 1.0) * u * (linearAbs local (f64 w.OutWeight) + bias w.OutBias)
     + linearAbs eLocal (f64 w.OutWeight)
+
+/// The sum of the reference and memory-light forms' bounds on exact inputs: two computations of one function each
+/// within its own bound differ by at most their sum.
+let private implementationsBound cfg w input =
+    forwardBound cfg w input exactInput
+    + forwardBound
+        { cfg with
+            Implementation = MemoryEfficient
+        }
+        w
+        input
+        exactInput
 
 /// Asserts |a − b| ≤ bound entrywise (float64 `bound` of their shape) and records the largest fraction of the bound
 /// used under `what`.
@@ -748,15 +750,7 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
                 let reference = GeometricAttention.forwardReference cfg w input
                 let efficient = GeometricAttention.forwardMemoryEfficient cfg w input
                 // One function: each form within its own rounding bound (doubled for second order).
-                let bound =
-                    forwardBound cfg w input exactInput
-                    + forwardBound
-                        { cfg with
-                            Implementation = MemoryEfficient
-                        }
-                        w
-                        input
-                        exactInput
+                let bound = implementationsBound cfg w input
 
                 withinBound (sprintf "GA6 %s" dname) (2.0 * bound) reference efficient)
 
@@ -773,15 +767,7 @@ let private properties (dtype: torch.ScalarType) (dname: string) =
                 let efficient = GeometricAttention.forwardMemoryEfficient cfg tracked input
                 Expect.isTrue efficient.requires_grad "went through the autograd path"
                 // cdist's direct distances round less than the expanded form the memory-light bound assumes.
-                let bound =
-                    forwardBound cfg w input exactInput
-                    + forwardBound
-                        { cfg with
-                            Implementation = MemoryEfficient
-                        }
-                        w
-                        input
-                        exactInput
+                let bound = implementationsBound cfg w input
 
                 withinBound (sprintf "GA6 autograd %s" dname) (2.0 * bound) reference (efficient.detach ()))
         ]
