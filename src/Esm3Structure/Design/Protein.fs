@@ -427,11 +427,7 @@ module Protein =
     /// Writes proteins by the extension of `path`: `.fasta`/`.fa`, `.pdb`, `.cif`/`.mmcif`, `.json` (each optionally
     /// `.gz`), atomically. Another extension raises an `ArgumentException` naming the path.
     let write (path: string) (proteins: Protein[]) : unit =
-        let bare =
-            if path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
-                path.Substring(0, path.Length - 3)
-            else
-                path
+        let bare = TextFiles.withoutGz path
 
         let text =
             match Path.GetExtension(bare).ToLowerInvariant() with

@@ -259,11 +259,7 @@ module GenerationPrompt =
     /// Checks that `--out` has a known extension and, for structure formats, that the samples will have coordinates
     /// (a structure prompt via --pdb, or --track structure).
     let checkOutput (out: string) (track: GenerationTrack) (promptHasCoordinates: bool) : unit =
-        let bare =
-            if out.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
-                out.Substring(0, out.Length - 3)
-            else
-                out
+        let bare = TextFiles.withoutGz out
 
         match IO.Path.GetExtension(bare).ToLowerInvariant() with
         | ".fasta"

@@ -470,14 +470,15 @@ module Dssp =
         | 'S' -> letter
         | _ -> 'C'
 
-    /// The 3-class map of SS8 letters (ESM's): G/H/I → H, E/B → E, everything else → C.
-    let toSs3 (ss8: char[]) : char[] =
-        ss8
-        |> Array.map (fun c ->
-            match c with
-            | 'G'
-            | 'H'
-            | 'I' -> 'H'
-            | 'E'
-            | 'B' -> 'E'
-            | _ -> 'C')
+    /// ESM's 3-class map of one SS8 letter: G/H/I → H, E/B → E, everything else → C.
+    let ss3Of (letter: char) : char =
+        match letter with
+        | 'G'
+        | 'H'
+        | 'I' -> 'H'
+        | 'E'
+        | 'B' -> 'E'
+        | _ -> 'C'
+
+    /// The 3-class map of SS8 letters (`ss3Of` at each).
+    let toSs3 (ss8: char[]) : char[] = Array.map ss3Of ss8

@@ -35,13 +35,7 @@ module StructureFile =
         if firstLine(0).StartsWith("data_", StringComparison.OrdinalIgnoreCase) then
             StructureFormat.Mmcif
         else
-            let name = Path.GetFileName(path).ToLowerInvariant()
-
-            let name =
-                if name.EndsWith ".gz" then
-                    name.Substring(0, name.Length - 3)
-                else
-                    name
+            let name = (TextFiles.withoutGz (Path.GetFileName path)).ToLowerInvariant()
 
             if name.EndsWith ".cif" || name.EndsWith ".mmcif" then
                 StructureFormat.Mmcif
@@ -67,13 +61,7 @@ module StructureFile =
 
     /// True for the names the readers accept: .pdb, .ent, .cif, .mmcif, each optionally + .gz.
     let isStructureFile (path: string) =
-        let name = Path.GetFileName(path).ToLowerInvariant()
-
-        let name =
-            if name.EndsWith ".gz" then
-                name.Substring(0, name.Length - 3)
-            else
-                name
+        let name = (TextFiles.withoutGz (Path.GetFileName path)).ToLowerInvariant()
 
         [ ".pdb"; ".ent"; ".cif"; ".mmcif" ] |> List.exists name.EndsWith
 

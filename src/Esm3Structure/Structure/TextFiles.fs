@@ -247,6 +247,13 @@ module TextFiles =
                     (InputLocation.Line line)
                     (sprintf "binary or non-text data (character 0x%02x)" (int c))
 
+    /// The path without a trailing ".gz" (any case): the name the content's format is read from.
+    let withoutGz (path: string) : string =
+        if path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
+            path.Substring(0, path.Length - 3)
+        else
+            path
+
     /// The file name without folders and without the extensions .gz, .pdb, .ent, .cif, .mmcif (e.g. "1ubq_A").
     let stem (path: string) : string =
         let mutable name = Path.GetFileName path

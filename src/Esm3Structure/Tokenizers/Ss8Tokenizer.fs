@@ -3,6 +3,7 @@ namespace Esm3Structure.Tokenizers
 open System
 open System.Collections.Generic
 open Esm3Structure
+open Esm3Structure.Structure
 
 /// ESM3's secondary-structure (SS8) track: three specials then the eight DSSP classes in ESM's order `GHITEBSC`
 /// (evolutionaryscale/esm `esm/tokenization/ss_tokenizer.py`, `SSE_8CLASS_VOCAB` and `SSE_8CLASS_TO_3CLASS_MAP` in
@@ -146,16 +147,7 @@ module Ss8Tokenizer =
     /// ESM's 8 → 3 class map: G, H, I → H; E, B → E; T, S, C → C. Any other character (mask `_`, unknown) is
     /// returned unchanged.
     let toThreeClass (c: char) : char =
-        match c with
-        | 'G'
-        | 'H'
-        | 'I' -> 'H'
-        | 'E'
-        | 'B' -> 'E'
-        | 'T'
-        | 'S'
-        | 'C' -> 'C'
-        | other -> other
+        if Classes.Contains c then Dssp.ss3Of c else c
 
     /// Maps every character of an SS8 string with `toThreeClass`.
     let threeClassString (ss8: string) : string = String.map toThreeClass ss8
