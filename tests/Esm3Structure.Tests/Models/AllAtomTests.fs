@@ -119,12 +119,12 @@ let private unitPairs (sc: torch.Tensor) = sc / sc.norm (-1, true)
 let private tableNorms =
     lazy
         (use _ = torch.NewDisposeScope()
-         let d = AllAtom.defaultFrames torch.float64 cpu
+         let d = RigidGroups.defaultFrames torch.float64 cpu
 
          let frameShift =
              d.T.narrow(1L, 1L, 7L).norm(-1, false).amax([| -1L |]).data<float>().ToArray()
 
-         let lit = AllAtom.restypeAtom14GroupPositions
+         let lit = RigidGroups.restypeAtom14GroupPositions
 
          let atomMax =
              Array.init 21 (fun r ->
@@ -451,7 +451,7 @@ let tests =
         [
             test "default frames are AlphaFold's re-expressed in ESM's backbone convention" {
                 use _ = torch.NewDisposeScope()
-                let esmPos = AllAtom.restypeAtom14GroupPositions
+                let esmPos = RigidGroups.restypeAtom14GroupPositions
 
                 for r in 0..20 do
                     let af2 name =
@@ -488,7 +488,7 @@ let tests =
                     Expect.isLessThan (abs (mean 2 - esmC.[c])) 0.01 "mean C = BB_COORDINATES C"
 
                 // Every default frame is a proper rotation; psi's origin is C, chi1's is CB.
-                let d = AllAtom.defaultFrames torch.float64 cpu
+                let d = RigidGroups.defaultFrames torch.float64 cpu
                 Expect.isLessThan (Rotation.properError d.R) 1e-12 "proper rotations"
 
                 for r in 0..20 do
