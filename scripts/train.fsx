@@ -331,40 +331,9 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
             /// `--mask TRACK=SCHEDULE[/DROPOUT]` applied over the preset's training noise, in the order given.
             let withMask (masking: MaskingConfig) (spec: string) =
-                let fail (why: string) =
-                    invalidArg "mask" (sprintf "--mask '%s': %s" spec why)
-
-                match spec.Split('=', 2) with
-                | [| track; noise |] ->
-                    let scheduleName, dropout =
-                        match noise.Split('/', 2) with
-                        | [| name; d |] ->
-                            match
-                                Double.TryParse(
-                                    d,
-                                    Globalization.NumberStyles.Float,
-                                    Globalization.CultureInfo.InvariantCulture
-                                )
-                            with
-                            | true, p when p >= 0.0 && p <= 1.0 -> name, Some p
-                            | _ -> fail (sprintf "dropout must be a number in [0, 1], got '%s'" d)
-                        | _ -> noise, None
-
-                    let schedule =
-                        match NoiseSchedule.ofName scheduleName with
-                        | Ok s -> s
-                        | Error e -> fail e
-
-                    let setNoise (current: TrackNoise) =
-                        {
-                            Schedule = schedule
-                            Dropout = defaultArg dropout current.Dropout
-                        }
-
-                    match MaskingConfig.updateTrack track setNoise masking with
-                    | Ok m -> m
-                    | Error e -> fail e
-                | _ -> fail "expected TRACK=SCHEDULE[/DROPOUT], e.g. coordinates=linear/0.25"
+                match MaskingConfig.withSpec spec masking with
+                | Ok m -> m
+                | Error e -> invalidArg "mask" (sprintf "--mask '%s': %s" spec e)
 
             let config =
                 { preset with

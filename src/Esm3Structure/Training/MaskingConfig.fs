@@ -49,29 +49,38 @@ module NoiseSchedule =
         | NoiseSchedule.Linear -> "linear"
         | NoiseSchedule.Fixed r -> sprintf "fixed:%g" r
 
+    /// A probability written as text (invariant culture), or an error naming `what`.
+    let parseProbability (what: string) (text: string) : Result<float, string> =
+        match
+            Double.TryParse(text.Trim(), Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture)
+        with
+        | true, p when p >= 0.0 && p <= 1.0 -> Ok p
+        | _ -> Error(sprintf "%s must be a number in [0, 1], got '%s'" what text)
+
     /// The schedule of a name as `name` writes it ("fixed:r" with r in [0, 1]), or an error listing the names.
     let ofName (text: string) : Result<NoiseSchedule, string> =
-        match text.Trim().ToLowerInvariant() with
-        | "betalinear30" -> Ok NoiseSchedule.BetaLinear30
-        | "cosine" -> Ok NoiseSchedule.Cosine
-        | "cubic" -> Ok NoiseSchedule.Cubic
-        | "sqrt" -> Ok NoiseSchedule.SquareRoot
-        | "linear" -> Ok NoiseSchedule.Linear
-        | fixedRate when fixedRate.StartsWith "fixed:" ->
-            match
-                Double.TryParse(
-                    fixedRate.Substring 6,
-                    Globalization.NumberStyles.Float,
-                    Globalization.CultureInfo.InvariantCulture
-                )
-            with
-            | true, r when r >= 0.0 && r <= 1.0 -> Ok(NoiseSchedule.Fixed r)
-            | _ -> Error(sprintf "fixed schedule rate must be a number in [0, 1], got '%s'" (fixedRate.Substring 6))
-        | other ->
+        let text = text.Trim().ToLowerInvariant()
+
+        let named =
+            [
+                NoiseSchedule.BetaLinear30
+                NoiseSchedule.Cosine
+                NoiseSchedule.Cubic
+                NoiseSchedule.SquareRoot
+                NoiseSchedule.Linear
+            ]
+
+        match named |> List.tryFind (fun s -> name s = text) with
+        | Some s -> Ok s
+        | None when text.StartsWith "fixed:" ->
+            parseProbability "fixed schedule rate" (text.Substring 6)
+            |> Result.map NoiseSchedule.Fixed
+        | None ->
             Error(
                 sprintf
-                    "unknown noise schedule '%s' (expected betalinear30, cosine, cubic, sqrt, linear or fixed:r)"
-                    other
+                    "unknown noise schedule '%s' (expected %s or fixed:r)"
+                    text
+                    (String.Join(", ", named |> List.map name))
             )
 
     /// `n` mask rates in [0, 1], float64 on the CPU. Beta(3, 9) is drawn as X/(X + Y) with X, Y sums of 3 and 9
@@ -225,6 +234,33 @@ module MaskingConfig =
                     ResidueAnnotations = update c.ResidueAnnotations
                 }
         | other -> Error(sprintf "unknown track '%s' (expected %s)" other (String.Join(", ", trackNames)))
+
+    /// The config with one track's noise set from `TRACK=SCHEDULE[/DROPOUT]` (e.g. "coordinates=linear/0.25"; the
+    /// dropout kept when omitted), as `train.fsx --mask` takes it; else the error.
+    let withSpec (spec: string) (c: MaskingConfig) : Result<MaskingConfig, string> =
+        match spec.Split('=', 2) with
+        | [| track; noise |] ->
+            let scheduleText, dropoutText =
+                match noise.Split('/', 2) with
+                | [| schedule; dropout |] -> schedule, Some dropout
+                | _ -> noise, None
+
+            NoiseSchedule.ofName scheduleText
+            |> Result.bind (fun schedule ->
+                match dropoutText |> Option.map (NoiseSchedule.parseProbability "dropout") with
+                | Some(Error e) -> Error e
+                | Some(Ok dropout) -> Ok(schedule, Some dropout)
+                | None -> Ok(schedule, None))
+            |> Result.bind (fun (schedule, dropout) ->
+                updateTrack
+                    track
+                    (fun current ->
+                        {
+                            Schedule = schedule
+                            Dropout = defaultArg dropout current.Dropout
+                        })
+                    c)
+        | _ -> Error "expected TRACK=SCHEDULE[/DROPOUT], e.g. coordinates=linear/0.25"
 
     /// The config, or the errors naming each bad field (`Validation`).
     let validate (c: MaskingConfig) =

@@ -96,4 +96,39 @@ let tests =
 
                 Expect.isError (MaskingConfig.updateTrack "coords" id MaskingConfig.esm3) "unknown track"
             }
+
+            test "withSpec sets a track's schedule and dropout from TRACK=SCHEDULE[/DROPOUT] and names what is wrong" {
+                let spec text =
+                    match MaskingConfig.withSpec text MaskingConfig.esm3 with
+                    | Ok c -> c
+                    | Error e -> failtest e
+
+                Expect.equal
+                    (spec "coordinates=linear/0.25").Coordinates
+                    {
+                        Schedule = NoiseSchedule.Linear
+                        Dropout = 0.25
+                    }
+                    "schedule and dropout"
+
+                Expect.equal
+                    (spec "sequence=fixed:0.5").Sequence
+                    {
+                        Schedule = NoiseSchedule.Fixed 0.5
+                        Dropout = MaskingConfig.esm3.Sequence.Dropout
+                    }
+                    "dropout kept when omitted"
+
+                for bad, says in
+                    [
+                        "coordinates", "TRACK=SCHEDULE"
+                        "coords=linear", "unknown track"
+                        "coordinates=bogus", "unknown noise schedule"
+                        "coordinates=linear/2", "dropout must be a number in [0, 1]"
+                        "coordinates=fixed:1.5", "fixed schedule rate"
+                    ] do
+                    match MaskingConfig.withSpec bad MaskingConfig.esm3 with
+                    | Ok _ -> failtestf "%s: accepted" bad
+                    | Error e -> Expect.stringContains e says bad
+            }
         ]
