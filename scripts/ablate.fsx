@@ -100,7 +100,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
 
         match Ablation.validate ablation with
         | Ok _ -> ()
-        | Error errors -> invalidArg "ablation" (String.Join("; ", errors))
+        | Error errors -> invalidArg "ablation" ("--ablation: " + String.Join("; ", errors))
 
         let results =
             args.GetResult(Results, defaultValue = Path.Combine("runs", "ablation-" + ablation.Name))
@@ -114,7 +114,7 @@ Cli.run<Args> "ablate.fsx" argv (fun args ->
             let rows = AblationReport.writeSummary results ablation.Name
 
             if rows.Length = 0 then
-                invalidArg "results" (sprintf "no finished runs in %s" (Path.Combine(results, "runs")))
+                invalidArg "results" (sprintf "--results: no finished runs in %s" (Path.Combine(results, "runs")))
 
             report ()
             0

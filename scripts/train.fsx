@@ -63,6 +63,8 @@ type Args =
     | Init of dir: string
     | Separate_Coordinates
     | Mask of spec: string
+    | Geometric_Layers of int
+    | Crop of residues: int
     | Seed of int
     | Checkpoint_Every of int
     | Pth
@@ -115,6 +117,9 @@ type Args =
                 "multitrack: hide coordinates on their own schedule (Table S6: cubic, spans half the time, dropout 0.5) instead of also wherever structure tokens are hidden (the default, ours)"
             | Mask _ ->
                 "multitrack: one track's training noise as TRACK=SCHEDULE[/DROPOUT] (e.g. coordinates=linear/0.25; schedules betalinear30, cosine, cubic, sqrt, linear, fixed:r; repeatable; validation keeps the preset's noise)"
+            | Geometric_Layers _ ->
+                "multitrack: blocks 0 … N−1 carry geometric attention over the coordinates (default: the preset's, ESM3's 1)"
+            | Crop _ -> "multitrack: train on random crops of at most N residues (default: the preset's, 128)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
             | Pth ->
@@ -194,6 +199,12 @@ Cli.run<Args> "train.fsx" argv (fun args ->
 
     if model <> "multitrack" && args.Contains Mask then
         invalidArg "mask" "--mask is for --model multitrack"
+
+    if model <> "multitrack" && args.Contains Geometric_Layers then
+        invalidArg "geometric-layers" "--geometric-layers is for --model multitrack"
+
+    if model <> "multitrack" && args.Contains Crop then
+        invalidArg "crop" "--crop is for --model multitrack (the tokenizer has --crop-curriculum)"
 
     let refuseStage1Flags () =
         refuse (stage1Flags @ [ ("--init", args.Contains Init) ]) (sprintf "%s is for --model tokenizer --stage 1")
@@ -335,8 +346,29 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | Ok m -> m
                 | Error e -> invalidArg "mask" (sprintf "--mask '%s': %s" spec e)
 
+            let geometricLayers =
+                args.GetResult(Geometric_Layers, defaultValue = preset.Model.GeometricLayers)
+
+            if geometricLayers < 0 || geometricLayers > preset.Model.Layers then
+                invalidArg
+                    "geometric-layers"
+                    (sprintf
+                        "--geometric-layers must lie in 0 … %d (the preset's blocks), got %d"
+                        preset.Model.Layers
+                        geometricLayers)
+
+            let crop = args.GetResult(Crop, defaultValue = preset.CropLength)
+
+            if crop < 1 then
+                invalidArg "crop" (sprintf "--crop must be at least 1 residue, got %d" crop)
+
             let config =
                 { preset with
+                    Model =
+                        { preset.Model with
+                            GeometricLayers = geometricLayers
+                        }
+                    CropLength = crop
                     Masking =
                         { (args.GetResults Mask |> List.fold withMask preset.Masking) with
                             NestCoordinates =

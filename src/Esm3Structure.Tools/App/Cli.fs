@@ -59,7 +59,13 @@ module Cli =
         | :? FileNotFoundException as e -> sprintf "file not found: %s" (defaultArg (Option.ofObj e.FileName) e.Message)
         | :? DirectoryNotFoundException
         | :? UnauthorizedAccessException
-        | :? IOException
+        | :? IOException -> e.Message
+        // `invalidArg "flag" message` appends " (Parameter 'flag')": dropped where the message names it already.
+        | :? ArgumentException as a when
+            not (String.IsNullOrEmpty a.ParamName)
+            && a.Message.Replace(sprintf " (Parameter '%s')" a.ParamName, "").Contains a.ParamName
+            ->
+            a.Message.Replace(sprintf " (Parameter '%s')" a.ParamName, "")
         | :? ArgumentException -> e.Message
         | e -> sprintf "%s: %s" (e.GetType().Name) e.Message
 

@@ -445,6 +445,10 @@ let tests =
                                 "2"
                                 "--chains"
                                 "2"
+                                "--geometric-layers"
+                                "2"
+                                "--crop"
+                                "40"
                                 "--data"
                                 Esm3Structure.Tests.Data.root.Value
                                 "--out"
@@ -454,6 +458,19 @@ let tests =
                     Expect.equal code 0 ("exit code; stderr: " + err)
                     Expect.stringContains stdout "done: 2 steps" "report"
 
+                    do
+                        use config =
+                            System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "config.json")))
+
+                        let root = config.RootElement
+
+                        Expect.equal
+                            (root.GetProperty("Model").GetProperty("GeometricLayers").GetInt32())
+                            2
+                            "--geometric-layers in config.json"
+
+                        Expect.equal (root.GetProperty("CropLength").GetInt32()) 40 "--crop in config.json"
+
                     Expect.isTrue
                         (File.Exists(Path.Combine(out, "checkpoints", "step-000002", "multitrack.safetensors")))
                         "export"
@@ -462,6 +479,28 @@ let tests =
                     |> oneLineError
                         "unknown model"
                         "train.fsx: unknown --model 'bogus' (expected tokenizer, multitrack, confidence or causal-lm)"
+
+                    runScript
+                        "train.fsx"
+                        [
+                            "--"
+                            "--model"
+                            "multitrack"
+                            "--preset"
+                            "smoke"
+                            "--geometric-layers"
+                            "3"
+                            "--out"
+                            out
+                        ]
+                    |> oneLineError
+                        "geometric layers beyond the blocks"
+                        "train.fsx: --geometric-layers must lie in 0 … 2 (the preset's blocks), got 3"
+
+                    runScript "train.fsx" [ "--"; "--crop"; "128"; "--out"; out ]
+                    |> oneLineError
+                        "--crop for the tokenizer"
+                        "train.fsx: --crop is for --model multitrack (the tokenizer has --crop-curriculum)"
                 finally
                     if Directory.Exists out then
                         Directory.Delete(out, true)
