@@ -129,8 +129,10 @@ Cli.run<Args>
             (String.Join(",", seeds))
 
         let clock = Diagnostics.Stopwatch.StartNew()
-        let baselines = GenerationEvaluation.baselines encoder decoder chains
+        let baselines = GenerationEvaluation.baselines encoder decoder tasks chains
         printfn "baselines: %.0f s" clock.Elapsed.TotalSeconds
+
+        let evaluated (track: GenerationTrack) = tasks |> Array.contains track
 
         let scores =
             seeds
@@ -146,13 +148,17 @@ Cli.run<Args>
                                 printfn "seed %d: %s done (%.0f s)" seed task clock.Elapsed.TotalSeconds))
                         chains
 
-                printfn
-                    "seed %d: recovery %.4f, SS8 accuracy %.4f, structure median RMSD %.2f Å, median TM-score %.3f"
-                    seed
-                    s.Recovery
-                    s.Ss8Accuracy
-                    s.MedianRmsd
-                    s.MedianTmScore
+                let figures =
+                    [
+                        if evaluated GenerationTrack.Sequence then
+                            sprintf "recovery %.4f" s.Recovery
+                        if evaluated GenerationTrack.Ss8 then
+                            sprintf "SS8 accuracy %.4f" s.Ss8Accuracy
+                        if evaluated GenerationTrack.Structure then
+                            sprintf "structure median RMSD %.2f Å, median TM-score %.3f" s.MedianRmsd s.MedianTmScore
+                    ]
+
+                printfn "seed %d: %s" seed (String.Join(", ", figures))
 
                 s)
 
@@ -168,19 +174,40 @@ Cli.run<Args>
 
             m, sd
 
-        let row (task: string) (metric: string) (f: GenerationTaskScores -> float) (digits: int) (baseline: string) =
-            let m, sd = meanSd f
+        // Rows of the tasks evaluated only; one seed has no spread.
+        let row
+            (track: GenerationTrack)
+            (task: string)
+            (metric: string)
+            (f: GenerationTaskScores -> float)
+            (digits: int)
+            (baseline: string)
+            =
+            if evaluated track then
+                let m, sd = meanSd f
 
-            let fmt (x: float) =
-                x.ToString("F" + string digits, Globalization.CultureInfo.InvariantCulture)
+                let fmt (x: float) =
+                    x.ToString("F" + string digits, Globalization.CultureInfo.InvariantCulture)
 
-            printfn "| %s | %s | %s ± %s | %s |" task metric (fmt m) (fmt sd) baseline
+                let figure =
+                    if seeds.Length < 2 then
+                        fmt m
+                    else
+                        sprintf "%s ± %s" (fmt m) (fmt sd)
+
+                printfn "| %s | %s | %s | %s |" task metric figure baseline
 
         printfn ""
-        printfn "| task | figure | model, mean ± sd over %d seeds | baseline |" seeds.Length
+
+        if seeds.Length < 2 then
+            printfn "| task | figure | model, 1 seed | baseline |"
+        else
+            printfn "| task | figure | model, mean ± sd over %d seeds | baseline |" seeds.Length
+
         printfn "|---|---|---:|---|"
 
         row
+            GenerationTrack.Sequence
             "inverse folding"
             "sequence recovery"
             (fun s -> s.Recovery)
@@ -188,6 +215,7 @@ Cli.run<Args>
             (sprintf "%.3f (always '%c', the commonest residue)" baselines.UnigramRecovery baselines.UnigramLetter)
 
         row
+            GenerationTrack.Ss8
             "SS8 from sequence"
             "accuracy"
             (fun s -> s.Ss8Accuracy)
@@ -195,6 +223,7 @@ Cli.run<Args>
             (sprintf "%.3f (always '%c', the commonest class)" baselines.MajorityAccuracy baselines.MajorityClass)
 
         row
+            GenerationTrack.Structure
             "structure from sequence"
             "median backbone RMSD (Å)"
             (fun s -> s.MedianRmsd)
@@ -205,6 +234,7 @@ Cli.run<Args>
                 baselines.ShuffledTokensMedianRmsd)
 
         row
+            GenerationTrack.Structure
             "structure from sequence"
             "median TM-score"
             (fun s -> s.MedianTmScore)

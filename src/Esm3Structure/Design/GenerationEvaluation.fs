@@ -75,11 +75,13 @@ module GenerationEvaluation =
 
         hits, total
 
-    /// The baselines over `chains` (`Protein.ofChainWithTracks` of each; the encoder and decoder of the structure
-    /// tokenizer for the structure figures).
+    /// The baselines of `tasks` over `chains` (`Protein.ofChainWithTracks` of each; the encoder and decoder of the
+    /// structure tokenizer for the structure figures). The structure baselines decode every chain twice, so they
+    /// are NaN when Structure is not among `tasks`; the others cost little and are always computed.
     let baselines
         (encoder: StructureEncoder)
         (decoder: StructureDecoder)
+        (tasks: GenerationTrack[])
         (chains: ProteinChain[])
         : GenerationBaselines =
         let letters =
@@ -92,14 +94,20 @@ module GenerationEvaluation =
         let majority, majorityCount = ss8 |> Array.countBy id |> Array.maxBy snd
 
         let decodeScores (reorder: int -> int64[] -> int64[]) =
-            chains
-            |> Array.mapi (fun i chain ->
-                let tokens = (StructureTokenizer.tokenize encoder chain).Tokens |> reorder i
+            if not (Array.contains GenerationTrack.Structure tasks) then
+                [| nan, nan |]
+            else
+                chains
+                |> Array.mapi (fun i chain ->
+                    let tokens = (StructureTokenizer.tokenize encoder chain).Tokens |> reorder i
 
-                let decoded =
-                    StructureDecoder.decodeWithSequence decoder chain.Sequence (StructureTokens.wrap chain.Name tokens)
+                    let decoded =
+                        StructureDecoder.decodeWithSequence
+                            decoder
+                            chain.Sequence
+                            (StructureTokens.wrap chain.Name tokens)
 
-                structureScores decoded.Chain chain)
+                    structureScores decoded.Chain chain)
 
         let trueScores = decodeScores (fun _ t -> t)
 

@@ -296,7 +296,30 @@ let tests =
                     Expect.isTrue (Double.IsNaN one.Recovery && Double.IsNaN one.MedianRmsd) "left out"
                     Expect.equal one.Ss8Accuracy all.Ss8Accuracy "a task does not depend on the others"
 
-                    let b = GenerationEvaluation.baselines d.Encoder.Value d.Decoder.Value chains
+                    let b =
+                        GenerationEvaluation.baselines
+                            d.Encoder.Value
+                            d.Decoder.Value
+                            [| GenerationTrack.Sequence; GenerationTrack.Structure |]
+                            chains
+
+                    Expect.isTrue
+                        (b.ShuffledTokensMedianRmsd > 0.0 && Double.IsFinite b.TrueTokensMedianRmsd)
+                        "structure baselines with the structure task"
+
+                    let sequenceOnly =
+                        GenerationEvaluation.baselines
+                            d.Encoder.Value
+                            d.Decoder.Value
+                            [| GenerationTrack.Sequence |]
+                            chains
+
+                    Expect.isTrue
+                        (Double.IsNaN sequenceOnly.TrueTokensMedianRmsd
+                         && Double.IsNaN sequenceOnly.ShuffledTokensMedianTmScore)
+                        "no structure baselines without the structure task"
+
+                    Expect.equal sequenceOnly.UnigramRecovery b.UnigramRecovery "the unigram baseline either way"
                     let letters = chains |> Array.collect (fun c -> c.Sequence.ToCharArray())
                     let count = letters |> Array.filter (fun c -> c = b.UnigramLetter) |> Array.length
 
