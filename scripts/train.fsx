@@ -22,7 +22,7 @@
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--global-layers N] [--chain-frames] [--crop-curriculum STEP:LEN,…]
 //                                   [--pair-residues N] [--fsq LEVELS] [--init DIR] [--separate-coordinates]
-//                                   [--seed N] [--checkpoint-every N] [--resume] [--pth] [--device cpu|cuda] [--usage]
+//                                   [--seed N] [--checkpoint-every N] [--keep-checkpoints N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
 // (`dotnet fsi script.fsx --help` shows F# Interactive's help; put `--` before the script's arguments.)
@@ -67,6 +67,7 @@ type Args =
     | Crop of residues: int
     | Seed of int
     | Checkpoint_Every of int
+    | Keep_Checkpoints of int
     | Pth
     | Resume
     | Device of string
@@ -122,6 +123,8 @@ type Args =
             | Crop _ -> "multitrack: train on random crops of at most N residues (default: the preset's, 128)"
             | Seed _ -> "random seed (default 0)"
             | Checkpoint_Every _ -> "write a checkpoint every N steps, and at the end (default: the preset's)"
+            | Keep_Checkpoints _ ->
+                "keep the newest N checkpoints, deleting older ones (default 2; 0 keeps every one, for a learning curve)"
             | Pth ->
                 "also write the final checkpoint's release files as PyTorch .pth (torch.load(weights_only=True) reads them; ESM's classes load them strictly)"
             | Resume -> "continue from the last checkpoint in --out"
@@ -159,6 +162,12 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | Some w -> invalidArg "warmup" (sprintf "--warmup must be ≥ 0 (got %d)" w)
                 | None -> preset.WarmupSteps
             CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
+            KeepCheckpoints =
+                match args.TryGetResult Keep_Checkpoints with
+                | Some k when k >= 0 -> k
+                | Some k ->
+                    invalidArg "keep-checkpoints" (sprintf "--keep-checkpoints must be ≥ 0 (0: all) (got %d)" k)
+                | None -> preset.KeepCheckpoints
         }
 
     // The run folder; with --resume, says where the run continues from.
@@ -346,29 +355,14 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | Ok m -> m
                 | Error e -> invalidArg "mask" (sprintf "--mask '%s': %s" spec e)
 
-            let geometricLayers =
-                args.GetResult(Geometric_Layers, defaultValue = preset.Model.GeometricLayers)
-
-            if geometricLayers < 0 || geometricLayers > preset.Model.Layers then
-                invalidArg
-                    "geometric-layers"
-                    (sprintf
-                        "--geometric-layers must lie in 0 … %d (the preset's blocks), got %d"
-                        preset.Model.Layers
-                        geometricLayers)
-
-            let crop = args.GetResult(Crop, defaultValue = preset.CropLength)
-
-            if crop < 1 then
-                invalidArg "crop" (sprintf "--crop must be at least 1 residue, got %d" crop)
-
             let config =
                 { preset with
                     Model =
                         { preset.Model with
-                            GeometricLayers = geometricLayers
+                            GeometricLayers =
+                                args.GetResult(Geometric_Layers, defaultValue = preset.Model.GeometricLayers)
                         }
-                    CropLength = crop
+                    CropLength = args.GetResult(Crop, defaultValue = preset.CropLength)
                     Masking =
                         { (args.GetResults Mask |> List.fold withMask preset.Masking) with
                             NestCoordinates =
@@ -382,6 +376,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     InitFrom = args.GetResult(Init, defaultValue = preset.InitFrom)
                     Trainer = trainer preset.Trainer
                 }
+                // Range errors of the fields these flags set name the flag.
+                |> MultiTrackTrainConfig.validate
+                |> Cli.checkConfig
+                    "multi-track"
+                    [ "Model: GeometricLayers", "--geometric-layers"; "CropLength", "--crop" ]
 
             use encoder =
                 match args.GetResult(Encoder, defaultValue = "") with

@@ -145,13 +145,14 @@ module Ablation =
                 use p = Process.GetCurrentProcess()
                 p.PeakWorkingSet64
 
-    /// True when the run's result file exists, reads, and records this config (a changed config is rerun).
+    /// True when the run's result file exists, reads, and records this run's config (`AblationResults.sameRun`: a
+    /// changed config is rerun; a changed bookkeeping field such as `KeepCheckpoints` is not).
     let isDone (results: string) (key: string) (configJson: string) =
         let path = resultPath results key
 
         File.Exists path
         && (try
-                (AblationResults.readRun path).Config = AblationResults.normalizeJson configJson
+                AblationResults.sameRun (AblationResults.readRun path).Config configJson
             with :? InputException ->
                 false)
 
@@ -187,8 +188,7 @@ module Ablation =
 
                 let resume =
                     File.Exists previous
-                    && AblationResults.normalizeJson (File.ReadAllText previous) =
-                        AblationResults.normalizeJson configJson
+                    && AblationResults.sameRun (File.ReadAllText previous) configJson
                     && TrainerCheckpoint.lastCheckpoint work |> Option.isSome
 
                 log.Invoke(sprintf "%s: %s" key (if resume then "resuming" else "training"))

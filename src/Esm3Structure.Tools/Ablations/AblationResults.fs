@@ -5,6 +5,7 @@ open System.Globalization
 open System.IO
 open System.Text
 open System.Text.Json
+open System.Text.Json.Nodes
 open Esm3Structure
 
 /// The results folder's files: `runs/<key>.json` (one finished run) and the trainer's `metrics.jsonl`, written and
@@ -20,6 +21,34 @@ module AblationResults =
             JsonSerializer.Serialize doc.RootElement
         with :? JsonException ->
             text
+
+    /// Fields of a config's `Trainer` object that never change a run's numbers (what it prints, what it keeps on
+    /// disk): configs that differ only in these describe the same run.
+    let bookkeepingFields = [ "Progress"; "KeepCheckpoints" ]
+
+    /// True when two configs (JSON texts) describe the same run: equal once compacted, with `bookkeepingFields` left
+    /// out of both `Trainer` objects, so a config stored before a bookkeeping field existed still matches. Texts that
+    /// are not JSON are compared as they are.
+    let sameRun (a: string) (b: string) =
+        let runPart (text: string) =
+            match
+                (try
+                    Some(JsonNode.Parse text)
+                 with :? JsonException ->
+                     None)
+            with
+            | Some(:? JsonObject as root) ->
+                match root.["Trainer"] with
+                | :? JsonObject as trainer ->
+                    for field in bookkeepingFields do
+                        trainer.Remove field |> ignore
+                | _ -> ()
+
+                root.ToJsonString()
+            | Some node when not (isNull node) -> node.ToJsonString()
+            | _ -> text
+
+        runPart a = runPart b
 
     /// The run as JSON (the format of `runs/<key>.json`).
     let toJson (r: AblationRun) =

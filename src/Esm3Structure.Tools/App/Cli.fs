@@ -53,6 +53,28 @@ module Cli =
             with :? ArgumentException as e ->
                 raise (ArgumentException(sprintf "%s: %s" flag e.Message))
 
+    /// `Validation.check what result`, except that an error about a field a flag sets names the flag: `flags` pairs a
+    /// field as `validate` words it (its path of parts, e.g. "Model: GeometricLayers" or "CropLength") with its flag
+    /// (e.g. "--geometric-layers"); the first error about such a field is raised as "--flag: Field …" (the parts
+    /// dropped), the others as `Validation.check` raises them.
+    let checkConfig (what: string) (flags: (string * string) list) (result: Result<'Config, string list>) : 'Config =
+        let named =
+            Validation.errors result
+            |> List.tryPick (fun error ->
+                flags
+                |> List.tryPick (fun (field, flag) ->
+                    if error.StartsWith(field + " ", StringComparison.Ordinal) then
+                        let bare =
+                            field.Substring(field.LastIndexOf(": ", StringComparison.Ordinal) + 1).TrimStart()
+
+                        Some(flag, bare + error.Substring field.Length)
+                    else
+                        None))
+
+        match named with
+        | Some(flag, error) -> raise (ArgumentException(sprintf "%s: %s" flag error))
+        | None -> Validation.check what result
+
     let private oneLine (e: exn) =
         match e with
         | :? InputException as e -> e.Message
@@ -61,11 +83,9 @@ module Cli =
         | :? UnauthorizedAccessException
         | :? IOException -> e.Message
         // `invalidArg "flag" message` appends " (Parameter 'flag')": dropped where the message names it already.
-        | :? ArgumentException as a when
-            not (String.IsNullOrEmpty a.ParamName)
-            && a.Message.Replace(sprintf " (Parameter '%s')" a.ParamName, "").Contains a.ParamName
-            ->
-            a.Message.Replace(sprintf " (Parameter '%s')" a.ParamName, "")
+        | :? ArgumentException as a when not (String.IsNullOrEmpty a.ParamName) ->
+            let bare = a.Message.Replace(sprintf " (Parameter '%s')" a.ParamName, "")
+            if bare.Contains a.ParamName then bare else a.Message
         | :? ArgumentException -> e.Message
         | e -> sprintf "%s: %s" (e.GetType().Name) e.Message
 

@@ -230,7 +230,7 @@ module Trainer =
                     last
                     || (config.CheckpointEvery > 0 && state.Completed % config.CheckpointEvery = 0)
                 then
-                    checkpoint <- TrainerCheckpoint.save out task optimizer state
+                    checkpoint <- TrainerCheckpoint.save out config.KeepCheckpoints task optimizer state
 
         let terminal = not Console.IsOutputRedirected
 
@@ -254,7 +254,7 @@ module Trainer =
                 state.Elapsed
 
         if startStep >= config.Steps && checkpoint = "" then
-            checkpoint <- TrainerCheckpoint.save out task optimizer state
+            checkpoint <- TrainerCheckpoint.save out config.KeepCheckpoints task optimizer state
 
         {
             Steps = state.Completed

@@ -15,10 +15,6 @@ open Esm3Structure.Io
 /// one.
 module TrainerCheckpoint =
 
-    /// Checkpoints kept (older ones are deleted).
-    [<Literal>]
-    let KeepCheckpoints = 2
-
     /// The release file `stem` (.safetensors, .pth or .pt) of a model folder a run starts from (`--init`), or an
     /// `InputException` naming the file and the option; `holds` says what such a folder holds.
     let initFile (folder: string) (stem: string) (holds: string) =
@@ -140,7 +136,9 @@ module TrainerCheckpoint =
                 | _ -> 0.0
         }
 
-    let save (out: string) (task: TrainingTask) (optimizer: Modules.AdamW) (state: State) : string =
+    /// Writes the checkpoint of `state` (folder `step-NNNNNN`, atomically), points `last` at it and deletes all but
+    /// the newest `keep` complete checkpoints (0: none deleted). Returns the folder.
+    let save (out: string) (keep: int) (task: TrainingTask) (optimizer: Modules.AdamW) (state: State) : string =
         let root = checkpointsFolder out
         Directory.CreateDirectory root |> ignore
         let name = sprintf "step-%06d" state.Completed
@@ -197,13 +195,14 @@ module TrainerCheckpoint =
         AtomicFile.writeText (Path.Combine(root, "last")) name
 
         // Prune older complete checkpoints.
-        let older =
-            Directory.GetDirectories(root, "step-*")
-            |> Array.filter (fun d -> not (Path.GetFileName(d).Contains ".tmp-"))
-            |> Array.sort
+        if keep > 0 then
+            let older =
+                Directory.GetDirectories(root, "step-*")
+                |> Array.filter (fun d -> not (Path.GetFileName(d).Contains ".tmp-"))
+                |> Array.sort
 
-        for d in older.[.. older.Length - 1 - KeepCheckpoints] do
-            Directory.Delete(d, true)
+            for d in older.[.. older.Length - 1 - keep] do
+                Directory.Delete(d, true)
 
         final
 

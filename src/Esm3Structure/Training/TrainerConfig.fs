@@ -45,6 +45,9 @@ type TrainerConfig =
         EvalEvery: int
         /// Write a checkpoint every this many steps (and at the end); ≤ 0: only at the end.
         CheckpointEvery: int
+        /// Checkpoints kept in the run folder: the newest N (older ones are deleted as each new one is written);
+        /// 0 keeps every one (a learning curve's checkpoints). Bookkeeping only: the run's numbers do not depend on it.
+        KeepCheckpoints: int
         /// Log a metrics row every this many steps.
         LogEvery: int
         Seed: int
@@ -71,6 +74,7 @@ module TrainerConfig =
             ClipNorm = 1.0
             EvalEvery = 500
             CheckpointEvery = 500
+            KeepCheckpoints = 2
             LogEvery = 10
             Seed = 0
             OnNan = NanPolicy.Stop
@@ -133,5 +137,7 @@ module TrainerConfig =
                 sprintf "FinalFraction must lie in [0, 1] (got %g)" c.FinalFraction
             if c.LogEvery < 1 then
                 sprintf "LogEvery must be at least 1 (got %d)" c.LogEvery
+            if c.KeepCheckpoints < 0 then
+                sprintf "KeepCheckpoints must be ≥ 0 (0: keep every checkpoint) (got %d)" c.KeepCheckpoints
         ]
         |> Validation.ofErrors c

@@ -449,6 +449,10 @@ let tests =
                                 "2"
                                 "--crop"
                                 "40"
+                                "--keep-checkpoints"
+                                "0"
+                                "--checkpoint-every"
+                                "1"
                                 "--data"
                                 Esm3Structure.Tests.Data.root.Value
                                 "--out"
@@ -470,6 +474,15 @@ let tests =
                             "--geometric-layers in config.json"
 
                         Expect.equal (root.GetProperty("CropLength").GetInt32()) 40 "--crop in config.json"
+
+                        Expect.equal
+                            (root.GetProperty("Trainer").GetProperty("KeepCheckpoints").GetInt32())
+                            0
+                            "--keep-checkpoints in config.json"
+
+                    Expect.isTrue
+                        (File.Exists(Path.Combine(out, "checkpoints", "step-000001", "multitrack.safetensors")))
+                        "--keep-checkpoints 0 keeps the first checkpoint"
 
                     Expect.isTrue
                         (File.Exists(Path.Combine(out, "checkpoints", "step-000002", "multitrack.safetensors")))
@@ -495,7 +508,27 @@ let tests =
                         ]
                     |> oneLineError
                         "geometric layers beyond the blocks"
-                        "train.fsx: --geometric-layers must lie in 0 … 2 (the preset's blocks), got 3"
+                        "train.fsx: --geometric-layers: GeometricLayers must lie in 0 … Layers (2), got 3"
+
+                    runScript
+                        "train.fsx"
+                        [
+                            "--"
+                            "--model"
+                            "multitrack"
+                            "--preset"
+                            "smoke"
+                            "--crop"
+                            "0"
+                            "--out"
+                            out
+                        ]
+                    |> oneLineError "an empty crop" "train.fsx: --crop: CropLength must be at least 1 (got 0)"
+
+                    runScript "train.fsx" [ "--"; "--keep-checkpoints"; "-1"; "--out"; out ]
+                    |> oneLineError
+                        "a negative checkpoint count"
+                        "train.fsx: --keep-checkpoints must be ≥ 0 (0: all) (got -1)"
 
                     runScript "train.fsx" [ "--"; "--crop"; "128"; "--out"; out ]
                     |> oneLineError

@@ -173,6 +173,36 @@ let tests =
                     Expect.isTrue (File.Exists(Path.Combine(report.Checkpoint, f))) f
             }
 
+            test "KeepCheckpoints keeps the newest N checkpoints, 0 keeps every one, and a negative count is refused" {
+                use _ = torch.NewDisposeScope()
+
+                let kept (keep: int) =
+                    use dir = new TempDir()
+
+                    run
+                        { config with
+                            Steps = 20
+                            KeepCheckpoints = keep
+                        }
+                        (Regression(3, 0, 0, 0))
+                        dir.Path
+                        false
+                    |> ignore
+
+                    Directory.GetDirectories(Path.Combine(dir.Path, "checkpoints"))
+                    |> Array.map Path.GetFileName
+                    |> Array.sort
+
+                Expect.sequenceEqual (kept 0) [| "step-000005"; "step-000010"; "step-000015"; "step-000020" |] "all"
+                Expect.sequenceEqual (kept 3) [| "step-000010"; "step-000015"; "step-000020" |] "newest three"
+                Expect.sequenceEqual (kept 1) [| "step-000020" |] "newest one"
+
+                Expect.equal
+                    (Validation.errors (TrainerConfig.validate { config with KeepCheckpoints = -1 }))
+                    [ "KeepCheckpoints must be ≥ 0 (0: keep every checkpoint) (got -1)" ]
+                    "negative"
+            }
+
             test "a crashed run resumed from its last checkpoint ends with exactly the uninterrupted run's metrics" {
                 use _ = torch.NewDisposeScope()
                 use a = new TempDir()

@@ -3,6 +3,7 @@ module Esm3Structure.Tests.Tools.Ablations.AblationTests
 open System
 open System.Globalization
 open System.IO
+open System.Text.Json
 open Expecto
 open TorchSharp
 open Esm3Structure
@@ -365,6 +366,56 @@ let tests =
                 Expect.stringContains ra.[0].Config "\"Seed\":3" "the run's seed in its config"
                 Expect.equal ra.[0].Commit "test" "commit"
                 Expect.isTrue (File.Exists(Path.Combine(a.Path, "summary.md"))) "summary"
+            }
+
+            test
+                "a finished run stays done when only bookkeeping fields differ (KeepCheckpoints, Progress), not otherwise" {
+                use dir = new TempDir()
+                let trainer = microTrainer ()
+                let current = trainer.ToJson.Invoke micro
+                // As a result stored before KeepCheckpoints existed records it: the field absent from Trainer.
+                let stored = Nodes.JsonNode.Parse(current)
+                Expect.isTrue ((stored.["Trainer"].AsObject()).Remove "KeepCheckpoints") "the field was written"
+                let runs = Path.Combine(dir.Path, "runs")
+                Directory.CreateDirectory runs |> ignore
+
+                File.WriteAllText(
+                    Ablation.resultPath dir.Path "micro.seed3",
+                    (runJson "micro" 0 3 [ "rmsd", "1" ])
+                        .Replace("\"config\": { \"x\": 1 }", "\"config\": " + stored.ToJsonString())
+                )
+
+                let isDone (c: TokenizerTrainConfig) =
+                    Ablation.isDone dir.Path "micro.seed3" (trainer.ToJson.Invoke c)
+
+                Expect.isTrue (isDone micro) "the same run, recorded without the field"
+
+                Expect.isTrue
+                    (isDone
+                        { micro with
+                            Trainer =
+                                { micro.Trainer with
+                                    KeepCheckpoints = 0
+                                    Progress = ProgressMode.Auto
+                                }
+                        })
+                    "other bookkeeping"
+
+                Expect.isFalse
+                    (isDone
+                        { micro with
+                            Trainer = { micro.Trainer with Steps = 4 }
+                        })
+                    "another step count is another run"
+
+                Expect.isFalse (isDone { micro with CropLength = 20 }) "another crop length is another run"
+
+                Expect.isFalse
+                    (AblationResults.sameRun """{"Trainer":{"Seed":1}}""" """{"Trainer":{"Seed":2}}""")
+                    "seed"
+
+                Expect.isTrue (AblationResults.sameRun """{"a": [1, 2]}""" """{ "a":[1,2] }""") "layout ignored"
+                Expect.isFalse (AblationResults.sameRun "not json" "not json either") "texts compared as they are"
             }
 
             test "a killed ablation resumes without redoing finished runs, continuing an interrupted one" {
