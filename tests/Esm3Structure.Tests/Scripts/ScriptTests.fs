@@ -488,52 +488,29 @@ let tests =
                         (File.Exists(Path.Combine(out, "checkpoints", "step-000002", "multitrack.safetensors")))
                         "export"
 
-                    runScript "train.fsx" [ "--"; "--model"; "bogus"; "--out"; out ]
-                    |> oneLineError
-                        "unknown model"
-                        "train.fsx: unknown --model 'bogus' (expected tokenizer, multitrack, confidence or causal-lm)"
+                    // Each bad flag: (arguments, what, the one line expected).
+                    let multitrack = [ "--model"; "multitrack"; "--preset"; "smoke" ]
 
-                    runScript
-                        "train.fsx"
+                    for flags, what, expected in
                         [
-                            "--"
-                            "--model"
-                            "multitrack"
-                            "--preset"
-                            "smoke"
-                            "--geometric-layers"
-                            "3"
-                            "--out"
-                            out
-                        ]
-                    |> oneLineError
-                        "geometric layers beyond the blocks"
-                        "train.fsx: --geometric-layers: GeometricLayers must lie in 0 … Layers (2), got 3"
-
-                    runScript
-                        "train.fsx"
-                        [
-                            "--"
-                            "--model"
-                            "multitrack"
-                            "--preset"
-                            "smoke"
-                            "--crop"
-                            "0"
-                            "--out"
-                            out
-                        ]
-                    |> oneLineError "an empty crop" "train.fsx: --crop: CropLength must be at least 1 (got 0)"
-
-                    runScript "train.fsx" [ "--"; "--keep-checkpoints"; "-1"; "--out"; out ]
-                    |> oneLineError
-                        "a negative checkpoint count"
-                        "train.fsx: --keep-checkpoints must be ≥ 0 (0: all) (got -1)"
-
-                    runScript "train.fsx" [ "--"; "--crop"; "128"; "--out"; out ]
-                    |> oneLineError
-                        "--crop for the tokenizer"
-                        "train.fsx: --crop is for --model multitrack (the tokenizer has --crop-curriculum)"
+                            [ "--model"; "bogus" ],
+                            "unknown model",
+                            "unknown --model 'bogus' (expected tokenizer, multitrack, confidence or causal-lm)"
+                            multitrack @ [ "--geometric-layers"; "3" ],
+                            "geometric layers beyond the blocks",
+                            "--geometric-layers: GeometricLayers must lie in 0 … Layers (2), got 3"
+                            multitrack @ [ "--crop"; "0" ],
+                            "an empty crop",
+                            "--crop: CropLength must be at least 1 (got 0)"
+                            [ "--keep-checkpoints"; "-1" ],
+                            "a negative checkpoint count",
+                            "--keep-checkpoints must be ≥ 0 (0: all) (got -1)"
+                            [ "--crop"; "128" ],
+                            "--crop for the tokenizer",
+                            "--crop is for --model multitrack (the tokenizer has --crop-curriculum)"
+                        ] do
+                        runScript "train.fsx" ("--" :: flags @ [ "--out"; out ])
+                        |> oneLineError what ("train.fsx: " + expected)
                 finally
                     if Directory.Exists out then
                         Directory.Delete(out, true)
