@@ -162,13 +162,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 | Some w -> invalidArg "warmup" (sprintf "--warmup must be ≥ 0 (got %d)" w)
                 | None -> preset.WarmupSteps
             CheckpointEvery = args.GetResult(Checkpoint_Every, defaultValue = preset.CheckpointEvery)
-            KeepCheckpoints =
-                match args.TryGetResult Keep_Checkpoints with
-                | Some k when k >= 0 -> k
-                | Some k ->
-                    invalidArg "keep-checkpoints" (sprintf "--keep-checkpoints must be ≥ 0 (0: all) (got %d)" k)
-                | None -> preset.KeepCheckpoints
+            KeepCheckpoints = args.GetResult(Keep_Checkpoints, defaultValue = preset.KeepCheckpoints)
         }
+        // The trainer's own check of the field, naming the flag.
+        |> TrainerConfig.validate
+        |> Cli.checkConfig "trainer" [ ("KeepCheckpoints", "--keep-checkpoints") ]
 
     // The run folder; with --resume, says where the run continues from.
     let outOr (name: string) =

@@ -504,7 +504,7 @@ let tests =
                             "--crop: CropLength must be at least 1 (got 0)"
                             [ "--keep-checkpoints"; "-1" ],
                             "a negative checkpoint count",
-                            "--keep-checkpoints must be ≥ 0 (0: all) (got -1)"
+                            "--keep-checkpoints: KeepCheckpoints must be ≥ 0 (0: keep every checkpoint) (got -1)"
                             [ "--crop"; "128" ],
                             "--crop for the tokenizer",
                             "--crop is for --model multitrack (the tokenizer has --crop-curriculum)"
