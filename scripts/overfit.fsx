@@ -4,7 +4,7 @@
 // With --bypass-quantizer, the ceiling without the codebook. --model smoke trains the smoke model with Adam 1e-3 for
 // 2,000 steps instead (`overfitSmoke`, the suite's overfit test).
 //   dotnet fsi scripts/overfit.fsx [--chains 1smx_B,1ii7_A,1hyk_A,1j34_C] [--model small|smoke] [--steps N]
-//       [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone] [--bypass-quantizer] [--global-layers N] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
+//       [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone] [--bypass-quantizer] [--global-layers N] [--principal-position] [--learning-rate LR] [--data DIR] [--out DIR] [--device cpu|cuda]
 #load "_load.fsx"
 
 open System
@@ -24,6 +24,7 @@ type Args =
     | Losses of recipe: string
     | Bypass_Quantizer
     | Global_Layers of int
+    | Principal_Position
     | Learning_Rate of float
     | Data of dir: string
     | Out of dir: string
@@ -40,6 +41,8 @@ type Args =
             | Losses _ ->
                 "the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Bypass_Quantizer -> "decode the encoder's continuous vectors (no codebook)"
+            | Principal_Position ->
+                "the encoder also sees each residue's CA position in its chain's principal-axes frame"
             | Global_Layers _ ->
                 "residue-level encoder blocks after the neighbourhood stack (default 0: ESM's local tokens)"
             | Learning_Rate _ -> "Adam's learning rate (default: the model's)"
@@ -79,6 +82,7 @@ Cli.run<Args> "overfit.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             Encoder =
                 { preset.Encoder with
                     GlobalLayers = args.GetResult(Global_Layers, defaultValue = preset.Encoder.GlobalLayers)
+                    PrincipalPosition = args.Contains Principal_Position
                 }
             ValidChains = chains.Length
             Trainer =

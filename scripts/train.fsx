@@ -20,8 +20,8 @@
 //                                   [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
-//                                   [--neighbour-geometry] [--global-layers N] [--chain-frames] [--crop-curriculum STEP:LEN,…]
-//                                   [--pair-residues N] [--fsq LEVELS] [--init DIR] [--separate-coordinates]
+//                                   [--neighbour-geometry] [--global-layers N] [--principal-position] [--chain-frames] [--crop-curriculum STEP:LEN,…]
+//                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--init DIR] [--separate-coordinates]
 //                                   [--seed N] [--checkpoint-every N] [--keep-checkpoints N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -56,10 +56,12 @@ type Args =
     | Warmup of steps: int
     | Neighbour_Geometry
     | Global_Layers of int
+    | Principal_Position
     | Chain_Frames
     | Crop_Curriculum of stages: string
     | Pair_Residues of int
     | Fsq of levels: string
+    | Codes of int
     | Init of dir: string
     | Separate_Coordinates
     | Mask of spec: string
@@ -102,6 +104,8 @@ type Args =
             | Warmup _ -> "steps of linear warm-up to the peak learning rate (default: the preset's)"
             | Neighbour_Geometry ->
                 "tokenizer stage 1: the encoder also sees each neighbour's pose and its residue's sequence steps (default: ESM's offsets only)"
+            | Principal_Position ->
+                "tokenizer stage 1: the encoder also sees each residue's CA position in its chain's principal-axes frame (default: ESM's local inputs only)"
             | Global_Layers _ ->
                 "tokenizer stage 1: N residue-level blocks after the encoder's neighbourhood stack, so tokens see the whole chain (default 0: ESM's local tokens)"
             | Chain_Frames ->
@@ -112,6 +116,8 @@ type Args =
                 "tokenizer stage 1: the pairwise losses read N random residues per batch (default 0: all)"
             | Fsq _ ->
                 "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
+            | Codes _ ->
+                "tokenizer stage 1: codes of the preset's learned codebook, at most 4096 (default: the preset's; not with --fsq)"
             | Init _ ->
                 "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); multitrack: from this multi-track model's (e.g. models/multitrack); confidence: the tokenizer whose heads are trained"
             | Separate_Coordinates ->
@@ -190,10 +196,12 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--bypass-quantizer", args.Contains Bypass_Quantizer
             "--neighbour-geometry", args.Contains Neighbour_Geometry
             "--global-layers", args.Contains Global_Layers
+            "--principal-position", args.Contains Principal_Position
             "--chain-frames", args.Contains Chain_Frames
             "--crop-curriculum", args.Contains Crop_Curriculum
             "--pair-residues", args.Contains Pair_Residues
             "--fsq", args.Contains Fsq
+            "--codes", args.Contains Codes
         ]
 
     let refuse (flags: (string * bool) list) (reason: string -> string) =
@@ -273,6 +281,23 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     Encoder =
                         let quantizer =
                             match args.TryGetResult Fsq with
+                            | None when args.Contains Codes ->
+                                match args.GetResult Codes with
+                                | k when k >= 2 && int64 k <= Esm3Structure.Tokenizers.StructureTokens.CodebookSize ->
+                                    { preset.Encoder.Quantizer with
+                                        Codes = int64 k
+                                    }
+                                | k ->
+                                    invalidArg
+                                        "codes"
+                                        (sprintf
+                                            "--codes must be 2 … %d, the decoder's code rows (got %d)"
+                                            Esm3Structure.Tokenizers.StructureTokens.CodebookSize
+                                            k)
+                            | Some _ when args.Contains Codes ->
+                                invalidArg
+                                    "codes"
+                                    "--codes is for a learned codebook; --fsq sets its codes by its levels"
                             | None -> preset.Encoder.Quantizer
                             | Some text ->
                                 let levels =
@@ -295,6 +320,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                         { preset.Encoder with
                             NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
                             GlobalLayers = args.GetResult(Global_Layers, defaultValue = preset.Encoder.GlobalLayers)
+                            PrincipalPosition = args.Contains Principal_Position || preset.Encoder.PrincipalPosition
                             Quantizer = quantizer
                             DOut = quantizer.Dim
                         }

@@ -214,6 +214,37 @@ module TokenizerAblations =
 
         ablation "learning-rate" [| Ablation.variant "esm" id; rate "lr1e-3" 1e-3; rate "lr2e-3" 2e-3 |]
 
+    /// Where a token's residue sits: ESM's local inputs ("esm") against each residue's position in its chain's
+    /// principal-axes frame as an encoder input (`StructureEncoderConfig.PrincipalPosition`), with the preset's EMA
+    /// codebook ("principal") and with a 4,096-code finite scalar quantizer, levels 8 × 8 × 8 × 8 ("principal-fsq").
+    let position =
+        let principal (c: TokenizerTrainConfig) =
+            { c with
+                Encoder =
+                    { c.Encoder with
+                        PrincipalPosition = true
+                    }
+            }
+
+        let fsq (c: TokenizerTrainConfig) =
+            let q = QuantizerConfig.finite [ 8; 8; 8; 8 ]
+
+            { c with
+                Encoder =
+                    { c.Encoder with
+                        Quantizer = q
+                        DOut = q.Dim
+                    }
+            }
+
+        ablation
+            "position"
+            [|
+                Ablation.variant "esm" id
+                Ablation.variant "principal" principal
+                Ablation.variant "principal-fsq" (principal >> fsq)
+            |]
+
     /// Every built-in ablation.
     let all =
         [|
@@ -226,6 +257,7 @@ module TokenizerAblations =
             losses
             context
             learningRate
+            position
         |]
 
     /// A built-in ablation by name.

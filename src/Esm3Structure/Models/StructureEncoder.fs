@@ -225,6 +225,12 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         else
             None
 
+    let principalPosition =
+        if config.PrincipalPosition then
+            Some(torch.nn.Linear(3L, config.DModel))
+        else
+            None
+
     let globalTransformer =
         if config.GlobalLayers > 0 then
             Some(new TransformerStack(StructureEncoderConfig.globalStack config))
@@ -240,6 +246,9 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
             this.register_module ("sequence_step_proj", steps)
         | None -> ()
 
+        principalPosition
+        |> Option.iter (fun proj -> this.register_module ("principal_position_proj", proj) |> ignore)
+
         globalTransformer
         |> Option.iter (fun stack -> this.register_module ("global_transformer", stack) |> ignore)
 
@@ -247,7 +256,8 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
     member _.Codebook = codebook
 
     /// In key order: the stack's, `pre_vq_proj` (PyTorch's linear default), the codebook's, the position
-    /// embedding's, the neighbour-geometry projections (PyTorch's linear default) and the global stack's own rules.
+    /// embedding's, the neighbour-geometry and principal-position projections (PyTorch's linear default) and the
+    /// global stack's own rules.
     interface IInitialise with
         member _.Initialise generator =
             Init.initialise generator transformer
@@ -260,6 +270,7 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
                 Init.linear generator neighbours
                 Init.linear generator steps)
 
+            principalPosition |> Option.iter (Init.linear generator)
             globalTransformer |> Option.iter (Init.initialise generator)
 
     /// Encodes backbones. `residueIndex` defaults to the row index (plain sequence separations); `padding` marks
@@ -371,8 +382,42 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
                         }
             }
 
+        // Each residue's CA in its own chain's principal-axes frame (one cloud per row and chain id; unframed
+        // residues, possibly NaN, and padding left out), projected to the model width. Shapes: [B, L, d]
+        let principal =
+            principalPosition
+            |> Option.map (fun proj ->
+                let real = framed.logical_and (padding.logical_not ())
+
+                let ca =
+                    coords.select(2L, 1L).masked_fill(real.logical_not().unsqueeze -1L, (0.0).ToScalar()) // [B, L, 3]
+
+                let position =
+                    match sequence with
+                    | None -> PrincipalFrame.coordinates ca real
+                    | Some ids ->
+                        let chains = ids.max().ToInt64() + 1L
+
+                        let inChain =
+                            ids.unsqueeze(1L).eq(torch.arange(chains, device = ids.device).view(1L, -1L, 1L)) // [B, S, L]
+
+                        let weights = inChain.logical_and (real.unsqueeze 1L)
+
+                        (PrincipalFrame.coordinates (ca.unsqueeze(1L).expand(b, chains, l, 3L)) weights
+                         * weights.unsqueeze(-1L).to_type ca.dtype)
+                            .sum(1L)
+
+                proj.forward (position / 10.0))
+
         // The query residue of each neighbourhood (slot 0): the last block's feed-forward runs on it alone.
         let query = transformer.ForwardAt(z0, context, 0L).reshape(b, l, config.DModel)
+
+        // The position joins after the neighbourhood stack (and its final norm), a linear path to the codes.
+        let query =
+            match principal with
+            | Some own -> query + own.to_type query.dtype
+            | None -> query
+
         let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
         let real = framed.logical_and (padding.logical_not ())
 

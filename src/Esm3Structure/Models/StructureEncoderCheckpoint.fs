@@ -20,7 +20,7 @@ module StructureEncoderCheckpoint =
     /// codebook's (by kind: ESM's EMA `embeddings`, `N`, `z_avg`; a gradient codebook's `codebook.weight`, plus
     /// `linear_proj.*` when reparameterised; a finite quantizer's grid as `embeddings`),
     /// `relative_positional_embedding.embedding.weight`, then our options' (`neighbour_geometry_proj.*`,
-    /// `sequence_step_proj.*`, `global_transformer.blocks.{i}.*`).
+    /// `sequence_step_proj.*`, `principal_position_proj.*`, `global_transformer.blocks.{i}.*`).
     let expectedKeys (c: StructureEncoderConfig) : (string * int64[]) list =
         let d, v = c.DModel, c.VHeads
         let f = FeedForward.swigluHidden c.ExpansionRatio d
@@ -73,6 +73,9 @@ module StructureEncoderCheckpoint =
                 "neighbour_geometry_proj.bias", [| d |]
                 "sequence_step_proj.weight", [| d; NeighbourGeometry.StepWidth |]
                 "sequence_step_proj.bias", [| d |]
+            if c.PrincipalPosition then
+                "principal_position_proj.weight", [| d; 3L |]
+                "principal_position_proj.bias", [| d |]
             for i in 0 .. c.GlobalLayers - 1 do
                 let b = sprintf "global_transformer.blocks.%d." i
                 b + "attn.layernorm_qkv.0.weight", [| d |]
@@ -159,6 +162,7 @@ module StructureEncoderCheckpoint =
                 PositionBins = bins
                 NeighbourGeometry = keys.Contains "neighbour_geometry_proj.weight"
                 GlobalLayers = globalLayers
+                PrincipalPosition = keys.Contains "principal_position_proj.weight"
                 Quantizer =
                     { StructureEncoderConfig.esm3.Quantizer with
                         Codes = codebook.[0]

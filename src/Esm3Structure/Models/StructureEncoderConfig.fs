@@ -33,6 +33,11 @@ type StructureEncoderConfig =
         /// whole fold, not only what its 16 neighbours look like. Not ESM's (ESM: 0): ESM's tokens are local, and
         /// decoding them is a folding problem that ESM solves at GPU scale.
         GlobalLayers: int
+        /// Adds each residue's CA position in its chain's principal-axes frame (`PrincipalFrame.coordinates`, in
+        /// units of 10 Å, through `principal_position_proj`) to its vector after the neighbourhood stack, so a token can
+        /// say where in the fold its residue sits without learning a global frame. Not one of ESM's inputs (ESM:
+        /// false). The frame is the encoded chain's (a training crop's own), invariant under proper rigid motions.
+        PrincipalPosition: bool
         Quantizer: QuantizerConfig
     }
 
@@ -53,6 +58,7 @@ module StructureEncoderConfig =
             GeometricTerms = GeometricTerms.Both
             NeighbourGeometry = false
             GlobalLayers = 0
+            PrincipalPosition = false
             Quantizer = QuantizerConfig.esm3
         }
 

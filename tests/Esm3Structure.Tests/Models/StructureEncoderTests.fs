@@ -16,12 +16,18 @@ let private chain name =
 
 /// A small encoder (d 24, 4 vector heads, 2 blocks, 64 × 8 codes, k 6; with `GlobalLayers`, d 32) with
 /// deterministic random weights, its codebook initialised from the encoder outputs of a real chain (ESM's
-/// data-dependent init, one training step on 1mvo_A), in `dtype`.
-let private smallOf (neighbourGeometry: bool, globalLayers: int) (dtype: torch.ScalarType) (seed: uint64) =
+/// data-dependent init, one training step on 1mvo_A), in `dtype`; options: neighbour geometry, global layers,
+/// principal position.
+let private smallOf
+    (neighbourGeometry: bool, globalLayers: int, principalPosition: bool)
+    (dtype: torch.ScalarType)
+    (seed: uint64)
+    =
     let config =
         { StructureEncoderConfig.esm3 with
             NeighbourGeometry = neighbourGeometry
             GlobalLayers = globalLayers
+            PrincipalPosition = principalPosition
             DModel = (if globalLayers > 0 then 32L else 24L)
             VHeads = 4L
             DOut = 8L
@@ -57,7 +63,7 @@ let private smallOf (neighbourGeometry: bool, globalLayers: int) (dtype: torch.S
     m.eval ()
     m
 
-let private smallWith (neighbourGeometry: bool) = smallOf (neighbourGeometry, 0)
+let private smallWith (neighbourGeometry: bool) = smallOf (neighbourGeometry, 0, false)
 let private small = smallWith false
 
 [<Tests>]
@@ -206,7 +212,7 @@ let tests =
             }
 
             test "pre-quantization vectors are invariant (E2) and do not depend on residue numbering offsets (E5)" {
-                for options in [ (false, 0); (true, 0); (false, 2) ] do
+                for options in [ (false, 0, false); (true, 0, false); (false, 2, false); (false, 0, true) ] do
                     use _ = torch.NewDisposeScope()
                     use m = smallOf options torch.float64 5UL
                     let c = chain "1ubq_A"
@@ -343,67 +349,71 @@ let tests =
                 Tol.close "Z" 0.0 (loaded.forward bb).Z (same.forward bb).Z
             }
 
-            test
-                "GlobalLayers: padding rows and a second packed chain leave a chain's vectors unchanged; it round-trips" {
-                use _ = torch.NewDisposeScope()
-                use m = smallOf (false, 2) torch.float64 6UL
-                let a = ProteinChain.backbone torch.float64 (chain "1ubq_A")
-                let b = ProteinChain.backbone torch.float64 (chain "1ptf_A")
-                let la, lb = a.shape.[0], b.shape.[0]
-                let alone = m.Encode(a.unsqueeze 0L, null, null, null).Z.squeeze 0L
-                // Padded by 7 rows of zeros (marked as padding).
-                let padded =
-                    torch.cat ([| a; torch.zeros ([| 7L; a.shape.[1]; 3L |], dtype = torch.float64) |], 0L)
+            for options, name, key in
+                [
+                    (false, 2, false), "GlobalLayers", "global_transformer.blocks.1.attn.layernorm_qkv.1.weight"
+                    (false, 0, true), "PrincipalPosition", "principal_position_proj.weight"
+                ] do
+                test (
+                    name
+                    + ": padding rows and a second packed chain leave a chain's vectors unchanged; it round-trips"
+                ) {
+                    use _ = torch.NewDisposeScope()
+                    use m = smallOf options torch.float64 6UL
+                    let a = ProteinChain.backbone torch.float64 (chain "1ubq_A")
+                    let b = ProteinChain.backbone torch.float64 (chain "1ptf_A")
+                    let la, lb = a.shape.[0], b.shape.[0]
+                    let alone = m.Encode(a.unsqueeze 0L, null, null, null).Z.squeeze 0L
+                    // Padded by 7 rows of zeros (marked as padding).
+                    let padded =
+                        torch.cat ([| a; torch.zeros ([| 7L; a.shape.[1]; 3L |], dtype = torch.float64) |], 0L)
 
-                let padding = torch.arange(0L, la + 7L, 1L).ge(la.ToScalar()).unsqueeze 0L
+                    let padding = torch.arange(0L, la + 7L, 1L).ge(la.ToScalar()).unsqueeze 0L
 
-                let z = m.Encode(padded.unsqueeze 0L, null, padding, null).Z.squeeze 0L
-                // The same sums in a different order of masked keys: a few float64 roundings of the vectors' size.
-                let tol = 1e-12 * (1.0 + alone.abs().max().ToDouble())
-                Tol.close "padded" tol (z.narrow (0L, 0L, la)) alone
-                // Packed after another chain in one row: its own sequence id and its own residue numbering.
-                let packed = torch.cat([| b; a |], 0L).unsqueeze 0L
+                    let z = m.Encode(padded.unsqueeze 0L, null, padding, null).Z.squeeze 0L
+                    // The same sums in a different order of masked keys: a few float64 roundings of the vectors' size.
+                    let tol = 1e-12 * (1.0 + alone.abs().max().ToDouble())
+                    Tol.close "padded" tol (z.narrow (0L, 0L, la)) alone
+                    // Packed after another chain in one row: its own sequence id and its own residue numbering.
+                    let packed = torch.cat([| b; a |], 0L).unsqueeze 0L
 
-                let ids =
-                    torch
-                        .cat(
-                            [|
-                                torch.zeros (lb, dtype = torch.int64)
-                                torch.ones (la, dtype = torch.int64)
-                            |],
+                    let ids =
+                        torch
+                            .cat(
+                                [|
+                                    torch.zeros (lb, dtype = torch.int64)
+                                    torch.ones (la, dtype = torch.int64)
+                                |],
+                                0L
+                            )
+                            .unsqueeze
                             0L
-                        )
-                        .unsqueeze
-                        0L
 
-                let index =
-                    torch.cat([| torch.arange (0L, lb, 1L); torch.arange (0L, la, 1L) |], 0L).unsqueeze 0L
+                    let index =
+                        torch.cat([| torch.arange (0L, lb, 1L); torch.arange (0L, la, 1L) |], 0L).unsqueeze 0L
 
-                let z = m.Encode(packed, index, null, ids).Z.squeeze 0L
-                // Rotary positions are the rows' (lb later), which rotary attention sees only as differences.
-                Tol.close "packed" tol (z.narrow (0L, lb, la)) alone
-                use dir = new TempDir()
-                let path = dir.File "encoder.safetensors"
-                StructureEncoderCheckpoint.save path m
+                    let z = m.Encode(packed, index, null, ids).Z.squeeze 0L
+                    // Rotary positions are the rows' (lb later), which rotary attention sees only as differences.
+                    Tol.close "packed" tol (z.narrow (0L, lb, la)) alone
+                    use dir = new TempDir()
+                    let path = dir.File "encoder.safetensors"
+                    StructureEncoderCheckpoint.save path m
 
-                Expect.contains
-                    (Checkpoint.keyShapes m |> List.map fst)
-                    "global_transformer.blocks.1.attn.layernorm_qkv.1.weight"
-                    "keys"
+                    Expect.contains (Checkpoint.keyShapes m |> List.map fst) key "keys"
 
-                use loaded = StructureEncoderCheckpoint.load path
-                // Knn is not in the file (the loader gives ESM's 16); the SwiGLU ratio is read back as hidden / d.
-                let expected =
-                    { m.Config with
-                        Knn = StructureEncoderConfig.esm3.Knn
-                        ExpansionRatio = loaded.Config.ExpansionRatio
-                    }
+                    use loaded = StructureEncoderCheckpoint.load path
+                    // Knn is not in the file (the loader gives ESM's 16); the SwiGLU ratio is read back as hidden / d.
+                    let expected =
+                        { m.Config with
+                            Knn = StructureEncoderConfig.esm3.Knn
+                            ExpansionRatio = loaded.Config.ExpansionRatio
+                        }
 
-                Expect.equal loaded.Config expected "GlobalLayers inferred from the keys"
-                use same = smallOf (false, 2) torch.float64 99UL
-                Checkpoint.load path same
-                Tol.close "loaded" 0.0 (same.Encode(a.unsqueeze 0L, null, null, null).Z.squeeze 0L) alone
-            }
+                    Expect.equal loaded.Config expected (name + " inferred from the keys")
+                    use same = smallOf options torch.float64 99UL
+                    Checkpoint.load path same
+                    Tol.close "loaded" 0.0 (same.Encode(a.unsqueeze 0L, null, null, null).Z.squeeze 0L) alone
+                }
 
             test "an encoder with finite scalar quantization loads back from its levels metadata; bad levels are named" {
                 use _ = torch.NewDisposeScope()
