@@ -44,8 +44,8 @@ type Args =
             | Schedule _ -> "cosine (default) or linear"
             | Structure_Tokens -> "inverse folding also sees the structure tokens (default: coordinates only, as ESM)"
             | Weights _ -> "multi-track model (default: the shipped models/multitrack)"
-            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.DefaultEncoderPath
-            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.DefaultDecoderPath
+            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.MultiTrackEncoderPath
+            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.MultiTrackDecoderPath
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "also write the figures as JSON, atomically"
 
@@ -92,10 +92,18 @@ Cli.run<Args>
             ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) "cpu"
 
         use encoder =
-            ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) "cpu"
+            ModelFiles.loadEncoderOr
+                ModelFiles.MultiTrackEncoderPath
+                __SOURCE_DIRECTORY__
+                (args.GetResult(Encoder, defaultValue = ""))
+                "cpu"
 
         use decoder =
-            ModelFiles.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 "cpu"
+            ModelFiles.loadDecoderOr
+                ModelFiles.MultiTrackDecoderPath
+                __SOURCE_DIRECTORY__
+                (args.GetResult(Decoder, defaultValue = ""))
+                "cpu"
 
         encoder.eval ()
         decoder.eval ()

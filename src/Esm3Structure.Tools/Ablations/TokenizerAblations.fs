@@ -216,13 +216,25 @@ module TokenizerAblations =
 
     /// Where a token's residue sits: ESM's local inputs ("esm") against each residue's position in its chain's
     /// principal-axes frame as an encoder input (`StructureEncoderConfig.PrincipalPosition`), with the preset's EMA
-    /// codebook ("principal") and with a 4,096-code finite scalar quantizer, levels 8 × 8 × 8 × 8 ("principal-fsq").
+    /// codebook ("principal"), an EMA codebook of 4,096 codes, ESM's count ("principal-4096"), and a 4,096-code finite
+    /// scalar quantizer, levels 8 × 8 × 8 × 8 ("principal-fsq").
     let position =
         let principal (c: TokenizerTrainConfig) =
             { c with
                 Encoder =
                     { c.Encoder with
                         PrincipalPosition = true
+                    }
+            }
+
+        let codes (c: TokenizerTrainConfig) =
+            { c with
+                Encoder =
+                    { c.Encoder with
+                        Quantizer =
+                            { c.Encoder.Quantizer with
+                                Codes = 4096L
+                            }
                     }
             }
 
@@ -242,6 +254,7 @@ module TokenizerAblations =
             [|
                 Ablation.variant "esm" id
                 Ablation.variant "principal" principal
+                Ablation.variant "principal-4096" (principal >> codes)
                 Ablation.variant "principal-fsq" (principal >> fsq)
             |]
 

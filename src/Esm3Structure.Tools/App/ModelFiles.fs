@@ -21,6 +21,16 @@ module ModelFiles =
     [<Literal>]
     let DefaultMultiTrackPath = "models/multitrack/multitrack.safetensors"
 
+    /// The structure encoder whose tokens the shipped multi-track model was trained on (a model's structure tokens
+    /// mean what its own tokenizer made them mean), relative to the repository root: the default of the scripts that
+    /// run the multi-track model (`generate.fsx`, `evaluate-generation.fsx`).
+    [<Literal>]
+    let MultiTrackEncoderPath = "models/multitrack/tokenizer/encoder.safetensors"
+
+    /// The structure decoder of the shipped multi-track model's tokenizer, relative to the repository root.
+    [<Literal>]
+    let MultiTrackDecoderPath = "models/multitrack/tokenizer/decoder.safetensors"
+
     /// The weights file to use: `given` when not null or empty, else one of the default paths above
     /// (`defaultRelative`) under `repositoryRoot`. A missing default file (an incomplete checkout) raises an
     /// `ArgumentException` naming it and saying to pass --weights. A given path is returned as is (its reader names it).
@@ -69,11 +79,20 @@ module ModelFiles =
     let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
         loadFor StructureEncoderCheckpoint.load DefaultEncoderPath scriptDir weights device
 
+    /// `loadEncoderFor` with another shipped default (`defaultRelative`, e.g. `MultiTrackEncoderPath`).
+    let loadEncoderOr (defaultRelative: string) (scriptDir: string) (weights: string) (device: string) =
+        loadFor StructureEncoderCheckpoint.load defaultRelative scriptDir weights device
+
     /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoderCheckpoint.loadWith heads`, `heads`
     /// 0: not given): `scripts/decode.fsx`.
     let loadDecoderFor (scriptDir: string) (weights: string) (heads: int) (device: string) : StructureDecoder =
         let heads = if heads = 0 then None else Some(int64 heads)
         loadFor (StructureDecoderCheckpoint.loadWith heads) DefaultDecoderPath scriptDir weights device
+
+    /// `loadDecoderFor` with another shipped default (`defaultRelative`, e.g. `MultiTrackDecoderPath`), heads from
+    /// the file.
+    let loadDecoderOr (defaultRelative: string) (scriptDir: string) (weights: string) (device: string) =
+        loadFor (StructureDecoderCheckpoint.loadWith None) defaultRelative scriptDir weights device
 
     /// What `scripts/generate.fsx` does with `--weights` and `--device`: the device parsed (`Cli.device`), `weights`
     /// resolved (null or "": the shipped `DefaultMultiTrackPath`), loaded (`MultiTrackCheckpoint.load`, safetensors

@@ -508,6 +508,15 @@ let tests =
                             [ "--crop"; "128" ],
                             "--crop for the tokenizer",
                             "--crop is for --model multitrack (the tokenizer has --crop-curriculum)"
+                            [ "--codes"; "5000" ],
+                            "more codes than the decoder's rows",
+                            "--codes must be 2 … 4096, the decoder's code rows (got 5000)"
+                            [ "--codes"; "1024"; "--fsq"; "8,8,4,4" ],
+                            "--codes beside --fsq",
+                            "--codes is for a learned codebook; --fsq sets its codes by its levels"
+                            multitrack @ [ "--principal-position" ],
+                            "a tokenizer flag for the multi-track model",
+                            "--principal-position is for --model tokenizer --stage 1"
                         ] do
                         runScript "train.fsx" ("--" :: flags @ [ "--out"; out ])
                         |> oneLineError what ("train.fsx: " + expected)
