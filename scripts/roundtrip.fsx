@@ -146,6 +146,15 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             (100.0 * summary.Usage.LiveFraction)
             summary.Usage.Perplexity
 
+        printfn
+            "codebook: %d distinct vectors among its %d codes (codes closer than 1 %% of the median code norm counted as one)"
+            (Esm3Structure.Nn.CodebookUsage.distinctCodes 0.01 encoder.Codebook.Codes)
+            encoder.Config.Quantizer.Codes
+
+        printfn
+            "CA(i)–CA(i+1) distances of the decodings minus the chains': %+.3f Å on average (negative: shrunk locally)"
+            summary.MeanCaStepError
+
         if decoder.ConfidenceTrained then
             printfn
                 "pLDDT against LDDT-CA per residue: Pearson r %.3f (%d residues)"

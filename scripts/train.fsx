@@ -16,12 +16,12 @@
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence|causal-lm] [--stage 1|2]
 //                                   [--encoder FILE|random] [--chains N] [--data DIR] [--out DIR]
 //                                   [--preset small|smoke|esm3-open] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--losses esm|linear|fape-pair-heads|fape-alone]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--local-distance W] [--losses esm|linear|fape-pair-heads|fape-alone]
 //                                   [--heads N]
 //                                   [--structure-module ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--global-layers N] [--principal-position] [--chain-frames] [--crop-curriculum STEP:LEN,…]
-//                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--init DIR] [--separate-coordinates]
+//                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--restart POLICY] [--init DIR] [--freeze-encoder] [--separate-coordinates]
 //                                   [--seed N] [--checkpoint-every N] [--keep-checkpoints N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -48,6 +48,7 @@ type Args =
     | Steps of int
     | Minutes of float
     | Fape of weight: float
+    | Local_Distance of weight: float
     | Losses of recipe: string
     | Structure_Module of rounds: int
     | Heads of int
@@ -62,7 +63,9 @@ type Args =
     | Pair_Residues of int
     | Fsq of levels: string
     | Codes of int
+    | Restart of policy: string
     | Init of dir: string
+    | Freeze_Encoder
     | Separate_Coordinates
     | Mask of spec: string
     | Geometric_Layers of int
@@ -92,6 +95,8 @@ type Args =
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
             | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
+            | Local_Distance _ ->
+                "tokenizer stage 1: weight of the local CA distance term (CA pairs within LDDT's 15 Å, mean absolute error in Å; default 0, ESM's recipe)"
             | Losses _ ->
                 "tokenizer stage 1: the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Structure_Module _ ->
@@ -118,8 +123,12 @@ type Args =
                 "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
             | Codes _ ->
                 "tokenizer stage 1: codes of the preset's learned codebook, at most 4096 (default: the preset's; not with --fsq)"
+            | Restart _ ->
+                "tokenizer stage 1: dead-code restart of an EMA or gradient codebook: none, below:T (VideoGPT's: EMA count under T, per step), unused:STEPS[/ROWS] (unused for STEPS steps, re-seeded from the last ROWS encoder outputs; default 8192) (default: the preset's)"
             | Init _ ->
                 "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); multitrack: from this multi-track model's (e.g. models/multitrack); confidence: the tokenizer whose heads are trained"
+            | Freeze_Encoder ->
+                "tokenizer stage 1 with --init: train the decoder on the frozen encoder's and codebook's tokens (the tokens stay --init's)"
             | Separate_Coordinates ->
                 "multitrack: hide coordinates on their own schedule (Table S6: cubic, spans half the time, dropout 0.5) instead of also wherever structure tokens are hidden (the default, ours)"
             | Mask _ ->
@@ -190,6 +199,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     let stage1Flags =
         [
             "--fape", args.Contains Fape
+            "--local-distance", args.Contains Local_Distance
             "--losses", args.Contains Losses
             "--structure-module", args.Contains Structure_Module
             "--heads", args.Contains Heads
@@ -202,6 +212,8 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--pair-residues", args.Contains Pair_Residues
             "--fsq", args.Contains Fsq
             "--codes", args.Contains Codes
+            "--restart", args.Contains Restart
+            "--freeze-encoder", args.Contains Freeze_Encoder
         ]
 
     let refuse (flags: (string * bool) list) (reason: string -> string) =
@@ -245,6 +257,14 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 | Some w when w >= 0.0 && w < infinity -> w
                                 | Some w -> invalidArg "fape" (sprintf "--fape must be ≥ 0 and finite (got %g)" w)
                                 | None -> preset.Weights.Fape
+                            LocalDistance =
+                                match args.TryGetResult Local_Distance with
+                                | Some w when w >= 0.0 && w < infinity -> w
+                                | Some w ->
+                                    invalidArg
+                                        "local-distance"
+                                        (sprintf "--local-distance must be ≥ 0 and finite (got %g)" w)
+                                | None -> preset.Weights.LocalDistance
                         }
                     Decoder =
                         { preset.Decoder with
@@ -299,6 +319,10 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                     "codes"
                                     "--codes is for a learned codebook; --fsq sets its codes by its levels"
                             | None -> preset.Encoder.Quantizer
+                            | Some _ when args.Contains Restart ->
+                                invalidArg
+                                    "restart"
+                                    "--restart is for a learned codebook; --fsq has a fixed grid of codes"
                             | Some text ->
                                 let levels =
                                     [
@@ -316,6 +340,17 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 match QuantizerConfig.validate q with
                                 | Ok q -> q
                                 | Error errors -> invalidArg "fsq" ("--fsq: " + String.Join("; ", errors))
+
+                        let quantizer =
+                            match args.TryGetResult Restart with
+                            | None -> quantizer
+                            | Some text ->
+                                match QuantizerConfig.parseRestart text with
+                                | Ok policy ->
+                                    match QuantizerConfig.validate { quantizer with Restart = policy } with
+                                    | Ok q -> q
+                                    | Error errors -> invalidArg "restart" ("--restart: " + String.Join("; ", errors))
+                                | Error message -> invalidArg "restart" ("--restart: " + message)
 
                         { preset.Encoder with
                             NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
@@ -346,8 +381,18 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                             ]
                     PairResidues = args.GetResult(Pair_Residues, defaultValue = preset.PairResidues)
                     InitFrom = args.GetResult(Init, defaultValue = preset.InitFrom)
+                    FreezeEncoder =
+                        if args.Contains Freeze_Encoder && not (args.Contains Init) then
+                            invalidArg
+                                "freeze-encoder"
+                                "--freeze-encoder needs --init DIR (the tokenizer whose encoder is kept)"
+                        else
+                            args.Contains Freeze_Encoder || preset.FreezeEncoder
                     Trainer = trainer preset.Trainer
                 }
+
+            for warning in TokenizerTrainConfig.warnings config do
+                eprintfn "warning: %s" warning
 
             TokenizerTraining.train config device data (outOr "tokenizer") resume
         | "tokenizer", 2 ->

@@ -22,6 +22,8 @@ type RoundTrip =
         LddtCa: float
         /// Each decoded residue's LDDT-CA (NaN for a residue with no scored pair), in the order of `Decoded`.
         LddtCaPerResidue: float[]
+        /// The decoding's CA(i)–CA(i+1) distance minus the chain's, over its links (`Metrics.caStepErrors`), Å.
+        CaStepErrors: float[]
     }
 
 /// Quality of a tokenizer over many chains: the figures the README quotes for the shipped model.
@@ -38,6 +40,9 @@ type RoundTripSummary =
         /// Pearson's correlation of per-residue pLDDT with per-residue LDDT-CA over all decoded residues of all chains
         /// (`Metrics.pearson`). Meaningful only for a decoder whose confidence heads were trained.
         PlddtPearson: float
+        /// Mean signed error of the decodings' CA(i)–CA(i+1) distances over every link of every chain (Å; negative:
+        /// the decoder shrinks the chain locally); NaN with no link.
+        MeanCaStepError: float
     }
 
 /// Structure → tokens → structure, and its summary over a set of chains.
@@ -88,6 +93,7 @@ module RoundTrip =
             BackboneRmsd = rmsd
             LddtCa = lddt.Protein.ToDouble()
             LddtCaPerResidue = lddt.PerResidue.data<float>().ToArray()
+            CaStepErrors = Metrics.caStepErrors (model.select (1L, 1L)) (reference.select (1L, 1L))
         }
 
     /// Medians, means and the codebook usage over round trips; `codes` is the codebook size.
@@ -121,6 +127,10 @@ module RoundTrip =
                 Metrics.pearson
                     (trips |> Array.collect (fun t -> t.Decoded.Plddt |> Array.map float))
                     (trips |> Array.collect (fun t -> t.LddtCaPerResidue))
+            MeanCaStepError =
+                match trips |> Array.collect (fun t -> t.CaStepErrors) with
+                | [||] -> nan
+                | errors -> Array.average errors
         }
 
     /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd, lddt_ca,
@@ -150,6 +160,12 @@ module RoundTrip =
          w.WriteNumber("live_codes", summary.Usage.LiveCodes)
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
          w.WriteNumber("perplexity", summary.Usage.Perplexity)
+
+         if Double.IsFinite summary.MeanCaStepError then
+             w.WriteNumber("mean_ca_step_error", summary.MeanCaStepError)
+         else
+             w.WriteNull "mean_ca_step_error"
+
          w.WriteBoolean("confidence_heads_trained", confidenceTrained)
          w.WriteBoolean("ptm_informative", confidenceTrained && ptmInformative)
 

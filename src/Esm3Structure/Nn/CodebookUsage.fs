@@ -163,3 +163,49 @@ module CodebookUsage =
                 else
                     usage.SquaredErrorSum / (float usage.Count * float usage.Dim)
         }
+
+    /// How many distinct vectors a codebook holds when codes closer than `relative` × the median code norm count as
+    /// one: the groups of codes linked by such near pairs (single linkage). A healthy codebook gives K; one whose
+    /// codes were restarted at every step from batches smaller than K (tiled copies with 1 % noise; see
+    /// `TokenizerTrainConfig.warnings`) gives about the batch's row count. Shapes: codes [K, D] -> int64
+    let distinctCodes (relative: float) (codes: torch.Tensor) =
+        if codes.dim () <> 2L then
+            Shape.mismatch "codes" "[K, D]" codes
+
+        let k = codes.shape.[0]
+
+        if k = 0L then
+            0L
+        else
+            use _ = torch.NewDisposeScope()
+            let c = codes.detach().to_type torch.float64
+            let limit = relative * c.norm(1).median().ToDouble()
+            let parent = Array.init (int k) id
+
+            let rec root (i: int) =
+                if parent.[i] = i then
+                    i
+                else
+                    parent.[i] <- parent.[parent.[i]]
+                    root parent.[i]
+
+            // Blocks of rows against all codes keep the distance matrix at most 256 × K.
+            let block = 256L
+
+            for start in 0L .. block .. k - 1L do
+                let rows = c.narrow (0L, start, min block (k - start))
+
+                let near =
+                    torch.cdist(rows.unsqueeze 0L, c.unsqueeze 0L).squeeze(0L).lt(limit.ToScalar())
+
+                let pairs = near.nonzero().data<int64>().ToArray()
+
+                for p in 0 .. pairs.Length / 2 - 1 do
+                    let i = int (start + pairs.[2 * p])
+                    let j = int pairs.[2 * p + 1]
+                    let a, b = root i, root j
+
+                    if a <> b then
+                        parent.[max a b] <- min a b
+
+            [| 0 .. int k - 1 |] |> Array.sumBy (fun i -> if root i = i then 1L else 0L)

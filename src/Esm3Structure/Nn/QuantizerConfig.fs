@@ -105,6 +105,37 @@ module QuantizerConfig =
             Restart = NoRestart
         }
 
+    /// Rows of the recent-output ring buffer `parseRestart` gives `UnusedFor` when the text names none.
+    [<Literal>]
+    let DefaultRecentRows = 8192
+
+    /// A restart policy from its text: "none", "below:T" (`BelowCount T`) or "unused:STEPS[/ROWS]" (`UnusedFor`,
+    /// ROWS default `DefaultRecentRows`); an error message saying what was expected otherwise. Only the syntax and
+    /// the numbers' signs are checked here; `validate` judges the policy against the codebook's kind.
+    let parseRestart (text: string) : Result<RestartPolicy, string> =
+        let expected =
+            sprintf "'%s' is not none, below:THRESHOLD or unused:STEPS[/ROWS]" text
+
+        match text.Trim().ToLowerInvariant().Split(':') with
+        | [| "none" |] -> Ok NoRestart
+        | [| "below"; t |] ->
+            match Double.TryParse(t, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
+            | true, v when v >= 0.0 && not (Double.IsInfinity v) -> Ok(BelowCount v)
+            | _ -> Error expected
+        | [| "unused"; spec |] ->
+            let parts = spec.Split('/')
+
+            let number (s: string) =
+                match Int32.TryParse s with
+                | true, v when v >= 1 -> Some v
+                | _ -> None
+
+            match parts |> Array.map number with
+            | [| Some steps |] -> Ok(UnusedFor(steps, DefaultRecentRows))
+            | [| Some steps; Some rows |] -> Ok(UnusedFor(steps, rows))
+            | _ -> Error expected
+        | _ -> Error expected
+
     /// The config, or the list of what is wrong with it (each message names the field).
     let validate (c: QuantizerConfig) : Result<QuantizerConfig, string list> =
         let finite (x: float) =

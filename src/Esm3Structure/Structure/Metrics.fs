@@ -303,6 +303,39 @@ module Metrics =
 
             best
 
+    /// Longest reference CA(i)–CA(i+1) distance (Å) counted as a link of the chain: trans peptides give 3.8 Å, cis
+    /// 2.9 Å; anything longer is a chain break.
+    [<Literal>]
+    let CaLinkMax = 4.2
+
+    /// The signed error of each CA(i)–CA(i+1) distance of a model, d_model − d_reference (Å), over the links the
+    /// reference holds (its CA(i)–CA(i+1) distance at most `CaLinkMax`; residues with a NaN CA count as breaks). A
+    /// decoder that shrinks its chain locally shows a negative mean here however good its global fit.
+    /// Shapes: model [L, 3], reference [L, 3] -> float[] (one per link, in chain order)
+    let caStepErrors (model: torch.Tensor) (reference: torch.Tensor) =
+        Shape.expect "reference" model.shape reference
+
+        if model.dim () <> 2L || model.shape.[1] <> 3L then
+            Shape.mismatch "model" "[L, 3]" model
+
+        let l = model.shape.[0]
+
+        if l < 2L then
+            [||]
+        else
+            use _ = torch.NewDisposeScope()
+
+            let step (x: torch.Tensor) =
+                let x = x.to_type f64
+                (x.narrow (0L, 1L, l - 1L) - x.narrow (0L, 0L, l - 1L)).square().sum(-1L).sqrt()
+
+            let dm = (step model).data<float>().ToArray()
+            let dr = (step reference).data<float>().ToArray()
+
+            Array.zip dm dr
+            |> Array.filter (fun (m, r) -> Double.IsFinite m && Double.IsFinite r && r <= CaLinkMax)
+            |> Array.map (fun (m, r) -> m - r)
+
     /// The median of values (the mean of the middle two for an even count); NaN for none.
     let median (xs: float[]) =
         if xs.Length = 0 then

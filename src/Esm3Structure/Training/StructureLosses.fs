@@ -179,6 +179,33 @@ module StructureLosses =
     let backboneFape (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
         backboneFapeWith FapeClamp FapeUnclampedFraction predicted target mask
 
+    /// Local CA distance loss, the surrogate of LDDT-CA: over ordered pairs i ≠ j of allowed residues whose target
+    /// CA atoms lie within `radius` (LDDT's inclusion radius, 15 Å: `LddtConfig.esm`, judged on the target as LDDT
+    /// is), the mean absolute CA–CA distance error √((D̂ − D)² + ε) in Å. Unlike ESM's distance loss it neither
+    /// clamps nor lets the L² long-range pairs outnumber a residue's few neighbours, so it pulls on exactly the
+    /// distances LDDT-CA counts. Not one of ESM's terms. Shapes: predicted, target [B, L, 3, 3], mask [B, L] ->
+    /// scalar
+    let localCaDistance (radius: float) (predicted: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+        checkBackbone "predicted" predicted
+        Shape.expect "target" predicted.shape target
+        checkMask predicted mask
+
+        let distances (x: torch.Tensor) =
+            let ca = (clean x).select(2L, 1L) // [B, L, 3]
+            ((ca.unsqueeze -2L - ca.unsqueeze -3L).square().sum(-1L) + 1e-10).sqrt() // [B, L, L]
+
+        let truth = distances (target.detach ())
+        let l = predicted.shape.[1]
+
+        let offDiagonal =
+            torch.eye(l, dtype = torch.ScalarType.Bool, device = predicted.device).logical_not()
+
+        let allowed =
+            (pairMask mask).logical_and(truth.lt (radius.ToScalar())).logical_and(offDiagonal)
+
+        let error = ((distances predicted - truth).square() + FapeEps).sqrt()
+        maskedMean error allowed
+
     /// Links i → i+1 that are real peptide bonds: both residues allowed and the target's C_i–N_{i+1} distance at
     /// most `PeptideBondMax`. The last residue has no link. Shapes: target [B, L, 3, 3], mask [B, L] -> [B, L] bool
     let bonded (target: torch.Tensor) (mask: torch.Tensor) =

@@ -15,7 +15,21 @@ open Esm3Structure.Structure
 type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as this =
     inherit torch.nn.Module<TokenizerBatch, StructureDecoderOutput>("TokenizerModel")
 
-    let encoder = new StructureEncoder(config.Encoder, generator)
+    // A frozen encoder's codebook takes no EMA update either (`FreezeEncoder`).
+    let encoder =
+        new StructureEncoder(
+            (if config.FreezeEncoder then
+                 { config.Encoder with
+                     Quantizer =
+                         { config.Encoder.Quantizer with
+                             FreezeCodebook = true
+                         }
+                 }
+             else
+                 config.Encoder),
+            generator
+        )
+
     let decoder = new StructureDecoder(config.Decoder)
     let post_quant_proj = torch.nn.Linear(config.Encoder.DOut, config.Decoder.DModel)
 
@@ -24,6 +38,10 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         Init.initialise generator encoder
         Init.initialise generator decoder
         Init.linear generator post_quant_proj
+
+        if config.FreezeEncoder then
+            for p in encoder.parameters () do
+                p.requires_grad <- false
 
     member _.Encoder = encoder
     member _.Decoder = decoder

@@ -21,6 +21,9 @@ type TokenizerLossWeights =
         /// Backbone FAPE (`StructureLosses.backboneFape`: clamped at 10 Å with 10 % unclamped), a global term that
         /// does not vanish for large errors; not one of ESM's terms (ESM: 0).
         Fape: float
+        /// The local CA distance loss (`StructureLosses.localCaDistance`: the CA pairs within LDDT's 15 Å, mean
+        /// absolute distance error in Å), a surrogate of LDDT-CA; not one of ESM's terms (ESM: 0).
+        LocalDistance: float
         /// Distance loss on squared distances, as Algorithm 10 prints (§1.7 #1); default false.
         SquaredDistance: bool
         /// The distance and direction losses let errors beyond their clamps grow linearly (Huber,
@@ -55,6 +58,10 @@ type TokenizerTrainConfig =
         /// weights a fresh run starts from instead of random ones (`TokenizerModel.InitialiseFrom`); "" (the
         /// default): random. A resumed run continues from its checkpoint either way.
         InitFrom: string
+        /// Train the decoder (and the map from codes to its width) on the tokens of a frozen encoder and codebook:
+        /// the encoder's weights get no gradient and the codebook no EMA update, so the run's tokens are `InitFrom`'s,
+        /// token for token. Needs `InitFrom`. Default false (stage 1 trains all three).
+        FreezeEncoder: bool
         Trainer: TrainerConfig
     }
 
@@ -69,6 +76,7 @@ module TokenizerTrainConfig =
             BinnedDirection = 1.0
             Distogram = 1.0
             Fape = 0.0
+            LocalDistance = 0.0
             SquaredDistance = false
             LinearBeyondClamp = false
         }
@@ -88,6 +96,7 @@ module TokenizerTrainConfig =
             CropCurriculum = []
             PairResidues = 0
             InitFrom = ""
+            FreezeEncoder = false
             Trainer = TrainerConfig.small
         }
 
@@ -251,6 +260,12 @@ module TokenizerTrainConfig =
             if c.PairResidues < 0 || c.PairResidues = 1 then
                 sprintf "PairResidues must be 0 (all) or at least 2 (got %d)" c.PairResidues
 
+            if c.FreezeEncoder && String.IsNullOrWhiteSpace c.InitFrom then
+                "FreezeEncoder: a frozen encoder must come from InitFrom (a trained tokenizer folder)"
+
+            if c.FreezeEncoder && c.BypassQuantizer then
+                "FreezeEncoder: the frozen tokens are the point; BypassQuantizer decodes no tokens"
+
             if c.Encoder.Quantizer.Codes > StructureTokens.CodebookSize then
                 sprintf
                     "the codebook (%d codes) must fit the decoder's %d code rows"
@@ -258,6 +273,38 @@ module TokenizerTrainConfig =
                     StructureTokens.CodebookSize
         ]
         |> Validation.ofErrors c
+
+    /// What in a valid config makes training degenerate, one line each (the scripts print them; nothing is
+    /// refused, so that runs made before a warning existed can be repeated). Today one: VideoGPT's restart
+    /// (`BelowCount T`) compares each code's EMA count per step with T, and those counts average rows / K, so with
+    /// T·K at least the encoder rows of a step nearly every code is overwritten by a batch row at every step and the
+    /// codebook ends as the last batch's rows, tiled with noise (how the tokenizer shipped in session 13 was
+    /// trained: 4,096 codes against 1,024 rows).
+    let warnings (c: TokenizerTrainConfig) =
+        [
+            match c.Encoder.Quantizer.Restart with
+            | RestartPolicy.BelowCount threshold when
+                c.Encoder.Quantizer.Kind = QuantizerKind.Ema
+                && not c.Encoder.Quantizer.FreezeCodebook
+                && not c.FreezeEncoder
+                ->
+                let shortest =
+                    c.CropCurriculum |> List.fold (fun m (_, length) -> min m length) c.CropLength
+
+                let rows = c.Trainer.BatchSize * shortest
+
+                if threshold * float c.Encoder.Quantizer.Codes >= float rows then
+                    sprintf
+                        "Encoder.Quantizer.Restart below:%g with %d codes (--codes) needs more than %g encoder rows per step, and a step has at most %d (batch %d × crop %d): every code's EMA count sits below %g, so every code restarts at every step and the codebook ends as the last batch's rows; use --restart unused:STEPS, or fewer codes"
+                        threshold
+                        c.Encoder.Quantizer.Codes
+                        (threshold * float c.Encoder.Quantizer.Codes)
+                        rows
+                        c.Trainer.BatchSize
+                        shortest
+                        threshold
+            | _ -> ()
+        ]
 
     /// The config as JSON (`Json.ofRecord`), led by "Stage": 1.
     let toJson (c: TokenizerTrainConfig) =

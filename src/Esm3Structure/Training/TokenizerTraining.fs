@@ -13,7 +13,8 @@ open Esm3Structure.Tokenizers
 /// Stage-1 training of the structure tokenizer (ESM3-TRAINING.md §1.3) on `Trainer`.
 module TokenizerTraining =
 
-    /// The loss terms of a batch: distance, direction, binned direction, distogram, FAPE, commitment; and their
+    /// The loss terms of a batch: distance, direction, binned direction, distogram, FAPE, local CA distance,
+    /// commitment; and their
     /// weighted sum. The four pairwise terms read only the residues at `pairPositions` (ascending, int64; null:
     /// all, ESM's); FAPE and the commitment read every residue.
     let lossesOn
@@ -71,12 +72,19 @@ module TokenizerTraining =
             else
                 torch.zeros_like distance
 
+        let local =
+            if weights.LocalDistance > 0.0 then
+                StructureLosses.localCaDistance LddtConfig.esm.Cutoff predicted target mask
+            else
+                torch.zeros_like distance
+
         let total =
             distance * weights.Distance
             + direction * weights.Direction
             + binned * weights.BinnedDirection
             + distogram * weights.Distogram
             + fape * weights.Fape
+            + local * weights.LocalDistance
             + commitment
 
         total,
@@ -86,6 +94,7 @@ module TokenizerTraining =
             "binned_direction", binned
             "distogram", distogram
             "fape", fape
+            "local_distance", local
             "commitment", commitment
         |]
 

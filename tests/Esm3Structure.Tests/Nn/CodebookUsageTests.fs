@@ -28,6 +28,31 @@ let tests =
     testList
         "Nn/CodebookUsage"
         [
+            test "distinct codes: separated codes count one each, tiled noisy copies one per row, near chains as one" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(11UL)
+                // 64 standard normal codes in 16 dimensions: nearest pairs lie ~3 apart, 1 % of the norm is 0.04.
+                let separated = torch.randn ([| 64L; 16L |], dtype = torch.float64, generator = g)
+                Expect.equal (CodebookUsage.distinctCodes 0.01 separated) 64L "separated"
+
+                // 16 rows tiled 4 times with noise 1e-3 (what a restart from a small batch leaves).
+                let rows = torch.randn ([| 16L; 16L |], dtype = torch.float64, generator = g)
+
+                let tiled =
+                    rows.repeat (4L, 1L)
+                    + torch.randn ([| 64L; 16L |], dtype = torch.float64, generator = g) * 1e-3
+
+                Expect.equal (CodebookUsage.distinctCodes 0.01 tiled) 16L "tiled"
+                Expect.equal (CodebookUsage.distinctCodes 0.01 (tiled.to_type torch.float32)) 16L "float32"
+
+                // a, a + δ, a + 2δ with ‖δ‖ under the limit but ‖2δ‖ over it: linked through the middle one.
+                let a = torch.ones ([| 1L; 16L |], dtype = torch.float64) * 10.0 // norm 40, limit 0.4
+                let d = torch.zeros ([| 1L; 16L |], dtype = torch.float64)
+                d.[0L, 0L] <- torch.tensor 0.3
+                Expect.equal (CodebookUsage.distinctCodes 0.01 (torch.cat ([| a; a + d; a + d * 2.0 |], 0L))) 1L "chain"
+                Expect.equal (CodebookUsage.distinctCodes 0.01 (torch.cat ([| a; a + d * 2.0 |], 0L))) 2L "apart"
+            }
+
             testPropertyWithConfig
                 config
                 "metrics of one batch: histogram, live codes, perplexity and MSE match direct sums"

@@ -147,6 +147,35 @@ let tests =
                     "constructor checks"
             }
 
+            test
+                "restart policies from text: none, below:T, unused:STEPS[/ROWS]; anything else is refused with the text" {
+                Expect.equal (QuantizerConfig.parseRestart "none") (Ok NoRestart) "none"
+                Expect.equal (QuantizerConfig.parseRestart "below:1") (Ok(BelowCount 1.0)) "below"
+                Expect.equal (QuantizerConfig.parseRestart " Below:0.25 ") (Ok(BelowCount 0.25)) "case, spaces"
+
+                Expect.equal
+                    (QuantizerConfig.parseRestart "unused:50")
+                    (Ok(UnusedFor(50, QuantizerConfig.DefaultRecentRows)))
+                    "unused, default rows"
+
+                Expect.equal (QuantizerConfig.parseRestart "unused:50/1024") (Ok(UnusedFor(50, 1024))) "unused/rows"
+
+                for bad in
+                    [
+                        ""
+                        "never"
+                        "below:"
+                        "below:-1"
+                        "below:x"
+                        "unused:0"
+                        "unused:5/0"
+                        "unused:5/6/7"
+                    ] do
+                    match QuantizerConfig.parseRestart bad with
+                    | Ok p -> failtestf "'%s' must be refused (got %A)" bad p
+                    | Error message -> Expect.stringContains message (sprintf "'%s'" bad) "names the text"
+            }
+
             test "EmaCodebook's state_dict is ESM's codebook.* (keys, order, shapes)" {
                 use m = new EncoderLike(QuantizerConfig.esm3)
 

@@ -39,6 +39,28 @@ let private scalar (t: torch.Tensor) = t.ToDouble()
 let private confident (k: int64) (labels: torch.Tensor) =
     torch.nn.functional.one_hot(labels, k).to_type f64 * 50.0
 
+/// A loss of (predicted, target, mask) checked for invariance under rigid motions of either structure on the first
+/// `l` residues of 1UBQ against a copy with noise σ from `noiseSeed`: five motions each, float64 to `Accuracy.high`,
+/// and both moved in float32 to 1e-4 relative (coordinates up to ~50 Å carry ~3e-6 Å of rounding, and the losses
+/// checked here average errors of at least their ε floor, 0.01 Å, so 1e-4 holds with a wide margin).
+let private invariantUnderMotions
+    (loss: torch.Tensor -> torch.Tensor -> torch.Tensor -> torch.Tensor)
+    (l: int64)
+    (noiseSeed: uint64)
+    (sigma: float)
+    =
+    let x = ubiquitin l
+    let m = allReal x
+    let y = noisy noiseSeed sigma x
+
+    for seed in 1UL .. 5UL do
+        let reference = scalar (loss y x m)
+        Expect.floatClose Accuracy.high (scalar (loss (moved seed y) x m)) reference "prediction moved"
+        Expect.floatClose Accuracy.high (scalar (loss y (moved (seed + 100UL) x) m)) reference "target moved"
+        let f32 (t: torch.Tensor) = t.to_type torch.float32
+        let c = scalar (loss (f32 (moved seed y)) (f32 (moved (seed + 7UL) x)) m)
+        Expect.floatClose { absolute = 0.0; relative = 1e-4 } c reference "float32, both moved"
+
 [<Tests>]
 let tests =
     testList
@@ -274,24 +296,7 @@ let tests =
 
             test "FAPE is invariant to rigid motions of either structure (float64 tight, float32 at 1e-4 relative)" {
                 use _ = torch.NewDisposeScope()
-                let x = ubiquitin 30L
-                let m = allReal x
-                let y = noisy 5UL 2.0 x
-
-                for seed in 1UL .. 5UL do
-                    let reference = scalar (StructureLosses.backboneFape y x m)
-                    let a = scalar (StructureLosses.backboneFape (moved seed y) x m)
-                    let b = scalar (StructureLosses.backboneFape y (moved (seed + 100UL) x) m)
-                    Expect.floatClose Accuracy.high a reference "prediction moved"
-                    Expect.floatClose Accuracy.high b reference "target moved"
-                    // float32: coordinates up to ~50 Å carry ~3e-6 Å of rounding; errors are ≥ 0.01 Å (the ε floor)
-                    // and the loss averages them, so 1e-4 relative holds with a wide margin.
-                    let f32 (t: torch.Tensor) = t.to_type torch.float32
-
-                    let c =
-                        scalar (StructureLosses.backboneFape (f32 (moved seed y)) (f32 (moved (seed + 7UL) x)) m)
-
-                    Expect.floatClose { absolute = 0.0; relative = 1e-4 } c reference "float32, both moved"
+                invariantUnderMotions StructureLosses.backboneFape 30L 5UL 2.0
             }
 
             test "FAPE keeps a gradient for errors beyond the clamp only through its unclamped part" {
@@ -311,6 +316,72 @@ let tests =
                 // clamp 0.5 Å: only a residue's own atoms (error ≤ sqrt(ε) after the frame fit) stay below it
                 Expect.isLessThan (gradNorm 0.0) 1e-12 "fully clamped: no gradient"
                 Expect.isGreaterThan (gradNorm StructureLosses.FapeUnclampedFraction) 1e-3 "10 % unclamped: a gradient"
+            }
+
+            test
+                "local CA distance: a straight chain shrunk by 10 % gives the hand-computed mean over pairs within 15 Å" {
+                use _ = torch.NewDisposeScope()
+                // Six residues with CA on a line 3.8 Å apart (N and C beside it): pairs 1–3 apart lie within 15 Å
+                // (3.8, 7.6, 11.4 Å); 4 apart is 15.2 Å, outside LDDT's radius.
+                let chain (spacing: float) =
+                    torch
+                        .tensor(
+                            [|
+                                for i in 0..5 do
+                                    let x = spacing * float i
+                                    yield! [| x; 1.0; 0.0; x; 0.0; 0.0; x; -1.0; 0.5 |]
+                            |],
+                            dtype = f64
+                        )
+                        .reshape(1L, 6L, 3L, 3L)
+
+                let target = chain 3.8
+                let predicted = chain (3.8 * 0.9)
+                let m = allReal target
+
+                let err (d: float) =
+                    sqrt ((0.1 * d) ** 2.0 + StructureLosses.FapeEps)
+                // ordered pairs: 2 × (5 one apart, 4 two apart, 3 three apart)
+                let expected = (5.0 * err 3.8 + 4.0 * err 7.6 + 3.0 * err 11.4) / 12.0
+                let loss = StructureLosses.localCaDistance 15.0 predicted target m
+                Expect.floatClose Accuracy.high (scalar loss) expected "shrunk by 10 %"
+
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.localCaDistance 15.0 target target m))
+                    (sqrt StructureLosses.FapeEps)
+                    "the target itself: the ε floor"
+
+                // Residue 0 masked: its pairs (one each at 1, 2 and 3 apart) leave the mean.
+                let keep = m.clone ()
+                keep.[0L, 0L] <- torch.tensor false
+                let fewer = (4.0 * err 3.8 + 3.0 * err 7.6 + 2.0 * err 11.4) / 9.0
+
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.localCaDistance 15.0 predicted target keep))
+                    fewer
+                    "masked residue"
+
+                // The radius is judged on the target: a prediction stretched past 15 Å keeps the pair.
+                Expect.floatClose
+                    Accuracy.high
+                    (scalar (StructureLosses.localCaDistance 15.0 (chain 10.0) target m))
+                    ((5.0 * sqrt (6.2 ** 2.0 + StructureLosses.FapeEps)
+                      + 4.0 * sqrt (12.4 ** 2.0 + StructureLosses.FapeEps)
+                      + 3.0 * sqrt (18.6 ** 2.0 + StructureLosses.FapeEps))
+                     / 12.0)
+                    "stretched"
+            }
+
+            test "local CA distance is invariant to rigid motions of either structure (float64 tight, float32 at 1e-4)" {
+                use _ = torch.NewDisposeScope()
+                // In float32 the pair set must be float64's: no target CA pair of these 40 residues lies within
+                // 1e-3 Å of the 15 Å radius, far beyond float32's ~4e-6 Å of rounding at 30 Å.
+                let ca = (ubiquitin 40L).select(2L, 1L).squeeze 0L
+                let d = torch.cdist (ca.unsqueeze 0L, ca.unsqueeze 0L)
+                Expect.isGreaterThan ((d - 15.0).abs().min().ToDouble()) 1e-3 "no target pair on the radius"
+                invariantUnderMotions (StructureLosses.localCaDistance 15.0) 40L 9UL 1.5
             }
 
             test "binned direction labels: an orthonormal residue pairs with itself in the middle bin" {

@@ -8,6 +8,7 @@ open Esm3Structure
 open TorchSharp
 open Esm3Structure.Io
 open Esm3Structure.Models
+open Esm3Structure.Nn
 open Esm3Structure.Structure
 open Esm3Structure.Training
 open Esm3Structure.Tests
@@ -82,6 +83,55 @@ let tests =
                     Validation.errors (TokenizerTrainConfig.validate { small with PairResidues = 1 })
 
                 Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
+            }
+
+            test "a warning when VideoGPT's restart would overwrite every code at every step (4,096 codes, 1,024 rows)" {
+                let small = TokenizerTrainConfig.small
+
+                let withCodes (k: int64) (restart: RestartPolicy) =
+                    { small with
+                        Encoder =
+                            { small.Encoder with
+                                Quantizer =
+                                    { small.Encoder.Quantizer with
+                                        Codes = k
+                                        Restart = restart
+                                    }
+                            }
+                    }
+
+                // small: batch 8 × crop 128 = 1,024 rows per step.
+                Expect.isEmpty (TokenizerTrainConfig.warnings small) "512 codes: mean count 2 per step"
+                Expect.isEmpty (TokenizerTrainConfig.warnings (withCodes 1023L (BelowCount 1.0))) "1,023 codes"
+
+                match TokenizerTrainConfig.warnings (withCodes 1024L (BelowCount 1.0)) with
+                | [ w ] ->
+                    Expect.stringContains w "--restart unused" "says what to use"
+                    Expect.stringContains w "1024" "names the rows"
+                | ws -> failtestf "one warning expected, got %A" ws
+
+                Expect.hasLength (TokenizerTrainConfig.warnings (withCodes 4096L (BelowCount 1.0))) 1 "4,096 codes"
+
+                Expect.isEmpty
+                    (TokenizerTrainConfig.warnings (withCodes 4096L (UnusedFor(50, 8192))))
+                    "unused:50 has no such threshold"
+
+                // A curriculum's shortest crop is what bounds the rows.
+                Expect.hasLength
+                    (TokenizerTrainConfig.warnings
+                        { small with
+                            CropCurriculum = [ 100, 64 ]
+                        })
+                    1
+                    "crops of 64: 512 rows against 512 codes"
+
+                Expect.isEmpty
+                    (TokenizerTrainConfig.warnings
+                        { withCodes 4096L (BelowCount 1.0) with
+                            FreezeEncoder = true
+                            InitFrom = "models/structure-tokenizer"
+                        })
+                    "a frozen codebook does not restart"
             }
 
             test

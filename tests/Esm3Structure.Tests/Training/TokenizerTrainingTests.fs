@@ -135,6 +135,58 @@ let tests =
                     Expect.stringContains e.File "decoder.safetensors" "names the file"
             }
 
+            test
+                "--freeze-encoder: a run from a tokenizer keeps its encoder and codebook bit for bit and trains the decoder" {
+                use _ = torch.NewDisposeScope()
+                use first = new TempDir()
+                use second = new TempDir()
+                let train = TokenizerFixtures.smallChains.Value.[1..]
+                let valid = TokenizerFixtures.smallChains.Value.[..0]
+
+                let source =
+                    (TokenizerTraining.trainOn TokenizerFixtures.tinyTrainConfig torch.CPU train valid first.Path false)
+                        .Checkpoint
+
+                let frozen =
+                    { TokenizerFixtures.tinyTrainConfig with
+                        InitFrom = source
+                        FreezeEncoder = true
+                        Trainer =
+                            { TokenizerFixtures.tinyTrainConfig.Trainer with
+                                Steps = 4
+                                EvalEvery = 4
+                                CheckpointEvery = 4
+                            }
+                    }
+
+                let continued =
+                    (TokenizerTraining.trainOn frozen torch.CPU train valid second.Path false).Checkpoint
+
+                let tensors (folder: string) (file: string) =
+                    (Safetensors.read (Path.Combine(folder, file))).Tensors
+
+                // Every encoder tensor, the codebook's EMA statistics included, is the source's.
+                for (name, a), (_, b) in
+                    List.zip (tensors source "encoder.safetensors") (tensors continued "encoder.safetensors") do
+                    Expect.isTrue (a.allclose (b, 0.0, 0.0)) (sprintf "encoder tensor %s unchanged" name)
+
+                let changed =
+                    List.zip (tensors source "decoder.safetensors") (tensors continued "decoder.safetensors")
+                    |> List.filter (fun ((_, a), (_, b)) -> not (a.allclose (b, 0.0, 0.0)))
+
+                Expect.isNonEmpty changed "the decoder trained"
+
+                let errors =
+                    Validation.errors (
+                        TokenizerTrainConfig.validate
+                            { TokenizerFixtures.tinyTrainConfig with
+                                FreezeEncoder = true
+                            }
+                    )
+
+                Expect.exists errors (fun e -> e.Contains "FreezeEncoder") "a frozen encoder needs InitFrom"
+            }
+
             test "the confidence stage trains the pLDDT and pairwise heads only and marks the exported decoder" {
                 use _ = torch.NewDisposeScope()
                 use stage1 = new TempDir()

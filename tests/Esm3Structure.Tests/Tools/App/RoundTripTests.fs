@@ -57,6 +57,38 @@ let tests =
                 Expect.floatClose Accuracy.veryHigh t.BackboneRmsd rmsd "RMSD"
                 Expect.isGreaterThan t.BackboneRmsd 1.0 "random weights reconstruct nothing"
                 Expect.isTrue (t.LddtCa >= 0.0 && t.LddtCa <= 1.0) "LDDT-CA in [0, 1]"
+
+                Expect.equal
+                    t.CaStepErrors
+                    (Metrics.caStepErrors (model.select (1L, 1L)) (reference.select (1L, 1L)))
+                    "CA step errors of the decoded residues"
+            }
+
+            test "CA step errors: a chain shrunk by 10 % is 0.38 Å short on every link; breaks and NaN CAs are skipped" {
+                use _ = torch.NewDisposeScope()
+
+                let line (spacing: float) =
+                    torch
+                        .tensor([| for i in 0..4 -> [| spacing * float i; 0.0; 0.0 |] |] |> Array.concat)
+                        .reshape(5L, 3L)
+
+                let errors = Metrics.caStepErrors (line (3.8 * 0.9)) (line 3.8)
+                Expect.equal errors.Length 4 "four links"
+
+                for e in errors do
+                    Expect.floatClose Accuracy.high e -0.38 "0.9 × 3.8 − 3.8"
+
+                // A reference whose residues 2 and 3 lie 9 Å apart (a break), and a model with a NaN CA at 0.
+                let broken = line 3.8
+
+                broken.narrow(0L, 3L, 2L).add_(torch.tensor ([| 5.2; 0.0; 0.0 |], dtype = torch.float64))
+                |> ignore
+
+                let model = line 3.8
+                model.[0L, 0L] <- torch.tensor nan
+                let kept = Metrics.caStepErrors model broken
+                Expect.equal kept.Length 2 "links 1–2 and 3–4 only"
+                Expect.floatClose Accuracy.high kept.[0] 0.0 "an exact link"
             }
 
             test "summary: medians, means and codebook usage by hand; JSON carries them" {
