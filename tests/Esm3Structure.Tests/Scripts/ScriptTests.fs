@@ -523,6 +523,18 @@ let tests =
                             multitrack @ [ "--principal-position" ],
                             "a tokenizer flag for the multi-track model",
                             "--principal-position is for --model tokenizer --stage 1"
+                            [ "--restart"; "sometimes" ],
+                            "an unknown restart policy",
+                            "--restart: 'sometimes' is not none, below:THRESHOLD or unused:STEPS[/ROWS]"
+                            [ "--restart"; "unused:50"; "--fsq"; "8,8,4,4" ],
+                            "--restart beside --fsq",
+                            "--restart is for a learned codebook; --fsq has a fixed grid of codes"
+                            [ "--freeze-encoder" ],
+                            "a frozen encoder from nowhere",
+                            "--freeze-encoder needs --init DIR (the tokenizer whose encoder is kept)"
+                            [ "--local-distance"; "-1" ],
+                            "a negative loss weight",
+                            "--local-distance must be ≥ 0 and finite (got -1)"
                         ] do
                         runScript "train.fsx" ("--" :: flags @ [ "--out"; out ])
                         |> oneLineError what ("train.fsx: " + expected)
