@@ -79,6 +79,10 @@ module StructureLosses =
 
     let private clean (x: torch.Tensor) = x.nan_to_num (0.0, 0.0, 0.0)
 
+    /// Squared distances between every two points of each row. Shapes: [B, N, 3] -> [B, N, N]
+    let private squaredPairDistances (p: torch.Tensor) =
+        (p.unsqueeze -2L - p.unsqueeze -3L).square().sum(-1L)
+
     /// A squared error e² limited at `clamp` c: min(e², c) (ESM's; no gradient beyond c), or with `linear` the
     /// Huber form e² up to c and 2√c·|e| − c beyond, which has the same value and slope at c and a constant slope
     /// 2√c after it, so that pairs far off keep pulling. Shapes: [*] -> [*]
@@ -108,8 +112,7 @@ module StructureLosses =
         let b = predicted.shape.[0]
 
         let distances (x: torch.Tensor) =
-            let p = (clean x).reshape(b, -1L, 3L) // [B, 3L, 3]
-            let d2 = (p.unsqueeze -2L - p.unsqueeze -3L).square().sum(-1L) // [B, 3L, 3L]
+            let d2 = squaredPairDistances ((clean x).reshape(b, -1L, 3L)) // [B, 3L, 3L]
             // Equal pairs get distance 0 in both structures; the floor keeps sqrt's gradient finite there.
             if squared then d2 else (d2 + 1e-10).sqrt()
 
@@ -191,8 +194,7 @@ module StructureLosses =
         checkMask predicted mask
 
         let distances (x: torch.Tensor) =
-            let ca = (clean x).select(2L, 1L) // [B, L, 3]
-            ((ca.unsqueeze -2L - ca.unsqueeze -3L).square().sum(-1L) + 1e-10).sqrt() // [B, L, L]
+            (squaredPairDistances ((clean x).select(2L, 1L)) + 1e-10).sqrt() // [B, L, L]
 
         let truth = distances (target.detach ())
         let l = predicted.shape.[1]
