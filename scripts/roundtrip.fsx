@@ -1,5 +1,5 @@
 // Structure → tokens → structure with the shipped tokenizer (or given weights): prints the tokens of a real chain
-// and the round trip's backbone RMSD and LDDT-CA; with --split, the summary over a split of the corpus.
+// and the round trip's backbone RMSD, LDDT-CA and TM-score; with --split, the summary over a split of the corpus.
 //   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--heads N]
 //       [--device cpu|cuda]
 //   dotnet fsi scripts/roundtrip.fsx --split valid|train|test [--chains N] [--data DIR] [--out SUMMARY.json]
@@ -109,11 +109,12 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                     ""
 
             printfn
-                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f%s"
+                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  TM-score %.3f%s"
                 c.Name
                 t.Residues
                 t.BackboneRmsd
                 t.LddtCa
+                t.TmScore
                 confidence
 
             t)
@@ -155,11 +156,18 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             "CA(i)–CA(i+1) distances of the decodings minus the chains': %+.3f Å on average (negative: shrunk locally)"
             summary.MeanCaStepError
 
+        printfn "median TM-score of the decodings (CA): %.3f" summary.MedianTmScore
+
         if decoder.ConfidenceTrained then
             printfn
                 "pLDDT against LDDT-CA per residue: Pearson r %.3f (%d residues)"
                 summary.PlddtPearson
                 summary.Residues
+
+            printfn
+                "pTM against the decodings' TM-score per chain: Pearson r %.3f (%d chains)"
+                summary.PtmPearson
+                summary.Chains
 
     args.TryGetResult Out
     |> Option.iter (fun path ->

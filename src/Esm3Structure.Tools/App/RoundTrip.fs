@@ -24,6 +24,9 @@ type RoundTrip =
         LddtCaPerResidue: float[]
         /// The decoding's CA(i)–CA(i+1) distance minus the chain's, over its links (`Metrics.caStepErrors`), Å.
         CaStepErrors: float[]
+        /// TM-score of the decoding's CAs against the chain's (`Metrics.tmScore`, normalised by the decoded residues):
+        /// what pTM predicts.
+        TmScore: float
     }
 
 /// Quality of a tokenizer over many chains: the figures the README quotes for the shipped model.
@@ -43,6 +46,10 @@ type RoundTripSummary =
         /// Mean signed error of the decodings' CA(i)–CA(i+1) distances over every link of every chain (Å; negative:
         /// the decoder shrinks the chain locally); NaN with no link.
         MeanCaStepError: float
+        MedianTmScore: float
+        /// Pearson's correlation of each chain's pTM with its decoding's TM-score (`Metrics.pearson`). Meaningful only
+        /// for a decoder whose confidence heads were trained.
+        PtmPearson: float
     }
 
 /// Structure → tokens → structure, and its summary over a set of chains.
@@ -94,6 +101,7 @@ module RoundTrip =
             LddtCa = lddt.Protein.ToDouble()
             LddtCaPerResidue = lddt.PerResidue.data<float>().ToArray()
             CaStepErrors = Metrics.caStepErrors (model.select (1L, 1L)) (reference.select (1L, 1L))
+            TmScore = Metrics.tmScore (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)
         }
 
     /// Medians, means and the codebook usage over round trips; `codes` is the codebook size.
@@ -131,11 +139,14 @@ module RoundTrip =
                 match trips |> Array.collect (fun t -> t.CaStepErrors) with
                 | [||] -> nan
                 | errors -> Array.average errors
+            MedianTmScore = Metrics.median (trips |> Array.map (fun t -> t.TmScore))
+            PtmPearson =
+                Metrics.pearson (trips |> Array.map (fun t -> t.Decoded.Ptm)) (trips |> Array.map (fun t -> t.TmScore))
         }
 
     /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd, lddt_ca,
-    /// ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never trained,
-    /// `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm and mean_plddt are null and
+    /// tm_score, ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
+    /// trained, `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm_tm_pearson, ptm and mean_plddt are null and
     /// `confidence_heads_trained` says why; with `ptmInformative` false (`StructureDecoder.PtmInformative`) ptm is
     /// null and `ptm_informative` false.
     let toJson
@@ -156,6 +167,7 @@ module RoundTrip =
          w.WriteNumber("mean_backbone_rmsd", summary.MeanBackboneRmsd)
          w.WriteNumber("median_lddt_ca", summary.MedianLddtCa)
          w.WriteNumber("mean_lddt_ca", summary.MeanLddtCa)
+         w.WriteNumber("median_tm_score", summary.MedianTmScore)
          w.WriteNumber("codes", summary.Usage.Codes)
          w.WriteNumber("live_codes", summary.Usage.LiveCodes)
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
@@ -174,6 +186,11 @@ module RoundTrip =
          else
              w.WriteNull "plddt_pearson"
 
+         if confidenceTrained && Double.IsFinite summary.PtmPearson then
+             w.WriteNumber("ptm_tm_pearson", summary.PtmPearson)
+         else
+             w.WriteNull "ptm_tm_pearson"
+
          w.WriteStartArray "per_chain"
 
          for t in trips do
@@ -182,6 +199,7 @@ module RoundTrip =
              w.WriteNumber("residues", t.Residues)
              w.WriteNumber("backbone_rmsd", t.BackboneRmsd)
              w.WriteNumber("lddt_ca", t.LddtCa)
+             w.WriteNumber("tm_score", t.TmScore)
 
              if confidenceTrained && ptmInformative then
                  w.WriteNumber("ptm", t.Decoded.Ptm)

@@ -313,6 +313,8 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
             else
                 padding
 
+        // Residues with a frame that are not padding: the ones a token is computed for. Shapes: [B, L] bool
+        let real = framed.logical_and (padding.logical_not ())
         let sequence = Option.ofObj sequenceId
 
         let nbr = Knn.graph config.Knn (coords.select (2L, 1L)) framed padding sequence // [B, L, E]
@@ -355,8 +357,7 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
                     else
                         residueIndex
 
-                let usable = framed.logical_and (padding.logical_not ())
-                let own = NeighbourGeometry.steps bf.Frames usable index |> steps.forward // [B, L, d]
+                let own = NeighbourGeometry.steps bf.Frames real index |> steps.forward // [B, L, d]
 
                 let query =
                     torch.zeros ([| b * l; e; config.DModel |], dtype = z0.dtype, device = z0.device)
@@ -387,8 +388,6 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
         let principal =
             principalPosition
             |> Option.map (fun proj ->
-                let real = framed.logical_and (padding.logical_not ())
-
                 let ca =
                     coords.select(2L, 1L).masked_fill(real.logical_not().unsqueeze -1L, (0.0).ToScalar()) // [B, L, 3]
 
@@ -419,7 +418,6 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
             | None -> query
 
         let query = query.masked_fill (framed.logical_not().unsqueeze -1L, (0.0).ToScalar())
-        let real = framed.logical_and (padding.logical_not ())
 
         let query =
             match globalTransformer with

@@ -66,6 +66,16 @@ type ReparameterisedCodebook(config: QuantizerConfig, generator: torch.Generator
     override _.Config = config
     override _.Codes = linear_proj.forward (codebook.weight)
     override _.RestartCount = 0L
+    override _.MarkLoaded() = needsInit <- false
+
+    /// Whether the data init is still pending ("needs_init").
+    override _.TrainingState() =
+        [
+            "needs_init", torch.tensor ([| (if needsInit then 1L else 0L) |], dtype = torch.int64)
+        ]
+
+    override _.RestoreTrainingState lookup =
+        lookup "needs_init" |> Option.iter (fun t -> needsInit <- t.[0].ToInt64() <> 0L)
 
     override this.Quantize(z: torch.Tensor, mask: torch.Tensor) =
         let z_ND, mask_N, lead = QuantizerParts.flatten config z mask

@@ -82,6 +82,52 @@ type internal DeadCodeTracker(steps: int, capacity: int64, generator: torch.Gene
     /// Steps since each code was last selected. Shapes: -> [K] int64 (null before the first step)
     member _.Unused = unused
 
+    /// What a resumed run needs to continue exactly: `unused` [K] int64, the ring buffer `recent` [capacity, D] and
+    /// `cursor` [filled, position] int64; empty before the first step. The tensors are the tracker's own (not copies).
+    member _.State: (string * torch.Tensor) list =
+        if isNull unused then
+            []
+        else
+            [
+                "unused", unused
+                "recent", recent
+                "cursor", torch.tensor ([| filled; position |], dtype = torch.int64)
+            ]
+
+    /// Restores `State` from `lookup` (name -> tensor); with none of its names present the tracker stays as it is (a
+    /// checkpoint written before the first step). A state of another capacity, or missing one of the three names,
+    /// raises an `ArgumentException` naming the tensor.
+    member _.Restore(lookup: string -> torch.Tensor option) =
+        match lookup "unused", lookup "recent", lookup "cursor" with
+        | None, None, None -> ()
+        | Some u, Some r, Some c ->
+            let bad name (detail: string) =
+                raise (ArgumentException(sprintf "dead-code tracker state '%s': %s" name detail))
+
+            if u.dim () <> 1L || u.dtype <> torch.int64 then
+                bad "unused" (sprintf "expected [K] int64, got %A %O" u.shape u.dtype)
+
+            if r.dim () <> 2L || r.shape.[0] <> capacity then
+                bad "recent" (sprintf "expected [%d, D] (the run's recent rows), got %A" capacity r.shape)
+
+            if c.dtype <> torch.int64 || c.shape <> [| 2L |] then
+                bad "cursor" (sprintf "expected [2] int64, got %A %O" c.shape c.dtype)
+
+            let f, p = c.[0].ToInt64(), c.[1].ToInt64()
+
+            if f < 0L || f > capacity || p < 0L || p >= capacity then
+                bad "cursor" (sprintf "filled %d and position %d do not fit a capacity of %d" f p capacity)
+
+            for t in [ unused; recent ] do
+                if not (isNull t) then
+                    t.Dispose()
+
+            unused <- keep (u.clone ())
+            recent <- keep (r.clone ())
+            filled <- f
+            position <- p
+        | _ -> raise (ArgumentException "dead-code tracker state: 'unused', 'recent' and 'cursor' must come together")
+
 /// The common surface of the quantizers: a module from z [*, D] to `QuantizerOutput`, its effective codes,
 /// and dictionary lookups. `forward z` is `Quantize(z, null)`.
 [<AbstractClass>]
@@ -101,6 +147,21 @@ type VectorQuantizer(name: string) =
 
     /// Codes re-seeded so far (dead-code restarts).
     abstract RestartCount: int64
+
+    /// Training state outside the state_dict that a resumed run needs to continue exactly (the `UnusedFor`
+    /// counters and recent rows, a pending data init), as (name, tensor) pairs; none by default. The tensors may be
+    /// the quantizer's own: write them out, do not keep or change them.
+    abstract TrainingState: unit -> (string * torch.Tensor) list
+    default _.TrainingState() = []
+
+    /// Restores `TrainingState` from `lookup` (name -> tensor); names it does not find leave that part as constructed.
+    abstract RestoreTrainingState: lookup: (string -> torch.Tensor option) -> unit
+    default _.RestoreTrainingState _ = ()
+
+    /// Tells the quantizer that its codes were loaded from a trained model, so that a pending data init (`DataInit`)
+    /// must not overwrite them; nothing by default (the EMA codebook reads that from its loaded counts).
+    abstract MarkLoaded: unit -> unit
+    default _.MarkLoaded() = ()
 
     /// Sets the learned parameters by the quantizer's own rules, drawing from `generator`; nothing by default (the
     /// EMA and finite quantizers hold buffers only, set at construction).

@@ -126,8 +126,9 @@ module ConfidenceTraining =
 
     /// Validation on whole examples one at a time: Pearson's r of per-residue pLDDT with per-residue LDDT-CA over
     /// all residues (`plddt_pearson`), mean |pLDDT − LDDT-CA| (`plddt_error`), Pearson's r of each chain's pTM with
-    /// its LDDT-CA (`ptm_pearson`), and the frozen model's mean backbone RMSD and LDDT-CA (unchanged by this
-    /// stage).
+    /// the TM-score of its reconstruction (`ptm_tm_pearson`: pTM predicts that score, ESM3 §A.1.7.3.4; records of
+    /// sessions up to 14 have `ptm_pearson`, against LDDT-CA, which falls with length where TM-score's d0 grows), and
+    /// the frozen model's mean backbone RMSD, LDDT-CA and TM-score (unchanged by this stage).
     let evaluate
         (encoder: StructureEncoder)
         (decoder: StructureDecoder)
@@ -138,7 +139,7 @@ module ConfidenceTraining =
         let observed = Collections.Generic.List<float>()
         let mutable rmsd, lddtSum = 0.0, 0.0
         let ptms = Collections.Generic.List<float>()
-        let chainLddts = Collections.Generic.List<float>()
+        let chainTms = Collections.Generic.List<float>()
 
         for e in examples do
             use _ = torch.NewDisposeScope()
@@ -152,7 +153,13 @@ module ConfidenceTraining =
 
             lddtSum <- lddtSum + l.Protein.ToDouble()
             ptms.Add(out.Ptm.select(0L, 0L).ToDouble())
-            chainLddts.Add(l.Protein.select(0L, 0L).ToDouble())
+
+            chainTms.Add(
+                Metrics.tmScore
+                    (out.Backbone.select(0L, 0L).select(1L, 1L))
+                    (target.select(0L, 0L).select(1L, 1L))
+                    (Some(b.Mask.select (0L, 0L)))
+            )
 
             let per =
                 l.PerResidue.select(0L, 0L).to_type(torch.float64).cpu().data<float>().ToArray()
@@ -182,9 +189,10 @@ module ConfidenceTraining =
         [|
             "plddt_pearson", Metrics.pearson p o
             "plddt_error", error
-            "ptm_pearson", Metrics.pearson (ptms.ToArray()) (chainLddts.ToArray())
+            "ptm_tm_pearson", Metrics.pearson (ptms.ToArray()) (chainTms.ToArray())
             "rmsd", rmsd / n
             "lddt_ca", lddtSum / n
+            "tm_score", (if chainTms.Count = 0 then nan else Seq.average chainTms)
         |]
 
     /// The confidence stage for `Trainer`: the tokenizer of `config.Tokenizer` loaded, frozen but for
@@ -252,7 +260,7 @@ module ConfidenceTraining =
 
         override _.Evaluate() =
             let metrics = evaluate encoder decoder device valid
-            ptmPearson <- metrics |> Array.find (fst >> (=) "ptm_pearson") |> snd
+            ptmPearson <- metrics |> Array.find (fst >> (=) "ptm_tm_pearson") |> snd
             metrics
 
         /// Writes the encoder's tensors unchanged and the decoder with its metadata, now marked as having trained
@@ -267,8 +275,8 @@ module ConfidenceTraining =
                  e.Tensors
                  (readOnlyDict (Map.toList e.Metadata)))
 
-            // pTM counts as informative when its validated correlation with the chains' LDDT-CA reaches 0.5 (the bar
-            // set for pLDDT); otherwise the scripts leave it out.
+            // pTM counts as informative when its validated correlation with the reconstructions' TM-scores reaches
+            // 0.5 (the bar set for pLDDT); otherwise the scripts leave it out.
             use _ = torch.NewDisposeScope()
 
             StructureDecoderCheckpoint.save

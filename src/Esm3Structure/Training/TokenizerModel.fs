@@ -80,6 +80,7 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         let decoderFile = TrainerCheckpoint.initFile folder "decoder" holds
         TrainerCheckpoint.initialise encoderFile encoder
         TrainerCheckpoint.initialise decoderFile decoder
+        encoder.Codebook.MarkLoaded()
 
         use _ = torch.no_grad ()
         use _scope = torch.NewDisposeScope()

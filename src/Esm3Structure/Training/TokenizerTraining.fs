@@ -154,6 +154,14 @@ module TokenizerTraining =
         override _.Model = model :> torch.nn.Module
         override _.Generators = [| generator |]
 
+        /// The codebook's (`VectorQuantizer.TrainingState`) under "codebook.".
+        override _.TrainingState() =
+            model.Encoder.Codebook.TrainingState()
+            |> List.map (fun (k, v) -> "codebook." + k, v)
+
+        override _.RestoreTrainingState lookup =
+            model.Encoder.Codebook.RestoreTrainingState(fun k -> lookup ("codebook." + k))
+
         override _.Step(step: int) =
             let clock = StageClock()
 

@@ -10,7 +10,8 @@ open Esm3Structure.Io
 
 /// What a run's checkpoint folder holds and how it is written and read back.
 /// Folder `<out>/checkpoints/step-NNNNNN/`: `model.safetensors` (the task's whole state_dict), `optimizer.bin`
-/// (TorchSharp's AdamW state: moments and step counts), `rng.safetensors` (generator states), `trainer.json` (step,
+/// (TorchSharp's AdamW state: moments and step counts), `rng.safetensors` (generator states), `state.safetensors`
+/// (the task's `TrainingState`, when it has one), `trainer.json` (step,
 /// running metrics, skipped count) and the task's export files; `<out>/checkpoints/last` names the newest complete
 /// one.
 module TrainerCheckpoint =
@@ -44,6 +45,10 @@ module TrainerCheckpoint =
     /// The file a checkpoint folder gets last, just before the folder is renamed into place.
     [<Literal>]
     let private StateFile = "trainer.json"
+
+    /// The file of `TrainingTask.TrainingState` (written only when the task has some).
+    [<Literal>]
+    let TrainingStateFile = "state.safetensors"
 
     /// The newest complete checkpoint of a run folder, if any: the folder `<out>/checkpoints/last` names, when it
     /// holds `trainer.json`. A checkpoint is written into `step-NNNNNN.tmp-<pid>` and renamed to `step-NNNNNN` only
@@ -174,6 +179,10 @@ module TrainerCheckpoint =
 
                 Safetensors.write (Path.Combine(temp, "rng.safetensors")) states null
 
+            match task.TrainingState() with
+            | [] -> ()
+            | state -> Safetensors.write (Path.Combine(temp, TrainingStateFile)) state null
+
             task.Export temp
             // Written last: `lastCheckpoint` takes a folder only when it holds this file.
             AtomicFile.writeText (Path.Combine(temp, StateFile)) (stateJson state)
@@ -232,6 +241,23 @@ module TrainerCheckpoint =
                 match table.TryGetValue key with
                 | true, t -> g.set_state t
                 | _ -> InputError.raise path (InputLocation.Field key) "missing generator state")
+
+        // Checkpoints written before `TrainingState` existed, and tasks without one, have no such file: the state then
+        // stays as constructed (as every resume did before).
+        do
+            let path = Path.Combine(dir, TrainingStateFile)
+
+            if File.Exists path then
+                use _ = torch.NewDisposeScope()
+                let table = dict (Safetensors.read path).Tensors
+
+                try
+                    task.RestoreTrainingState(fun key ->
+                        match table.TryGetValue key with
+                        | true, t -> Some t
+                        | _ -> None)
+                with :? ArgumentException as e ->
+                    InputError.raise path InputLocation.Whole e.Message
 
         readState (Path.Combine(dir, StateFile))
 

@@ -50,6 +50,13 @@ type TrainingTask() =
     abstract Evaluate: unit -> (string * float)[]
     /// Writes the release files (e.g. ESM-format safetensors) into `folder`.
     abstract Export: folder: string -> unit
+    /// Tensors outside `Model`'s state_dict that a resume needs to continue exactly (e.g. a codebook's dead-code
+    /// counters and recent rows), as (name, tensor) pairs; none by default. Saved in `state.safetensors`.
+    abstract TrainingState: unit -> (string * torch.Tensor) list
+    default _.TrainingState() = []
+    /// Restores `TrainingState` from `lookup` (name -> tensor); names it does not find leave that part as it is.
+    abstract RestoreTrainingState: lookup: (string -> torch.Tensor option) -> unit
+    default _.RestoreTrainingState _ = ()
 
 /// A run's loss became NaN or infinite under `NanPolicy.Stop`.
 type NonFiniteLossException(message: string) =

@@ -69,6 +69,48 @@ let tests =
                     "the recorded per-residue pLDDT correlation meets the bar"
             }
 
+            test
+                "validation.json reproduces: the valid split's round trips give its figures; pLDDT and a flagged pTM inform" {
+                let data = Data.root.Value
+
+                let trips =
+                    Esm3Structure.Io.Corpus.entriesOf data "valid" 0
+                    |> Array.map (
+                        Esm3Structure.Io.Corpus.readEntry data
+                        >> RoundTrip.ofChain encoder.Value decoder.Value
+                    )
+
+                let s = RoundTrip.summarize encoder.Value.Config.Quantizer.Codes trips
+                let dir = Path.GetDirectoryName(shipped ModelFiles.DefaultEncoderPath)
+                use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "validation.json")))
+                let v = doc.RootElement
+                Expect.equal s.Chains (v.GetProperty("chains").GetInt32()) "every valid chain"
+                Expect.equal s.Usage.LiveCodes (v.GetProperty("live_codes").GetInt64()) "live codes"
+
+                // Native threads change the last bits of the decodings; a median LDDT-CA moves by a pair crossing a
+                // threshold (1/(4·pairs) ≈ 10⁻⁴ on these chains), so 10⁻³ holds every figure with margin and still
+                // fails any other model.
+                let close (what: string) (key: string) (value: float) =
+                    Expect.floatClose
+                        { absolute = 1e-3; relative = 0.0 }
+                        value
+                        (v.GetProperty(key).GetDouble())
+                        (sprintf "%s as recorded (%s)" what key)
+
+                close "median backbone RMSD" "median_backbone_rmsd" s.MedianBackboneRmsd
+                close "median LDDT-CA" "median_lddt_ca" s.MedianLddtCa
+                close "pLDDT correlation" "plddt_pearson" s.PlddtPearson
+                Expect.isGreaterThanOrEqual s.PlddtPearson 0.5 "per-residue pLDDT against LDDT-CA meets issue 13's bar"
+
+                if decoder.Value.PtmInformative then
+                    close "pTM correlation" "ptm_tm_pearson" s.PtmPearson
+
+                    Expect.isGreaterThanOrEqual
+                        s.PtmPearson
+                        0.5
+                        "pTM, printed by the scripts, tracks the decodings' TM-scores"
+            }
+
             test "tokens of real chains are unchanged by random rigid motions (float32), but where two codes tie" {
                 let m = encoder.Value
                 use codes = m.Codebook.Codes.detach().to_type torch.float64 // [K, D]
@@ -151,22 +193,14 @@ let tests =
 
                     Expect.isTrue (t.Decoded.Ptm >= 0.0 && t.Decoded.Ptm <= 1.0) (sprintf "%s: pTM in [0, 1]" name)
 
-                // The trained pLDDT head carries information on these chains too: per residue it correlates with the
-                // reconstruction's LDDT-CA (a deterministic figure; printed, and required well above chance).
+                // pLDDT on these short chains (40–121 residues), printed: their whole-chain LDDT-CA spans little
+                // (0.66–0.73 with the session-15 model), and the pLDDT head's evidence is judged on the valid split
+                // (the next test), where issue 13 sets its bar.
                 let summary = RoundTrip.summarize encoder.Value.Config.Quantizer.Codes trips
 
                 printfn
                     "shipped tokenizer, small chains: per-residue pLDDT against LDDT-CA, r = %.3f"
                     summary.PlddtPearson
-
-                // Well above chance: with no correlation, r over n residues has standard error ≈ 1/√n; ask for 5 of
-                // them (0.20 over the 653 residues of the small chains).
-                let residues = trips |> Array.sumBy (fun t -> t.Tokenized.Tokens.Length)
-
-                Expect.isGreaterThan
-                    summary.PlddtPearson
-                    (5.0 / sqrt (float residues))
-                    "pLDDT tracks the reconstruction's local quality"
 
                 // A trained tokenizer, not noise: the chain's own tokens decode to a better structure than the same
                 // tokens in a shuffled order, on most chains.

@@ -524,6 +524,108 @@ let tests =
                     "not from rows pushed out of the buffer"
             }
 
+            test
+                "TrainingState carries UnusedFor's counters and recent rows into another quantizer; MarkLoaded skips the data init" {
+                use _ = torch.NewDisposeScope()
+                let g = new torch.Generator(19UL)
+
+                let config =
+                    { tiny QuantizerKind.Gradient with
+                        Codes = 4L
+                        Restart = UnusedFor(2, 10)
+                        DataInit = false
+                    }
+
+                let codes =
+                    torch.cat (
+                        [|
+                            torch.zeros ([| 1L; 3L |], dtype = f64)
+                            50.0 + torch.rand ([| 3L; 3L |], dtype = f64, generator = g)
+                        |],
+                        0L
+                    )
+
+                let fresh seed =
+                    let m = new GradientCodebook(config, new torch.Generator(seed))
+                    m.``to`` (f64) |> ignore
+
+                    do
+                        use _ = torch.no_grad ()
+                        m.Codes.copy_ codes |> ignore
+
+                    m.train ()
+                    m
+
+                use a = fresh 20UL
+                let z1 = torch.randn ([| 6L; 3L |], dtype = f64, generator = g)
+                let z2 = torch.randn ([| 6L; 3L |], dtype = f64, generator = g)
+                a.Quantize(z1, null) |> ignore
+                let state = a.TrainingState() |> List.map (fun (k, v) -> k, v.clone ()) |> dict
+
+                let lookup k =
+                    match state.TryGetValue k with
+                    | true, t -> Some t
+                    | _ -> None
+
+                Expect.sequenceEqual
+                    (state.Keys |> Seq.sort)
+                    [
+                        "dead_codes.cursor"
+                        "dead_codes.recent"
+                        "dead_codes.unused"
+                        "needs_init"
+                        "restarts"
+                    ]
+                    "the state's names"
+
+                use b = fresh 21UL
+                b.RestoreTrainingState lookup
+                b.Quantize(z2, null) |> ignore
+                Expect.equal b.RestartCount 3L "the restored counters: three codes unused for two steps"
+
+                Expect.isTrue
+                    (rowsAreRowsOf (b.Codes.narrow (0L, 1L, 3L)) (torch.cat ([| z1; z2 |], 0L)))
+                    "re-seeded from the restored recent rows and the new ones"
+
+                use c = fresh 21UL
+                c.Quantize(z2, null) |> ignore
+                Expect.equal c.RestartCount 0L "without the state: one unused step, no restart"
+
+                let wrongCapacity =
+                    { config with
+                        Restart = UnusedFor(2, 11)
+                    }
+
+                use d = new GradientCodebook(wrongCapacity, new torch.Generator(22UL))
+
+                Expect.throwsC (fun () -> d.RestoreTrainingState lookup) (fun e ->
+                    Expect.stringContains e.Message "'recent'" "names the tensor")
+
+                // A data-initialised codebook loaded from a trained model keeps its codes on its first training call.
+                let dataInit =
+                    { config with
+                        DataInit = true
+                        Restart = NoRestart
+                    }
+
+                use loaded = new GradientCodebook(dataInit, new torch.Generator(23UL))
+                loaded.``to`` (f64) |> ignore
+
+                do
+                    use _ = torch.no_grad ()
+                    loaded.Codes.copy_ codes |> ignore
+
+                loaded.MarkLoaded()
+                loaded.train ()
+                loaded.Quantize(z1, null) |> ignore
+                Tol.close "MarkLoaded: codes kept" 0.0 loaded.Codes codes
+                use unmarked = new GradientCodebook(dataInit, new torch.Generator(23UL))
+                unmarked.``to`` (f64) |> ignore
+                unmarked.train ()
+                unmarked.Quantize(z1, null) |> ignore
+                Expect.isTrue (rowsAreRowsOf unmarked.Codes z1) "without it: the codes are the batch's rows"
+            }
+
             test "masked rows are quantized but never learned from" {
                 use _ = torch.NewDisposeScope()
                 let g = new torch.Generator(22UL)

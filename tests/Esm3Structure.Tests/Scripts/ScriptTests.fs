@@ -395,7 +395,8 @@ let tests =
                     "--verbose: a stack trace"
             }
 
-            test "roundtrip.fsx (the README's main command) prints the tokens and the round trip's RMSD and LDDT-CA" {
+            test
+                "roundtrip.fsx (the README's main command) prints the tokens and the round trip's RMSD, LDDT-CA and TM-score" {
                 let code, out, err = runScript "roundtrip.fsx" []
                 Expect.equal code 0 ("exit code; stderr: " + err)
                 let lines = out.Trim().Split('\n')
@@ -403,12 +404,19 @@ let tests =
                 Expect.stringContains first "76 residues" "the chain"
 
                 let m =
-                    Text.RegularExpressions.Regex.Match(first, @"backbone RMSD\s+([0-9.]+) Å\s+LDDT-CA ([0-9.]+)")
+                    Text.RegularExpressions.Regex.Match(
+                        first,
+                        @"backbone RMSD\s+([0-9.]+) Å\s+LDDT-CA ([0-9.]+)\s+TM-score ([0-9.]+)"
+                    )
 
-                Expect.isTrue m.Success ("RMSD and LDDT-CA printed: " + first)
-                let rmsd, lddt = float m.Groups.[1].Value, float m.Groups.[2].Value
+                Expect.isTrue m.Success ("RMSD, LDDT-CA and TM-score printed: " + first)
+
+                let rmsd, lddt, tm =
+                    float m.Groups.[1].Value, float m.Groups.[2].Value, float m.Groups.[3].Value
+
                 Expect.isTrue (rmsd > 0.0 && Double.IsFinite rmsd) "a finite RMSD"
                 Expect.isTrue (lddt >= 0.0 && lddt <= 1.0) "LDDT-CA in [0, 1]"
+                Expect.isTrue (tm > 0.0 && tm <= 1.0) "TM-score in (0, 1]"
                 let tokens = lines |> Array.find (fun l -> l.StartsWith "structure tokens:")
                 Expect.equal (tokens.Substring(17).Trim().Split(' ').Length) 76 "76 tokens"
             }

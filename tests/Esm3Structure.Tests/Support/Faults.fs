@@ -36,3 +36,5 @@ type CrashingTask(inner: TrainingTask, crashAt: int) =
 
     override _.Evaluate() = inner.Evaluate()
     override _.Export(folder: string) = inner.Export folder
+    override _.TrainingState() = inner.TrainingState()
+    override _.RestoreTrainingState lookup = inner.RestoreTrainingState lookup

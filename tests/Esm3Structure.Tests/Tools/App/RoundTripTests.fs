@@ -62,6 +62,11 @@ let tests =
                     t.CaStepErrors
                     (Metrics.caStepErrors (model.select (1L, 1L)) (reference.select (1L, 1L)))
                     "CA step errors of the decoded residues"
+
+                Expect.equal
+                    t.TmScore
+                    (Metrics.tmScore (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask))
+                    "TM-score of the decoded residues' CAs"
             }
 
             test "CA step errors: a chain shrunk by 10 % is 0.38 Å short on every link; breaks and NaN CAs are skipped" {
@@ -120,6 +125,34 @@ let tests =
                     (root.GetProperty("median_backbone_rmsd").GetDouble())
                     s.MedianBackboneRmsd
                     "median in JSON"
+
+                let tms = trips |> Array.map (fun t -> t.TmScore)
+
+                Expect.equal
+                    s.PtmPearson
+                    (Metrics.pearson (trips |> Array.map (fun t -> t.Decoded.Ptm)) tms)
+                    "pTM against the decodings' TM-scores"
+
+                Expect.equal s.MedianTmScore (Metrics.median tms) "median TM-score"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    (root.GetProperty("ptm_tm_pearson").GetDouble())
+                    s.PtmPearson
+                    "pTM correlation in JSON"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    (root.GetProperty("per_chain").[0].GetProperty("tm_score").GetDouble())
+                    tms.[0]
+                    "per-chain TM-score in JSON"
+
+                use untrained = JsonDocument.Parse(RoundTrip.toJson false false s trips)
+
+                Expect.equal
+                    (untrained.RootElement.GetProperty("ptm_tm_pearson").ValueKind)
+                    JsonValueKind.Null
+                    "no pTM correlation from untrained heads"
             }
 
             test "a chain without any backbone is a clear error" {
