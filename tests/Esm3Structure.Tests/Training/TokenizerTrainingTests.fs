@@ -13,6 +13,37 @@ open Esm3Structure.Training
 open Esm3Structure.Tests
 open Esm3Structure.Tokenizers
 
+// (BLAS may round the last bit differently on tensors at other alignments; see the Trainer test)
+let private resumeAgreement = { absolute = 1e-9; relative = 1e-5 }
+
+/// Runs `c` whole, then again crashed at step 7 and resumed from its checkpoint of step 4 (`c` checkpoints every 4 of
+/// 10 steps), each in a scratch folder, and checks that the resumed run's losses are the whole run's; `read` looks at
+/// each complete run's task and last checkpoint folder before they are disposed. Returns (whole report, its reading), (resumed report, its reading).
+let private crashedAndResumed (c: TokenizerTrainConfig) (read: TokenizerTraining.Task -> string -> 'r) =
+    use a = new TempDir()
+    use b = new TempDir()
+    let train, valid = TokenizerFixtures.trainingExamples ()
+
+    let runWith (out: string) (crashAt: int) (resume: bool) =
+        use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
+        let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
+        let report = Trainer.run c.Trainer t out resume "{}"
+        report, read task report.Checkpoint
+
+    let whole, wholeRead = runWith a.Path 0 false
+    Expect.throws (fun () -> runWith b.Path 7 false |> ignore) "crash at step 7"
+    let resumed, resumedRead = runWith b.Path 0 true
+    Expect.equal resumed.History.[0].Step 5 "resumed after step 4"
+
+    for row in resumed.History do
+        Expect.floatClose
+            resumeAgreement
+            row.Loss
+            whole.History.[row.Step - 1].Loss
+            (sprintf "loss at step %d" row.Step)
+
+    (whole, wholeRead), (resumed, resumedRead)
+
 [<Tests>]
 let tests =
     testList
@@ -280,8 +311,6 @@ let tests =
 
             test "a crashed tokenizer run resumed from its checkpoint ends with exactly the uninterrupted run's loss" {
                 use _ = torch.NewDisposeScope()
-                use a = new TempDir()
-                use b = new TempDir()
 
                 let c =
                     { TokenizerFixtures.tinyTrainConfig with
@@ -293,37 +322,16 @@ let tests =
                             }
                     }
 
-                let train, valid = TokenizerFixtures.trainingExamples ()
-
-                let runWith (out: string) (crashAt: int) (resume: bool) =
-                    use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
-                    let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
-                    Trainer.run c.Trainer t out resume "{}"
-
-                let whole = runWith a.Path 0 false
-                Expect.throws (fun () -> runWith b.Path 7 false |> ignore) "crash at step 7"
-                let resumed = runWith b.Path 0 true
-                Expect.equal resumed.History.[0].Step 5 "resumed after step 4"
+                let (whole, ()), (resumed, ()) = crashedAndResumed c (fun _ _ -> ())
                 Expect.equal (sprintf "%.6f" resumed.FinalLoss) (sprintf "%.6f" whole.FinalLoss) "final loss as printed"
-                // (BLAS may round the last bit differently on tensors at other alignments; see the Trainer test)
-                let agree = { absolute = 1e-9; relative = 1e-5 }
-
-                for row in resumed.History do
-                    Expect.floatClose
-                        agree
-                        row.Loss
-                        whole.History.[row.Step - 1].Loss
-                        (sprintf "loss at step %d" row.Step)
 
                 for (k, v), (_, w) in Array.zip resumed.History.[5].Validation whole.History.[9].Validation do
-                    Expect.floatClose agree v w ("final validation " + k)
+                    Expect.floatClose resumeAgreement v w ("final validation " + k)
             }
 
             test
                 "a crashed run under UnusedFor restarts resumes its dead-code counters and recent rows (state.safetensors)" {
                 use _ = torch.NewDisposeScope()
-                use a = new TempDir()
-                use b = new TempDir()
                 let tiny = TokenizerFixtures.tinyTrainConfig
 
                 // 32 codes against ~300 rows a step, re-seeded after 2 unused steps: restarts happen after the
@@ -345,42 +353,24 @@ let tests =
                             }
                     }
 
-                let train, valid = TokenizerFixtures.trainingExamples ()
-
-                let runWith (out: string) (crashAt: int) (resume: bool) =
-                    use task = new TokenizerTraining.Task(c, torch.CPU, train, valid)
-                    let t: TrainingTask = if crashAt > 0 then CrashingTask(task, crashAt) else task
-                    let report = Trainer.run c.Trainer t out resume "{}"
+                let codebookOf (task: TokenizerTraining.Task) (checkpoint: string) =
                     let codebook = task.Tokenizer.Encoder.Codebook
-                    report, codebook.Codes.detach().clone().DetachFromDisposeScope(), codebook.RestartCount
 
-                let whole, wholeCodes, wholeRestarts = runWith a.Path 0 false
+                    Expect.isTrue
+                        (File.Exists(Path.Combine(checkpoint, TrainerCheckpoint.TrainingStateFile)))
+                        "checkpoints hold the tracker's state"
+
+                    codebook.Codes.detach().clone().DetachFromDisposeScope(), codebook.RestartCount
+
+                let (_, (wholeCodes, wholeRestarts)), (_, (resumedCodes, resumedRestarts)) =
+                    crashedAndResumed c codebookOf
+
                 use _w = wholeCodes
-                Expect.throws (fun () -> runWith b.Path 7 false |> ignore) "crash at step 7"
-
-                let checkpoint =
-                    Path.Combine(TrainerCheckpoint.checkpointsFolder b.Path, "step-000004")
-
-                Expect.isTrue
-                    (File.Exists(Path.Combine(checkpoint, TrainerCheckpoint.TrainingStateFile)))
-                    "the checkpoint holds the tracker's state"
-
-                let resumed, resumedCodes, resumedRestarts = runWith b.Path 0 true
                 use _r = resumedCodes
-                Expect.equal resumed.History.[0].Step 5 "resumed after step 4"
+
                 Expect.isGreaterThan wholeRestarts 0L "codes were re-seeded"
                 Expect.equal resumedRestarts wholeRestarts "the same restart count"
-                // Rounding as in the test above (BLAS at other alignments); a different re-seeded row would move a code
-                // by its whole length.
-                let agree = { absolute = 1e-9; relative = 1e-5 }
-
-                for row in resumed.History do
-                    Expect.floatClose
-                        agree
-                        row.Loss
-                        whole.History.[row.Step - 1].Loss
-                        (sprintf "loss at step %d" row.Step)
-
+                // A different re-seeded row would move a code by its whole length.
                 Tol.close "final codes" 1e-4 resumedCodes wholeCodes
             }
 
