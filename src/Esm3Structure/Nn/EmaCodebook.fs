@@ -65,20 +65,14 @@ type EmaCodebook(config: QuantizerConfig, generator: torch.Generator) as this =
     override _.Codes = embeddings
     override _.RestartCount = restarts
 
-    /// The `UnusedFor` tracker's state under "dead_codes." and the restart count (`DeadCodeTracker.State`).
+    /// The restart count and the `UnusedFor` tracker's state (`DeadCodeTracker.State`).
     override _.TrainingState() =
-        match tracker with
-        | Some t ->
-            ("restarts", torch.tensor ([| restarts |], dtype = torch.int64))
-            :: (t.State |> List.map (fun (k, v) -> "dead_codes." + k, v))
-        | None -> []
+        ("restarts", torch.tensor ([| restarts |], dtype = torch.int64))
+        :: (tracker |> Option.map (fun t -> t.State) |> Option.defaultValue [])
 
     override _.RestoreTrainingState lookup =
-        match tracker with
-        | Some t ->
-            t.Restore(fun k -> lookup ("dead_codes." + k))
-            lookup "restarts" |> Option.iter (fun r -> restarts <- r.[0].ToInt64())
-        | None -> ()
+        lookup "restarts" |> Option.iter (fun r -> restarts <- r.[0].ToInt64())
+        tracker |> Option.iter (fun t -> t.Restore lookup)
 
     override this.Quantize(z: torch.Tensor, mask: torch.Tensor) =
         let z_ND, mask_N, lead = QuantizerParts.flatten config z mask

@@ -54,20 +54,18 @@ type GradientCodebook(config: QuantizerConfig, generator: torch.Generator) as th
     override _.MarkLoaded() = needsInit <- false
 
     /// Whether the data init is still pending ("needs_init"), the restart count and the `UnusedFor` tracker's state
-    /// under "dead_codes." (`DeadCodeTracker.State`).
+    /// (`DeadCodeTracker.State`).
     override _.TrainingState() =
         [
             "needs_init", torch.tensor ([| (if needsInit then 1L else 0L) |], dtype = torch.int64)
             "restarts", torch.tensor ([| restarts |], dtype = torch.int64)
-            match tracker with
-            | Some t -> yield! t.State |> List.map (fun (k, v) -> "dead_codes." + k, v)
-            | None -> ()
+            yield! tracker |> Option.map (fun t -> t.State) |> Option.defaultValue []
         ]
 
     override _.RestoreTrainingState lookup =
         lookup "needs_init" |> Option.iter (fun t -> needsInit <- t.[0].ToInt64() <> 0L)
         lookup "restarts" |> Option.iter (fun r -> restarts <- r.[0].ToInt64())
-        tracker |> Option.iter (fun t -> t.Restore(fun k -> lookup ("dead_codes." + k)))
+        tracker |> Option.iter (fun t -> t.Restore lookup)
 
     override this.Quantize(z: torch.Tensor, mask: torch.Tensor) =
         let z_ND, mask_N, lead = QuantizerParts.flatten config z mask

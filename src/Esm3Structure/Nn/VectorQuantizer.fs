@@ -82,23 +82,24 @@ type internal DeadCodeTracker(steps: int, capacity: int64, generator: torch.Gene
     /// Steps since each code was last selected. Shapes: -> [K] int64 (null before the first step)
     member _.Unused = unused
 
-    /// What a resumed run needs to continue exactly: `unused` [K] int64, the ring buffer `recent` [capacity, D] and
-    /// `cursor` [filled, position] int64; empty before the first step. The tensors are the tracker's own (not copies).
+    /// What a resumed run needs to continue exactly: "dead_codes.unused" [K] int64, the ring buffer
+    /// "dead_codes.recent" [capacity, D] and "dead_codes.cursor" [filled, position] int64; empty before the first
+    /// step. The tensors are the tracker's own (not copies).
     member _.State: (string * torch.Tensor) list =
         if isNull unused then
             []
         else
             [
-                "unused", unused
-                "recent", recent
-                "cursor", torch.tensor ([| filled; position |], dtype = torch.int64)
+                "dead_codes.unused", unused
+                "dead_codes.recent", recent
+                "dead_codes.cursor", torch.tensor ([| filled; position |], dtype = torch.int64)
             ]
 
     /// Restores `State` from `lookup` (name -> tensor); with none of its names present the tracker stays as it is (a
     /// checkpoint written before the first step). A state of another capacity, or missing one of the three names,
     /// raises an `ArgumentException` naming the tensor.
     member _.Restore(lookup: string -> torch.Tensor option) =
-        match lookup "unused", lookup "recent", lookup "cursor" with
+        match lookup "dead_codes.unused", lookup "dead_codes.recent", lookup "dead_codes.cursor" with
         | None, None, None -> ()
         | Some u, Some r, Some c ->
             let bad name (detail: string) =
