@@ -131,6 +131,11 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         if t.Tokenized.MissingBackbone.Length > 0 then
             printfn "residues without N, CA and C (not decoded): %d" t.Tokenized.MissingBackbone.Length
 
+        if t.MirrorRmsd < t.BackboneRmsd then
+            printfn
+                "the decoding lies closer to the chain's mirror image (backbone RMSD %.3f Å): the decoder drew the mirrored fold"
+                t.MirrorRmsd
+
     let summary = RoundTrip.summarize encoder.Config.Quantizer.Codes trips
 
     if trips.Length > 1 then
@@ -157,6 +162,11 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             summary.MeanCaStepError
 
         printfn "median TM-score of the decodings (CA): %.3f" summary.MedianTmScore
+
+        printfn
+            "decodings closer to their chain's mirror image than to the chain: %d of %d"
+            summary.CloserToMirror
+            summary.Chains
 
         if decoder.ConfidenceTrained then
             printfn

@@ -66,6 +66,7 @@ type Args =
     | Restart of policy: string
     | Init of dir: string
     | Freeze_Encoder
+    | Reflect
     | Separate_Coordinates
     | Mask of spec: string
     | Geometric_Layers of int
@@ -129,6 +130,8 @@ type Args =
                 "tokenizer stage 1: start from this tokenizer folder's weights (e.g. models/structure-tokenizer; the preset and options must give the same sizes); multitrack: from this multi-track model's (e.g. models/multitrack); confidence: the tokenizer whose heads are trained"
             | Freeze_Encoder ->
                 "tokenizer stage 1 with --init: train the decoder on the frozen encoder's and codebook's tokens (the tokens stay --init's)"
+            | Reflect ->
+                "tokenizer stage 1 with --init: reflect its decoder's structures through z = 0 first, for a model that learned its chains' mirror images (roundtrip.fsx counts the chains closer to their mirror)"
             | Separate_Coordinates ->
                 "multitrack: hide coordinates on their own schedule (Table S6: cubic, spans half the time, dropout 0.5) instead of also wherever structure tokens are hidden (the default, ours)"
             | Mask _ ->
@@ -214,6 +217,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--codes", args.Contains Codes
             "--restart", args.Contains Restart
             "--freeze-encoder", args.Contains Freeze_Encoder
+            "--reflect", args.Contains Reflect
         ]
 
     let refuse (flags: (string * bool) list) (reason: string -> string) =
@@ -388,6 +392,13 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 "--freeze-encoder needs --init DIR (the tokenizer whose encoder is kept)"
                         else
                             args.Contains Freeze_Encoder || preset.FreezeEncoder
+                    ReflectInit =
+                        if args.Contains Reflect && not (args.Contains Init) then
+                            invalidArg
+                                "reflect"
+                                "--reflect needs --init DIR (the tokenizer whose decoder is reflected)"
+                        else
+                            args.Contains Reflect || preset.ReflectInit
                     Trainer = trainer preset.Trainer
                 }
 

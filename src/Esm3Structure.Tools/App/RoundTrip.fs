@@ -18,6 +18,9 @@ type RoundTrip =
         Residues: int
         /// Backbone (N, CA, C) RMSD in Å after the Kabsch fit, over the decoded residues.
         BackboneRmsd: float
+        /// The same RMSD against the chain's mirror image (z → −z): below `BackboneRmsd` when the decoder drew the
+        /// mirror of the fold, which LDDT-CA and every distance cannot see.
+        MirrorRmsd: float
         /// LDDT-CA of the decoding against the chain (ESM's cut-off 15 Å and thresholds), over the decoded residues.
         LddtCa: float
         /// Each decoded residue's LDDT-CA (NaN for a residue with no scored pair), in the order of `Decoded`.
@@ -47,6 +50,8 @@ type RoundTripSummary =
         /// the decoder shrinks the chain locally); NaN with no link.
         MeanCaStepError: float
         MedianTmScore: float
+        /// Chains whose decoding lies closer to the chain's mirror image than to the chain (`MirrorRmsd`).
+        CloserToMirror: int
         /// Pearson's correlation of each chain's pTM with its decoding's TM-score (`Metrics.pearson`). Meaningful only
         /// for a decoder whose confidence heads were trained.
         PtmPearson: float
@@ -90,6 +95,10 @@ module RoundTrip =
         let mask = torch.ones ([| int64 keep.Length |], dtype = torch.ScalarType.Bool)
         let rmsd = (Metrics.backboneRmsd model reference mask).ToDouble()
 
+        let mirror = reference * torch.tensor ([| 1.0; 1.0; -1.0 |], dtype = torch.float64)
+
+        let mirrorRmsd = (Metrics.backboneRmsd model mirror mask).ToDouble()
+
         let lddt =
             Metrics.lddtCa (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)
 
@@ -98,6 +107,7 @@ module RoundTrip =
             Decoded = decoded
             Residues = keep.Length
             BackboneRmsd = rmsd
+            MirrorRmsd = mirrorRmsd
             LddtCa = lddt.Protein.ToDouble()
             LddtCaPerResidue = lddt.PerResidue.data<float>().ToArray()
             CaStepErrors = Metrics.caStepErrors (model.select (1L, 1L)) (reference.select (1L, 1L))
@@ -140,12 +150,13 @@ module RoundTrip =
                 | [||] -> nan
                 | errors -> Array.average errors
             MedianTmScore = Metrics.median (trips |> Array.map (fun t -> t.TmScore))
+            CloserToMirror = trips |> Array.filter (fun t -> t.MirrorRmsd < t.BackboneRmsd) |> Array.length
             PtmPearson =
                 Metrics.pearson (trips |> Array.map (fun t -> t.Decoded.Ptm)) (trips |> Array.map (fun t -> t.TmScore))
         }
 
-    /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd, lddt_ca,
-    /// tm_score, ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
+    /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd,
+    /// mirror_rmsd, lddt_ca, tm_score, ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
     /// trained, `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm_tm_pearson, ptm and mean_plddt are null and
     /// `confidence_heads_trained` says why; with `ptmInformative` false (`StructureDecoder.PtmInformative`) ptm is
     /// null and `ptm_informative` false.
@@ -168,6 +179,7 @@ module RoundTrip =
          w.WriteNumber("median_lddt_ca", summary.MedianLddtCa)
          w.WriteNumber("mean_lddt_ca", summary.MeanLddtCa)
          w.WriteNumber("median_tm_score", summary.MedianTmScore)
+         w.WriteNumber("closer_to_mirror", summary.CloserToMirror)
          w.WriteNumber("codes", summary.Usage.Codes)
          w.WriteNumber("live_codes", summary.Usage.LiveCodes)
          w.WriteNumber("live_fraction", summary.Usage.LiveFraction)
@@ -198,6 +210,7 @@ module RoundTrip =
              w.WriteString("name", t.Tokenized.File)
              w.WriteNumber("residues", t.Residues)
              w.WriteNumber("backbone_rmsd", t.BackboneRmsd)
+             w.WriteNumber("mirror_rmsd", t.MirrorRmsd)
              w.WriteNumber("lddt_ca", t.LddtCa)
              w.WriteNumber("tm_score", t.TmScore)
 

@@ -126,6 +126,19 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
             structureModule |> Option.iter (fun m -> Init.initialise generator m)
             sequenceEmbed |> Option.iter (Init.embedding generator)
 
+    /// Reflects every backbone the decoder outputs through the plane z = 0 (`Dim6RotStructureHead.Reflect`), in
+    /// place, for a decoder that learned the mirror images of its chains: ESM's distance losses and the distogram
+    /// cannot tell a fold from its mirror, and a run can settle on the mirror (RMSD near that of a wrong fold at a
+    /// good LDDT-CA; `RoundTrip` counts the chains closer to their mirror image). Composed chain frames are reflected
+    /// too (conjugation by a reflection preserves composition); the pairwise and pLDDT heads see no coordinates and
+    /// are unchanged. A structure module's frames are not the affine head's, so it is refused.
+    member _.ReflectStructures() =
+        match structureModule with
+        | Some _ ->
+            invalidOp
+                "ReflectStructures: this decoder builds its frames with a structure module, which cannot be reflected by the affine head"
+        | None -> affine_output_projection.Reflect()
+
     /// The token embeddings (`embed`). Shapes: tokens [B, L] int64 -> [B, L, d]
     member _.Embed(tokens: torch.Tensor) = embed.forward tokens
 

@@ -211,6 +211,18 @@ type Dim6RotStructureHead(dModel: int64) as this =
     override _.forward(x: torch.Tensor) =
         proj.forward (norm.forward (torch.nn.functional.gelu (ffn1.forward x)))
 
+    /// Reflects every structure the head builds through the plane z = 0, in place: negates the z rows of `proj`
+    /// for t, a and c (rows 2, 5, 8, weight and bias). Gram–Schmidt commutes with M = diag(1, 1, −1), so each frame
+    /// becomes (M R M, M t), and because the ideal backbone lies in the plane z = 0 (`BackboneHead.idealBackbone`)
+    /// each placed N, CA, C becomes M x: the mirror image, exactly. The torsion channels are left as they are.
+    member _.Reflect() =
+        use _ = torch.no_grad ()
+        use _scope = torch.NewDisposeScope()
+
+        for row in [ 2L; 5L; 8L ] do
+            proj.weight.narrow(0L, row, 1L).neg_() |> ignore
+            proj.bias.narrow(0L, row, 1L).neg_() |> ignore
+
 /// ESM's `PairwisePredictionHead`: `downproject` [P, d], `linear1` [H, P], `norm` (LayerNorm(H) with bias),
 /// `linear2` [bins, H]; linear biases only when `bias` (the decoder: none).
 type PairwisePredictionHead(inputDim: int64, downprojectDim: int64, hiddenDim: int64, bins: int64, bias: bool) as this =

@@ -62,6 +62,9 @@ type TokenizerTrainConfig =
         /// the encoder's weights get no gradient and the codebook no EMA update, so the run's tokens are `InitFrom`'s,
         /// token for token. Needs `InitFrom`. Default false (stage 1 trains all three).
         FreezeEncoder: bool
+        /// Reflect `InitFrom`'s decoder through z = 0 before training (`StructureDecoder.ReflectStructures`): for a
+        /// model that learned the mirror images of its chains. Needs `InitFrom`. Default false.
+        ReflectInit: bool
         Trainer: TrainerConfig
     }
 
@@ -97,6 +100,7 @@ module TokenizerTrainConfig =
             PairResidues = 0
             InitFrom = ""
             FreezeEncoder = false
+            ReflectInit = false
             Trainer = TrainerConfig.small
         }
 
@@ -262,6 +266,12 @@ module TokenizerTrainConfig =
 
             if c.FreezeEncoder && String.IsNullOrWhiteSpace c.InitFrom then
                 "FreezeEncoder: a frozen encoder must come from InitFrom (a trained tokenizer folder)"
+
+            if c.ReflectInit && String.IsNullOrWhiteSpace c.InitFrom then
+                "ReflectInit: the decoder to reflect must come from InitFrom (a trained tokenizer folder)"
+
+            if c.ReflectInit && c.Decoder.StructureModule.IsSome then
+                "ReflectInit: a structure module's frames cannot be reflected (only the affine head's)"
 
             if c.FreezeEncoder && c.BypassQuantizer then
                 "FreezeEncoder: the frozen tokens are the point; BypassQuantizer decodes no tokens"

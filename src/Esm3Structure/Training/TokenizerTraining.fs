@@ -103,12 +103,14 @@ module TokenizerTraining =
         lossesOn weights encoding out batch null
 
     /// Validation of `model` on examples one at a time: mean backbone RMSD after Kabsch, mean LDDT-CA (pooled per
-    /// chain), and code usage over all residues (live fraction, perplexity).
+    /// chain), code usage over all residues (live fraction, perplexity), and the fraction of chains whose decoding
+    /// lies closer to the chain's mirror image (z → −z) than to the chain (`mirrored`: a run that settled on the
+    /// mirrored folds, which LDDT-CA and ESM's distance terms cannot see; `StructureDecoder.ReflectStructures`).
     let evaluate (model: TokenizerModel) (device: torch.Device) (examples: TokenizerExample[]) =
         let codes = model.Encoder.Config.Quantizer.Codes
         let dim = model.Encoder.Config.DOut
         let mutable usage = CodebookUsage.empty codes dim
-        let mutable rmsd, lddt, n = 0.0, 0.0, 0
+        let mutable rmsd, lddt, n, mirrored = 0.0, 0.0, 0, 0
 
         for e in examples do
             use _ = torch.NewDisposeScope()
@@ -116,7 +118,14 @@ module TokenizerTraining =
 
             let encoding, out = model.RunTimed(b, ignore, false)
             let target = b.Backbone.nan_to_num (0.0, 0.0, 0.0)
-            rmsd <- rmsd + (Metrics.backboneRmsd out.Backbone target b.Mask).ToDouble()
+            let chainRmsd = (Metrics.backboneRmsd out.Backbone target b.Mask).ToDouble()
+            rmsd <- rmsd + chainRmsd
+
+            let reflection =
+                torch.tensor ([| 1.0; 1.0; -1.0 |], dtype = target.dtype, device = target.device)
+
+            if (Metrics.backboneRmsd out.Backbone (target * reflection) b.Mask).ToDouble() < chainRmsd then
+                mirrored <- mirrored + 1
 
             let l =
                 Metrics.lddtCa (out.Backbone.select (2L, 1L)) (target.select (2L, 1L)) (Some b.Mask)
@@ -133,6 +142,7 @@ module TokenizerTraining =
             "lddt_ca", (if n > 0 then lddt / float n else nan)
             "code_usage", m.LiveFraction
             "perplexity", m.Perplexity
+            "mirrored", (if n > 0 then float mirrored / float n else nan)
         |]
 
     /// The stage-1 task for `Trainer`: batches from `train`, validation on `valid` (already cut).
@@ -145,6 +155,9 @@ module TokenizerTraining =
         do
             if config.InitFrom <> "" then
                 model.InitialiseFrom config.InitFrom
+
+                if config.ReflectInit then
+                    model.Decoder.ReflectStructures()
 
             model.``to`` device |> ignore
 

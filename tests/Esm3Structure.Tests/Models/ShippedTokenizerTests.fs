@@ -100,6 +100,9 @@ let tests =
                 close "median backbone RMSD" "median_backbone_rmsd" s.MedianBackboneRmsd
                 close "median LDDT-CA" "median_lddt_ca" s.MedianLddtCa
                 close "pLDDT correlation" "plddt_pearson" s.PlddtPearson
+                Expect.equal s.CloserToMirror (v.GetProperty("closer_to_mirror").GetInt32()) "mirrored decodings"
+                // The model draws the chains, not their mirror images (ESM's distance terms cannot tell the two apart).
+                Expect.equal s.CloserToMirror 0 "no valid chain decoded closer to its mirror image"
                 Expect.isGreaterThanOrEqual s.PlddtPearson 0.5 "per-residue pLDDT against LDDT-CA meets issue 13's bar"
 
                 if decoder.Value.PtmInformative then

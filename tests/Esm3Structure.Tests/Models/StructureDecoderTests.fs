@@ -392,6 +392,39 @@ let tests =
                 Tol.close "pTM" 0.0 out.Ptm (AlignedError.ptm out.PaeLogits real)
             }
 
+            test "ReflectStructures draws the mirror image (z → −z) of every backbone, exactly; pair logits unchanged" {
+                // Negation is exact and every operation after the projection (Gram–Schmidt's norms, dot and cross
+                // products, placing the ideal residue whose z are 0) is symmetric under the sign of z, so the mirror
+                // holds bit for bit, with chain frames too (conjugation by the reflection preserves composition).
+                for config in [ tiny; { tiny with ChainFrames = true } ] do
+                    for dtype in [ torch.float64; torch.float32 ] do
+                        use _ = torch.NewDisposeScope()
+                        use m = decoder config dtype 12UL
+                        let tokens = batch (new torch.Generator(13UL))
+                        let before = m.forward tokens
+                        m.ReflectStructures()
+                        let after = m.forward tokens
+                        let what = sprintf "chain frames %b, %A" config.ChainFrames dtype
+                        let z = torch.tensor ([| 1.0; 1.0; -1.0 |], dtype = dtype)
+                        Tol.close (what + ": backbone") 0.0 after.Backbone (before.Backbone * z)
+                        Tol.close (what + ": translations") 0.0 after.Frames.T (before.Frames.T * z)
+                        Tol.close (what + ": distogram logits") 0.0 after.DistogramLogits before.DistogramLogits
+                        Tol.close (what + ": pLDDT") 0.0 after.Plddt before.Plddt
+                        // Twice is the identity.
+                        m.ReflectStructures()
+                        Tol.close (what + ": reflected twice") 0.0 (m.forward tokens).Backbone before.Backbone
+
+                let withModule =
+                    { tiny with
+                        StructureModule = Some(StructureModuleConfig.alphaFold2 48L)
+                    }
+
+                use m = decoder withModule torch.float32 14UL
+
+                Expect.throwsC (fun () -> m.ReflectStructures()) (fun e ->
+                    Expect.stringContains e.Message "structure module" "names the structure module")
+            }
+
             test "DecodeEmbeddings without confidence: the same structure and pair logits, no pLDDT, pAE or pTM" {
                 use _ = torch.NewDisposeScope()
                 use m = decoder tiny torch.float64 4UL

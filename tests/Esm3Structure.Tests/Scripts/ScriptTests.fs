@@ -540,6 +540,9 @@ let tests =
                             [ "--freeze-encoder" ],
                             "a frozen encoder from nowhere",
                             "--freeze-encoder needs --init DIR (the tokenizer whose encoder is kept)"
+                            [ "--reflect" ],
+                            "a reflection of nothing",
+                            "--reflect needs --init DIR (the tokenizer whose decoder is reflected)"
                             [ "--local-distance"; "-1" ],
                             "a negative loss weight",
                             "--local-distance must be ≥ 0 and finite (got -1)"

@@ -85,6 +85,41 @@ let tests =
                 Expect.exists one (fun e -> e.Contains "PairResidues") "one residue has no pairs"
             }
 
+            test "ReflectInit needs InitFrom and the affine head" {
+                let small = TokenizerTrainConfig.small
+
+                let errors c =
+                    Validation.errors (TokenizerTrainConfig.validate c)
+
+                Expect.isEmpty
+                    (errors
+                        { small with
+                            ReflectInit = true
+                            InitFrom = "models/structure-tokenizer"
+                        })
+                    "valid"
+
+                Expect.exists
+                    (errors { small with ReflectInit = true })
+                    (fun e -> e.Contains "ReflectInit" && e.Contains "InitFrom")
+                    "no InitFrom"
+
+                let withModule =
+                    { small with
+                        ReflectInit = true
+                        InitFrom = "x"
+                        Decoder =
+                            { small.Decoder with
+                                StructureModule = Some(StructureModuleConfig.alphaFold2 small.Decoder.DModel)
+                            }
+                    }
+
+                Expect.exists
+                    (errors withModule)
+                    (fun e -> e.Contains "ReflectInit" && e.Contains "structure module")
+                    "structure module"
+            }
+
             test "a warning when VideoGPT's restart would overwrite every code at every step (4,096 codes, 1,024 rows)" {
                 let small = TokenizerTrainConfig.small
 

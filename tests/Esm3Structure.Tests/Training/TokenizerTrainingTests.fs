@@ -49,6 +49,25 @@ let tests =
     testList
         "Training/TokenizerTraining"
         [
+            test "evaluate counts the chains decoded closer to their mirror; a reflected decoder counts the others" {
+                use _ = torch.NewDisposeScope()
+                use _ = torch.no_grad ()
+
+                use model =
+                    new TokenizerModel(TokenizerFixtures.tinyTrainConfig, new torch.Generator(3UL))
+                // As the trainer validates: in eval mode, where the EMA codebook takes no update.
+                model.eval ()
+
+                let examples =
+                    TokenizerFixtures.smallChains.Value |> Array.map TokenizerData.ofChain
+
+                let before = dict (TokenizerTraining.evaluate model torch.CPU examples)
+                model.Decoder.ReflectStructures()
+                let after = dict (TokenizerTraining.evaluate model torch.CPU examples)
+                Expect.floatClose Accuracy.veryHigh after.["mirrored"] (1.0 - before.["mirrored"]) "swapped"
+                Expect.floatClose Accuracy.high after.["lddt_ca"] before.["lddt_ca"] "LDDT-CA cannot see the mirror"
+            }
+
             test
                 "a TokenizerFixtures.tinyTrainConfig run lowers the loss and writes ESM-format checkpoints that load into fresh modules" {
                 use _ = torch.NewDisposeScope()
@@ -72,6 +91,7 @@ let tests =
                 Expect.isTrue (validation.["lddt_ca"] >= 0.0 && validation.["lddt_ca"] <= 1.0) "LDDT-CA"
                 Expect.isGreaterThan validation.["code_usage"] 0.0 "code usage"
                 Expect.isGreaterThanOrEqual validation.["perplexity"] 1.0 "perplexity"
+                Expect.isTrue (validation.["mirrored"] >= 0.0 && validation.["mirrored"] <= 1.0) "mirrored fraction"
                 let ckpt = report.Checkpoint
                 use generator = new torch.Generator(1UL)
 
@@ -147,6 +167,23 @@ let tests =
                     "--init tokens"
 
                 Tol.close "--init: the training path's hidden states" 1e-4 continued.Hidden trained.Hidden
+
+                // --init with --reflect: the same run from the same files draws the mirror image of every backbone.
+                use reflected =
+                    new TokenizerTraining.Task(
+                        { TokenizerFixtures.tinyTrainConfig with
+                            InitFrom = ckpt
+                            ReflectInit = true
+                        },
+                        torch.CPU,
+                        [||],
+                        [||]
+                    )
+
+                reflected.Tokenizer.eval ()
+                let _, mirrored = reflected.Tokenizer.Run batch
+                let z = torch.tensor ([| 1.0f; 1.0f; -1.0f |])
+                Tol.close "--reflect: the mirror image" 0.0 mirrored.Backbone (continued.Backbone * z)
 
                 let wider =
                     { TokenizerFixtures.tinyTrainConfig with

@@ -69,6 +69,28 @@ let tests =
                     "TM-score of the decoded residues' CAs"
             }
 
+            test "a reflected decoder's RMSD to the chain is the plain one's to the mirror, and the other way round" {
+                use enc = TokenizerFixtures.smallEncoder 3UL
+                use dec = decoder 5UL
+                let c = StructureFile.read (Data.small "1ubq_A") None
+                let plain = RoundTrip.ofChain enc dec c
+                dec.ReflectStructures()
+                let reflected = RoundTrip.ofChain enc dec c
+                // RMSD(M d, M c) = RMSD(d, c) for the reflection M: M R M is a proper rotation whenever R is.
+                Expect.floatClose Accuracy.veryHigh reflected.MirrorRmsd plain.BackboneRmsd "mirror of the reflected"
+
+                Expect.floatClose
+                    Accuracy.veryHigh
+                    reflected.BackboneRmsd
+                    plain.MirrorRmsd
+                    "reflected against the chain"
+
+                Expect.floatClose Accuracy.veryHigh reflected.LddtCa plain.LddtCa "LDDT-CA cannot see the mirror"
+                Expect.isFalse (plain.BackboneRmsd = plain.MirrorRmsd) "a chiral decoding"
+                let summary = RoundTrip.summarize 4096L [| plain; reflected |]
+                Expect.equal summary.CloserToMirror 1 "one of the two lies closer to the mirror"
+            }
+
             test "CA step errors: a chain shrunk by 10 % is 0.38 Å short on every link; breaks and NaN CAs are skipped" {
                 use _ = torch.NewDisposeScope()
 
