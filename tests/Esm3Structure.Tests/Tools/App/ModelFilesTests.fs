@@ -62,10 +62,10 @@ let tests =
                 let root = Cli.repositoryRoot scriptDir
 
                 Expect.isTrue (File.Exists(Path.Combine(root, ModelFiles.DefaultDecoderPath))) "shipped"
-                // no weights given: the shipped decoder (d 128, 4 heads of 32)
+                // no weights given: the shipped decoder (d 192, 3 heads of 64)
                 use shipped = ModelFiles.loadDecoderFor scriptDir null 0 "cpu"
-                Expect.equal shipped.Config.DModel 128L "the shipped decoder's width"
-                Expect.equal shipped.Config.Heads 4L "its head count, from the metadata"
+                Expect.equal shipped.Config.DModel 192L "the shipped decoder's width"
+                Expect.equal shipped.Config.Heads 3L "its head count, from the metadata"
 
                 Expect.stringContains
                     (ModelFiles.weightsUsage "encoder" ModelFiles.DefaultEncoderPath)
