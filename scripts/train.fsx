@@ -18,7 +18,7 @@
 //                                   [--preset small|smoke|esm3-open] [--steps N]
 //                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--local-distance W] [--losses esm|linear|fape-pair-heads|fape-alone]
 //                                   [--heads N]
-//                                   [--structure-module ROUNDS]
+//                                   [--structure-module ROUNDS] [--refine ROUNDS]
 //                                   [--bypass-quantizer]
 //                                   [--neighbour-geometry] [--global-layers N] [--principal-position] [--chain-frames] [--crop-curriculum STEP:LEN,…]
 //                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--restart POLICY] [--init DIR] [--freeze-encoder] [--separate-coordinates]
@@ -51,6 +51,7 @@ type Args =
     | Local_Distance of weight: float
     | Losses of recipe: string
     | Structure_Module of rounds: int
+    | Refine of rounds: int
     | Heads of int
     | Bypass_Quantizer
     | Learning_Rate of float
@@ -102,6 +103,8 @@ type Args =
                 "tokenizer stage 1: the loss recipe: esm (default), linear (distance and direction linear beyond ESM's clamps), fape-pair-heads (FAPE in their place), fape-alone; --fape W then sets FAPE's weight"
             | Structure_Module _ ->
                 "tokenizer stage 1: decode frames with an AlphaFold2-style structure module of N rounds (default: ESM's affine head)"
+            | Refine _ ->
+                "tokenizer stage 1 with --init: train only a new AlphaFold2-style structure module of N rounds (AlphaFold2's 12 IPA heads) that refines the frames of --init's affine head; every loaded weight stays frozen, and at step 0 the structures are --init's"
             | Heads _ ->
                 "tokenizer stage 1: the decoder's attention heads (default: the preset's); with --init, the head count of the files, which state dicts do not record"
             | Bypass_Quantizer ->
@@ -205,6 +208,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--local-distance", args.Contains Local_Distance
             "--losses", args.Contains Losses
             "--structure-module", args.Contains Structure_Module
+            "--refine", args.Contains Refine
             "--heads", args.Contains Heads
             "--bypass-quantizer", args.Contains Bypass_Quantizer
             "--neighbour-geometry", args.Contains Neighbour_Geometry
@@ -273,8 +277,20 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     Decoder =
                         { preset.Decoder with
                             StructureModule =
-                                match args.TryGetResult Structure_Module with
-                                | Some n when n >= 1 ->
+                                match args.TryGetResult Structure_Module, args.TryGetResult Refine with
+                                | Some _, Some _ ->
+                                    invalidArg
+                                        "refine"
+                                        "--refine adds its own structure module (starting from the affine head's frames); leave out --structure-module"
+                                | None, Some n when n >= 1 ->
+                                    Some
+                                        { StructureModuleConfig.alphaFold2 preset.Decoder.DModel with
+                                            Iterations = n
+                                            Start = StructureModuleStart.AffineHead
+                                        }
+                                | None, Some n ->
+                                    invalidArg "refine" (sprintf "--refine needs at least 1 round (got %d)" n)
+                                | Some n, None when n >= 1 ->
                                     Some
                                         { StructureModuleConfig.alphaFold2 preset.Decoder.DModel with
                                             Iterations = n
@@ -284,11 +300,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                                     Heads = preset.Decoder.Heads
                                                 }
                                         }
-                                | Some n ->
+                                | Some n, None ->
                                     invalidArg
                                         "structure-module"
                                         (sprintf "--structure-module needs at least 1 round (got %d)" n)
-                                | None -> preset.Decoder.StructureModule
+                                | None, None -> preset.Decoder.StructureModule
                             ChainFrames = args.Contains Chain_Frames || preset.Decoder.ChainFrames
                             Heads =
                                 match args.TryGetResult Heads with
@@ -399,6 +415,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 "--reflect needs --init DIR (the tokenizer whose decoder is reflected)"
                         else
                             args.Contains Reflect || preset.ReflectInit
+                    RefineOnly =
+                        if args.Contains Refine && not (args.Contains Init) then
+                            invalidArg "refine" "--refine needs --init DIR (the tokenizer whose decoder is refined)"
+                        else
+                            args.Contains Refine || preset.RefineOnly
                     Trainer = trainer preset.Trainer
                 }
 

@@ -169,6 +169,7 @@ module TokenizerAblations =
                                         { InvariantPointAttentionConfig.alphaFold2 d with
                                             Heads = c.Decoder.Heads
                                         }
+                                    Start = StructureModuleStart.Identity
                                 }
                     }
             }

@@ -153,7 +153,8 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     member _.HeadsWith(x: torch.Tensor, real: torch.Tensor, confidence: bool) =
         let projection = affine_output_projection.forward x
 
-        // With a structure module its frames replace the affine head's, which are then never built.
+        // With a structure module its frames replace the affine head's, which are built only as its start
+        // (`StructureModuleStart.AffineHead`).
         let backbone, rounds =
             match structureModule with
             | None when config.ChainFrames ->
@@ -168,7 +169,12 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
                 []
             | None -> BackboneHead.ofProjection projection, []
             | Some m ->
-                let frames = m.Rounds(x, real)
+                let frames =
+                    match m.Config.Start with
+                    | StructureModuleStart.Identity -> m.Rounds(x, real)
+                    | StructureModuleStart.AffineHead ->
+                        m.RoundsFrom(x, real, (BackboneHead.ofProjection projection).Frames)
+
                 let rounds = frames |> List.map BackboneHead.place
 
                 {

@@ -172,6 +172,7 @@ module StructureDecoderCheckpoint =
                                 PointV = per "ipa.v_points.weight" 3L
                                 MaxOffset = (rows "ipa.relative_position.weight" - 1L) / 2L
                             }
+                        Start = StructureModuleStart.Identity
                     }
             else
                 None
@@ -226,6 +227,18 @@ module StructureDecoderCheckpoint =
             CheckpointMetadata.positiveInt
             StructureModuleConfig.AlphaFold2Rounds
 
+    /// Where the structure module starts, from a file's metadata (`StructureModuleConfig.StartMetadataKey`, which
+    /// our export writes for a module refining the affine head's frames), else AlphaFold2's identity. Any other value
+    /// raises an `InputException` naming `path` and the field.
+    let structureModuleStartOf (path: string) (metadata: Map<string, string>) : StructureModuleStart =
+        CheckpointMetadata.read
+            path
+            metadata
+            StructureModuleConfig.StartMetadataKey
+            "identity or affine_head"
+            StructureModuleConfig.tryStart
+            StructureModuleStart.Identity
+
     /// Loads an ESM-format decoder from a safetensors file or a PyTorch checkpoint such as ESM's
     /// `esm3_structure_decoder_v0.pth` (`TensorFile`, told apart by content): the sizes are inferred from the
     /// tensors' shapes (`ofKeyShapesWith`, heads = d / head width, the head width read from the file's
@@ -275,6 +288,7 @@ module StructureDecoderCheckpoint =
                         Some
                             { m with
                                 Iterations = structureModuleIterationsOf path header.Metadata
+                                Start = structureModuleStartOf path header.Metadata
                             }
                 }
             | c -> c
@@ -328,14 +342,19 @@ module StructureDecoderCheckpoint =
     let load (path: string) : StructureDecoder = loadWith None path
 
     /// What a decoder file records beyond its tensors: "heads" and "head_width" (no state dict records them), the
-    /// structure module's rounds and `ChainFramesMetadataKey` when `config` has them, then `status` (confidence
-    /// heads, the pTM verdict, sequence input, or a file's own metadata), which wins on a repeated key.
+    /// structure module's rounds (and its start, when not AlphaFold2's identity) and `ChainFramesMetadataKey` when
+    /// `config` has them, then `status` (confidence heads, the pTM verdict, sequence input, or a file's own
+    /// metadata), which wins on a repeated key.
     let metadataOf (config: StructureDecoderConfig) (status: (string * string) list) : Map<string, string> =
         [
             "heads", string config.Heads
             "head_width", string (config.DModel / config.Heads)
             match config.StructureModule with
-            | Some m -> StructureModuleConfig.RoundsMetadataKey, string m.Iterations
+            | Some m ->
+                StructureModuleConfig.RoundsMetadataKey, string m.Iterations
+
+                if m.Start <> StructureModuleStart.Identity then
+                    StructureModuleConfig.StartMetadataKey, StructureModuleConfig.startName m.Start
             | None -> ()
             if config.ChainFrames then
                 ChainFramesMetadataKey, "true"

@@ -8,6 +8,16 @@ open Esm3Structure.Geometry
 open Esm3Structure.Nn
 open Esm3Structure.Tensors
 
+/// Where the structure module's first round starts.
+[<RequireQualifiedAccess>]
+type StructureModuleStart =
+    /// At identity frames (AlphaFold2 Alg. 20, line 2): the module builds the structure from nothing.
+    | Identity
+    /// At the frames the decoder's affine head draws (their rotations detached, as between AlphaFold2's rounds): the
+    /// module refines them, and a new one (AlphaFold2's zero-initialised update layers) leaves a trained decoder's
+    /// structures as they were, so it can be trained on its own on top of that decoder (`train.fsx --refine`).
+    | AffineHead
+
 /// Sizes of the AlphaFold2-style structure module (AlphaFold2 supplement Alg. 20, without the pair representation
 /// and the side-chain torsions): `Iterations` rounds of invariant point attention, a transition and a backbone
 /// update with shared weights.
@@ -17,6 +27,8 @@ type StructureModuleConfig =
         Iterations: int
         /// The attention's sizes; its `DModel` is the decoder's width.
         Attention: InvariantPointAttentionConfig
+        /// Where the first round starts (AlphaFold2: `Identity`).
+        Start: StructureModuleStart
     }
 
 /// Presets and checks of `StructureModuleConfig`.
@@ -30,11 +42,29 @@ module StructureModuleConfig =
     [<Literal>]
     let RoundsMetadataKey = "structure_module_iterations"
 
+    /// The metadata field our exports write a module's start to ("affine_head"; absent: identity, AlphaFold2's).
+    [<Literal>]
+    let StartMetadataKey = "structure_module_start"
+
+    /// The metadata value of a start (`StartMetadataKey`).
+    let startName (start: StructureModuleStart) =
+        match start with
+        | StructureModuleStart.Identity -> "identity"
+        | StructureModuleStart.AffineHead -> "affine_head"
+
+    /// A start from its metadata value (`startName`), if it is one.
+    let tryStart (name: string) =
+        match name with
+        | "identity" -> Some StructureModuleStart.Identity
+        | "affine_head" -> Some StructureModuleStart.AffineHead
+        | _ -> None
+
     /// AlphaFold2's structure module at width `d` (8 rounds, 12 heads, 16/4 query-key and 16/8 value channels).
     let alphaFold2 (d: int64) =
         {
             Iterations = AlphaFold2Rounds
             Attention = InvariantPointAttentionConfig.alphaFold2 d
+            Start = StructureModuleStart.Identity
         }
 
     /// The config, or the errors naming each bad field (`Validation`).
@@ -81,8 +111,8 @@ module StructureModuleConfig =
             yield! linear "backbone_update" 6L d
         ]
 
-/// The structure module: s ← LN(Linear(LN(s))); frames start at the identity; each round
-/// s ← LN(s + IPA(s, T)), s ← LN(s + MLP(s)), and T ← T ∘ (R(1, b, c, d), t) from a linear update of s
+/// The structure module: s ← LN(Linear(LN(s))); frames start at the identity (or at given frames, `RoundsFrom`);
+/// each round s ← LN(s + IPA(s, T)), s ← LN(s + MLP(s)), and T ← T ∘ (R(1, b, c, d), t) from a linear update of s
 /// (AlphaFold2 Alg. 20, 23). Frames live in nanometres inside (AlphaFold2's scale) and come out in Å. Rotations
 /// are detached between rounds (Alg. 20, line 20). Keys: see `StructureModuleConfig.expectedKeys`.
 type StructureModule(config: StructureModuleConfig) as this =
@@ -137,11 +167,26 @@ type StructureModule(config: StructureModuleConfig) as this =
 
     /// The frames after every round, in Å (the last is the prediction). `allowed` marks the residues attention may
     /// read. Shapes: s [B, L, d], allowed [B, L] bool -> Iterations × Frame [B, L]
-    member _.Rounds(s: torch.Tensor, allowed: torch.Tensor) : Frame list =
+    member this.Rounds(s: torch.Tensor, allowed: torch.Tensor) : Frame list =
+        Shape.expect "s" [| -1L; -1L; d |] s
+        this.RoundsFrom(s, allowed, Frame.identity [| s.shape.[0]; s.shape.[1] |] s.dtype s.device)
+
+    /// `Rounds` from `start` (in Å; its rotations are detached, as between rounds) instead of identity frames: with
+    /// the update layers at zero (a new module) every round returns `start` itself, up to the rounding of Å to the
+    /// internal unit and back. Shapes: s [B, L, d], allowed [B, L] bool, start Frame [B, L]
+    /// -> Iterations × Frame [B, L]
+    member _.RoundsFrom(s: torch.Tensor, allowed: torch.Tensor, start: Frame) : Frame list =
         Shape.expect "s" [| -1L; -1L; d |] s
         let b, l = s.shape.[0], s.shape.[1]
+        Shape.expect "start.R" [| b; l; 3L; 3L |] start.R
+        Shape.expect "start.T" [| b; l; 3L |] start.T
         let mutable s = input_proj.forward (input_norm.forward s)
-        let mutable frames = Frame.identity [| b; l |] s.dtype s.device
+
+        let mutable frames =
+            {
+                R = start.R.detach ()
+                T = start.T / StructureModule.PositionScale
+            }
 
         [
             for round in 1 .. config.Iterations do

@@ -15,10 +15,10 @@ open Esm3Structure.Structure
 type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as this =
     inherit torch.nn.Module<TokenizerBatch, StructureDecoderOutput>("TokenizerModel")
 
-    // A frozen encoder's codebook takes no EMA update either (`FreezeEncoder`).
+    // A frozen encoder's codebook takes no EMA update either (`FreezeEncoder`, `RefineOnly`).
     let encoder =
         new StructureEncoder(
-            (if config.FreezeEncoder then
+            (if config.FreezeEncoder || config.RefineOnly then
                  { config.Encoder with
                      Quantizer =
                          { config.Encoder.Quantizer with
@@ -42,6 +42,12 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         if config.FreezeEncoder then
             for p in encoder.parameters () do
                 p.requires_grad <- false
+
+        // Only the structure module learns (`RefineOnly`).
+        if config.RefineOnly then
+            for name, p in this.named_parameters () do
+                if not (name.StartsWith("decoder." + StructureDecoderCheckpoint.StructureModulePrefix)) then
+                    p.requires_grad <- false
 
     member _.Encoder = encoder
     member _.Decoder = decoder
@@ -72,14 +78,34 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     /// Loads an exported tokenizer (`folder`/encoder.safetensors and decoder.safetensors, strictly: every key and
     /// shape must fit this model's config) and recovers `post_quant_proj`, which the export folded into the
     /// decoder's code embeddings, by least squares from the codes to those rows (exact up to rounding: the rows
-    /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. A
+    /// are an affine map of the codes). An EMA codebook keeps its loaded counts, so it is not re-initialised. With
+    /// `RefineOnly` the decoder file holds no structure module, which keeps its fresh initialisation. A
     /// missing file or a model of other sizes raises an `InputException` naming the file and "--init".
     member _.InitialiseFrom(folder: string) =
         let holds = "a tokenizer folder holds encoder and decoder, .safetensors or .pth"
         let encoderFile = TrainerCheckpoint.initFile folder "encoder" holds
         let decoderFile = TrainerCheckpoint.initFile folder "decoder" holds
         TrainerCheckpoint.initialise encoderFile encoder
-        TrainerCheckpoint.initialise decoderFile decoder
+
+        if config.RefineOnly then
+            // The files hold no structure module: load them into the same decoder without one, then copy.
+            use plain =
+                new StructureDecoder(
+                    { config.Decoder with
+                        StructureModule = None
+                    }
+                )
+
+            TrainerCheckpoint.initialise decoderFile plain
+            let loaded = dict (Checkpoint.stateDict plain)
+            use _ = torch.no_grad ()
+
+            for name, target in Checkpoint.stateDict decoder do
+                if not (name.StartsWith StructureDecoderCheckpoint.StructureModulePrefix) then
+                    target.copy_ loaded.[name] |> ignore
+        else
+            TrainerCheckpoint.initialise decoderFile decoder
+
         encoder.Codebook.MarkLoaded()
 
         use _ = torch.no_grad ()
@@ -108,17 +134,23 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         post_quant_proj.bias.copy_ (solution.select (0L, dOut)) |> ignore
 
     /// The decoder's state_dict with the code rows of `embed.weight` replaced by post_quant_proj(codes), so that
-    /// decoding token ids reproduces the training path; ESM's key set.
+    /// decoding token ids reproduces the training path (with `RefineOnly`, the rows as loaded); ESM's key set.
     member _.ExportDecoderState() =
         use _ = torch.no_grad ()
-        let codes = encoder.Codebook.Codes.detach ()
-        let rows = post_quant_proj.forward codes // [K, d]
 
-        Checkpoint.stateDict decoder
-        |> List.map (fun (name, t) ->
-            if name = "embed.weight" then
-                let folded = t.detach().clone()
-                folded.narrow(0L, 0L, rows.shape.[0]).copy_ rows |> ignore
-                name, folded
-            else
-                name, t)
+        // A refining run trained neither the codes nor the map: the decoder's rows are still its file's own,
+        // which the least-squares recovery of the map reproduces only up to rounding.
+        if config.RefineOnly then
+            Checkpoint.stateDict decoder
+        else
+            let codes = encoder.Codebook.Codes.detach ()
+            let rows = post_quant_proj.forward codes // [K, d]
+
+            Checkpoint.stateDict decoder
+            |> List.map (fun (name, t) ->
+                if name = "embed.weight" then
+                    let folded = t.detach().clone()
+                    folded.narrow(0L, 0L, rows.shape.[0]).copy_ rows |> ignore
+                    name, folded
+                else
+                    name, t)

@@ -65,6 +65,12 @@ type TokenizerTrainConfig =
         /// Reflect `InitFrom`'s decoder through z = 0 before training (`StructureDecoder.ReflectStructures`): for a
         /// model that learned the mirror images of its chains. Needs `InitFrom`. Default false.
         ReflectInit: bool
+        /// Train only the decoder's structure module, which must start from the affine head's frames
+        /// (`StructureModuleStart.AffineHead`), on top of `InitFrom`'s tokenizer: every loaded weight (encoder,
+        /// codebook, decoder trunk and heads, the map from codes to the decoder's width) is frozen, and the module,
+        /// absent from `InitFrom`'s files, starts new (AlphaFold2's zero update layers: at step 0 the structures are
+        /// `InitFrom`'s). The confidence heads are kept as loaded. Needs `InitFrom`. Default false.
+        RefineOnly: bool
         Trainer: TrainerConfig
     }
 
@@ -101,6 +107,7 @@ module TokenizerTrainConfig =
             InitFrom = ""
             FreezeEncoder = false
             ReflectInit = false
+            RefineOnly = false
             Trainer = TrainerConfig.small
         }
 
@@ -273,6 +280,21 @@ module TokenizerTrainConfig =
             if c.ReflectInit && c.Decoder.StructureModule.IsSome then
                 "ReflectInit: a structure module's frames cannot be reflected (only the affine head's)"
 
+            if c.RefineOnly && String.IsNullOrWhiteSpace c.InitFrom then
+                "RefineOnly: the tokenizer to refine must come from InitFrom (a trained tokenizer folder)"
+
+            match c.Decoder.StructureModule with
+            | Some m when m.Start = StructureModuleStart.AffineHead -> ()
+            | _ when c.RefineOnly ->
+                "RefineOnly: the decoder needs a structure module that starts from the affine head's frames (Decoder.StructureModule.Start = AffineHead)"
+            | _ -> ()
+
+            if c.RefineOnly && c.BypassQuantizer then
+                "RefineOnly: the structure module refines the decoding of InitFrom's tokens; BypassQuantizer decodes no tokens"
+
+            if c.RefineOnly && c.ReflectInit then
+                "RefineOnly: reflect the tokenizer in a run of its own first (ReflectInit), then refine that"
+
             if c.FreezeEncoder && c.BypassQuantizer then
                 "FreezeEncoder: the frozen tokens are the point; BypassQuantizer decodes no tokens"
 
@@ -297,6 +319,7 @@ module TokenizerTrainConfig =
                 c.Encoder.Quantizer.Kind = QuantizerKind.Ema
                 && not c.Encoder.Quantizer.FreezeCodebook
                 && not c.FreezeEncoder
+                && not c.RefineOnly
                 ->
                 let shortest =
                     c.CropCurriculum |> List.fold (fun m (_, length) -> min m length) c.CropLength

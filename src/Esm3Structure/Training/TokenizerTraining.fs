@@ -161,6 +161,28 @@ module TokenizerTraining =
 
             model.``to`` device |> ignore
 
+        // What the exported decoder says of its confidence heads: a stage-1 run's are untrained; a refining run
+        // keeps `InitFrom`'s heads, and with them its file's word on them (and the rest of its metadata).
+        let decoderStatus =
+            if config.RefineOnly then
+                let file =
+                    TrainerCheckpoint.initFile config.InitFrom "decoder" "a tokenizer folder holds encoder and decoder"
+
+                let metadata = (TensorFile.readHeader file).Metadata
+
+                [
+                    for key, value in Map.toList metadata do
+                        if key <> "heads" && key <> "head_width" then
+                            key, value
+                    StructureDecoderCheckpoint.ConfidenceMetadataKey,
+                    (if StructureDecoderCheckpoint.confidenceTrainedOf metadata then
+                         "trained"
+                     else
+                         "untrained")
+                ]
+            else
+                [ StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained" ]
+
         /// The model being trained.
         member _.Tokenizer = model
 
@@ -220,7 +242,7 @@ module TokenizerTraining =
                 (Path.Combine(folder, "decoder.safetensors"))
                 (model.ExportDecoderState())
                 config.Decoder
-                [ StructureDecoderCheckpoint.ConfidenceMetadataKey, "untrained" ]
+                decoderStatus
 
         interface IDisposable with
             member _.Dispose() =

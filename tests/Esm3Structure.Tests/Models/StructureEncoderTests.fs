@@ -446,15 +446,11 @@ let tests =
 
                 Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
 
-                let bad = dir.File "bad.safetensors"
-                Checkpoint.save bad m (readOnlyDict [ StructureEncoderCheckpoint.FiniteLevelsMetadataKey, "8,5" ])
-
-                match InputError.catch (fun () -> StructureEncoderCheckpoint.load bad |> ignore) with
-                | Ok() -> failtest "expected an InputException"
-                | Error e ->
-                    Expect.equal
-                        e.Location
-                        (InputLocation.Field("__metadata__." + StructureEncoderCheckpoint.FiniteLevelsMetadataKey))
-                        e.Message
+                refusesMetadata
+                    (dir.File "bad.safetensors")
+                    m
+                    StructureEncoderCheckpoint.FiniteLevelsMetadataKey
+                    "8,5"
+                    (StructureEncoderCheckpoint.load >> ignore)
             }
         ]

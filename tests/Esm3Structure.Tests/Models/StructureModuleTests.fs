@@ -298,6 +298,7 @@ let tests =
                     {
                         Iterations = 3
                         Attention = attention
+                        Start = StructureModuleStart.Identity
                     }
 
                 use m = new StructureModule(config)
@@ -361,6 +362,7 @@ let tests =
                         {
                             Iterations = 3
                             Attention = attention
+                            Start = StructureModuleStart.Identity
                         }
                     )
 
@@ -410,16 +412,12 @@ let tests =
                 use loaded = StructureDecoderCheckpoint.load path
                 Expect.equal loaded.Config config "ChainFrames read from the metadata"
 
-                let bad = dir.File "bad.safetensors"
-                Checkpoint.save bad chained (readOnlyDict [ StructureDecoderCheckpoint.ChainFramesMetadataKey, "yes" ])
-
-                match InputError.catch (fun () -> StructureDecoderCheckpoint.load bad |> ignore) with
-                | Ok() -> failtest "expected an InputException"
-                | Error e ->
-                    Expect.equal
-                        e.Location
-                        (InputLocation.Field("__metadata__." + StructureDecoderCheckpoint.ChainFramesMetadataKey))
-                        e.Message
+                refusesMetadata
+                    (dir.File "bad.safetensors")
+                    chained
+                    StructureDecoderCheckpoint.ChainFramesMetadataKey
+                    "yes"
+                    (StructureDecoderCheckpoint.load >> ignore)
 
                 let both =
                     { config with
@@ -429,5 +427,71 @@ let tests =
                 match StructureDecoderConfig.validate both with
                 | Ok _ -> failtest "ChainFrames with a structure module must be refused"
                 | Error errors -> Expect.exists errors (fun e -> e.Contains "ChainFrames") "named"
+            }
+
+            test
+                "a new module started at the affine head's frames returns them; trained it moves them; the start is kept in its file" {
+                use _ = torch.NewDisposeScope()
+                let d = StructureDecoderConfig.smoke.DModel
+
+                let config =
+                    { StructureDecoderConfig.smoke with
+                        StructureModule =
+                            Some
+                                { StructureModuleConfig.alphaFold2 d with
+                                    Iterations = 2
+                                    Start = StructureModuleStart.AffineHead
+                                }
+                    }
+
+                use refining = new StructureDecoder(config)
+                Init.initialise (new torch.Generator(3UL)) refining
+
+                use plain = new StructureDecoder({ config with StructureModule = None })
+
+                let own = dict (Checkpoint.stateDict refining)
+
+                do
+                    use _ = torch.no_grad ()
+
+                    for name, t in Checkpoint.stateDict plain do
+                        t.copy_ own.[name] |> ignore
+
+                refining.eval ()
+                plain.eval ()
+                use _ = torch.no_grad ()
+                let tokens = torch.tensor([| 4098L; 5L; 77L; 300L; 9L; 1500L; 4097L |]).unsqueeze 0L
+                let affine = plain.forward(tokens).Backbone
+                let refined = refining.forward tokens
+                // AlphaFold2's zero update layers make every round the identity update, which composes exactly
+                // (R·I and R·0 + T involve no rounding); only T / 10 into the module's nanometres and × 10 back out
+                // round, each by u relative, so the atoms R·x + T move by at most 2u·|T| ≤ 2u·max|atom| + 2u·|R x|,
+                // bounded by 4u·max|atom| + 4u·(ideal backbone's 1.5 Å) with room.
+                let bound = Tol.derived torch.float32 4.0 (affine.abs().max().ToDouble() + 1.5)
+
+                Tol.close "a new module: the affine head's backbone" bound refined.Backbone affine
+                Expect.equal refined.RoundBackbones.Length 2 "one backbone per round"
+
+                perturb 15UL refining
+                let moved = refining.forward(tokens).Backbone
+
+                Expect.isGreaterThan
+                    (Tol.maxAbsDiff moved affine)
+                    0.1
+                    "a trained module moves the frames (so the first check could fail)"
+
+                use dir = new TempDir()
+                let path = dir.File "decoder.safetensors"
+                StructureDecoderCheckpoint.save path (Checkpoint.stateDict refining) config []
+                use loaded = StructureDecoderCheckpoint.load path
+                Expect.equal loaded.Config config "the start and the rounds read back from the metadata"
+                Tol.close "the loaded decoder draws the same backbone" 0.0 (loaded.forward(tokens).Backbone) moved
+
+                refusesMetadata
+                    (dir.File "bad.safetensors")
+                    refining
+                    StructureModuleConfig.StartMetadataKey
+                    "sideways"
+                    (StructureDecoderCheckpoint.load >> ignore)
             }
         ]

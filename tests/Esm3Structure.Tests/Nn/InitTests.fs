@@ -134,6 +134,7 @@ let private decoderWithModule =
                 {
                     Iterations = 2
                     Attention = InvariantPointAttentionConfig.alphaFold2 smoke.Decoder.DModel
+                    Start = StructureModuleStart.Identity
                 }
     }
 
@@ -199,6 +200,7 @@ let private families: (string * (unit -> torch.nn.Module)) list =
                 {
                     Iterations = 2
                     Attention = ipaConfig
+                    Start = StructureModuleStart.Identity
                 }
             ))
         "Dim6RotStructureHead", (fun () -> new Dim6RotStructureHead(24L))

@@ -543,6 +543,12 @@ let tests =
                             [ "--reflect" ],
                             "a reflection of nothing",
                             "--reflect needs --init DIR (the tokenizer whose decoder is reflected)"
+                            [ "--refine"; "4" ],
+                            "a refinement of nothing",
+                            "--refine needs --init DIR (the tokenizer whose decoder is refined)"
+                            [ "--refine"; "4"; "--structure-module"; "2" ],
+                            "two structure modules",
+                            "--refine adds its own structure module (starting from the affine head's frames); leave out --structure-module"
                             [ "--local-distance"; "-1" ],
                             "a negative loss weight",
                             "--local-distance must be ≥ 0 and finite (got -1)"

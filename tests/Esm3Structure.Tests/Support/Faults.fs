@@ -1,6 +1,9 @@
 namespace Esm3Structure.Tests
 
 open Expecto
+open TorchSharp
+open Esm3Structure
+open Esm3Structure.Io
 open Esm3Structure.Training
 
 /// Helpers for tests of failures: expected exceptions and training runs that crash part-way.
@@ -21,6 +24,15 @@ module Faults =
         | None -> failtestf "%s: expected %s, but nothing was raised" what typeof<'E>.Name
         | Some(:? 'E as e) -> e
         | Some e -> failtestf "%s: expected %s, got %s: %s" what typeof<'E>.Name (e.GetType().Name) e.Message
+
+    /// Saves `m` to `path` with the one metadata field `key` = `value`, and expects `load` to refuse that file with
+    /// an `InputException` located at the field.
+    let refusesMetadata (path: string) (m: torch.nn.Module) (key: string) (value: string) (load: string -> unit) =
+        Checkpoint.save path m (readOnlyDict [ key, value ])
+
+        match InputError.catch (fun () -> load path) with
+        | Ok() -> failtestf "%s = '%s': expected an InputException" key value
+        | Error e -> Expect.equal e.Location (InputLocation.Field("__metadata__." + key)) e.Message
 
 /// Delegates to a training task and throws at step `crashAt` (1-based): a run killed part-way, for resume tests.
 type CrashingTask(inner: TrainingTask, crashAt: int) =

@@ -120,6 +120,56 @@ let tests =
                     "structure module"
             }
 
+            test "RefineOnly needs InitFrom and a structure module that starts at the affine head's frames" {
+                let small = TokenizerTrainConfig.small
+
+                let errors c =
+                    Validation.errors (TokenizerTrainConfig.validate c)
+
+                let refiner start =
+                    { small.Decoder with
+                        StructureModule =
+                            Some
+                                { StructureModuleConfig.alphaFold2 small.Decoder.DModel with
+                                    Start = start
+                                }
+                    }
+
+                let refine =
+                    { small with
+                        RefineOnly = true
+                        InitFrom = "models/structure-tokenizer"
+                        Decoder = refiner StructureModuleStart.AffineHead
+                    }
+
+                Expect.isEmpty (errors refine) "valid"
+
+                Expect.exists
+                    (errors { refine with InitFrom = "" })
+                    (fun e -> e.Contains "RefineOnly" && e.Contains "InitFrom")
+                    "no InitFrom"
+
+                for decoder, what in
+                    [
+                        small.Decoder, "no structure module"
+                        refiner StructureModuleStart.Identity, "a module that starts at identity frames"
+                    ] do
+                    Expect.exists
+                        (errors { refine with Decoder = decoder })
+                        (fun e -> e.Contains "RefineOnly" && e.Contains "AffineHead")
+                        what
+
+                Expect.exists
+                    (errors { refine with BypassQuantizer = true })
+                    (fun e -> e.Contains "RefineOnly" && e.Contains "BypassQuantizer")
+                    "no tokens to refine the decoding of"
+
+                Expect.exists
+                    (errors { refine with ReflectInit = true })
+                    (fun e -> e.Contains "RefineOnly" && e.Contains "ReflectInit")
+                    "reflect first"
+            }
+
             test "a warning when VideoGPT's restart would overwrite every code at every step (4,096 codes, 1,024 rows)" {
                 let small = TokenizerTrainConfig.small
 

@@ -45,6 +45,18 @@ let private crashedAndResumed (c: TokenizerTrainConfig) (read: TokenizerTraining
     (whole, wholeRead), (resumed, resumedRead)
 
 [<Tests>]
+
+/// The tensors of `file` in a run's checkpoint `folder`.
+let private tensorsOf (folder: string) (file: string) =
+    (Safetensors.read (Path.Combine(folder, file))).Tensors
+
+/// Every encoder tensor of checkpoint `continued`, the codebook's EMA statistics included, is checkpoint `source`'s,
+/// bit for bit.
+let private sameEncoder (source: string) (continued: string) =
+    for (name, a), (_, b) in
+        List.zip (tensorsOf source "encoder.safetensors") (tensorsOf continued "encoder.safetensors") do
+        Expect.isTrue (a.allclose (b, 0.0, 0.0)) (sprintf "encoder tensor %s unchanged" name)
+
 let tests =
     testList
         "Training/TokenizerTraining"
@@ -230,16 +242,10 @@ let tests =
                 let continued =
                     (TokenizerTraining.trainOn frozen torch.CPU train valid second.Path false).Checkpoint
 
-                let tensors (folder: string) (file: string) =
-                    (Safetensors.read (Path.Combine(folder, file))).Tensors
-
-                // Every encoder tensor, the codebook's EMA statistics included, is the source's.
-                for (name, a), (_, b) in
-                    List.zip (tensors source "encoder.safetensors") (tensors continued "encoder.safetensors") do
-                    Expect.isTrue (a.allclose (b, 0.0, 0.0)) (sprintf "encoder tensor %s unchanged" name)
+                sameEncoder source continued
 
                 let changed =
-                    List.zip (tensors source "decoder.safetensors") (tensors continued "decoder.safetensors")
+                    List.zip (tensorsOf source "decoder.safetensors") (tensorsOf continued "decoder.safetensors")
                     |> List.filter (fun ((_, a), (_, b)) -> not (a.allclose (b, 0.0, 0.0)))
 
                 Expect.isNonEmpty changed "the decoder trained"
@@ -253,6 +259,105 @@ let tests =
                     )
 
                 Expect.exists errors (fun e -> e.Contains "FreezeEncoder") "a frozen encoder needs InitFrom"
+            }
+
+            test
+                "--refine: a structure module on a tokenizer starts at its structures, is all that trains, and keeps the file's word on its confidence heads" {
+                use _ = torch.NewDisposeScope()
+                use first = new TempDir()
+                use second = new TempDir()
+                let tiny = TokenizerFixtures.tinyTrainConfig
+                let train = TokenizerFixtures.smallChains.Value.[1..]
+                let valid = TokenizerFixtures.smallChains.Value.[..0]
+
+                let source =
+                    (TokenizerTraining.trainOn tiny torch.CPU train valid first.Path false).Checkpoint
+
+                // Mark the source's confidence heads as trained (as the confidence stage does), so that carrying
+                // the mark over differs from a stage-1 export's "untrained".
+                let decoderFile = Path.Combine(source, "decoder.safetensors")
+                let stored = Safetensors.read decoderFile
+
+                StructureDecoderCheckpoint.save
+                    decoderFile
+                    stored.Tensors
+                    tiny.Decoder
+                    [
+                        StructureDecoderCheckpoint.ConfidenceMetadataKey, "trained"
+                        StructureDecoderCheckpoint.PtmMetadataKey, "uninformative"
+                    ]
+
+                let refine =
+                    { tiny with
+                        InitFrom = source
+                        RefineOnly = true
+                        Decoder =
+                            { tiny.Decoder with
+                                StructureModule =
+                                    Some
+                                        { StructureModuleConfig.alphaFold2 tiny.Decoder.DModel with
+                                            Iterations = 2
+                                            Start = StructureModuleStart.AffineHead
+                                        }
+                            }
+                        Weights = { tiny.Weights with Fape = 1.0 }
+                        Trainer =
+                            { tiny.Trainer with
+                                Steps = 4
+                                EvalEvery = 4
+                                CheckpointEvery = 4
+                            }
+                    }
+
+                // Step 0: the source's structures (the module's update layers start at zero).
+                do
+                    use plain =
+                        new TokenizerTraining.Task({ tiny with InitFrom = source }, torch.CPU, [||], [||])
+
+                    use refining = new TokenizerTraining.Task(refine, torch.CPU, [||], [||])
+                    plain.Tokenizer.eval ()
+                    refining.Tokenizer.eval ()
+                    use _ = torch.no_grad ()
+
+                    let batch =
+                        TokenizerData.batch [| TokenizerData.crop 0 30 (TokenizerData.ofChain valid.[0]) |]
+
+                    let before = (snd (plain.Tokenizer.Run batch)).Backbone
+                    let after = (snd (refining.Tokenizer.Run batch)).Backbone
+                    // T / 10 into the module's nanometres and × 10 back: 2u on |T|, then the atoms' own sums
+                    // (StructureModuleTests' bound).
+                    let bound = Tol.derived torch.float32 4.0 (before.abs().max().ToDouble() + 1.5)
+                    Tol.close "step 0: --init's backbones" bound after before
+
+                let refined =
+                    (TokenizerTraining.trainOn refine torch.CPU train valid second.Path false).Checkpoint
+
+                sameEncoder source refined
+
+                let before = dict (tensorsOf source "decoder.safetensors")
+                let after = tensorsOf refined "decoder.safetensors"
+                let prefix = StructureDecoderCheckpoint.StructureModulePrefix
+
+                for name, b in after do
+                    if not (name.StartsWith prefix) then
+                        Expect.isTrue (before.[name].allclose(b, 0.0, 0.0)) (sprintf "decoder tensor %s unchanged" name)
+
+                Expect.exists
+                    after
+                    (fun (name, t) -> name = prefix + "backbone_update.weight" && t.abs().max().ToDouble() > 0.0)
+                    "the module's update layer trained away from zero"
+
+                let metadata =
+                    (Safetensors.readHeader (Path.Combine(refined, "decoder.safetensors"))).Metadata
+
+                Expect.equal metadata.[StructureDecoderCheckpoint.ConfidenceMetadataKey] "trained" "confidence kept"
+                Expect.equal metadata.[StructureDecoderCheckpoint.PtmMetadataKey] "uninformative" "pTM verdict kept"
+
+                use loaded =
+                    StructureDecoderCheckpoint.load (Path.Combine(refined, "decoder.safetensors"))
+
+                Expect.equal loaded.Config refine.Decoder "the refining module read back"
+                Expect.isTrue loaded.ConfidenceTrained "the loaded decoder's confidence heads count as trained"
             }
 
             test "the confidence stage trains the pLDDT and pairwise heads only and marks the exported decoder" {
