@@ -44,8 +44,6 @@ let private crashedAndResumed (c: TokenizerTrainConfig) (read: TokenizerTraining
 
     (whole, wholeRead), (resumed, resumedRead)
 
-[<Tests>]
-
 /// The tensors of `file` in a run's checkpoint `folder`.
 let private tensorsOf (folder: string) (file: string) =
     (Safetensors.read (Path.Combine(folder, file))).Tensors
@@ -57,6 +55,7 @@ let private sameEncoder (source: string) (continued: string) =
         List.zip (tensorsOf source "encoder.safetensors") (tensorsOf continued "encoder.safetensors") do
         Expect.isTrue (a.allclose (b, 0.0, 0.0)) (sprintf "encoder tensor %s unchanged" name)
 
+[<Tests>]
 let tests =
     testList
         "Training/TokenizerTraining"
