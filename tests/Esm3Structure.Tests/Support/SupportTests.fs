@@ -96,6 +96,24 @@ let tests =
                                     Expect.equal (parameters again) (parameters message) (replay + ": same case")
             }
 
+            test "every module's test list carries [<Tests>], so that none goes undiscovered" {
+                // A `let tests` whose attribute slipped onto something else still compiles, and its whole list then
+                // never runs while the suite reports 0 failed (session 17's helpers above a list did exactly that).
+                let lists =
+                    [
+                        for t in Assembly.GetExecutingAssembly().GetTypes() do
+                            let p = t.GetProperty("tests", BindingFlags.Public ||| BindingFlags.Static)
+
+                            if not (isNull p) && p.PropertyType = typeof<Test> then
+                                t.FullName, p.IsDefined(typeof<TestsAttribute>, false)
+                    ]
+
+                Expect.isGreaterThan lists.Length 50 "the test modules are found"
+
+                let missing = lists |> List.filter (snd >> not) |> List.map fst
+                Expect.isEmpty missing "test lists without [<Tests>]"
+            }
+
             test "StableHash.fnv1a64: the published FNV-1a 64 test vectors" {
                 // http://www.isthe.com/chongo/tech/comp/fnv/ (test vectors of FNV-1a, 64 bits).
                 Expect.equal (StableHash.fnv1a64 "") 0xcbf29ce484222325UL "empty: the offset basis"
