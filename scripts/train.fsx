@@ -241,6 +241,13 @@ Cli.run<Args> "train.fsx" argv (fun args ->
     if model <> "multitrack" && args.Contains Crop then
         invalidArg "crop" "--crop is for --model multitrack (the tokenizer has --crop-curriculum)"
 
+    // A flag that works on a loaded tokenizer: given without --init, a one-line error naming both. Returns `given`.
+    let needsInit (flag: string) (given: bool) (what: string) =
+        if given && not (args.Contains Init) then
+            invalidArg flag (sprintf "--%s needs --init DIR (%s)" flag what)
+
+        given
+
     let refuseStage1Flags () =
         refuse (stage1Flags @ [ ("--init", args.Contains Init) ]) (sprintf "%s is for --model tokenizer --stage 1")
 
@@ -402,24 +409,14 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                     PairResidues = args.GetResult(Pair_Residues, defaultValue = preset.PairResidues)
                     InitFrom = args.GetResult(Init, defaultValue = preset.InitFrom)
                     FreezeEncoder =
-                        if args.Contains Freeze_Encoder && not (args.Contains Init) then
-                            invalidArg
-                                "freeze-encoder"
-                                "--freeze-encoder needs --init DIR (the tokenizer whose encoder is kept)"
-                        else
-                            args.Contains Freeze_Encoder || preset.FreezeEncoder
+                        needsInit "freeze-encoder" (args.Contains Freeze_Encoder) "the tokenizer whose encoder is kept"
+                        || preset.FreezeEncoder
                     ReflectInit =
-                        if args.Contains Reflect && not (args.Contains Init) then
-                            invalidArg
-                                "reflect"
-                                "--reflect needs --init DIR (the tokenizer whose decoder is reflected)"
-                        else
-                            args.Contains Reflect || preset.ReflectInit
+                        needsInit "reflect" (args.Contains Reflect) "the tokenizer whose decoder is reflected"
+                        || preset.ReflectInit
                     RefineOnly =
-                        if args.Contains Refine && not (args.Contains Init) then
-                            invalidArg "refine" "--refine needs --init DIR (the tokenizer whose decoder is refined)"
-                        else
-                            args.Contains Refine || preset.RefineOnly
+                        needsInit "refine" (args.Contains Refine) "the tokenizer whose decoder is refined"
+                        || preset.RefineOnly
                     Trainer = trainer preset.Trainer
                 }
 
