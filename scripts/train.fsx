@@ -16,12 +16,12 @@
 //   dotnet fsi scripts/train.fsx -- [--model tokenizer|multitrack|confidence|causal-lm] [--stage 1|2]
 //                                   [--encoder FILE|random] [--chains N] [--data DIR] [--out DIR]
 //                                   [--preset small|smoke|esm3-open] [--steps N]
-//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--local-distance W] [--losses esm|linear|fape-pair-heads|fape-alone]
+//                                   [--minutes M] [--learning-rate LR] [--warmup N] [--fape W] [--local-distance W] [--local-shape W] [--losses esm|linear|fape-pair-heads|fape-alone]
 //                                   [--heads N]
 //                                   [--structure-module ROUNDS] [--refine ROUNDS]
 //                                   [--bypass-quantizer]
-//                                   [--neighbour-geometry] [--global-layers N] [--principal-position] [--chain-frames] [--crop-curriculum STEP:LEN,…]
-//                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--restart POLICY] [--init DIR] [--freeze-encoder] [--separate-coordinates]
+//                                   [--neighbour-geometry] [--global-layers N] [--principal-position [--principal-grid Å]] [--chain-frames] [--crop-curriculum STEP:LEN,…]
+//                                   [--pair-residues N] [--fsq LEVELS] [--codes K] [--code-dim D] [--code-groups G] [--restart POLICY] [--init DIR] [--freeze-encoder] [--separate-coordinates]
 //                                   [--seed N] [--checkpoint-every N] [--keep-checkpoints N] [--resume] [--pth] [--device cpu|cuda] [--usage]
 // --resume continues a run from the last complete checkpoint in --out (a run killed at any moment, even while writing
 // a checkpoint, resumes from the checkpoint before; the result equals the uninterrupted run's for the same seed).
@@ -49,6 +49,7 @@ type Args =
     | Minutes of float
     | Fape of weight: float
     | Local_Distance of weight: float
+    | Local_Shape of weight: float
     | Losses of recipe: string
     | Structure_Module of rounds: int
     | Refine of rounds: int
@@ -59,11 +60,14 @@ type Args =
     | Neighbour_Geometry
     | Global_Layers of int
     | Principal_Position
+    | Principal_Grid of angstroms: float
     | Chain_Frames
     | Crop_Curriculum of stages: string
     | Pair_Residues of int
     | Fsq of levels: string
     | Codes of int
+    | Code_Dim of int
+    | Code_Groups of int
     | Restart of policy: string
     | Init of dir: string
     | Freeze_Encoder
@@ -97,6 +101,8 @@ type Args =
             | Minutes _ ->
                 "wall-clock budget: stop after the step that reaches it, validate and checkpoint (counted over resumes)"
             | Fape _ -> "tokenizer stage 1: weight of the backbone FAPE term (default 0, ESM's recipe)"
+            | Local_Shape _ ->
+                "tokenizer stage 1: weight of the local shape term, a training-only head classifying each token's CA virtual bond angle and torsion from its code vector (default 0)"
             | Local_Distance _ ->
                 "tokenizer stage 1: weight of the local CA distance term (CA pairs within LDDT's 15 Å, mean absolute error in Å; default 0, ESM's recipe)"
             | Losses _ ->
@@ -117,6 +123,8 @@ type Args =
                 "tokenizer stage 1: the encoder also sees each residue's CA position in its chain's principal-axes frame (default: ESM's local inputs only)"
             | Global_Layers _ ->
                 "tokenizer stage 1: N residue-level blocks after the encoder's neighbourhood stack, so tokens see the whole chain (default 0: ESM's local tokens)"
+            | Principal_Grid _ ->
+                "tokenizer stage 1 with --principal-position: round the principal-axes position to a grid of this many Å (default 0: exact), so a token says only roughly where its residue sits"
             | Chain_Frames ->
                 "tokenizer stage 1: compose the affine head's frames along the chain (default: ESM's global frames)"
             | Crop_Curriculum _ ->
@@ -127,6 +135,10 @@ type Args =
                 "tokenizer stage 1: finite scalar quantization with these levels per channel, e.g. 8,5,5,5 (1,000 codes; default: the preset's EMA codebook)"
             | Codes _ ->
                 "tokenizer stage 1: codes of the preset's learned codebook, at most 4096 (default: the preset's; not with --fsq)"
+            | Code_Dim _ ->
+                "tokenizer stage 1: width of the learned codebook's vectors (the encoder's DOut; default: the preset's, 64 for small-decoder; not with --fsq)"
+            | Code_Groups _ ->
+                "tokenizer stage 1: product quantization, the code vector cut into G slices with an EMA codebook of K^(1/G) codes each (K = --codes must be a G-th power, e.g. 4096 = 64²; default 1: one codebook, ESM's); the release encoder holds the equivalent K-row table"
             | Restart _ ->
                 "tokenizer stage 1: dead-code restart of an EMA or gradient codebook: none, below:T (VideoGPT's: EMA count under T, per step), unused:STEPS[/ROWS] (unused for STEPS steps, re-seeded from the last ROWS encoder outputs; default 8192) (default: the preset's)"
             | Init _ ->
@@ -206,6 +218,7 @@ Cli.run<Args> "train.fsx" argv (fun args ->
         [
             "--fape", args.Contains Fape
             "--local-distance", args.Contains Local_Distance
+            "--local-shape", args.Contains Local_Shape
             "--losses", args.Contains Losses
             "--structure-module", args.Contains Structure_Module
             "--refine", args.Contains Refine
@@ -214,11 +227,14 @@ Cli.run<Args> "train.fsx" argv (fun args ->
             "--neighbour-geometry", args.Contains Neighbour_Geometry
             "--global-layers", args.Contains Global_Layers
             "--principal-position", args.Contains Principal_Position
+            "--principal-grid", args.Contains Principal_Grid
             "--chain-frames", args.Contains Chain_Frames
             "--crop-curriculum", args.Contains Crop_Curriculum
             "--pair-residues", args.Contains Pair_Residues
             "--fsq", args.Contains Fsq
             "--codes", args.Contains Codes
+            "--code-dim", args.Contains Code_Dim
+            "--code-groups", args.Contains Code_Groups
             "--restart", args.Contains Restart
             "--freeze-encoder", args.Contains Freeze_Encoder
             "--reflect", args.Contains Reflect
@@ -228,6 +244,11 @@ Cli.run<Args> "train.fsx" argv (fun args ->
         for flag, given in flags do
             if given then
                 invalidArg flag (reason flag)
+
+    if args.Contains Pth && args.Contains Principal_Grid then
+        invalidArg
+            "pth"
+            "--pth cannot carry --principal-grid (a .pth file has no metadata, and the encoder would load with exact positions): use the .safetensors files"
 
     if model <> "multitrack" && args.Contains Separate_Coordinates then
         invalidArg "separate-coordinates" "--separate-coordinates is for --model multitrack"
@@ -280,6 +301,14 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                         "local-distance"
                                         (sprintf "--local-distance must be ≥ 0 and finite (got %g)" w)
                                 | None -> preset.Weights.LocalDistance
+                            LocalShape =
+                                match args.TryGetResult Local_Shape with
+                                | Some w when w >= 0.0 && w < infinity -> w
+                                | Some w ->
+                                    invalidArg
+                                        "local-shape"
+                                        (sprintf "--local-shape must be ≥ 0 and finite (got %g)" w)
+                                | None -> preset.Weights.LocalShape
                         }
                     Decoder =
                         { preset.Decoder with
@@ -369,6 +398,27 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                                 | Error errors -> invalidArg "fsq" ("--fsq: " + String.Join("; ", errors))
 
                         let quantizer =
+                            match args.TryGetResult Code_Dim with
+                            | None -> quantizer
+                            | Some _ when args.Contains Fsq ->
+                                invalidArg
+                                    "code-dim"
+                                    "--code-dim is for a learned codebook; --fsq's width is its number of levels"
+                            | Some d when d >= 1 -> { quantizer with Dim = int64 d }
+                            | Some d -> invalidArg "code-dim" (sprintf "--code-dim must be at least 1 (got %d)" d)
+
+                        let quantizer =
+                            match args.TryGetResult Code_Groups with
+                            | None -> quantizer
+                            | Some _ when args.Contains Fsq ->
+                                invalidArg "code-groups" "--code-groups is for a learned EMA codebook, not --fsq"
+                            | Some g ->
+                                match QuantizerConfig.validate { quantizer with Groups = g } with
+                                | Ok q -> q
+                                | Error errors ->
+                                    invalidArg "code-groups" ("--code-groups: " + String.Join("; ", errors))
+
+                        let quantizer =
                             match args.TryGetResult Restart with
                             | None -> quantizer
                             | Some text ->
@@ -383,6 +433,20 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                             NeighbourGeometry = args.Contains Neighbour_Geometry || preset.Encoder.NeighbourGeometry
                             GlobalLayers = args.GetResult(Global_Layers, defaultValue = preset.Encoder.GlobalLayers)
                             PrincipalPosition = args.Contains Principal_Position || preset.Encoder.PrincipalPosition
+                            PrincipalGrid =
+                                match args.TryGetResult Principal_Grid with
+                                | None -> preset.Encoder.PrincipalGrid
+                                | Some _ when
+                                    not (args.Contains Principal_Position || preset.Encoder.PrincipalPosition)
+                                    ->
+                                    invalidArg
+                                        "principal-grid"
+                                        "--principal-grid rounds the principal-axes position: it needs --principal-position"
+                                | Some g when Double.IsFinite g && g >= 0.0 -> g
+                                | Some g ->
+                                    invalidArg
+                                        "principal-grid"
+                                        (sprintf "--principal-grid must be a finite number of Å ≥ 0 (got %g)" g)
                             Quantizer = quantizer
                             DOut = quantizer.Dim
                         }

@@ -406,6 +406,13 @@ type StructureEncoder(config: StructureEncoderConfig, generator: torch.Generator
                          * weights.unsqueeze(-1L).to_type ca.dtype)
                             .sum(1L)
 
+                // Rounded to the grid when one is set (`PrincipalGrid`), then in units of 10 Å.
+                let position =
+                    if config.PrincipalGrid > 0.0 then
+                        (position / config.PrincipalGrid).round() * config.PrincipalGrid
+                    else
+                        position
+
                 proj.forward (position / 10.0))
 
         // The query residue of each neighbourhood (slot 0): the last block's feed-forward runs on it alone.

@@ -15,6 +15,10 @@ module StructureEncoderCheckpoint =
     [<Literal>]
     let FiniteLevelsMetadataKey = "fsq_levels"
 
+    /// Metadata key of our exports giving `PrincipalGrid` in Å (absent: exact positions).
+    [<Literal>]
+    let PrincipalGridMetadataKey = "principal_grid"
+
     /// Every state-dict key with its shape, in PyTorch's order, computed without building the model: per block
     /// `transformer.blocks.{i}.geom_attn.*` and `.ffn.*` (biased, ESM3-REFERENCE.md §5), `pre_vq_proj.*`, the
     /// codebook's (by kind: ESM's EMA `embeddings`, `N`, `z_avg`; a gradient codebook's `codebook.weight`, plus
@@ -223,6 +227,24 @@ module StructureEncoderCheckpoint =
                 | Error errors -> InputError.raise path field (String.Join("; ", errors))
                 | Ok q -> { config with Quantizer = q }
 
+        let config =
+            let grid =
+                CheckpointMetadata.read
+                    path
+                    header.Metadata
+                    PrincipalGridMetadataKey
+                    "a grid in Å ≥ 0"
+                    (CheckpointMetadata.finite >> Option.filter (fun g -> g >= 0.0))
+                    0.0
+
+            if grid > 0.0 && not config.PrincipalPosition then
+                InputError.raise
+                    path
+                    (CheckpointMetadata.field PrincipalGridMetadataKey)
+                    "a principal-position grid without 'principal_position_proj.*'"
+
+            { config with PrincipalGrid = grid }
+
         let model = new StructureEncoder(config, new torch.Generator(0UL))
 
         try
@@ -258,17 +280,45 @@ module StructureEncoderCheckpoint =
             reraise ()
 
     /// Writes an encoder as safetensors with ESM's keys (no prefix); the metadata records what the shapes do not
-    /// say: "v_heads", "layers" and, for a finite scalar quantizer, its levels (`FiniteLevelsMetadataKey`).
+    /// say: "v_heads", "layers", for a finite scalar quantizer its levels (`FiniteLevelsMetadataKey`), and a
+    /// principal-position grid (`PrincipalGridMetadataKey`).
+    /// A product codebook (`ProductCodebook`) is written as the ordinary EMA codebook it equals: `codebook.embeddings`
+    /// its Cartesian table [K, D] (whose nearest row is the product's token), `codebook.N` the joint counts and
+    /// `codebook.z_avg` = N · embeddings, so the file loads as ESM's `EMACodebook` and tokenizes alike.
     let save (path: string) (model: StructureEncoder) =
         let c = model.Config
+        use _ = torch.no_grad ()
 
-        Checkpoint.save
+        let tensors =
+            match model.Codebook with
+            | :? ProductCodebook as product ->
+                let table = product.Codes
+                let n = product.JointCounts
+                let mutable written = false
+
+                [
+                    for name, t in Checkpoint.stateDict model do
+                        if name.StartsWith "codebook.groups." then
+                            if not written then
+                                written <- true
+                                "codebook.embeddings", table
+                                "codebook.N", n
+                                "codebook.z_avg", table * n.unsqueeze 1L
+                        else
+                            name, t
+                ]
+            | _ -> Checkpoint.stateDict model
+
+        Safetensors.write
             path
-            model
+            tensors
             (readOnlyDict
                 [
                     "v_heads", string c.VHeads
                     "layers", string c.Layers
                     if c.Quantizer.Kind = QuantizerKind.Finite then
                         FiniteLevelsMetadataKey, String.Join(",", c.Quantizer.Levels)
+                    if c.PrincipalGrid > 0.0 then
+                        PrincipalGridMetadataKey,
+                        c.PrincipalGrid.ToString("R", Globalization.CultureInfo.InvariantCulture)
                 ])

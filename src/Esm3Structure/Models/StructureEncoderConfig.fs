@@ -1,5 +1,6 @@
 namespace Esm3Structure.Models
 
+open System
 open Esm3Structure
 open Esm3Structure.Nn
 
@@ -38,6 +39,10 @@ type StructureEncoderConfig =
         /// say where in the fold its residue sits without learning a global frame. Not one of ESM's inputs (ESM:
         /// false). The frame is the encoded chain's (a training crop's own), invariant under proper rigid motions.
         PrincipalPosition: bool
+        /// With `PrincipalPosition`: the grid, in Å, the principal-axes coordinates are rounded to before the
+        /// projection (0: exact), so that a token can say where its residue sits only to within a cell of this size
+        /// and spends the rest of its code on the residue's local geometry. Not ESM's (ESM has no position input).
+        PrincipalGrid: float
         Quantizer: QuantizerConfig
     }
 
@@ -59,6 +64,7 @@ module StructureEncoderConfig =
             NeighbourGeometry = false
             GlobalLayers = 0
             PrincipalPosition = false
+            PrincipalGrid = 0.0
             Quantizer = QuantizerConfig.esm3
         }
 
@@ -112,6 +118,14 @@ module StructureEncoderConfig =
                     "DModel (%d) must be a multiple of %d with GlobalLayers (heads of that width)"
                     c.DModel
                     globalHeadWidth
+            if
+                Double.IsNaN c.PrincipalGrid
+                || Double.IsInfinity c.PrincipalGrid
+                || c.PrincipalGrid < 0.0
+            then
+                sprintf "PrincipalGrid must be a finite number of Å ≥ 0 (0: exact), got %g" c.PrincipalGrid
+            elif c.PrincipalGrid > 0.0 && not c.PrincipalPosition then
+                "PrincipalGrid rounds the principal-axes position: it needs PrincipalPosition"
             if c.Quantizer.Dim <> c.DOut then
                 sprintf "Quantizer.Dim (%d) must equal DOut (%d)" c.Quantizer.Dim c.DOut
             yield! Validation.within "Quantizer" (QuantizerConfig.validate c.Quantizer)

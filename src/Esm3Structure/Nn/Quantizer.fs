@@ -11,6 +11,7 @@ module Quantizer =
         | QuantizerKind.Gradient -> new GradientCodebook(config, generator)
         | QuantizerKind.Reparameterised -> new ReparameterisedCodebook(config, generator)
         | QuantizerKind.Finite -> new FiniteScalarQuantizer(config)
+        | QuantizerKind.Ema when config.Groups > 1 -> new ProductCodebook(config, generator)
         | _ -> new EmaCodebook(config, generator)
 
     /// Quantizes z and measures the batch (usage over the rows where `mask` is true, and quantisation error).

@@ -55,6 +55,9 @@ type QuantizerConfig =
         /// Levels per channel of a `Finite` quantizer (D = their count, K = their product; the FSQ paper's 4,375
         /// codes are [7; 5; 5; 5; 5], its 1,000 [8; 5; 5; 5]). Empty for the other kinds.
         Levels: int list
+        /// Product quantization: z is cut into this many slices, each with its own EMA codebook of K^(1/Groups)
+        /// codes, and a token is their mixed-radix number (`ProductCodebook`). 1: one codebook (ESM's).
+        Groups: int
     }
 
 /// Presets and checks for `QuantizerConfig`.
@@ -76,6 +79,7 @@ module QuantizerConfig =
             FreezeCodebook = false
             DistanceBudgetBytes = 64L * 1024L * 1024L
             Levels = []
+            Groups = 1
         }
 
     /// Our small CPU tokenizer's codebook (ESM3-TRAINING.md §4.2): EMA 512 × 64 with VideoGPT's restart below N 1.
@@ -104,6 +108,22 @@ module QuantizerConfig =
             Dim = int64 levels.Length
             Restart = NoRestart
         }
+
+    /// The integer k with k^Groups = Codes, if there is one.
+    let tryCodesPerGroup (c: QuantizerConfig) : int64 option =
+        if c.Groups < 1 || c.Codes < 1L then
+            None
+        else
+            let k = int64 (Math.Round(Math.Pow(float c.Codes, 1.0 / float c.Groups)))
+
+            [ k - 1L; k; k + 1L ]
+            |> List.tryFind (fun k -> k >= 1L && pown k c.Groups = c.Codes)
+
+    /// Codes per group of a product quantizer (`Groups` ≥ 1; Codes must be a Groups-th power).
+    let codesPerGroup (c: QuantizerConfig) : int64 =
+        match tryCodesPerGroup c with
+        | Some k -> k
+        | None -> invalidArg "config" (sprintf "Codes %d is not a %d-th power (Groups)" c.Codes c.Groups)
 
     /// Rows of the recent-output ring buffer `parseRestart` gives `UnusedFor` when the text names none.
     [<Literal>]
@@ -165,6 +185,21 @@ module QuantizerConfig =
                     sprintf "Levels are for a Finite quantizer (Kind is %O)" c.Kind
                 if c.Codes <= 0L then
                     sprintf "Codes must be positive, got %d" c.Codes
+                if c.Groups < 1 then
+                    sprintf "Groups must be at least 1, got %d" c.Groups
+                elif c.Groups > 1 then
+                    if c.Kind <> QuantizerKind.Ema then
+                        sprintf "Groups: product quantization is built on EMA codebooks (Kind is %O)" c.Kind
+
+                    if c.Dim % int64 c.Groups <> 0L then
+                        sprintf "Groups: Dim (%d) must be a multiple of Groups (%d)" c.Dim c.Groups
+
+                    if c.Codes > 0L && (tryCodesPerGroup c).IsNone then
+                        sprintf
+                            "Groups: Codes (%d) must be a %d-th power (k codes per group, K = k^%d)"
+                            c.Codes
+                            c.Groups
+                            c.Groups
                 if c.Dim <= 0L then
                     sprintf "Dim must be positive, got %d" c.Dim
                 if not (finite c.Beta) || c.Beta < 0.0 then

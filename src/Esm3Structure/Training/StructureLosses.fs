@@ -1,5 +1,6 @@
 namespace Esm3Structure.Training
 
+open System
 open TorchSharp
 open Esm3Structure.Geometry
 open Esm3Structure.Tensors
@@ -227,6 +228,95 @@ module StructureLosses =
                 mask.narrow(1L, 0L, l - 1L).logical_and(mask.narrow (1L, 1L, l - 1L)).logical_and close
 
             torch.cat ([| both; torch.zeros_like (mask.narrow (1L, 0L, 1L)) |], 1L)
+
+    /// Classes of the CA virtual bond angle in `localShapeLabels`: 10° bins from 70° to 160°, the ends open.
+    [<Literal>]
+    let LocalShapeAngleBins = 9L
+
+    /// Classes of the CA virtual torsion in `localShapeLabels`: 15° bins over (−180°, 180°].
+    [<Literal>]
+    let LocalShapeTorsionBins = 24L
+
+    /// The local shape of the CA trace at each residue i, as classes: the virtual bond angle CA(i−1)–CA(i)–CA(i+1)
+    /// (`LocalShapeAngleBins`) and the virtual torsion CA(i−1)–CA(i)–CA(i+1)–CA(i+2) (`LocalShapeTorsionBins`),
+    /// defined where the links i−1 → i, i → i+1 and i+1 → i+2 are peptide bonds (`bonded`). The two numbers that
+    /// fix a CA trace up to a rigid motion given its 3.8 Å steps. Classes are 0 where not allowed.
+    /// Shapes: target [B, L, 3, 3], mask [B, L] -> angle [B, L] int64, torsion [B, L] int64, allowed [B, L] bool
+    let localShapeLabels (target: torch.Tensor) (mask: torch.Tensor) =
+        let links = bonded target mask // [B, L]: i → i+1
+        let l = target.shape.[1]
+        use _ = torch.no_grad ()
+        let ca = (clean target).select(2L, 1L).to_type torch.float64 // [B, L, 3]
+
+        let shifted (x: torch.Tensor) (by: int64) =
+            // Row i holds x_{i+by}; zeros (or false) past the ends.
+            let pad = torch.zeros_like (x.narrow (1L, 0L, 1L))
+
+            if l <= abs by then
+                torch.zeros_like x
+            elif by > 0L then
+                torch.cat ([| x.narrow (1L, by, l - by); yield! Array.create (int by) pad |], 1L)
+            else
+                torch.cat ([| yield! Array.create (int -by) pad; x.narrow (1L, 0L, l + by) |], 1L)
+
+        let allowed = (shifted links -1L).logical_and(links).logical_and(shifted links 1L)
+
+        let previous, next, after = shifted ca -1L, shifted ca 1L, shifted ca 2L
+        let u = previous - ca
+        let v = next - ca
+
+        let cosine =
+            (u * v).sum(-1L) / (u.norm (-1, false) * v.norm (-1, false)).clamp_min(1e-8)
+
+        let angle =
+            cosine.clamp((-1.0).ToScalar(), (1.0).ToScalar()).acos() * (180.0 / Math.PI)
+
+        let b1, b2, b3 = ca - previous, next - ca, after - next
+        let n1 = torch.linalg.cross (b1, b2)
+        let n2 = torch.linalg.cross (b2, b3)
+        // IUPAC's sign (Blondel & Karplus 1996): atan2(|b2| b1 · n2, n1 · n2); an α-helix's CA torsion is about +50°.
+        let torsion =
+            torch.atan2 (b2.norm (-1, false) * (b1 * n2).sum(-1L), (n1 * n2).sum(-1L))
+            * (180.0 / Math.PI)
+
+        let angleBin =
+            ((angle - 70.0) / 10.0)
+                .floor()
+                .clamp((0.0).ToScalar(), (float (LocalShapeAngleBins - 1L)).ToScalar())
+                .to_type
+                torch.int64
+
+        let torsionBin =
+            ((torsion + 180.0) / 15.0)
+                .floor()
+                .clamp((0.0).ToScalar(), (float (LocalShapeTorsionBins - 1L)).ToScalar())
+                .to_type
+                torch.int64
+
+        let off = allowed.logical_not ()
+        angleBin.masked_fill (off, 0L), torsionBin.masked_fill (off, 0L), allowed
+
+    /// Cross-entropy of per-residue logits against `localShapeLabels`: the angle's classes first, then the
+    /// torsion's, each averaged over the allowed residues, summed. Not one of ESM's terms: with it on a token's
+    /// vector (`TokenizerLossWeights.LocalShape`), the codes must tell local shapes apart, not only positions.
+    /// Shapes: logits [B, L, LocalShapeAngleBins + LocalShapeTorsionBins], target [B, L, 3, 3], mask [B, L] -> scalar
+    let localShape (logits: torch.Tensor) (target: torch.Tensor) (mask: torch.Tensor) =
+        checkBackbone "target" target
+        checkMask target mask
+
+        Shape.expect
+            "logits"
+            [|
+                target.shape.[0]
+                target.shape.[1]
+                LocalShapeAngleBins + LocalShapeTorsionBins
+            |]
+            logits
+
+        let angle, torsion, allowed = localShapeLabels target mask
+
+        maskedCrossEntropy (logits.narrow (-1L, 0L, LocalShapeAngleBins)) angle allowed
+        + maskedCrossEntropy (logits.narrow (-1L, LocalShapeAngleBins, LocalShapeTorsionBins)) torsion allowed
 
     /// The six direction vectors of ESM3 Alg. 11 per residue and whether each exists: v1 = CA − N, v2 = C − CA,
     /// v3 = N_{i+1} − C_i, v4 = −(v1 × v2), v5 = (N_i − C_{i−1}) × v1, v6 = v2 × v3. v3 and v6 need the link

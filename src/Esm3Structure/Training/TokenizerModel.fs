@@ -33,11 +33,28 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
     let decoder = new StructureDecoder(config.Decoder)
     let post_quant_proj = torch.nn.Linear(config.Encoder.DOut, config.Decoder.DModel)
 
+    // Training-only, as post_quant_proj: the local shape classes from each token's vector (`Weights.LocalShape`).
+    let localShapeHead =
+        if config.Weights.LocalShape > 0.0 then
+            Some(
+                torch.nn.Linear(
+                    config.Encoder.DOut,
+                    StructureLosses.LocalShapeAngleBins + StructureLosses.LocalShapeTorsionBins
+                )
+            )
+        else
+            None
+
     do
         this.RegisterComponents()
         Init.initialise generator encoder
         Init.initialise generator decoder
         Init.linear generator post_quant_proj
+
+        localShapeHead
+        |> Option.iter (fun head ->
+            this.register_module ("local_shape_head", head) |> ignore
+            Init.linear generator head)
 
         if config.FreezeEncoder then
             for p in encoder.parameters () do
@@ -51,6 +68,11 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
 
     member _.Encoder = encoder
     member _.Decoder = decoder
+
+    /// The local shape logits of each token's straight-through vector (`StructureLosses.localShape`), when the run
+    /// trains that term. Shapes: encoding.Quantized [B, L, DOut] -> [B, L, angle + torsion classes] option
+    member _.LocalShapeLogits(encoding: StructureEncoding) =
+        localShapeHead |> Option.map (fun head -> head.forward encoding.Quantized)
 
     /// Encodes, quantizes (straight-through) and decodes a batch. Shapes: batch [B, L, …] -> encoding, decoder output
     member this.Run(batch: TokenizerBatch) = this.RunTimed(batch, ignore, true)
@@ -85,7 +107,35 @@ type TokenizerModel(config: TokenizerTrainConfig, generator: torch.Generator) as
         let holds = "a tokenizer folder holds encoder and decoder, .safetensors or .pth"
         let encoderFile = TrainerCheckpoint.initFile folder "encoder" holds
         let decoderFile = TrainerCheckpoint.initFile folder "decoder" holds
-        TrainerCheckpoint.initialise encoderFile encoder
+
+        match encoder.Codebook with
+        | :? ProductCodebook as product ->
+            // The file holds the product's Cartesian table as one EMA codebook: load it into the same encoder with
+            // one codebook, copy the rest, and cut the table back into the groups.
+            use plain =
+                new StructureEncoder(
+                    { config.Encoder with
+                        Quantizer =
+                            { config.Encoder.Quantizer with
+                                Groups = 1
+                            }
+                    },
+                    new torch.Generator(0UL)
+                )
+
+            TrainerCheckpoint.initialise encoderFile plain
+            let loaded = dict (Checkpoint.stateDict plain)
+            use _ = torch.no_grad ()
+
+            for name, target in Checkpoint.stateDict encoder do
+                if not (name.StartsWith "codebook.") then
+                    target.copy_ loaded.[name] |> ignore
+
+            try
+                product.LoadTable(plain.Codebook.Codes, "codebook.embeddings")
+            with :? ArgumentException as e ->
+                InputError.raise encoderFile (InputLocation.Field "codebook.embeddings") ("--init: " + e.Message)
+        | _ -> TrainerCheckpoint.initialise encoderFile encoder
 
         if config.RefineOnly then
             // The files hold no structure module: load them into the same decoder without one, then copy.

@@ -24,6 +24,11 @@ type TokenizerLossWeights =
         /// The local CA distance loss (`StructureLosses.localCaDistance`: the CA pairs within LDDT's 15 Å, mean
         /// absolute distance error in Å), a surrogate of LDDT-CA; not one of ESM's terms (ESM: 0).
         LocalDistance: float
+        /// The local shape term (`StructureLosses.localShape`): a training-only linear head on each token's
+        /// straight-through code vector classifies the CA trace's virtual bond angle and torsion at its residue, so
+        /// that the encoder's vectors, and the codes that follow them, tell local shapes apart; not one of ESM's
+        /// terms (ESM: 0).
+        LocalShape: float
         /// Distance loss on squared distances, as Algorithm 10 prints (§1.7 #1); default false.
         SquaredDistance: bool
         /// The distance and direction losses let errors beyond their clamps grow linearly (Huber,
@@ -86,6 +91,7 @@ module TokenizerTrainConfig =
             Distogram = 1.0
             Fape = 0.0
             LocalDistance = 0.0
+            LocalShape = 0.0
             SquaredDistance = false
             LinearBeyondClamp = false
         }

@@ -220,6 +220,14 @@ module TokenizerTraining =
                     null
 
             let total, terms = lossesOn config.Weights encoding out b positions
+
+            let total, terms =
+                match model.LocalShapeLogits encoding with
+                | Some logits ->
+                    let shape = StructureLosses.localShape logits b.Backbone b.Mask
+                    total + shape * config.Weights.LocalShape, Array.append terms [| "local_shape", shape |]
+                | None -> total, terms
+
             clock.Lap "losses"
 
             {

@@ -453,4 +453,103 @@ let tests =
                     "8,5"
                     (StructureEncoderCheckpoint.load >> ignore)
             }
+
+            test
+                "a product-quantized encoder with a principal grid saves as ESM's EMA codebook plus the grid; loaded, it tokenizes alike" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+
+                let config =
+                    { StructureEncoderConfig.esm3 with
+                        DModel = 24L
+                        VHeads = 4L
+                        DOut = 8L
+                        PrincipalPosition = true
+                        PrincipalGrid = 3.0
+                        Quantizer =
+                            { QuantizerConfig.esm3 with
+                                Codes = 64L
+                                Dim = 8L
+                                Groups = 2
+                            }
+                    }
+
+                let g = new torch.Generator(5UL)
+                use m = new StructureEncoder(config, g)
+                Init.initialise g m
+                let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
+
+                do
+                    // One training call: each group's codes from the chain's own vectors (data-dependent init).
+                    use _ = torch.no_grad ()
+                    m.train ()
+                    m.forward bb |> ignore
+
+                m.eval ()
+                let path = dir.File "encoder.safetensors"
+                StructureEncoderCheckpoint.save path m
+                let header = TensorFile.readHeader path
+                let names = header.Shapes |> Seq.map fst |> Set.ofSeq
+                Expect.isTrue (names.Contains "codebook.embeddings" && names.Contains "codebook.z_avg") "ESM's keys"
+                Expect.isFalse (names |> Set.exists (fun n -> n.Contains "groups")) "no group keys"
+                use loaded = StructureEncoderCheckpoint.load path
+                Expect.equal loaded.Config.PrincipalGrid 3.0 "grid read back"
+                Expect.equal loaded.Config.Quantizer.Groups 1 "one table"
+                Expect.equal loaded.Config.Quantizer.Codes 64L "K = 8²"
+                let tokens = (m.forward bb).Tokens
+
+                Expect.isGreaterThan
+                    (tokens.data<int64>().ToArray() |> Array.distinct |> Array.length)
+                    8
+                    "varied tokens (both groups vary)"
+
+                Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
+
+                refusesMetadata
+                    (dir.File "bad.safetensors")
+                    loaded
+                    StructureEncoderCheckpoint.PrincipalGridMetadataKey
+                    "-1"
+                    (StructureEncoderCheckpoint.load >> ignore)
+            }
+
+            test
+                "a principal grid rounds the position input: a grid larger than the chain gives the encoder with the position zeroed" {
+                use _ = torch.NewDisposeScope()
+                use coarse = smallOf (false, 0, true) torch.float64 8UL
+                use exact = smallOf (false, 0, true) torch.float64 8UL
+                let bb = (ProteinChain.backbone torch.float64 (chain "1ptf_A")).unsqueeze 0L
+                coarse.eval ()
+                exact.eval ()
+                let z0 = (exact.forward bb).Z
+
+                // The same weights with every position rounded to 0 (a 10⁶ Å grid), against the weight of the
+                // position input zeroed: equal to the bit, and both unlike the exact encoder's.
+                use huge =
+                    new StructureEncoder(
+                        { coarse.Config with
+                            PrincipalGrid = 1e6
+                        },
+                        new torch.Generator(0UL)
+                    )
+
+                huge.``to`` torch.float64 |> ignore
+                huge.load_state_dict (coarse.state_dict ()) |> ignore
+                huge.eval ()
+
+                do
+                    use _ = torch.no_grad ()
+
+                    for struct (name, p) in exact.named_parameters () do
+                        if name = "principal_position_proj.weight" then
+                            p.zero_ () |> ignore
+
+                let rounded = (huge.forward bb).Z
+                Tol.close "grid 10⁶ Å = position zeroed" 0.0 rounded (exact.forward bb).Z
+
+                Expect.isGreaterThan
+                    ((rounded - z0).abs().max().ToDouble())
+                    1e-3
+                    "the exact position mattered (the check can fail)"
+            }
         ]

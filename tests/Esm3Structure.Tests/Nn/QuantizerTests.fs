@@ -887,4 +887,99 @@ let tests =
 
                 Expect.equal (errors (QuantizerConfig.finite [ 8; 5; 5; 5 ])) "" "valid"
             }
+
+            test
+                "product codebook: its token is the nearest row of its Cartesian table, and its vector that row (float64)" {
+                use _ = torch.NewDisposeScope()
+
+                let config =
+                    { QuantizerConfig.esm3 with
+                        Codes = 36L
+                        Dim = 4L
+                        Groups = 2
+                        Restart = UnusedFor(2, 64)
+                    }
+
+                let g = new torch.Generator(11UL)
+                use q = new ProductCodebook(config, g)
+                q.``to`` f64 |> ignore
+                Expect.equal q.CodesPerGroup 6L "k = √36"
+                let data = clusters g 96L
+
+                for _ in 1..4 do
+                    q.Quantize(data, null) |> ignore
+
+                Expect.isTrue (q.Groups |> Array.forall (fun e -> not e.NeedsInit)) "every group learned"
+                q.eval ()
+                let z = torch.randn ([| 40L; 4L |], dtype = f64, generator = g) * 6.0
+                let out = q.Quantize(z, null)
+                let table = q.Codes
+                Expect.equal table.shape [| 36L; 4L |] "table K × D"
+                let codes = rowsOf table
+                let expected = rowsOf z |> Array.map (nearest codes >> int64)
+                Expect.equal (out.Indices.data<int64>().ToArray()) expected "nearest rows of the table"
+                // Straight-through z + (e − z): two float64 roundings of values up to |z| + |e|.
+                let tol =
+                    Tol.derived f64 4.0 (z.abs().max().ToDouble() + table.abs().max().ToDouble())
+
+                Tol.close "quantized = table rows" tol out.Quantized (table.index_select (0L, out.Indices))
+                // Group 0 is the least significant digit: the first two channels are its code.
+                let group0 =
+                    q.Groups.[0].Embeddings.index_select(0L, out.Indices.remainder ((6L).ToScalar()))
+
+                Tol.close "group 0's slice" tol (out.Quantized.narrow (1L, 0L, 2L)) group0
+                let state = q.TrainingState() |> List.map fst
+                Expect.contains state "group0.restarts" "group 0's state"
+                Expect.contains state "group1.dead_codes.unused" "group 1's tracker"
+
+                Expect.equal
+                    (Checkpoint.keyShapes q |> List.map fst)
+                    [
+                        for i in 0..1 do
+                            for b in [ "embeddings"; "N"; "z_avg" ] -> sprintf "groups.%d.%s" i b
+                    ]
+                    "state-dict keys"
+
+                Expect.isGreaterThan (q.JointCounts.sum().ToDouble()) 0.0 "joint counts"
+                // The table cut back into groups (an `--init` from the release file) gives the same product.
+                use fresh = new ProductCodebook(config, new torch.Generator(12UL))
+                fresh.``to`` f64 |> ignore
+                fresh.LoadTable(table, "table")
+                Tol.close "table loaded back" 0.0 fresh.Codes table
+                Expect.isFalse fresh.Groups.[0].NeedsInit "loaded codes are not re-initialised"
+                let scrambled = table.roll (1L, 0L) // row i holds row i − 1: no product of slices
+
+                Expect.throwsT<ArgumentException>
+                    (fun () -> fresh.LoadTable(scrambled, "table"))
+                    "a table whose rows are not the product's"
+            }
+
+            test
+                "product codebook configs: groups below 1, a code count that is no power, an indivisible width, a non-EMA kind" {
+                let errors (c: QuantizerConfig) =
+                    match QuantizerConfig.validate c with
+                    | Ok _ -> ""
+                    | Error e -> String.Join("; ", e)
+
+                let product =
+                    { QuantizerConfig.esm3 with
+                        Codes = 4096L
+                        Dim = 64L
+                        Groups = 2
+                    }
+
+                Expect.equal (errors product) "" "4096 = 64², 64 channels in two slices"
+                Expect.equal (QuantizerConfig.codesPerGroup { product with Groups = 3 }) 16L "4096 = 16³"
+                Expect.stringContains (errors { product with Groups = 0 }) "Groups must be at least 1" "zero groups"
+                Expect.stringContains (errors { product with Codes = 2048L }) "2-th power" "2048 is no square"
+                Expect.stringContains (errors { product with Dim = 63L }) "multiple of Groups" "63 channels"
+
+                Expect.stringContains
+                    (errors
+                        { product with
+                            Kind = QuantizerKind.Gradient
+                        })
+                    "built on EMA codebooks"
+                    "gradient kind"
+            }
         ]

@@ -552,6 +552,19 @@ let tests =
                             [ "--local-distance"; "-1" ],
                             "a negative loss weight",
                             "--local-distance must be ≥ 0 and finite (got -1)"
+                            [ "--principal-grid"; "4" ],
+                            "a grid for no position",
+                            "--principal-grid rounds the principal-axes position: it needs --principal-position"
+                            [ "--codes"; "2048"; "--code-groups"; "2" ],
+                            "a product of codebooks that 2,048 codes cannot be",
+                            "--code-groups: Groups: Codes (2048) must be a 2-th power (k codes per group, K = k^2)"
+                            [ "--code-dim"; "0" ], "codes of no width", "--code-dim must be at least 1 (got 0)"
+                            [ "--principal-position"; "--principal-grid"; "4"; "--pth" ],
+                            "a grid a .pth file cannot hold",
+                            "--pth cannot carry --principal-grid (a .pth file has no metadata, and the encoder would load with exact positions): use the .safetensors files"
+                            [ "--local-shape"; "-1" ],
+                            "a negative local shape weight",
+                            "--local-shape must be ≥ 0 and finite (got -1)"
                         ] do
                         runScript "train.fsx" ("--" :: flags @ [ "--out"; out ])
                         |> oneLineError what ("train.fsx: " + expected)

@@ -562,4 +562,101 @@ let tests =
                 Expect.isLessThanOrEqual (paeLabels.max().ToInt64()) 2L "at most 1.2 Å → bin 2"
                 Expect.isLessThan (scalar (StructureLosses.pae (confident 64L paeLabels) moved x m)) 1e-6 "pAE"
             }
+            test
+                "local shape labels: 1UBQ's CA angles and torsions, binned, from plain doubles; chain ends and breaks left out; invariant under rigid motion" {
+                use _ = torch.NewDisposeScope()
+                let x = ubiquitin 76L
+                let m = allReal x
+                let angle, torsion, allowed = StructureLosses.localShapeLabels x m
+                let ca = x.[0L].select(1L, 1L).data<float>().ToArray() |> Array.chunkBySize 3
+                let sub (a: float[]) (b: float[]) = Array.map2 (-) a b
+
+                let dot (a: float[]) (b: float[]) =
+                    Array.fold2 (fun s u v -> s + u * v) 0.0 a b
+
+                let cross (a: float[]) (b: float[]) =
+                    [|
+                        a.[1] * b.[2] - a.[2] * b.[1]
+                        a.[2] * b.[0] - a.[0] * b.[2]
+                        a.[0] * b.[1] - a.[1] * b.[0]
+                    |]
+
+                let ok = allowed.[0L].data<bool>().ToArray()
+
+                Expect.isFalse
+                    (ok.[0] || ok.[74] || ok.[75])
+                    "no angle at the first residue, no torsion at the last two"
+
+                Expect.isTrue (ok.[1..73] |> Array.forall id) "every inner residue of an unbroken chain"
+                let angles = angle.[0L].data<int64>().ToArray()
+                let torsions = torsion.[0L].data<int64>().ToArray()
+                let mutable nearEdge = 0
+
+                for i in 1..73 do
+                    let u, v = sub ca.[i - 1] ca.[i], sub ca.[i + 1] ca.[i]
+                    let a = acos (dot u v / sqrt (dot u u * dot v v)) * 180.0 / Math.PI
+
+                    let b1, b2, b3 =
+                        sub ca.[i] ca.[i - 1], sub ca.[i + 1] ca.[i], sub ca.[i + 2] ca.[i + 1]
+
+                    let n1, n2 = cross b1 b2, cross b2 b3
+                    // The dihedral as IUPAC defines it, by its own formula: sign from b1 · n2.
+                    let t = atan2 (sqrt (dot b2 b2) * dot b1 n2) (dot n1 n2) * 180.0 / Math.PI
+                    let expectedAngle = int64 (Math.Clamp(floor ((a - 70.0) / 10.0), 0.0, 8.0))
+                    let expectedTorsion = int64 (Math.Clamp(floor ((t + 180.0) / 15.0), 0.0, 23.0))
+                    // A value within 1e-9° of a bin edge may round either way (float64 through two paths).
+                    let edge (value: float) (width: float) =
+                        abs (value / width - round (value / width)) < 1e-10
+
+                    if edge (a - 70.0) 10.0 || edge (t + 180.0) 15.0 then
+                        nearEdge <- nearEdge + 1
+                    else
+                        Expect.equal angles.[i] expectedAngle (sprintf "angle class of residue %d (%.2f°)" i a)
+                        Expect.equal torsions.[i] expectedTorsion (sprintf "torsion class of residue %d (%.2f°)" i t)
+
+                Expect.equal nearEdge 0 "no value on a bin edge in 1UBQ"
+                // Its α-helix (residues 23–34): CA angles of 80–100° and torsions of +30° to +75° (right-handed: the
+                // sign convention); residues 24–30, whose four-residue windows lie inside the helix.
+                for i in 24..30 do
+                    Expect.isTrue
+                        (angles.[i] >= 1L
+                         && angles.[i] <= 2L
+                         && torsions.[i] >= 14L
+                         && torsions.[i] <= 16L)
+                        (sprintf "helix residue %d: classes %d, %d" i angles.[i] torsions.[i])
+
+                let angle', torsion', allowed' = StructureLosses.localShapeLabels (moved 3UL x) m
+                Expect.equal (angle'.data<int64>().ToArray()) angles "angles after a rigid motion"
+                Expect.equal (torsion'.data<int64>().ToArray()) torsions "torsions after a rigid motion"
+                Expect.equal (allowed'.data<bool>().ToArray()) ok "allowed after a rigid motion"
+                // A masked residue breaks the chain: the four residues whose windows hold it lose their classes.
+                let keep = m.clone ()
+                keep.[0L, 40L] <- torch.tensor false
+                let _, _, broken = StructureLosses.localShapeLabels x keep
+
+                let lost =
+                    [
+                        for i in 0..75 do
+                            if ok.[i] && not (broken.[0L, int64 i].ToBoolean()) then
+                                i
+                    ]
+
+                Expect.equal lost [ 38; 39; 40; 41 ] "windows through residue 40"
+                // Confident logits on the labels: the loss is near 0; on shifted labels it is large.
+                let k = StructureLosses.LocalShapeAngleBins + StructureLosses.LocalShapeTorsionBins
+                let logits = torch.cat ([| confident 9L angle; confident 24L torsion |], -1L)
+                Expect.equal logits.shape [| 1L; 76L; k |] "logits"
+                Expect.isLessThan (scalar (StructureLosses.localShape logits x m)) 1e-6 "right classes"
+
+                let wrong =
+                    torch.cat (
+                        [|
+                            confident 9L ((angle + 1L).remainder((9L).ToScalar()))
+                            confident 24L torsion
+                        |],
+                        -1L
+                    )
+
+                Expect.isGreaterThan (scalar (StructureLosses.localShape wrong x m)) 40.0 "wrong angle classes"
+            }
         ]

@@ -215,6 +215,87 @@ let tests =
             }
 
             test
+                "a product-quantized run exports ESM's one-table encoder that tokenizes alike, and --init cuts it back into groups" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                let tiny = TokenizerFixtures.tinyTrainConfig
+
+                let product =
+                    { tiny with
+                        Encoder =
+                            { tiny.Encoder with
+                                PrincipalPosition = true
+                                PrincipalGrid = 4.0
+                                // 6 codes of 4 channels a group: the table [36, 8] with a column of ones has full
+                                // rank 9, so --init recovers post_quant_proj from the decoder's rows.
+                                DOut = 8L
+                                Quantizer =
+                                    { tiny.Encoder.Quantizer with
+                                        Codes = 36L
+                                        Dim = 8L
+                                        Groups = 2
+                                        Restart = Esm3Structure.Nn.UnusedFor(1, 256)
+                                    }
+                            }
+                        Trainer =
+                            { tiny.Trainer with
+                                Steps = 4
+                                EvalEvery = 4
+                                CheckpointEvery = 4
+                            }
+                    }
+
+                let ckpt =
+                    (TokenizerTraining.trainOn
+                        product
+                        torch.CPU
+                        TokenizerFixtures.smallChains.Value.[1..]
+                        TokenizerFixtures.smallChains.Value.[..0]
+                        dir.Path
+                        false)
+                        .Checkpoint
+
+                use trained = new TokenizerTraining.Task(product, torch.CPU, [||], [||])
+                Checkpoint.load (Path.Combine(ckpt, "model.safetensors")) trained.Tokenizer
+                trained.Tokenizer.eval ()
+
+                use released =
+                    StructureEncoderCheckpoint.load (Path.Combine(ckpt, "encoder.safetensors"))
+
+                Expect.equal released.Config.Quantizer.Groups 1 "the release file holds one table"
+                Expect.equal released.Config.PrincipalGrid 4.0 "and the grid"
+                use _ = torch.no_grad ()
+
+                let batch =
+                    TokenizerData.batch
+                        [|
+                            TokenizerData.crop 0 40 (TokenizerData.ofChain TokenizerFixtures.smallChains.Value.[0])
+                        |]
+
+                let encoding, hidden = trained.Tokenizer.Run batch
+                let tokens = encoding.Tokens.data<int64>().ToArray()
+
+                let varied (digit: int64 -> int64) =
+                    tokens |> Array.map digit |> Array.distinct |> Array.length
+
+                Expect.isGreaterThan (varied (fun t -> t % 6L)) 1 "group 0's codes vary"
+                Expect.isGreaterThan (varied (fun t -> t / 6L)) 1 "group 1's codes vary"
+
+                let releasedTokens =
+                    released.Encode(batch.Backbone, batch.ResidueIndex, batch.Padding, null).Tokens
+
+                Expect.equal (releasedTokens.data<int64>().ToArray()) tokens "the release file's tokens"
+
+                use restarted =
+                    new TokenizerTraining.Task({ product with InitFrom = ckpt }, torch.CPU, [||], [||])
+
+                restarted.Tokenizer.eval ()
+                let again, continued = restarted.Tokenizer.Run batch
+                Expect.equal (again.Tokens.data<int64>().ToArray()) tokens "--init tokens"
+                Tol.close "--init: the training path's hidden states" 1e-4 continued.Hidden hidden.Hidden
+            }
+
+            test
                 "--freeze-encoder: a run from a tokenizer keeps its encoder and codebook bit for bit and trains the decoder" {
                 use _ = torch.NewDisposeScope()
                 use first = new TempDir()
