@@ -284,31 +284,21 @@ Cli.run<Args> "train.fsx" argv (fun args ->
                 args.TryGetResult Losses
                 |> Cli.optionOf "--losses" (fun recipe -> TokenizerTrainConfig.withLosses recipe named) named
 
+            // A loss weight from its flag: finite and ≥ 0, else a one-line error naming the flag.
+            let weight (flag: string) (given: float option) (fallback: float) =
+                match given with
+                | Some w when w >= 0.0 && w < infinity -> w
+                | Some w -> invalidArg flag (sprintf "--%s must be ≥ 0 and finite (got %g)" flag w)
+                | None -> fallback
+
             let config =
                 { preset with
                     Weights =
                         { preset.Weights with
-                            Fape =
-                                match args.TryGetResult Fape with
-                                | Some w when w >= 0.0 && w < infinity -> w
-                                | Some w -> invalidArg "fape" (sprintf "--fape must be ≥ 0 and finite (got %g)" w)
-                                | None -> preset.Weights.Fape
+                            Fape = weight "fape" (args.TryGetResult Fape) preset.Weights.Fape
                             LocalDistance =
-                                match args.TryGetResult Local_Distance with
-                                | Some w when w >= 0.0 && w < infinity -> w
-                                | Some w ->
-                                    invalidArg
-                                        "local-distance"
-                                        (sprintf "--local-distance must be ≥ 0 and finite (got %g)" w)
-                                | None -> preset.Weights.LocalDistance
-                            LocalShape =
-                                match args.TryGetResult Local_Shape with
-                                | Some w when w >= 0.0 && w < infinity -> w
-                                | Some w ->
-                                    invalidArg
-                                        "local-shape"
-                                        (sprintf "--local-shape must be ≥ 0 and finite (got %g)" w)
-                                | None -> preset.Weights.LocalShape
+                                weight "local-distance" (args.TryGetResult Local_Distance) preset.Weights.LocalDistance
+                            LocalShape = weight "local-shape" (args.TryGetResult Local_Shape) preset.Weights.LocalShape
                         }
                     Decoder =
                         { preset.Decoder with

@@ -14,6 +14,13 @@ open Esm3Structure.Tests
 let private chain name =
     StructureFile.read (Data.small name) None
 
+/// `loaded` gives `m`'s tokens for `backbone`, and they take more than `distinct` values (so the check can fail).
+let private tokenizesAlike (m: StructureEncoder) (loaded: StructureEncoder) (backbone: torch.Tensor) (distinct: int) =
+    let tokens = (m.forward backbone).Tokens
+    let values = tokens.data<int64>().ToArray()
+    Expect.isGreaterThan (values |> Array.distinct |> Array.length) distinct "varied tokens"
+    Expect.equal ((loaded.forward backbone).Tokens.data<int64>().ToArray()) values "the loaded encoder's tokens"
+
 /// A small encoder (d 24, 4 vector heads, 2 blocks, 64 × 8 codes, k 6; with `GlobalLayers`, d 32) with
 /// deterministic random weights, its codebook initialised from the encoder outputs of a real chain (ESM's
 /// data-dependent init, one training step on 1mvo_A), in `dtype`; options: neighbour geometry, global layers,
@@ -437,14 +444,7 @@ let tests =
                 use loaded = StructureEncoderCheckpoint.load path
                 Expect.equal loaded.Config.Quantizer quantizer "levels read back"
                 let bb = (ProteinChain.backbone torch.float32 (chain "1ptf_A")).unsqueeze 0L
-                let tokens = (m.forward bb).Tokens
-
-                Expect.isGreaterThan
-                    (tokens.data<int64>().ToArray() |> Array.distinct |> Array.length)
-                    3
-                    "varied tokens"
-
-                Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
+                tokenizesAlike m loaded bb 3
 
                 refusesMetadata
                     (dir.File "bad.safetensors")
@@ -496,14 +496,7 @@ let tests =
                 Expect.equal loaded.Config.PrincipalGrid 3.0 "grid read back"
                 Expect.equal loaded.Config.Quantizer.Groups 1 "one table"
                 Expect.equal loaded.Config.Quantizer.Codes 64L "K = 8²"
-                let tokens = (m.forward bb).Tokens
-
-                Expect.isGreaterThan
-                    (tokens.data<int64>().ToArray() |> Array.distinct |> Array.length)
-                    8
-                    "varied tokens (both groups vary)"
-
-                Tol.close "tokens" 0.0 ((loaded.forward bb).Tokens.to_type torch.float64) (tokens.to_type torch.float64)
+                tokenizesAlike m loaded bb 8 // more than one group's 8 codes: both groups vary
 
                 refusesMetadata
                     (dir.File "bad.safetensors")

@@ -93,6 +93,12 @@ let private clusters (g: torch.Generator) (n: int64) =
     centres.index_select (0L, which)
     + 0.3 * torch.randn ([| n; 4L |], dtype = f64, generator = g)
 
+/// `QuantizerConfig.validate`'s errors joined by "; " ("" for a valid config).
+let private errors (c: QuantizerConfig) =
+    match QuantizerConfig.validate c with
+    | Ok _ -> ""
+    | Error e -> String.Join("; ", e)
+
 [<Tests>]
 let tests =
     testList
@@ -101,11 +107,6 @@ let tests =
             test "config presets validate; every bad field is named" {
                 for c in [ QuantizerConfig.esm3; QuantizerConfig.small; QuantizerConfig.aminoAseed ] do
                     Expect.isOk (QuantizerConfig.validate c) "preset"
-
-                let errors c =
-                    match QuantizerConfig.validate c with
-                    | Ok _ -> failtest "expected errors"
-                    | Error e -> String.Join("; ", e)
 
                 let esm = QuantizerConfig.esm3
                 Expect.stringContains (errors { esm with Codes = 0L }) "Codes" "K"
@@ -861,11 +862,6 @@ let tests =
             }
 
             test "FSQ configs: an empty level list, a level below 2 and a wrong product are named errors" {
-                let errors (c: QuantizerConfig) =
-                    match QuantizerConfig.validate c with
-                    | Ok _ -> ""
-                    | Error e -> String.Join("; ", e)
-
                 Expect.stringContains (errors (QuantizerConfig.finite [])) "Levels" "no codes"
                 Expect.stringContains (errors (QuantizerConfig.finite [ 8; 1 ])) "at least 2 levels" "level 1"
 
@@ -956,11 +952,6 @@ let tests =
 
             test
                 "product codebook configs: groups below 1, a code count that is no power, an indivisible width, a non-EMA kind" {
-                let errors (c: QuantizerConfig) =
-                    match QuantizerConfig.validate c with
-                    | Ok _ -> ""
-                    | Error e -> String.Join("; ", e)
-
                 let product =
                     { QuantizerConfig.esm3 with
                         Codes = 4096L
