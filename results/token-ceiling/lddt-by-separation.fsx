@@ -39,14 +39,13 @@ let signed = Array.zeroCreate<float> bins.Length
 let before = ResizeArray<float>()
 let after = ResizeArray<float>()
 
-/// Moves CAs [L, 3] (float64) the least that brings the linked CA(i)–CA(i+1) distances to 3.8 Å.
+/// Nudges CAs [L, 3] (float64) towards linked CA(i)–CA(i+1) distances of 3.8 Å, staying near where they were: 300
+/// gradient steps on Σ|x − x₀|² + 10·Σ(|x_{i+1} − x_i| − 3.8)² from x₀. Shapes: [L, 3], links [N] -> [L, 3]
 let restoreSteps (ca: torch.Tensor) (links: int64[]) =
-    use _ = torch.no_grad ()
     let i = torch.tensor links
     let mutable x = ca.clone ()
 
     for _ in 1..300 do
-        use _grad = torch.enable_grad ()
         let v = x.detach().requires_grad_ true
         let d = (v.index_select (0L, i + 1L) - v.index_select (0L, i)).norm(-1, false)
         let loss = (v - ca).square().sum() + (d - 3.8).square().sum() * 10.0
