@@ -1,8 +1,11 @@
 // Structure → tokens → structure with the shipped tokenizer (or given weights): prints the tokens of a real chain
 // and the round trip's backbone RMSD, LDDT-CA and TM-score; with --split, the summary over a split of the corpus.
+// The tokens are chosen with the decoder in the loop (`TokenSearch`, --search ROUNDS); --search 0 gives each
+// residue its nearest code, as ESM's encoder does.
 //   dotnet fsi scripts/roundtrip.fsx [--pdb FILE] [--chain ID] [--encoder FILE] [--decoder FILE] [--heads N]
-//       [--device cpu|cuda]
-//   dotnet fsi scripts/roundtrip.fsx --split valid|train|test [--chains N] [--data DIR] [--out SUMMARY.json]
+//       [--search ROUNDS] [--device cpu|cuda]
+//   dotnet fsi scripts/roundtrip.fsx --split valid|train|test [--chains N] [--data DIR] [--search ROUNDS]
+//       [--out SUMMARY.json]
 #load "_load.fsx"
 
 open System.IO
@@ -23,6 +26,7 @@ type Args =
     | [<Unique>] Encoder of file: string
     | [<Unique>] Decoder of file: string
     | [<Unique>] Heads of int
+    | [<Unique>] Search of rounds: int
     | [<Unique>] Out of json: string
     | [<Unique>] Device of string
 
@@ -44,6 +48,10 @@ type Args =
                     ModelFiles.DefaultDecoderPath
             | Heads _ ->
                 "the decoder's attention head count, which no state dict records (default: our file's metadata, else ESM's 64-wide heads)"
+            | Search _ ->
+                sprintf
+                    "rounds of the token search with the decoder in the loop (default %d; 0: each residue's nearest code, as ESM)"
+                    TokenSearchConfig.Default.Rounds
             | Out _ -> "write the summary and per-chain figures as JSON, atomically"
             | Device _ -> "cpu (default) or cuda"
 
@@ -95,10 +103,19 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
             let chain = args.GetResult(Chain, defaultValue = "")
             [| StructureFile.read file (if chain = "" then None else Some chain) |]
 
+    let search =
+        match args.GetResult(Search, defaultValue = TokenSearchConfig.Default.Rounds) with
+        | n when n < 0 -> raise (System.ArgumentException(sprintf "--search must be ≥ 0 rounds (got %d)" n))
+        | n ->
+            { TokenSearchConfig.Default with
+                Rounds = n
+            }
+
     let trips =
         chains
         |> Array.map (fun c ->
-            let t = RoundTrip.ofChain encoder decoder c
+            let found = TokenSearch.search search encoder decoder c
+            let t = RoundTrip.ofTokens decoder c found.Tokenized
 
             let confidence =
                 if decoder.ConfidenceTrained && decoder.PtmInformative then
@@ -108,14 +125,21 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                 else
                     ""
 
+            let searched =
+                if search.Rounds = 0 then
+                    ""
+                else
+                    sprintf "  (nearest codes: LDDT-CA %.3f; %d changed)" found.NearestLddtCa found.Changed
+
             printfn
-                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  TM-score %.3f%s"
+                "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  TM-score %.3f%s%s"
                 c.Name
                 t.Residues
                 t.BackboneRmsd
                 t.LddtCa
                 t.TmScore
                 confidence
+                searched
 
             t)
 
@@ -184,7 +208,7 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
         Esm3Structure.AtomicFile.write path (fun s ->
             let bytes =
                 System.Text.Encoding.UTF8.GetBytes(
-                    RoundTrip.toJson decoder.ConfidenceTrained decoder.PtmInformative summary trips
+                    RoundTrip.toJson decoder.ConfidenceTrained decoder.PtmInformative search.Rounds summary trips
                 )
 
             s.Write(bytes, 0, bytes.Length))

@@ -50,5 +50,22 @@ using (var model = new MultiTrackModel(MultiTrackConfigModule.small, generator))
     }
 }
 
+// Token search from C#: seeded (untrained) encoder and decoder, the three residues above as a chain.
+using (var encoder = new StructureEncoder(StructureEncoderConfigModule.small, generator))
+using (var decoder = new StructureDecoder(StructureDecoderConfigModule.small))
+{
+    var atom37 = torch.full(new long[] { 3, 37, 3 }, double.NaN, dtype: ScalarType.Float32);
+    atom37.narrow(1, 0, 3).copy_(backbone.to_type(ScalarType.Float32));
+    var chain = Esm3Structure.Structure.ProteinChainModule.ofAtom37Tensor("three", "A", "GAG", new[] { 1, 2, 3 }, atom37);
+    var search = new TokenSearchConfig(4, 4, 2, 1);
+    TokenSearchResult found = TokenSearch.search(search, encoder, decoder, chain);
+    Console.WriteLine($"C# consumer: token search LDDT-CA {found.NearestLddtCa:F3} -> {found.LddtCa:F3}, {found.Changed} changed in {found.Rounds} rounds");
+    if (found.Tokenized.Tokens.Length != 3 || found.LddtCa < found.NearestLddtCa)
+    {
+        Console.Error.WriteLine("C# consumer: token search check failed");
+        return 1;
+    }
+}
+
 Console.WriteLine("ok");
 return 0;

@@ -60,11 +60,10 @@ type RoundTripSummary =
 /// Structure → tokens → structure, and its summary over a set of chains.
 module RoundTrip =
 
-    /// Tokenizes `chain` with `encoder`, decodes the residues that have a token with `decoder` (their sequence,
+    /// Decodes the residues of `tokenized` (tokens of `chain`) that have a token with `decoder` (their sequence,
     /// numbering and order kept), and measures the decoding against the chain. A chain without any complete backbone
     /// raises an `ArgumentException` naming it.
-    let ofChain (encoder: StructureEncoder) (decoder: StructureDecoder) (chain: ProteinChain) : RoundTrip =
-        let tokenized = StructureTokenizer.tokenize encoder chain
+    let ofTokens (decoder: StructureDecoder) (chain: ProteinChain) (tokenized: TokenizedChain) : RoundTrip =
         let missing = Collections.Generic.HashSet<int>(tokenized.MissingBackbone)
 
         let keep =
@@ -114,6 +113,19 @@ module RoundTrip =
             TmScore = Metrics.tmScore (model.select (1L, 1L)) (reference.select (1L, 1L)) (Some mask)
         }
 
+    /// Tokenizes `chain` with `encoder` (each residue's nearest code, as ESM) and measures its round trip (`ofTokens`).
+    let ofChain (encoder: StructureEncoder) (decoder: StructureDecoder) (chain: ProteinChain) : RoundTrip =
+        ofTokens decoder chain (StructureTokenizer.tokenize encoder chain)
+
+    /// `ofTokens` of the tokens `TokenSearch.search config` chooses for `chain` (with `config.Rounds` = 0, `ofChain`).
+    let ofSearch
+        (config: TokenSearchConfig)
+        (encoder: StructureEncoder)
+        (decoder: StructureDecoder)
+        (chain: ProteinChain)
+        : RoundTrip =
+        ofTokens decoder chain (TokenSearch.search config encoder decoder chain).Tokenized
+
     /// Medians, means and the codebook usage over round trips; `codes` is the codebook size.
     let summarize (codes: int64) (trips: RoundTrip[]) : RoundTripSummary =
         let rmsd = trips |> Array.map (fun t -> t.BackboneRmsd)
@@ -159,10 +171,12 @@ module RoundTrip =
     /// mirror_rmsd, lddt_ca, tm_score, ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
     /// trained, `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm_tm_pearson, ptm and mean_plddt are null and
     /// `confidence_heads_trained` says why; with `ptmInformative` false (`StructureDecoder.PtmInformative`) ptm is
-    /// null and `ptm_informative` false.
+    /// null and `ptm_informative` false. `search_rounds` records the token search's rounds (`TokenSearchConfig.Rounds`;
+    /// 0: nearest codes).
     let toJson
         (confidenceTrained: bool)
         (ptmInformative: bool)
+        (searchRounds: int)
         (summary: RoundTripSummary)
         (trips: RoundTrip[])
         : string =
@@ -174,6 +188,7 @@ module RoundTrip =
          w.WriteStartObject()
          w.WriteNumber("chains", summary.Chains)
          w.WriteNumber("residues", summary.Residues)
+         w.WriteNumber("search_rounds", searchRounds)
          w.WriteNumber("median_backbone_rmsd", summary.MedianBackboneRmsd)
          w.WriteNumber("mean_backbone_rmsd", summary.MeanBackboneRmsd)
          w.WriteNumber("median_lddt_ca", summary.MedianLddtCa)

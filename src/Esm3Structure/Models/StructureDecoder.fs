@@ -147,42 +147,47 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
     member _.Trunk(tokens: torch.Tensor) =
         decoder_stack.forward (embed.forward tokens, BlockContext.Plain AttentionMask.None)
 
-    /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over. Without `confidence`
-    /// the pLDDT, pAE and pTM outputs are not computed (null), nor the pairwise head's pAE channels.
-    /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
-    member _.HeadsWith(x: torch.Tensor, real: torch.Tensor, confidence: bool) =
+    /// The backbone heads alone over trunk states `x` (ESM's affine head, or the structure module that starts from
+    /// it): the frames, placed N, CA, C, the torsion channels and, with a structure module, every round's backbone.
+    /// Shapes: x [B, L, d], real [B, L] bool -> BackboneHeadOutput (Frames [B, L], Backbone [B, L, 3, 3]), rounds
+    member _.BackboneOf(x: torch.Tensor, real: torch.Tensor) =
         let projection = affine_output_projection.forward x
 
         // With a structure module its frames replace the affine head's, which are built only as its start
         // (`StructureModuleStart.AffineHead`).
-        let backbone, rounds =
-            match structureModule with
-            | None when config.ChainFrames ->
-                let steps = BackboneHead.ofProjection projection
-                let frames = Frame.chain steps.Frames
+        match structureModule with
+        | None when config.ChainFrames ->
+            let steps = BackboneHead.ofProjection projection
+            let frames = Frame.chain steps.Frames
 
-                {
-                    Frames = frames
-                    Backbone = BackboneHead.place frames
-                    TorsionLogits = steps.TorsionLogits
-                },
-                []
-            | None -> BackboneHead.ofProjection projection, []
-            | Some m ->
-                let frames =
-                    match m.Config.Start with
-                    | StructureModuleStart.Identity -> m.Rounds(x, real)
-                    | StructureModuleStart.AffineHead ->
-                        m.RoundsFrom(x, real, (BackboneHead.ofProjection projection).Frames)
+            {
+                Frames = frames
+                Backbone = BackboneHead.place frames
+                TorsionLogits = steps.TorsionLogits
+            },
+            []
+        | None -> BackboneHead.ofProjection projection, []
+        | Some m ->
+            let frames =
+                match m.Config.Start with
+                | StructureModuleStart.Identity -> m.Rounds(x, real)
+                | StructureModuleStart.AffineHead ->
+                    m.RoundsFrom(x, real, (BackboneHead.ofProjection projection).Frames)
 
-                let rounds = frames |> List.map BackboneHead.place
+            let rounds = frames |> List.map BackboneHead.place
 
-                {
-                    Frames = List.last frames
-                    Backbone = List.last rounds
-                    TorsionLogits = BackboneHead.torsionLogits projection
-                },
-                rounds
+            {
+                Frames = List.last frames
+                Backbone = List.last rounds
+                TorsionLogits = BackboneHead.torsionLogits projection
+            },
+            rounds
+
+    /// The heads over trunk states `x`; `real` marks the residues pAE and pTM average over. Without `confidence`
+    /// the pLDDT, pAE and pTM outputs are not computed (null), nor the pairwise head's pAE channels.
+    /// Shapes: x [B, L, d], real [B, L] bool -> StructureDecoderOutput
+    member this.HeadsWith(x: torch.Tensor, real: torch.Tensor, confidence: bool) =
+        let backbone, rounds = this.BackboneOf(x, real)
 
         let pairGroups =
             [|
@@ -263,6 +268,24 @@ type StructureDecoder(config: StructureDecoderConfig, sequenceInput: bool) as th
 
         let x = decoder_stack.forward (embeddings, BlockContext.Plain mask)
         this.HeadsWith(x, real, confidence)
+
+    /// The backbone alone of input vectors given in place of the token embeddings, in `DecodeEmbeddings`'s layout
+    /// (the trunk on them as given, every position attended to, as `forward` on the tokens whose embeddings they
+    /// are): the trunk and the backbone heads, without the pairwise and confidence heads, which cost the most at
+    /// inference. What a token search evaluates many times (`TokenSearch`). Every position counts as real.
+    /// Shapes: embeddings [B, L, d] -> [B, L, 3 (N, CA, C), 3]
+    member this.DecodeBackbone(embeddings: torch.Tensor) =
+        Shape.expect "embeddings" [| -1L; -1L; config.DModel |] embeddings
+
+        let real =
+            torch.ones (
+                [| embeddings.shape.[0]; embeddings.shape.[1] |],
+                dtype = torch.ScalarType.Bool,
+                device = embeddings.device
+            )
+
+        let x = decoder_stack.forward (embeddings, BlockContext.Plain AttentionMask.None)
+        (fst (this.BackboneOf(x, real))).Backbone
 
     /// The stage-1 training path in the layout ESM's decoder reads at inference: each row BOS, the residues'
     /// embeddings (e.g. the encoder's straight-through quantized vectors mapped to width d, so gradients reach the

@@ -137,7 +137,7 @@ let tests =
                 let r3 = trips.[..2] |> Array.map (fun t -> t.BackboneRmsd) |> Array.sort
                 Expect.equal odd.MedianBackboneRmsd r3.[1] "odd median"
 
-                use doc = JsonDocument.Parse(RoundTrip.toJson true true s trips)
+                use doc = JsonDocument.Parse(RoundTrip.toJson true true 0 s trips)
                 let root = doc.RootElement
                 Expect.equal (root.GetProperty("chains").GetInt32()) 4 "chains"
                 Expect.equal (root.GetProperty("per_chain").GetArrayLength()) 4 "per-chain rows"
@@ -169,7 +169,7 @@ let tests =
                     tms.[0]
                     "per-chain TM-score in JSON"
 
-                use untrained = JsonDocument.Parse(RoundTrip.toJson false false s trips)
+                use untrained = JsonDocument.Parse(RoundTrip.toJson false false 0 s trips)
 
                 Expect.equal
                     (untrained.RootElement.GetProperty("ptm_tm_pearson").ValueKind)
