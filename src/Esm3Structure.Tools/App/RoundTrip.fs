@@ -64,13 +64,7 @@ module RoundTrip =
     /// numbering and order kept), and measures the decoding against the chain. A chain without any complete backbone
     /// raises an `ArgumentException` naming it.
     let ofTokens (decoder: StructureDecoder) (chain: ProteinChain) (tokenized: TokenizedChain) : RoundTrip =
-        let missing = Collections.Generic.HashSet<int>(tokenized.MissingBackbone)
-
-        let keep =
-            [| 0 .. tokenized.Tokens.Length - 1 |] |> Array.filter (missing.Contains >> not)
-
-        if keep.Length = 0 then
-            raise (ArgumentException(sprintf "%s: no residue has N, CA and C; nothing to decode" chain.Name))
+        let keep = StructureTokenizer.decodable chain.Name tokenized
 
         let sub =
             { tokenized with

@@ -73,6 +73,19 @@ module StructureTokenizer =
                 |]
         }
 
+    /// The positions of `tokenized` that hold a token (every one not in `MissingBackbone`), in order; a chain with
+    /// none raises an `ArgumentException` naming `name`.
+    let decodable (name: string) (tokenized: TokenizedChain) : int[] =
+        let missing = Collections.Generic.HashSet<int>(tokenized.MissingBackbone)
+
+        let keep =
+            [| 0 .. tokenized.Tokens.Length - 1 |] |> Array.filter (missing.Contains >> not)
+
+        if keep.Length = 0 then
+            raise (ArgumentException(sprintf "%s: no residue has N, CA and C; nothing to decode" name))
+
+        keep
+
     /// Reads the chain `chain` (null or "": the first protein chain) of a PDB or mmCIF file (optionally gzipped,
     /// first model) and tokenizes it; `File` is `path` as given. Bad input raises an `InputException` naming it.
     let tokenizeFile (encoder: StructureEncoder) (path: string) (chain: string) : TokenizedChain =

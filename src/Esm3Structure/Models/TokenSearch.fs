@@ -107,13 +107,7 @@ module TokenSearch =
         : TokenSearchResult =
         Validation.check "token search" (TokenSearchConfig.validate config) |> ignore
         let tokenized = StructureTokenizer.tokenize encoder chain
-        let missing = Collections.Generic.HashSet<int>(tokenized.MissingBackbone)
-
-        let keep =
-            [| 0 .. tokenized.Tokens.Length - 1 |] |> Array.filter (missing.Contains >> not)
-
-        if keep.Length = 0 then
-            raise (ArgumentException(sprintf "%s: no residue has N, CA and C; nothing to decode" chain.Name))
+        let keep = StructureTokenizer.decodable chain.Name tokenized
 
         use _scope = torch.NewDisposeScope()
         let device = Checkpoint.deviceOf decoder

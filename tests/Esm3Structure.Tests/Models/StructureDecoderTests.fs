@@ -16,16 +16,7 @@ open Esm3Structure.Tokenizers
 let private cpu = torch.CPU
 
 /// Small and with all sizes different: d 48, 3 heads (d_head 16), 2 layers, pairwise 16 → 24.
-let private tiny =
-    {
-        DModel = 48L
-        Heads = 3L
-        Layers = 2
-        PairwiseDownproject = 16L
-        PairwiseHidden = 24L
-        StructureModule = None
-        ChainFrames = false
-    }
+let private tiny = TokenizerFixtures.tinyDecoderConfig
 
 /// Loadable with ESM's d_head 64 (so `StructureDecoderCheckpoint.load` infers it back).
 let private loadable = { tiny with DModel = 64L; Heads = 1L }

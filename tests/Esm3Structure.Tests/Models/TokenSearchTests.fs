@@ -31,21 +31,9 @@ let private short =
         Rounds = 12
     }
 
-/// A small random decoder (d 48, 3 heads, 2 layers) in `dtype`.
+/// A small random decoder (`TokenizerFixtures.tinyDecoderConfig`) in `dtype`.
 let private randomDecoder (dtype: torch.ScalarType) (seed: uint64) =
-    let m =
-        new StructureDecoder(
-            {
-                DModel = 48L
-                Heads = 3L
-                Layers = 2
-                PairwiseDownproject = 16L
-                PairwiseHidden = 24L
-                StructureModule = None
-                ChainFrames = false
-            }
-        )
-
+    let m = new StructureDecoder(TokenizerFixtures.tinyDecoderConfig)
     m.``to`` dtype |> ignore
     Init.initialise (new torch.Generator(seed)) m
     m

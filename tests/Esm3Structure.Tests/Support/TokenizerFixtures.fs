@@ -41,6 +41,18 @@ module TokenizerFixtures =
                 }
         }
 
+    /// A small decoder with all sizes different: d 48, 3 heads (d_head 16), 2 layers, pairwise 16 → 24.
+    let tinyDecoderConfig: StructureDecoderConfig =
+        {
+            DModel = 48L
+            Heads = 3L
+            Layers = 2
+            PairwiseDownproject = 16L
+            PairwiseHidden = 24L
+            StructureModule = None
+            ChainFrames = false
+        }
+
     /// A small encoder with random weights (codes spread by N(0, 1), geometric scales random).
     let smallEncoder (seed: uint64) =
         let g = new torch.Generator(seed)
