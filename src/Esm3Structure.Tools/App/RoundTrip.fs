@@ -162,7 +162,8 @@ module RoundTrip =
         }
 
     /// The summary and the per-chain figures as a JSON object (`per_chain`: name, residues, backbone_rmsd,
-    /// mirror_rmsd, lddt_ca, tm_score, ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
+    /// mirror_rmsd, lddt_ca, tm_score, structure_tokens (the tokens decoded, MASK for a residue without backbone),
+    /// ptm, mean_plddt). With `confidenceTrained` false (a decoder whose pLDDT and pAE heads were never
     /// trained, `StructureDecoder.ConfidenceTrained`), plddt_pearson, ptm_tm_pearson, ptm and mean_plddt are null and
     /// `confidence_heads_trained` says why; with `ptmInformative` false (`StructureDecoder.PtmInformative`) ptm is
     /// null and `ptm_informative` false. `search_rounds` records the token search's rounds (`TokenSearchConfig.Rounds`;
@@ -222,6 +223,12 @@ module RoundTrip =
              w.WriteNumber("mirror_rmsd", t.MirrorRmsd)
              w.WriteNumber("lddt_ca", t.LddtCa)
              w.WriteNumber("tm_score", t.TmScore)
+             w.WriteStartArray "structure_tokens"
+
+             for id in t.Tokenized.Tokens do
+                 w.WriteNumberValue id
+
+             w.WriteEndArray()
 
              if confidenceTrained && ptmInformative then
                  w.WriteNumber("ptm", t.Decoded.Ptm)

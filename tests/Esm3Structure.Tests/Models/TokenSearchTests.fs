@@ -194,7 +194,12 @@ let tests =
                 Expect.isGreaterThanOrEqual r.LddtCa r.NearestLddtCa "never worse"
             }
 
-            test "validation-search.json reproduces: its first chains' searched round trips give its figures" {
+            test
+                "validation-search.json holds: its tokens are searched ones (each among its residue's nearest codes) and decode to its figures" {
+                // The search itself is greedy, so the last bits that native threads and earlier tests change can send
+                // it down another path (in the full suite 1a9n_B once searched to 0.845 against the script's 0.850).
+                // What must reproduce exactly is the rest: the recorded tokens are candidates of this encoder, and
+                // decoding them gives the recorded figures, chain by chain and in summary.
                 let path =
                     Path.Combine(root, "models", "structure-tokenizer", "validation-search.json")
 
@@ -202,34 +207,81 @@ let tests =
                 let v = doc.RootElement
                 let rounds = v.GetProperty("search_rounds").GetInt32()
                 Expect.isGreaterThan rounds 0 "a searched validation"
-
-                let config =
-                    { TokenSearchConfig.Default with
-                        Rounds = rounds
-                    }
-
                 let data = Data.root.Value
+                let recorded = v.GetProperty("per_chain").EnumerateArray() |> Seq.toArray
+                let entries = Esm3Structure.Io.Corpus.entriesOf data "valid" 0
+                Expect.equal recorded.Length entries.Length "every valid chain"
+                let candidates = TokenSearchConfig.Default.Candidates
+                let mutable changed = 0
 
-                let recorded =
-                    v.GetProperty("per_chain").EnumerateArray() |> Seq.truncate 3 |> Seq.toArray
+                let trips =
+                    Array.zip entries recorded
+                    |> Array.map (fun (entry, e) ->
+                        use _ = torch.NewDisposeScope()
+                        let c = Esm3Structure.Io.Corpus.readEntry data entry
+                        let nearest = StructureTokenizer.tokenize encoder.Value c
 
-                for entry, e in Seq.zip (Esm3Structure.Io.Corpus.entriesOf data "valid" 3) recorded do
-                    let c = Esm3Structure.Io.Corpus.readEntry data entry
-                    let t = RoundTrip.ofSearch config encoder.Value decoder.Value c
-                    Expect.equal t.Tokenized.File (e.GetProperty("name").GetString()) "the same chain"
+                        let tokens =
+                            e.GetProperty("structure_tokens").EnumerateArray()
+                            |> Seq.map (fun t -> t.GetInt64())
+                            |> Seq.toArray
 
-                    // As for validation.json (ShippedTokenizerTests): native threads change the last bits, and a
-                    // figure moves by a pair crossing a threshold, 1/(4·pairs) ≈ 10⁻⁴; 10⁻³ holds with margin.
+                        Expect.equal tokens.Length nearest.Tokens.Length (sprintf "%s: one token per residue" c.Name)
+
+                        let z =
+                            encoder.Value
+                                .Encode(
+                                    (ProteinChain.backbone torch.float32 c).unsqueeze 0L,
+                                    (ProteinChain.residueIndex c).unsqueeze 0L,
+                                    null,
+                                    null
+                                )
+                                .Z.squeeze
+                                0L
+
+                        let d = torch.cdist (z, encoder.Value.Codebook.Codes) // [L, K]
+
+                        for i in StructureTokenizer.decodable c.Name nearest do
+                            if tokens.[i] <> nearest.Tokens.[i] then
+                                changed <- changed + 1
+                                let rank = d.[int64 i].lt(d.[int64 i, tokens.[i]]).sum().ToInt64()
+
+                                Expect.isLessThan
+                                    rank
+                                    (int64 candidates)
+                                    (sprintf "%s residue %d: a code among its %d nearest" c.Name i candidates)
+
+                        let t = RoundTrip.ofTokens decoder.Value c { nearest with Tokens = tokens }
+                        Expect.equal t.Tokenized.File (e.GetProperty("name").GetString()) "the same chain"
+
+                        // As for validation.json (ShippedTokenizerTests): native threads change the last bits of a
+                        // decoding, and a figure moves by a pair crossing a threshold, 1/(4·pairs) ≈ 10⁻⁴; 10⁻³ holds.
+                        for key, value in [ "lddt_ca", t.LddtCa; "backbone_rmsd", t.BackboneRmsd ] do
+                            Expect.floatClose
+                                { absolute = 1e-3; relative = 0.0 }
+                                value
+                                (e.GetProperty(key).GetDouble())
+                                (sprintf "%s %s as recorded" c.Name key)
+
+                        t)
+
+                let s = RoundTrip.summarize encoder.Value.Config.Quantizer.Codes trips
+                Expect.equal s.Usage.LiveCodes (v.GetProperty("live_codes").GetInt64()) "live codes"
+
+                for key, value in
+                    [
+                        "median_lddt_ca", s.MedianLddtCa
+                        "median_backbone_rmsd", s.MedianBackboneRmsd
+                        "plddt_pearson", s.PlddtPearson
+                    ] do
                     Expect.floatClose
                         { absolute = 1e-3; relative = 0.0 }
-                        t.LddtCa
-                        (e.GetProperty("lddt_ca").GetDouble())
-                        (sprintf "%s LDDT-CA as recorded" c.Name)
+                        value
+                        (v.GetProperty(key).GetDouble())
+                        (sprintf "%s as recorded" key)
 
-                    Expect.floatClose
-                        { absolute = 1e-3; relative = 0.0 }
-                        t.BackboneRmsd
-                        (e.GetProperty("backbone_rmsd").GetDouble())
-                        (sprintf "%s RMSD as recorded" c.Name)
+                Expect.isGreaterThan changed 0 "the search changed tokens"
+                Expect.isGreaterThanOrEqual s.MedianLddtCa 0.80 "issue 13's LDDT-CA bar"
+                Expect.isGreaterThanOrEqual s.PlddtPearson 0.5 "issue 13's pLDDT bar"
             }
         ]
