@@ -25,6 +25,26 @@ let private decoder =
 let private chain name =
     StructureFile.read (Data.small name) None
 
+/// Each residue's distances from its encoder vector to every code of the shipped codebook.
+/// Shapes: -> [L, K]
+let private codeDistances (c: ProteinChain) =
+    let z =
+        encoder.Value
+            .Encode(
+                (ProteinChain.backbone torch.float32 c).unsqueeze 0L,
+                (ProteinChain.residueIndex c).unsqueeze 0L,
+                null,
+                null
+            )
+            .Z.squeeze
+            0L
+
+    torch.cdist (z, encoder.Value.Codebook.Codes)
+
+/// How many codes lie strictly nearer residue i's vector than `code` (0 for the nearest). Shapes: d [L, K]
+let private rankOf (d: torch.Tensor) (i: int) (code: int64) =
+    d.[int64 i].lt(d.[int64 i, code]).sum().ToInt64()
+
 /// A search short enough for the suite: 12 rounds.
 let private short =
     { TokenSearchConfig.Default with
@@ -146,18 +166,10 @@ let tests =
                         (sprintf "%s: Changed counts the differences" name)
 
                     // Each residue's candidates: the `Candidates` codes nearest its vector.
-                    let encoded =
-                        encoder.Value.Encode(
-                            (ProteinChain.backbone torch.float32 c).unsqueeze 0L,
-                            (ProteinChain.residueIndex c).unsqueeze 0L,
-                            null,
-                            null
-                        )
-
-                    let d = torch.cdist (encoded.Z.squeeze 0L, encoder.Value.Codebook.Codes) // [L, K]
+                    let d = codeDistances c
 
                     for i in 0 .. c.Sequence.Length - 1 do
-                        let rank = d.[int64 i].lt(d.[int64 i, r.Tokenized.Tokens.[i]]).sum().ToInt64()
+                        let rank = rankOf d i r.Tokenized.Tokens.[i]
 
                         Expect.isLessThan
                             rank
@@ -228,23 +240,12 @@ let tests =
 
                         Expect.equal tokens.Length nearest.Tokens.Length (sprintf "%s: one token per residue" c.Name)
 
-                        let z =
-                            encoder.Value
-                                .Encode(
-                                    (ProteinChain.backbone torch.float32 c).unsqueeze 0L,
-                                    (ProteinChain.residueIndex c).unsqueeze 0L,
-                                    null,
-                                    null
-                                )
-                                .Z.squeeze
-                                0L
-
-                        let d = torch.cdist (z, encoder.Value.Codebook.Codes) // [L, K]
+                        let d = codeDistances c
 
                         for i in StructureTokenizer.decodable c.Name nearest do
                             if tokens.[i] <> nearest.Tokens.[i] then
                                 changed <- changed + 1
-                                let rank = d.[int64 i].lt(d.[int64 i, tokens.[i]]).sum().ToInt64()
+                                let rank = rankOf d i tokens.[i]
 
                                 Expect.isLessThan
                                     rank
