@@ -114,8 +114,14 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
     let trips =
         chains
         |> Array.map (fun c ->
-            let found = TokenSearch.search search encoder decoder c
-            let t = RoundTrip.ofTokens decoder c found.Tokenized
+            let t, searched =
+                if search.Rounds = 0 then
+                    RoundTrip.ofChain encoder decoder c, ""
+                else
+                    let found = TokenSearch.search search encoder decoder c
+
+                    RoundTrip.ofTokens decoder c found.Tokenized,
+                    sprintf "  (nearest codes: LDDT-CA %.3f; %d changed)" found.NearestLddtCa found.Changed
 
             let confidence =
                 if decoder.ConfidenceTrained && decoder.PtmInformative then
@@ -124,12 +130,6 @@ Cli.run<Args> "roundtrip.fsx" (fsi.CommandLineArgs |> Array.skip 1) (fun args ->
                     sprintf "  mean pLDDT %.3f" (Array.average t.Decoded.Plddt)
                 else
                     ""
-
-            let searched =
-                if search.Rounds = 0 then
-                    ""
-                else
-                    sprintf "  (nearest codes: LDDT-CA %.3f; %d changed)" found.NearestLddtCa found.Changed
 
             printfn
                 "%-12s %4d residues  backbone RMSD %6.3f Å  LDDT-CA %.3f  TM-score %.3f%s%s"

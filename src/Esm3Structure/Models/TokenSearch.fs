@@ -118,25 +118,28 @@ module TokenSearch =
 
         let reference = backbone.index_select(0L, kept).select(1L, 1L) // [L, 3]
 
-        // Each kept residue's candidate codes, nearest first: [L, C]
+        // Each kept residue's candidate codes, nearest first: [L, C]. Computed on the first round only (none when
+        // `Rounds` is 0). The encoder runs a second time here for its vectors, which `tokenize` does not return; at
+        // the shipped size that pass costs milliseconds against seconds of decoding.
         let candidates =
-            use _ = torch.no_grad ()
+            lazy
+                use _ = torch.no_grad ()
 
-            let z =
-                encoder
-                    .Encode(
-                        backbone.unsqueeze(0L).``to``(Checkpoint.deviceOf encoder),
-                        (ProteinChain.residueIndex chain).unsqueeze(0L).``to``(Checkpoint.deviceOf encoder),
-                        null,
-                        null
-                    )
-                    .Z.squeeze(0L)
-                    .index_select(0L, kept.``to`` (Checkpoint.deviceOf encoder))
+                let z =
+                    encoder
+                        .Encode(
+                            backbone.unsqueeze(0L).``to``(Checkpoint.deviceOf encoder),
+                            (ProteinChain.residueIndex chain).unsqueeze(0L).``to``(Checkpoint.deviceOf encoder),
+                            null,
+                            null
+                        )
+                        .Z.squeeze(0L)
+                        .index_select(0L, kept.``to`` (Checkpoint.deviceOf encoder))
 
-            let codes = encoder.Codebook.Codes.detach ()
-            let c = min (int64 config.Candidates) codes.shape.[0]
-            let struct (_, nearest) = torch.cdist(z, codes).topk(int c, -1, false, true)
-            nearest.cpu().contiguous().data<int64>().ToArray() |> Array.chunkBySize (int c)
+                let codes = encoder.Codebook.Codes.detach ()
+                let c = min (int64 config.Candidates) codes.shape.[0]
+                let struct (_, nearest) = torch.cdist(z, codes).topk(int c, -1, false, true)
+                nearest.cpu().contiguous().data<int64>().ToArray() |> Array.chunkBySize (int c)
 
         let table =
             use _ = torch.no_grad ()
@@ -195,7 +198,9 @@ module TokenSearch =
                     torch.autograd.grad([| score.sum () |], [| x |]).[0].squeeze(0L).narrow(0L, 1L, l) // [L, d]
 
                 use _ = torch.no_grad ()
-                let cand = torch.tensor(Array.concat candidates).``to``(device).reshape(l, -1L) // [L, C]
+
+                let cand =
+                    torch.tensor(Array.concat candidates.Value).``to``(device).reshape(l, -1L) // [L, C]
 
                 let at =
                     (table.index_select(0L, cand.reshape -1L).reshape(l, cand.shape.[1], -1L)
@@ -216,7 +221,7 @@ module TokenSearch =
                 [| 0 .. keep.Length - 1 |]
                 |> Array.filter (fun i -> Double.IsFinite g.[i])
                 |> Array.sortBy (fun i -> -g.[i], i)
-                |> Array.map (fun i -> i, candidates.[i].[int pick.[i]])
+                |> Array.map (fun i -> i, candidates.Value.[i].[int pick.[i]])
 
             let tried =
                 ranked |> Array.skip (min offset ranked.Length) |> Array.truncate config.Batch
