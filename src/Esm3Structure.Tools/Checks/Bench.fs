@@ -4,6 +4,7 @@ open System
 open System.Diagnostics
 open System.IO
 open TorchSharp
+open Esm3Structure.Native
 
 /// One timed measurement: median wall time of the repeats, and the process's peak resident memory above what it
 /// held before the first run (Linux `VmHWM`, reset through `/proc/self/clear_refs`; 0 where unavailable).
@@ -17,21 +18,9 @@ type Measurement =
 /// printed, never asserted: tests only check that the machinery runs.
 module Bench =
 
-    [<System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mallopt")>]
-    extern int private mallopt(int param, int value)
-
-    [<System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")>]
-    extern int private mallocTrim(unativeint pad)
-
-    let private allocatorFixed =
-        lazy
-            (try
-                // M_MMAP_THRESHOLD = 128 KiB, fixed (glibc otherwise raises it after frees and keeps large blocks in
-                // the heap): every tensor buffer then returns to the OS when freed, so resident memory follows the
-                // live tensors and the peak-RSS counter measures a run's own peak.
-                mallopt (-3, 128 * 1024) = 1
-             with _ ->
-                 false)
+    // Every tensor buffer returns to the OS when freed, so resident memory follows the live tensors and the
+    // peak-RSS counter measures a run's own peak (`NativeHeap.returnFreedMemory`).
+    let private allocatorFixed = lazy (NativeHeap.returnFreedMemory ())
 
     let private statusKb (field: string) =
         try
@@ -75,10 +64,7 @@ module Bench =
         GC.WaitForPendingFinalizers()
         GC.Collect()
 
-        try
-            mallocTrim 0un |> ignore
-        with _ ->
-            ()
+        NativeHeap.releaseFree ()
 
         if resetPeak () then
             let before = defaultArg (statusKb "VmRSS") 0L

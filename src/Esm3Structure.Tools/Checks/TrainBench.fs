@@ -4,6 +4,7 @@ open System
 open System.Diagnostics
 open TorchSharp
 open Esm3Structure.Models
+open Esm3Structure.Native
 open Esm3Structure.Nn
 open Esm3Structure.Training
 
@@ -86,6 +87,9 @@ module TrainBench =
         (repeats: int)
         (progress: string -> unit)
         =
+        // As `Trainer.run` does: freed tensor memory is reused, not mapped anew each step (NativeHeap).
+        use _heap = NativeHeap.retainFreedMemory ()
+
         [
             for name, config in presets do
                 progress (sprintf "train step: %s" name)

@@ -4,6 +4,7 @@ open System
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
+open Esm3Structure.Native
 open Esm3Structure.Structure
 open Esm3Structure.Tensors
 open Esm3Structure.Tokenizers
@@ -110,6 +111,8 @@ module TokenSearch =
         let keep = StructureTokenizer.decodable chain.Name tokenized
 
         use _scope = torch.NewDisposeScope()
+        // Each round decodes and differentiates tensors of the same sizes again: reuse their pages (NativeHeap).
+        use _heap = NativeHeap.retainFreedMemory ()
         let device = Checkpoint.deviceOf decoder
         let l = int64 keep.Length
         let kept = torch.tensor(keep |> Array.map int64).``to`` device

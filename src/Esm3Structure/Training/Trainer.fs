@@ -9,6 +9,7 @@ open System.Text.Json
 open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
+open Esm3Structure.Native
 
 /// The training loop: AdamW with warm-up and cosine decay, gradient clipping, running metrics, progress with ETA,
 /// `config.json` and `metrics.jsonl` in the run folder, atomic checkpoints and exact resume.
@@ -30,6 +31,8 @@ module Trainer =
     /// Raises `NonFiniteLossException` under `NanPolicy.Stop`.
     let run (config: TrainerConfig) (task: TrainingTask) (out: string) (resume: bool) (configJson: string) =
         Validation.check "trainer" (TrainerConfig.validate config) |> ignore
+        // Every step allocates the same large tensors: reuse their pages rather than map fresh ones (NativeHeap).
+        use _heap = NativeHeap.retainFreedMemory ()
 
         Directory.CreateDirectory out |> ignore
         AtomicFile.writeText (Path.Combine(out, "config.json")) configJson
@@ -199,7 +202,10 @@ module Trainer =
 
                 let validation =
                     if last || (config.EvalEvery > 0 && state.Completed % config.EvalEvery = 0) then
-                        evaluate ()
+                        let v = evaluate ()
+                        // Validation's longer crops leave free blocks a step does not need: return them.
+                        NativeHeap.releaseFree ()
+                        v
                     else
                         [||]
 

@@ -7,6 +7,7 @@ open TorchSharp
 open Esm3Structure
 open Esm3Structure.Io
 open Esm3Structure.Models
+open Esm3Structure.Native
 open Esm3Structure.Training
 open Esm3Structure.Tests
 
@@ -77,6 +78,15 @@ type private Regression(seed: int, crashAt: int, nanAt: int, sleepMs: int, failE
 
     new(seed, crashAt, nanAt, sleepMs) = Regression(seed, crashAt, nanAt, sleepMs, 0)
     new(seed, crashAt, nanAt) = Regression(seed, crashAt, nanAt, 0, 0)
+
+/// `Regression`, recording at each step whether freed native memory is being kept for reuse (`NativeHeap`).
+type private HeapProbe() =
+    inherit Regression(1, 0, 0)
+    member val Retaining = ResizeArray<bool>()
+
+    override this.Step(step: int) =
+        this.Retaining.Add(NativeHeap.isRetaining ())
+        base.Step step
 
 let private config =
     { TrainerConfig.small with
@@ -171,6 +181,17 @@ let tests =
                         "linear.safetensors"
                     ] do
                     Expect.isTrue (File.Exists(Path.Combine(report.Checkpoint, f))) f
+            }
+
+            test "every step runs with freed native memory kept for reuse, and the run gives it back at its end" {
+                if OperatingSystem.IsLinux() then
+                    use _ = torch.NewDisposeScope()
+                    use dir = new TempDir()
+                    let task = HeapProbe()
+                    Expect.isFalse (NativeHeap.isRetaining ()) "not before the run"
+                    run { config with Steps = 6 } task dir.Path false |> ignore
+                    Expect.sequenceEqual task.Retaining (Array.create 6 true) "during each of the 6 steps"
+                    Expect.isFalse (NativeHeap.isRetaining ()) "not after the run"
             }
 
             test "KeepCheckpoints keeps the newest N checkpoints, 0 keeps every one, and a negative count is refused" {

@@ -1,0 +1,104 @@
+namespace Esm3Structure.Native
+
+open System
+open System.Runtime.InteropServices
+
+/// The C heap that libtorch's CPU tensors are allocated from (glibc's malloc on Linux).
+///
+/// glibc serves every allocation larger than its mmap threshold (at most 32 MiB) with a fresh `mmap` and returns it
+/// with `munmap` when freed. A training step of the `small` tokenizer preset allocates and frees dozens of
+/// [B, L, L, ·] pair tensors of 30–120 MiB, so each step maps hundreds of MiB anew and touches every 4 KiB page
+/// once through a page fault: a `perf` profile of that step spends about a quarter of its samples in the kernel's
+/// page-fault handler, and the step's system time is over half its user time. Keeping freed memory in the heap
+/// lets the next step reuse the same pages. What a step computes is unchanged; only where its tensors live is.
+module NativeHeap =
+
+    module private Libc =
+        // glibc's `mallopt(3)`; the file name is glibc's soname on Linux.
+        [<DllImport("libc.so.6", EntryPoint = "mallopt")>]
+        extern int mallopt(int param, int value)
+
+        // glibc's `malloc_trim(3)`: returns free memory at the top of the heap (and whole free pages) to the system.
+        [<DllImport("libc.so.6", EntryPoint = "malloc_trim")>]
+        extern int malloc_trim(unativeint pad)
+
+    // mallopt parameters, from glibc's <malloc.h>.
+    let private mTrimThreshold = -1
+    let private mMmapThreshold = -3
+    let private mMmapMax = -4
+
+    // glibc's defaults (malloc/malloc.c: DEFAULT_MMAP_MAX 65536, DEFAULT_TRIM_THRESHOLD 128 KiB).
+    let private defaultMmapMax = 65536
+    let private defaultTrimThreshold = 128 * 1024
+
+    let private lockObj = obj ()
+    let mutable private depth = 0
+
+    let private setRetaining (retain: bool) =
+        try
+            if retain then
+                Libc.mallopt (mMmapMax, 0) = 1
+                && Libc.mallopt (mTrimThreshold, Int32.MaxValue) = 1
+            else
+                Libc.mallopt (mMmapMax, defaultMmapMax) = 1
+                && Libc.mallopt (mTrimThreshold, defaultTrimThreshold) = 1
+        with
+        | :? DllNotFoundException
+        | :? EntryPointNotFoundException -> false
+
+    /// Returns the heap's free memory to the system (`malloc_trim`), whether or not a `retainFreedMemory` scope is
+    /// open: the pages of free blocks are released, so resident memory falls to what live tensors hold. The next
+    /// allocations fault their pages in again. Does nothing outside Linux's glibc.
+    let releaseFree () =
+        if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
+            try
+                Libc.malloc_trim 0un |> ignore
+            with
+            | :? DllNotFoundException
+            | :? EntryPointNotFoundException -> ()
+
+    /// The opposite policy, for measuring a computation's peak memory: every block above 128 KiB (glibc's default
+    /// threshold, here fixed: glibc otherwise raises it after frees and keeps large blocks in the heap) is mapped on
+    /// its own and returned to the system when freed, so resident memory follows the live tensors. For the rest of
+    /// the process; allocations then cost more. False where `mallopt` is absent.
+    let returnFreedMemory () : bool =
+        RuntimeInformation.IsOSPlatform OSPlatform.Linux
+        && (try
+                Libc.mallopt (mMmapThreshold, 128 * 1024) = 1
+            with
+            | :? DllNotFoundException
+            | :? EntryPointNotFoundException -> false)
+
+    /// Whether freed native memory is being kept for reuse now (inside a `retainFreedMemory` scope, on glibc).
+    let isRetaining () = lock lockObj (fun () -> depth > 0)
+
+    /// Keeps freed native memory in the process until the returned scope is disposed: no allocation is served by
+    /// `mmap` and the heap is never trimmed, so a loop that allocates the same large tensors again and again (a
+    /// training loop) reuses pages instead of faulting in fresh ones. The process's resident memory stays at the
+    /// loop's peak. Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest;
+    /// outside Linux's glibc (`mallopt` absent) it does nothing.
+    let retainFreedMemory () : IDisposable =
+        let entered =
+            lock lockObj (fun () ->
+                if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
+                    if depth = 0 && not (setRetaining true) then
+                        false
+                    else
+                        depth <- depth + 1
+                        true
+                else
+                    false)
+
+        let mutable disposed = false
+
+        { new IDisposable with
+            member _.Dispose() =
+                lock lockObj (fun () ->
+                    if entered && not disposed then
+                        disposed <- true
+                        depth <- depth - 1
+
+                        if depth = 0 then
+                            setRetaining false |> ignore
+                            releaseFree ())
+        }
