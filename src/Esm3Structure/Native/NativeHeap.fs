@@ -74,9 +74,13 @@ module NativeHeap =
 
     /// Keeps freed native memory in the process until the returned scope is disposed: no allocation is served by
     /// `mmap` and the heap is never trimmed, so a loop that allocates the same large tensors again and again (a
-    /// training loop) reuses pages instead of faulting in fresh ones. The process's resident memory stays at the
-    /// loop's peak. Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest;
-    /// outside Linux's glibc (`mallopt` absent) it does nothing.
+    /// training loop) reuses pages instead of faulting in fresh ones. Resident memory then never falls during the
+    /// loop, and as tensors of different sizes fragment the heap it grows until it levels off (the `small`
+    /// tokenizer preset: about 6.7 GB after 200 steps; under glibc's defaults 3.6 GB at step 100, still rising).
+    /// Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest; outside Linux's
+    /// glibc (`mallopt` absent) it does nothing. glibc serves threads other than the process's first from arenas of
+    /// at most 64 MiB, so on those threads blocks larger than that are still mapped anew: train on the main thread
+    /// (as the scripts and a console app's `Main` do) for the whole gain.
     let retainFreedMemory () : IDisposable =
         let entered =
             lock lockObj (fun () ->
