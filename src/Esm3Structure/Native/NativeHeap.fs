@@ -18,6 +18,10 @@ module NativeHeap =
         [<DllImport("libc.so.6", EntryPoint = "mallopt")>]
         extern int mallopt(int param, int value)
 
+        // glibc's `gettid(2)` wrapper (glibc 2.30 and later).
+        [<DllImport("libc.so.6", EntryPoint = "gettid")>]
+        extern int gettid()
+
         // glibc's `malloc_trim(3)`: returns free memory at the top of the heap (and whole free pages) to the system.
         [<DllImport("libc.so.6", EntryPoint = "malloc_trim")>]
         extern int malloc_trim(unativeint pad)
@@ -69,6 +73,16 @@ module NativeHeap =
             | :? DllNotFoundException
             | :? EntryPointNotFoundException -> false)
 
+    /// Whether the calling thread is the process's first (Linux: its thread id is the process id). glibc serves
+    /// that thread from its main heap; every other thread gets an arena of heaps of at most 64 MiB each.
+    let isMainThread () =
+        RuntimeInformation.IsOSPlatform OSPlatform.Linux
+        && (try
+                Libc.gettid () = Environment.ProcessId
+            with
+            | :? DllNotFoundException
+            | :? EntryPointNotFoundException -> false)
+
     /// Whether freed native memory is being kept for reuse now (inside a `retainFreedMemory` scope, on glibc).
     let isRetaining () = lock lockObj (fun () -> depth > 0)
 
@@ -77,14 +91,16 @@ module NativeHeap =
     /// training loop) reuses pages instead of faulting in fresh ones. Resident memory then never falls during the
     /// loop, and as tensors of different sizes fragment the heap it grows until it levels off (the `small`
     /// tokenizer preset: about 6.7 GB after 200 steps; under glibc's defaults 3.6 GB at step 100, still rising).
-    /// Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest; outside Linux's
-    /// glibc (`mallopt` absent) it does nothing. glibc serves threads other than the process's first from arenas of
-    /// at most 64 MiB, so on those threads blocks larger than that are still mapped anew: train on the main thread
-    /// (as the scripts and a console app's `Main` do) for the whole gain.
+    /// Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest.
+    ///
+    /// It acts only when opened on the process's first thread (`isMainThread`: the scripts and a console app's
+    /// `Main` train there), and outside Linux's glibc it does nothing. On other threads it would slow training down:
+    /// their arenas cannot hold blocks over 64 MiB, and without `mmap` for the rest their heaps are created and torn
+    /// down again and again (the suite's training tests, which run on worker threads, took 1.8× as long with it).
     let retainFreedMemory () : IDisposable =
         let entered =
             lock lockObj (fun () ->
-                if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
+                if isMainThread () then
                     if depth = 0 && not (setRetaining true) then
                         false
                     else

@@ -373,3 +373,68 @@ let tests =
                     Expect.floatClose { absolute = 1e-9; relative = 1e-6 } x y name
             }
         ]
+
+/// `NativeHeap` acts only on the process's first thread, which the suite's tests never run on: a child script (whose
+/// code runs on its first thread) checks what the in-process tests cannot.
+[<Tests>]
+let heapTests =
+    testList
+        "Scripts/NativeHeap"
+        [
+            test
+                "on a script's first thread scopes nest and the trainer keeps freed memory; other threads are left alone" {
+                use dir = new TempDir()
+                let script = dir.File "heap.fsx"
+
+                File.WriteAllText(
+                    script,
+                    String.concat
+                        "\n"
+                        [
+                            sprintf "#load %s" (JsonSerializer.Serialize(Path.Combine(root, "scripts", "_load.fsx")))
+                            "open System"
+                            "open System.IO"
+                            "open System.Threading"
+                            "open TorchSharp"
+                            "open Esm3Structure"
+                            "open Esm3Structure.Io"
+                            "open Esm3Structure.Native"
+                            "open Esm3Structure.Training"
+                            taskSource
+                            "type ProbeTask(out: string) ="
+                            "    inherit KillTask(out, 0)"
+                            "    member val Seen = ResizeArray<bool>()"
+                            "    override this.Step(step: int) ="
+                            "        this.Seen.Add(NativeHeap.isRetaining ())"
+                            "        base.Step step"
+                            "let out = fsi.CommandLineArgs.[1]"
+                            "let before = NativeHeap.isRetaining ()"
+                            "let outer = NativeHeap.retainFreedMemory ()"
+                            "let inner = NativeHeap.retainFreedMemory ()"
+                            "inner.Dispose()"
+                            "inner.Dispose()"
+                            "let nested = NativeHeap.isRetaining ()"
+                            "outer.Dispose()"
+                            "let closed = NativeHeap.isRetaining ()"
+                            "let task = new ProbeTask(out)"
+                            "Trainer.run killConfig task out false \"{}\" |> ignore"
+                            "let worker ="
+                            "    Tasks.Task"
+                            "        .Run(fun () ->"
+                            "            use _ = NativeHeap.retainFreedMemory ()"
+                            "            NativeHeap.isMainThread (), NativeHeap.isRetaining ())"
+                            "        .Result"
+                            "printfn \"first %b before %b nested %b closed %b steps %s after %b worker %b %b\" (NativeHeap.isMainThread ()) before nested closed (String.Join(\",\", task.Seen)) (NativeHeap.isRetaining ()) (fst worker) (snd worker)"
+                        ]
+                )
+
+                use child = new Child(script, [ dir.File "run" ])
+                let code, out, err = child.Finish 300
+                Expect.equal code 0 (sprintf "the child script ran:\n%s" err)
+
+                Expect.stringContains
+                    out
+                    "first true before false nested true closed false steps True,True,True,True,True,True after false worker false false"
+                    "on the first thread: nested scopes, each of the 6 steps retaining, nothing left open; a worker thread: no effect"
+            }
+        ]

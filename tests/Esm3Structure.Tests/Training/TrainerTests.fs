@@ -183,15 +183,20 @@ let tests =
                     Expect.isTrue (File.Exists(Path.Combine(report.Checkpoint, f))) f
             }
 
-            test "every step runs with freed native memory kept for reuse, and the run gives it back at its end" {
-                if OperatingSystem.IsLinux() then
-                    use _ = torch.NewDisposeScope()
-                    use dir = new TempDir()
-                    let task = HeapProbe()
-                    Expect.isFalse (NativeHeap.isRetaining ()) "not before the run"
-                    run { config with Steps = 6 } task dir.Path false |> ignore
-                    Expect.sequenceEqual task.Retaining (Array.create 6 true) "during each of the 6 steps"
-                    Expect.isFalse (NativeHeap.isRetaining ()) "not after the run"
+            // On the process's first thread every step retains (Scripts/NativeHeap, in a child script).
+            test "on a worker thread the trainer leaves glibc's heap as it is" {
+                use _ = torch.NewDisposeScope()
+                use dir = new TempDir()
+                let task = HeapProbe()
+                run { config with Steps = 6 } task dir.Path false |> ignore
+                let first = NativeHeap.isMainThread ()
+
+                Expect.sequenceEqual
+                    task.Retaining
+                    (Array.create 6 first)
+                    "each of the 6 steps: retaining only on the first thread"
+
+                Expect.isFalse (NativeHeap.isRetaining ()) "nothing left open after the run"
             }
 
             test "KeepCheckpoints keeps the newest N checkpoints, 0 keeps every one, and a negative count is refused" {
