@@ -214,6 +214,27 @@ let private trainArgs (out: string) =
         out
     ]
 
+/// Writes a child script at `path`: the scripts' preamble, the opens the tasks need, `taskSource`, then `body`.
+let private writeTaskScript (path: string) (body: string list) =
+    File.WriteAllText(
+        path,
+        String.concat
+            "\n"
+            [
+                sprintf "#load %s" (JsonSerializer.Serialize(Path.Combine(root, "scripts", "_load.fsx")))
+                "open System"
+                "open System.IO"
+                "open System.Threading"
+                "open TorchSharp"
+                "open Esm3Structure"
+                "open Esm3Structure.Io"
+                "open Esm3Structure.Native"
+                "open Esm3Structure.Training"
+                taskSource
+                yield! body
+            ]
+    )
+
 [<Tests>]
 let tests =
     testSequenced
@@ -226,24 +247,12 @@ let tests =
                 Directory.CreateDirectory out |> ignore
                 let script = dir.File "killme.fsx"
 
-                File.WriteAllText(
-                    script,
-                    String.concat
-                        "\n"
-                        [
-                            sprintf "#load %s" (JsonSerializer.Serialize(Path.Combine(root, "scripts", "_load.fsx")))
-                            "open System"
-                            "open System.IO"
-                            "open System.Threading"
-                            "open TorchSharp"
-                            "open Esm3Structure"
-                            "open Esm3Structure.Io"
-                            "open Esm3Structure.Training"
-                            taskSource
-                            "let out = fsi.CommandLineArgs.[1]"
-                            "Trainer.run killConfig (new KillTask(out, 2)) out false \"{}\" |> ignore"
-                        ]
-                )
+                writeTaskScript
+                    script
+                    [
+                        "let out = fsi.CommandLineArgs.[1]"
+                        "Trainer.run killConfig (new KillTask(out, 2)) out false \"{}\" |> ignore"
+                    ]
 
                 use child = new Child(script, [ out ])
                 let writing = Path.Combine(out, "writing")
@@ -386,47 +395,34 @@ let heapTests =
                 use dir = new TempDir()
                 let script = dir.File "heap.fsx"
 
-                File.WriteAllText(
-                    script,
-                    String.concat
-                        "\n"
-                        [
-                            sprintf "#load %s" (JsonSerializer.Serialize(Path.Combine(root, "scripts", "_load.fsx")))
-                            "open System"
-                            "open System.IO"
-                            "open System.Threading"
-                            "open TorchSharp"
-                            "open Esm3Structure"
-                            "open Esm3Structure.Io"
-                            "open Esm3Structure.Native"
-                            "open Esm3Structure.Training"
-                            taskSource
-                            "type ProbeTask(out: string) ="
-                            "    inherit KillTask(out, 0)"
-                            "    member val Seen = ResizeArray<bool>()"
-                            "    override this.Step(step: int) ="
-                            "        this.Seen.Add(NativeHeap.isRetaining ())"
-                            "        base.Step step"
-                            "let out = fsi.CommandLineArgs.[1]"
-                            "let before = NativeHeap.isRetaining ()"
-                            "let outer = NativeHeap.retainFreedMemory ()"
-                            "let inner = NativeHeap.retainFreedMemory ()"
-                            "inner.Dispose()"
-                            "inner.Dispose()"
-                            "let nested = NativeHeap.isRetaining ()"
-                            "outer.Dispose()"
-                            "let closed = NativeHeap.isRetaining ()"
-                            "let task = new ProbeTask(out)"
-                            "Trainer.run killConfig task out false \"{}\" |> ignore"
-                            "let worker ="
-                            "    Tasks.Task"
-                            "        .Run(fun () ->"
-                            "            use _ = NativeHeap.retainFreedMemory ()"
-                            "            NativeHeap.isMainThread (), NativeHeap.isRetaining ())"
-                            "        .Result"
-                            "printfn \"first %b before %b nested %b closed %b steps %s after %b worker %b %b\" (NativeHeap.isMainThread ()) before nested closed (String.Join(\",\", task.Seen)) (NativeHeap.isRetaining ()) (fst worker) (snd worker)"
-                        ]
-                )
+                writeTaskScript
+                    script
+                    [
+                        "type ProbeTask(out: string) ="
+                        "    inherit KillTask(out, 0)"
+                        "    member val Seen = ResizeArray<bool>()"
+                        "    override this.Step(step: int) ="
+                        "        this.Seen.Add(NativeHeap.isRetaining ())"
+                        "        base.Step step"
+                        "let out = fsi.CommandLineArgs.[1]"
+                        "let before = NativeHeap.isRetaining ()"
+                        "let outer = NativeHeap.retainFreedMemory ()"
+                        "let inner = NativeHeap.retainFreedMemory ()"
+                        "inner.Dispose()"
+                        "inner.Dispose()"
+                        "let nested = NativeHeap.isRetaining ()"
+                        "outer.Dispose()"
+                        "let closed = NativeHeap.isRetaining ()"
+                        "let task = new ProbeTask(out)"
+                        "Trainer.run killConfig task out false \"{}\" |> ignore"
+                        "let worker ="
+                        "    Tasks.Task"
+                        "        .Run(fun () ->"
+                        "            use _ = NativeHeap.retainFreedMemory ()"
+                        "            NativeHeap.isMainThread (), NativeHeap.isRetaining ())"
+                        "        .Result"
+                        "printfn \"first %b before %b nested %b closed %b steps %s after %b worker %b %b\" (NativeHeap.isMainThread ()) before nested closed (String.Join(\",\", task.Seen)) (NativeHeap.isRetaining ()) (fst worker) (snd worker)"
+                    ]
 
                 use child = new Child(script, [ dir.File "run" ])
                 let code, out, err = child.Finish 300
