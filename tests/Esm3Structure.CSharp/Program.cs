@@ -67,5 +67,24 @@ using (var decoder = new StructureDecoder(StructureDecoderConfigModule.small))
     }
 }
 
+// The training loops' heap policy from C#: Main runs on the process's first thread, where a scope keeps freed
+// native memory for reuse until it is disposed (Linux's glibc only).
+if (OperatingSystem.IsLinux())
+{
+    bool first = NativeHeap.isMainThread();
+    bool inside;
+    using (NativeHeap.retainFreedMemory())
+    {
+        inside = NativeHeap.isRetaining();
+    }
+    bool after = NativeHeap.isRetaining();
+    Console.WriteLine($"C# consumer: native heap first thread={first} retaining inside={inside} after={after}");
+    if (!first || !inside || after)
+    {
+        Console.Error.WriteLine("C# consumer: native heap check failed");
+        return 1;
+    }
+}
+
 Console.WriteLine("ok");
 return 0;
