@@ -31,57 +31,52 @@ module NativeHeap =
     let private mMmapThreshold = -3
     let private mMmapMax = -4
 
-    // glibc's defaults (malloc/malloc.c: DEFAULT_MMAP_MAX 65536, DEFAULT_TRIM_THRESHOLD 128 KiB).
+    // glibc's defaults (malloc/malloc.c: DEFAULT_MMAP_MAX 65536, DEFAULT_MMAP_THRESHOLD and DEFAULT_TRIM_THRESHOLD
+    // 128 KiB).
     let private defaultMmapMax = 65536
+    let private defaultMmapThreshold = 128 * 1024
     let private defaultTrimThreshold = 128 * 1024
 
     let private lockObj = obj ()
     let mutable private depth = 0
 
+    /// `call ()` on Linux, where glibc's entry points exist; `otherwise` elsewhere or where they are missing.
+    let private onGlibc (otherwise: 'T) (call: unit -> 'T) : 'T =
+        if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
+            try
+                call ()
+            with
+            | :? DllNotFoundException
+            | :? EntryPointNotFoundException -> otherwise
+        else
+            otherwise
+
     let private setRetaining (retain: bool) =
-        try
+        onGlibc false (fun () ->
             if retain then
                 Libc.mallopt (mMmapMax, 0) = 1
                 && Libc.mallopt (mTrimThreshold, Int32.MaxValue) = 1
             else
                 Libc.mallopt (mMmapMax, defaultMmapMax) = 1
-                && Libc.mallopt (mTrimThreshold, defaultTrimThreshold) = 1
-        with
-        | :? DllNotFoundException
-        | :? EntryPointNotFoundException -> false
+                && Libc.mallopt (mTrimThreshold, defaultTrimThreshold) = 1)
 
     /// Returns the heap's free memory to the system (`malloc_trim`), whether or not a `retainFreedMemory` scope is
     /// open: the pages of free blocks are released, so resident memory falls to what live tensors hold. The next
     /// allocations fault their pages in again. Does nothing outside Linux's glibc.
     let releaseFree () =
-        if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
-            try
-                Libc.malloc_trim 0un |> ignore
-            with
-            | :? DllNotFoundException
-            | :? EntryPointNotFoundException -> ()
+        onGlibc () (fun () -> Libc.malloc_trim 0un |> ignore)
 
     /// The opposite policy, for measuring a computation's peak memory: every block above 128 KiB (glibc's default
     /// threshold, here fixed: glibc otherwise raises it after frees and keeps large blocks in the heap) is mapped on
     /// its own and returned to the system when freed, so resident memory follows the live tensors. For the rest of
     /// the process; allocations then cost more. False where `mallopt` is absent.
     let returnFreedMemory () : bool =
-        RuntimeInformation.IsOSPlatform OSPlatform.Linux
-        && (try
-                Libc.mallopt (mMmapThreshold, 128 * 1024) = 1
-            with
-            | :? DllNotFoundException
-            | :? EntryPointNotFoundException -> false)
+        onGlibc false (fun () -> Libc.mallopt (mMmapThreshold, defaultMmapThreshold) = 1)
 
     /// Whether the calling thread is the process's first (Linux: its thread id is the process id). glibc serves
     /// that thread from its main heap; every other thread gets an arena of heaps of at most 64 MiB each.
     let isMainThread () =
-        RuntimeInformation.IsOSPlatform OSPlatform.Linux
-        && (try
-                Libc.gettid () = Environment.ProcessId
-            with
-            | :? DllNotFoundException
-            | :? EntryPointNotFoundException -> false)
+        onGlibc false (fun () -> Libc.gettid () = Environment.ProcessId)
 
     /// Whether freed native memory is being kept for reuse now (inside a `retainFreedMemory` scope, on glibc).
     let isRetaining () = lock lockObj (fun () -> depth > 0)
@@ -91,7 +86,8 @@ module NativeHeap =
     /// training loop) reuses pages instead of faulting in fresh ones. Resident memory then never falls during the
     /// loop, and as tensors of different sizes fragment the heap it grows until it levels off (the `small`
     /// tokenizer preset: about 6.7 GB after 200 steps; under glibc's defaults 3.6 GB at step 100, still rising).
-    /// Disposing restores glibc's defaults and returns the free memory to the system. Scopes nest.
+    /// Disposing lets glibc map large blocks again, sets its default trim threshold (128 KiB; glibc no longer adjusts
+    /// its thresholds after frees once they have been set) and returns the free memory to the system. Scopes nest.
     ///
     /// It acts only when opened on the process's first thread (`isMainThread`: the scripts and a console app's
     /// `Main` train there), and outside Linux's glibc it does nothing. On other threads it would slow training down:
