@@ -1,8 +1,9 @@
 // Issue 16's evaluation of a multi-track model on whole chains of a split (README, "Generate"): inverse folding
 // (structure -> sequence), SS8 from sequence, and structure from sequence (structure tokens, then the tokenizer's
-// decoder), argmax decoding, once per seed; each figure beside its baseline.
+// decoder), argmax decoding by default, once per seed; each figure beside its baseline.
 //   dotnet fsi scripts/evaluate-generation.fsx -- [--split valid] [--chains N] [--seeds 0,1,2] [--steps N]
-//       [--tasks sequence,ss8,structure] [--strategy random|entropy] [--schedule cosine|linear] [--structure-tokens] [--weights MODEL]
+//       [--tasks sequence,ss8,structure] [--strategy random|entropy] [--schedule cosine|linear] [--temperature X]
+//       [--structure-tokens] [--weights MODEL]
 //       [--encoder FILE] [--decoder FILE] [--data DIR] [--out FILE.json]
 #load "_load.fsx"
 
@@ -24,6 +25,7 @@ type Args =
     | [<Unique>] Steps of int
     | [<Unique>] Strategy of name: string
     | [<Unique>] Schedule of name: string
+    | [<Unique>] Temperature of float
     | Structure_Tokens
     | [<Unique>] Weights of model: string
     | [<Unique>] Encoder of file: string
@@ -42,10 +44,11 @@ type Args =
             | Steps _ -> "decoding steps per chain (default 20, ESM's; at most the chain's length)"
             | Strategy _ -> "random (default) or entropy"
             | Schedule _ -> "cosine (default) or linear"
+            | Temperature _ -> "sampling temperature, annealed as ESM anneals it (default 0: argmax)"
             | Structure_Tokens -> "inverse folding also sees the structure tokens (default: coordinates only, as ESM)"
             | Weights _ -> "multi-track model (default: the shipped models/multitrack)"
-            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.MultiTrackEncoderPath
-            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.MultiTrackDecoderPath
+            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.DefaultEncoderPath
+            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.DefaultDecoderPath
             | Data _ -> "shared data folder with index.tsv and structures/ (default: ../shared/data)"
             | Out _ -> "also write the figures as JSON, atomically"
 
@@ -76,7 +79,8 @@ Cli.run<Args>
                 | track -> track)
 
         let steps = args.GetResult(Steps, defaultValue = 20)
-        GenerationPrompt.checkSettings steps 0.0 1.0 1
+        let temperature = args.GetResult(Temperature, defaultValue = 0.0)
+        GenerationPrompt.checkSettings steps temperature 1.0 1
 
         let strategy =
             GenerationPrompt.parseStrategy (args.GetResult(Strategy, defaultValue = "random"))
@@ -88,22 +92,24 @@ Cli.run<Args>
         let split = args.GetResult(Split, defaultValue = "valid")
         let chains = Corpus.readSplit data split (args.GetResult(Chains, defaultValue = 0))
 
-        use model =
-            ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) "cpu"
+        // The files actually used, resolved as the loaders resolve them, so the record can name them by hash.
+        let resolved defaultRelative given =
+            ModelFiles.resolveWeights (Cli.repositoryRoot __SOURCE_DIRECTORY__) defaultRelative given
 
-        use encoder =
-            ModelFiles.loadEncoderOr
-                ModelFiles.MultiTrackEncoderPath
-                __SOURCE_DIRECTORY__
-                (args.GetResult(Encoder, defaultValue = ""))
-                "cpu"
+        let weightsFile =
+            resolved ModelFiles.DefaultMultiTrackPath (args.GetResult(Weights, defaultValue = ""))
 
-        use decoder =
-            ModelFiles.loadDecoderOr
-                ModelFiles.MultiTrackDecoderPath
-                __SOURCE_DIRECTORY__
-                (args.GetResult(Decoder, defaultValue = ""))
-                "cpu"
+        let encoderFile =
+            resolved ModelFiles.DefaultEncoderPath (args.GetResult(Encoder, defaultValue = ""))
+
+        let decoderFile =
+            resolved ModelFiles.DefaultDecoderPath (args.GetResult(Decoder, defaultValue = ""))
+
+        use model = ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ weightsFile "cpu"
+
+        use encoder = ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ encoderFile "cpu"
+
+        use decoder = ModelFiles.loadDecoderFor __SOURCE_DIRECTORY__ decoderFile 0 "cpu"
 
         encoder.eval ()
         decoder.eval ()
@@ -121,19 +127,25 @@ Cli.run<Args>
                 Steps = steps
                 Strategy = strategy
                 Schedule = schedule
+                Temperature = temperature
+                TopP = 1.0
                 ConditionOnCoordinatesOnly = not (args.Contains Structure_Tokens)
             }
 
         let residues = chains |> Array.sumBy (fun c -> c.Sequence.Length)
 
         printfn
-            "%s split: %d chains, %d residues; %d steps, %A, %A, argmax; seeds %s"
+            "%s split: %d chains, %d residues; %d steps, %A, %A, %s; seeds %s"
             split
             chains.Length
             residues
             steps
             schedule
             strategy
+            (if temperature = 0.0 then
+                 "argmax"
+             else
+                 sprintf "temperature %g" temperature)
             (String.Join(",", seeds))
 
         let clock = Diagnostics.Stopwatch.StartNew()
@@ -265,7 +277,11 @@ Cli.run<Args>
                         steps = steps
                         strategy = sprintf "%A" strategy
                         schedule = sprintf "%A" schedule
+                        temperature = temperature
                         coordinates_only = config.ConditionOnCoordinatesOnly
+                        weights_sha256 = ModelFiles.sha256 weightsFile
+                        encoder_sha256 = ModelFiles.sha256 encoderFile
+                        decoder_sha256 = ModelFiles.sha256 decoderFile
                         baselines = baselines
                         seeds = scores
                     |},

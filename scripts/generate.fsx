@@ -53,8 +53,8 @@ type Args =
             | Structure_Tokens ->
                 "also condition on --pdb's structure tokens (ESM's condition_on_coordinates_only = false; default: coordinates only, as ESM)"
             | Weights _ -> "multi-track model, safetensors or .pth (default: the shipped models/multitrack)"
-            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.MultiTrackEncoderPath
-            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.MultiTrackDecoderPath
+            | Encoder _ -> ModelFiles.weightsUsage "structure encoder" ModelFiles.DefaultEncoderPath
+            | Decoder _ -> ModelFiles.weightsUsage "structure decoder" ModelFiles.DefaultDecoderPath
             | Device _ -> "cpu (default) or cuda"
 
 Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun a -> a <> "--")) (fun args ->
@@ -98,18 +98,10 @@ Cli.run<Args> "generate.fsx" (fsi.CommandLineArgs |> Array.skip 1 |> Array.filte
         ModelFiles.loadMultiTrackFor __SOURCE_DIRECTORY__ (args.GetResult(Weights, defaultValue = "")) device
 
     use encoder =
-        ModelFiles.loadEncoderOr
-            ModelFiles.MultiTrackEncoderPath
-            __SOURCE_DIRECTORY__
-            (args.GetResult(Encoder, defaultValue = ""))
-            device
+        ModelFiles.loadEncoderFor __SOURCE_DIRECTORY__ (args.GetResult(Encoder, defaultValue = "")) device
 
     use decoder =
-        ModelFiles.loadDecoderOr
-            ModelFiles.MultiTrackDecoderPath
-            __SOURCE_DIRECTORY__
-            (args.GetResult(Decoder, defaultValue = ""))
-            device
+        ModelFiles.loadDecoderFor __SOURCE_DIRECTORY__ (args.GetResult(Decoder, defaultValue = "")) 0 device
 
     let designer =
         {

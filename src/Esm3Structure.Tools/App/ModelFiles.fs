@@ -21,16 +21,6 @@ module ModelFiles =
     [<Literal>]
     let DefaultMultiTrackPath = "models/multitrack/multitrack.safetensors"
 
-    /// The structure encoder whose tokens the shipped multi-track model was trained on (a model's structure tokens
-    /// mean what its own tokenizer made them mean), relative to the repository root: the default of the scripts that
-    /// run the multi-track model (`generate.fsx`, `evaluate-generation.fsx`).
-    [<Literal>]
-    let MultiTrackEncoderPath = "models/multitrack/tokenizer/encoder.safetensors"
-
-    /// The structure decoder of the shipped multi-track model's tokenizer, relative to the repository root.
-    [<Literal>]
-    let MultiTrackDecoderPath = "models/multitrack/tokenizer/decoder.safetensors"
-
     /// The weights file to use: `given` when not null or empty, else one of the default paths above
     /// (`defaultRelative`) under `repositoryRoot`. A missing default file (an incomplete checkout) raises an
     /// `ArgumentException` naming it and saying to pass --weights. A given path is returned as is (its reader names it).
@@ -73,29 +63,26 @@ module ModelFiles =
             m.Dispose()
             reraise ()
 
-    /// What `scripts/tokenize.fsx` does with its `--weights` and `--device`: the device parsed first (`Cli.device`:
+    /// What `scripts/tokenize.fsx` (and `generate.fsx`, `evaluate-generation.fsx` with `--encoder`) does with its `--weights` and `--device`: the device parsed first (`Cli.device`:
     /// "cpu", "cuda", "cuda:N"), then `weights` resolved (null or "": the shipped `DefaultEncoderPath` of the
     /// repository above `scriptDir`, see `resolveWeights`), loaded (`StructureEncoderCheckpoint.load`) and moved there.
     let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
         loadFor StructureEncoderCheckpoint.load DefaultEncoderPath scriptDir weights device
 
-    /// `loadEncoderFor` with another shipped default (`defaultRelative`, e.g. `MultiTrackEncoderPath`).
-    let loadEncoderOr (defaultRelative: string) (scriptDir: string) (weights: string) (device: string) =
-        loadFor StructureEncoderCheckpoint.load defaultRelative scriptDir weights device
-
     /// `loadEncoderFor` for the decoder (`DefaultDecoderPath`, `StructureDecoderCheckpoint.loadWith heads`, `heads`
-    /// 0: not given): `scripts/decode.fsx`.
+    /// 0: not given): `scripts/decode.fsx`, and `generate.fsx`, `evaluate-generation.fsx` with `--decoder`.
     let loadDecoderFor (scriptDir: string) (weights: string) (heads: int) (device: string) : StructureDecoder =
         let heads = if heads = 0 then None else Some(int64 heads)
         loadFor (StructureDecoderCheckpoint.loadWith heads) DefaultDecoderPath scriptDir weights device
-
-    /// `loadDecoderFor` with another shipped default (`defaultRelative`, e.g. `MultiTrackDecoderPath`), heads from
-    /// the file.
-    let loadDecoderOr (defaultRelative: string) (scriptDir: string) (weights: string) (device: string) =
-        loadFor (StructureDecoderCheckpoint.loadWith None) defaultRelative scriptDir weights device
 
     /// What `scripts/generate.fsx` does with `--weights` and `--device`: the device parsed (`Cli.device`), `weights`
     /// resolved (null or "": the shipped `DefaultMultiTrackPath`), loaded (`MultiTrackCheckpoint.load`, safetensors
     /// or .pth) and moved there.
     let loadMultiTrackFor (scriptDir: string) (weights: string) (device: string) : MultiTrackModel =
         loadFor MultiTrackCheckpoint.load DefaultMultiTrackPath scriptDir weights device
+
+    /// The SHA-256 of a file's bytes as 64 lowercase hex digits: how an evaluation record names the exact weights
+    /// it was measured with (`scripts/evaluate-generation.fsx`).
+    let sha256 (path: string) : string =
+        use stream = File.OpenRead path
+        Convert.ToHexString(Security.Cryptography.SHA256.HashData stream).ToLowerInvariant()

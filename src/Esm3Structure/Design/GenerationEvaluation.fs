@@ -43,8 +43,8 @@ type GenerationBaselines =
     }
 
 /// The evaluation of a multi-track model on whole chains (`scripts/evaluate-generation.fsx`): inverse
-/// folding, SS8 from sequence, and structure from sequence, each decoded by `ProteinGeneration.generate`, with
-/// argmax sampling (temperature 0) and the configured steps, schedule and strategy.
+/// folding, SS8 from sequence, and structure from sequence, each decoded by `ProteinGeneration.generate` with the
+/// configured steps, schedule, strategy and sampling (the script's default: argmax, temperature 0).
 module GenerationEvaluation =
 
     let private isAminoAcid (c: char) = ResidueConstants.restypeIndex c < 20
@@ -131,8 +131,8 @@ module GenerationEvaluation =
 
     /// The three tasks for one seed, each named by the track it generates (`tasks`: Sequence = inverse folding,
     /// Ss8 = SS8 from sequence, Structure = structure from sequence; a task left out scores NaN). `config` sets
-    /// steps, schedule, strategy and coordinate conditioning; track, temperature (0, argmax) and top-p (1) are set per
-    /// task. `onChain` is called with (task, chains done, chains).
+    /// steps, schedule, strategy, temperature (0: argmax, the evaluation's default), top-p and coordinate
+    /// conditioning; the track is set per task. `onChain` is called with (task, chains done, chains).
     /// Shapes: chains with a backbone at every residue (tokenizable throughout).
     let run
         (designer: ProteinDesigner)
@@ -146,12 +146,7 @@ module GenerationEvaluation =
         let wanted (track: GenerationTrack) = Array.contains track tasks
 
         let task (name: string) (track: GenerationTrack) (prompt: Protein -> Protein) =
-            let c =
-                { config with
-                    Track = track
-                    Temperature = 0.0
-                    TopP = 1.0
-                }
+            let c = { config with Track = track }
 
             natives
             |> Array.mapi (fun i native ->

@@ -36,4 +36,33 @@ let tests =
                 Expect.equal (e.GetProperty("chains").GetInt32()) 67 "every valid chain"
                 Expect.equal (e.GetProperty("seeds").GetArrayLength()) 3 "3 seeds"
             }
+
+            test
+                "the shipped evaluations were measured with the shipped files: the model, and the structure tokenizer its tokens come from (SHA-256)" {
+                let dir = Path.GetDirectoryName path
+
+                let shipped (relative: string) =
+                    ModelFiles.sha256 (Path.Combine(root, relative))
+
+                for file in [ "evaluation.json"; "evaluation-with-structure-tokens.json" ] do
+                    use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, file)))
+
+                    let recorded (key: string) =
+                        doc.RootElement.GetProperty(key).GetString()
+
+                    Expect.equal
+                        (recorded "weights_sha256")
+                        (shipped ModelFiles.DefaultMultiTrackPath)
+                        (file + ": model")
+
+                    Expect.equal
+                        (recorded "encoder_sha256")
+                        (shipped ModelFiles.DefaultEncoderPath)
+                        (file + ": the shipped structure encoder")
+
+                    Expect.equal
+                        (recorded "decoder_sha256")
+                        (shipped ModelFiles.DefaultDecoderPath)
+                        (file + ": the shipped structure decoder")
+            }
         ]
