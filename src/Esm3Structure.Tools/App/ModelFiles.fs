@@ -63,9 +63,10 @@ module ModelFiles =
             m.Dispose()
             reraise ()
 
-    /// What `scripts/tokenize.fsx` (and `generate.fsx`, `evaluate-generation.fsx` with `--encoder`) does with its `--weights` and `--device`: the device parsed first (`Cli.device`:
-    /// "cpu", "cuda", "cuda:N"), then `weights` resolved (null or "": the shipped `DefaultEncoderPath` of the
-    /// repository above `scriptDir`, see `resolveWeights`), loaded (`StructureEncoderCheckpoint.load`) and moved there.
+    /// What `scripts/tokenize.fsx` does with its `--weights` and `--device` (and `generate.fsx`,
+    /// `evaluate-generation.fsx` with `--encoder`): the device parsed first (`Cli.device`: "cpu", "cuda", "cuda:N"),
+    /// then `weights` resolved (null or "": the shipped `DefaultEncoderPath` of the repository above `scriptDir`, see
+    /// `resolveWeights`), loaded (`StructureEncoderCheckpoint.load`) and moved there.
     let loadEncoderFor (scriptDir: string) (weights: string) (device: string) : StructureEncoder =
         loadFor StructureEncoderCheckpoint.load DefaultEncoderPath scriptDir weights device
 

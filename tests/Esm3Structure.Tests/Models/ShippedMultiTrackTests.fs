@@ -44,7 +44,12 @@ let tests =
                 let shipped (relative: string) =
                     ModelFiles.sha256 (Path.Combine(root, relative))
 
-                for file in [ "evaluation.json"; "evaluation-with-structure-tokens.json" ] do
+                for file in
+                    [
+                        "evaluation.json"
+                        "evaluation-with-structure-tokens.json"
+                        "evaluation-structure-temperature-1.json"
+                    ] do
                     use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, file)))
 
                     let recorded (key: string) =

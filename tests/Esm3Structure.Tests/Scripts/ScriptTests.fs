@@ -714,4 +714,25 @@ let tests =
                     "steps"
                     "generate.fsx: --steps 3 is larger than the 2 masked positions of the Sequence track"
             }
+
+            test
+                "compare.fsx: a chain against itself scores 0 Å, TM-score 1 and LDDT-CA 1; chains of other lengths, one line" {
+                let ubq = Esm3Structure.Tests.Data.small "1ubq_A"
+                let lcd = Esm3Structure.Tests.Data.small "1lcd_A"
+
+                let code, out, err =
+                    runScript "compare.fsx" [ "--"; "--model"; ubq; "--native"; ubq ]
+
+                Expect.equal code 0 ("exit code; stderr: " + err)
+
+                Expect.equal
+                    (out.Trim())
+                    "76 residues compared  backbone RMSD 0.00 Å  TM-score 1.000  LDDT-CA 1.000"
+                    "itself"
+
+                runScript "compare.fsx" [ "--"; "--model"; lcd; "--native"; ubq ]
+                |> oneLineError
+                    "lengths"
+                    "compare.fsx: --model has 51 residues but --native has 76 (residues are compared in order)"
+            }
         ]
